@@ -1,0 +1,150 @@
+//! The behaviour every [`MetaStore`] backend must show; each backend's tests
+//! call [`run_all`] on a fresh, empty store.
+
+use berth_oci::{Digest, UploadId};
+
+use crate::{MetaError, MetaStore, NewManifest, UploadRecord};
+
+fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
+    NewManifest {
+        digest: Digest::sha256_of(body.as_bytes()),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        artifact_type: subject.as_ref().map(|_| "application/example".into()),
+        subject,
+        annotations_json: Some(r#"{"k":"v"}"#.into()),
+        body: body.as_bytes().to_vec(),
+        blobs,
+        children,
+    }
+}
+
+/// Runs every conformance check.
+pub async fn run_all(meta: &dyn MetaStore) {
+    blobs_are_served_only_where_linked(meta).await;
+    manifests_need_their_references(meta).await;
+    tags_move_and_list_in_order(meta).await;
+    deleting_a_manifest_removes_its_tags(meta).await;
+    referrers_are_found_by_subject(meta).await;
+    uploads_advance_only_from_the_expected_offset(meta).await;
+}
+
+async fn blobs_are_served_only_where_linked(meta: &dyn MetaStore) {
+    let d = Digest::sha256_of(b"blob-a");
+    assert!(!meta.repository_exists("c/one").await.unwrap());
+    meta.add_blob("c/one", &d, 6, 10).await.unwrap();
+    assert!(meta.repository_exists("c/one").await.unwrap());
+    assert_eq!(meta.linked_blob_size("c/one", &d).await.unwrap(), Some(6));
+    assert_eq!(meta.linked_blob_size("c/two", &d).await.unwrap(), None);
+    assert_eq!(meta.blob_size(&d).await.unwrap(), Some(6));
+    assert_eq!(meta.link_blob("c/two", &d, 11).await.unwrap(), Some(6));
+    assert_eq!(meta.linked_blob_size("c/two", &d).await.unwrap(), Some(6));
+    assert_eq!(
+        meta.link_blob("c/two", &Digest::sha256_of(b"nope"), 11).await.unwrap(),
+        None
+    );
+    assert!(meta.unlink_blob("c/two", &d).await.unwrap());
+    assert!(!meta.unlink_blob("c/two", &d).await.unwrap());
+    assert_eq!(meta.linked_blob_size("c/two", &d).await.unwrap(), None);
+    assert_eq!(meta.linked_blob_size("c/one", &d).await.unwrap(), Some(6));
+}
+
+async fn manifests_need_their_references(meta: &dyn MetaStore) {
+    let layer = Digest::sha256_of(b"layer");
+    let m = manifest("m1", vec![layer.clone()], vec![], None);
+    match meta.put_manifest("r/m", &m, Some("v1"), 1).await {
+        Err(MetaError::MissingReference(d)) => assert_eq!(d, layer),
+        other => panic!("expected a missing reference, got {other:?}"),
+    }
+    assert!(meta.manifest_by_tag("r/m", "v1").await.unwrap().is_none());
+    meta.add_blob("r/m", &layer, 5, 1).await.unwrap();
+    meta.put_manifest("r/m", &m, Some("v1"), 2).await.unwrap();
+    let got = meta.manifest_by_tag("r/m", "v1").await.unwrap().unwrap();
+    assert_eq!(got.body, b"m1");
+    assert_eq!(got.digest, m.digest);
+    assert_eq!(meta.manifest_by_digest("r/m", &m.digest).await.unwrap().unwrap(), got);
+    // An index needs its children in the same repository.
+    let index = manifest("idx", vec![], vec![m.digest.clone()], None);
+    assert!(matches!(
+        meta.put_manifest("r/other", &index, None, 3).await,
+        Err(MetaError::MissingReference(_))
+    ));
+    meta.put_manifest("r/m", &index, Some("multi"), 3).await.unwrap();
+    // Pushing the same manifest again is harmless.
+    meta.put_manifest("r/m", &m, Some("v1"), 4).await.unwrap();
+}
+
+async fn tags_move_and_list_in_order(meta: &dyn MetaStore) {
+    let a = manifest("ta", vec![], vec![], None);
+    let b = manifest("tb", vec![], vec![], None);
+    for t in ["b", "a", "C", "c", "a1"] {
+        meta.put_manifest("t/r", &a, Some(t), 1).await.unwrap();
+    }
+    meta.put_manifest("t/r", &b, Some("a"), 2).await.unwrap();
+    assert_eq!(meta.manifest_by_tag("t/r", "a").await.unwrap().unwrap().body, b"tb");
+    assert_eq!(
+        meta.list_tags("t/r", None, 100).await.unwrap(),
+        ["C", "a", "a1", "b", "c"]
+    );
+    assert_eq!(meta.list_tags("t/r", Some("a"), 2).await.unwrap(), ["a1", "b"]);
+    assert!(meta.list_tags("nope", None, 100).await.unwrap().is_empty());
+    assert!(meta.delete_tag("t/r", "a1").await.unwrap());
+    assert!(!meta.delete_tag("t/r", "a1").await.unwrap());
+    assert!(meta.manifest_by_digest("t/r", &a.digest).await.unwrap().is_some());
+    let repos = meta.list_repositories(None, 1000).await.unwrap();
+    assert!(repos.windows(2).all(|w| w[0] < w[1]));
+    assert!(repos.contains(&"t/r".to_string()));
+    assert_eq!(meta.list_repositories(Some("r/m"), 1).await.unwrap(), ["t/r"]);
+}
+
+async fn deleting_a_manifest_removes_its_tags(meta: &dyn MetaStore) {
+    let a = manifest("da", vec![], vec![], None);
+    meta.put_manifest("d/r", &a, Some("x"), 1).await.unwrap();
+    meta.put_manifest("d/r", &a, Some("y"), 1).await.unwrap();
+    assert!(meta.delete_manifest("d/r", &a.digest).await.unwrap());
+    assert!(!meta.delete_manifest("d/r", &a.digest).await.unwrap());
+    assert!(meta.list_tags("d/r", None, 10).await.unwrap().is_empty());
+    assert!(meta.manifest_by_tag("d/r", "x").await.unwrap().is_none());
+}
+
+async fn referrers_are_found_by_subject(meta: &dyn MetaStore) {
+    let subject = Digest::sha256_of(b"subject");
+    let sig = manifest("sig", vec![], vec![], Some(subject.clone()));
+    meta.put_manifest("f/r", &sig, None, 1).await.unwrap();
+    let found = meta.referrers("f/r", &subject, None).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].digest, sig.digest);
+    assert_eq!(found[0].artifact_type.as_deref(), Some("application/example"));
+    assert_eq!(found[0].annotations_json.as_deref(), Some(r#"{"k":"v"}"#));
+    assert_eq!(found[0].size, 3);
+    assert_eq!(
+        meta.referrers("f/r", &subject, Some("application/example"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(meta.referrers("f/r", &subject, Some("other")).await.unwrap().is_empty());
+    assert!(meta.referrers("f/other", &subject, None).await.unwrap().is_empty());
+}
+
+async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
+    let id = UploadId::new("conformance-upload".into());
+    let rec = UploadRecord {
+        id: id.clone(),
+        repo: "u/r".into(),
+        offset: 0,
+        hash_state: None,
+        started_ms: 100,
+        updated_ms: 100,
+    };
+    meta.create_upload(&rec).await.unwrap();
+    assert_eq!(meta.get_upload(&id).await.unwrap().unwrap(), rec);
+    assert!(meta.advance_upload(&id, 0, 10, Some(b"state"), 200).await.unwrap());
+    assert!(!meta.advance_upload(&id, 0, 20, None, 300).await.unwrap());
+    let now = meta.get_upload(&id).await.unwrap().unwrap();
+    assert_eq!((now.offset, now.hash_state.as_deref()), (10, Some(&b"state"[..])));
+    assert!(meta.stale_uploads(150, 10).await.unwrap().is_empty());
+    assert_eq!(meta.stale_uploads(250, 10).await.unwrap().len(), 1);
+    meta.delete_upload(&id).await.unwrap();
+    assert!(meta.get_upload(&id).await.unwrap().is_none());
+}

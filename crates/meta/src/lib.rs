@@ -1,0 +1,143 @@
+//! Every fact that is not blob bytes: repositories, blob links, manifests,
+//! tags, referrers and upload sessions.
+//!
+//! The [`MetaStore`] trait is what the registry layer uses; [`SqliteMeta`] is
+//! the embedded backend. The store enforces referential facts (a manifest's
+//! blobs must be linked to its repository) inside its transactions, but knows
+//! no OCI parsing rules.
+
+pub mod conformance;
+mod sqlite;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, UploadId};
+
+pub use sqlite::SqliteMeta;
+
+/// What can go wrong in the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("manifest references {0}, which the repository does not have")]
+    MissingReference(Digest),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("metadata database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("metadata schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+/// A manifest to record, with the facts the registry parsed from it.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    /// The artifact type shown in referrers lists.
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// The manifest's annotations as a JSON object, for referrers lists.
+    pub annotations_json: Option<String>,
+    pub body: Vec<u8>,
+    /// Blobs that must already be linked to the repository.
+    pub blobs: Vec<Digest>,
+    /// Manifests that must already exist in the repository.
+    pub children: Vec<Digest>,
+}
+
+/// A manifest as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
+/// One entry of a referrers list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations_json: Option<String>,
+}
+
+/// An upload session's progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadRecord {
+    pub id: UploadId,
+    pub repo: String,
+    /// Bytes received and acknowledged so far.
+    pub offset: u64,
+    /// Saved hasher state after `offset` bytes, if it could be saved.
+    pub hash_state: Option<Vec<u8>>,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// The metadata store the registry core talks to.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Whether the repository has ever received a blob or manifest.
+    async fn repository_exists(&self, repo: &str) -> Result<bool>;
+
+    /// The blob's size if it is linked to `repo`.
+    async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>>;
+
+    /// The blob's size if the registry holds it at all.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+
+    /// Records a stored blob and links it to `repo`.
+    async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()>;
+
+    /// Links an existing blob to `repo`; returns its size, or `None` when the registry lacks it.
+    async fn link_blob(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<Option<u64>>;
+
+    /// Removes the blob's link from `repo`; false when there was none.
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool>;
+
+    /// Records a manifest (and moves `tag` to it) in one transaction, after
+    /// checking that every blob and child it references is in the repository.
+    async fn put_manifest(&self, repo: &str, manifest: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()>;
+
+    async fn manifest_by_digest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>>;
+
+    async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>>;
+
+    /// Deletes a manifest and every tag pointing at it; false when absent.
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool>;
+
+    /// Deletes one tag, leaving its manifest; false when absent.
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+
+    /// Tags of `repo` after `last` in lexical order, at most `limit`.
+    async fn list_tags(&self, repo: &str, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+
+    /// Repository names after `last` in lexical order, at most `limit`.
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+
+    /// Manifests of `repo` whose subject is `subject`, optionally of one artifact type.
+    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>>;
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>>;
+
+    /// Moves an upload from `from_offset` to `to_offset`; false when another
+    /// request moved it first (or it is gone).
+    async fn advance_upload(
+        &self,
+        id: &UploadId,
+        from_offset: u64,
+        to_offset: u64,
+        hash_state: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<()>;
+
+    /// Sessions not touched since `before_ms`.
+    async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>>;
+}

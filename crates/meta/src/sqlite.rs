@@ -1,0 +1,442 @@
+//! The embedded metadata backend: one SQLite file in WAL mode.
+//!
+//! All writes go through a single-connection pool, because SQLite has one
+//! writer at a time anyway and this avoids lock-upgrade failures; reads use a
+//! separate pool of read-only connections and never wait for writers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, UploadId};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{MetaError, MetaStore, NewManifest, Referrer, Result, StoredManifest, UploadRecord};
+
+/// Metadata in a SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteMeta {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn stored_manifest(row: &SqliteRow) -> Result<StoredManifest> {
+    Ok(StoredManifest {
+        digest: parse_digest(row.try_get("digest")?)?,
+        media_type: row.try_get("media_type")?,
+        body: row.try_get("body")?,
+    })
+}
+
+fn upload_record(row: &SqliteRow) -> Result<UploadRecord> {
+    let id: String = row.try_get("id")?;
+    Ok(UploadRecord {
+        id: UploadId::parse(&id).ok_or_else(|| MetaError::Corrupt(format!("upload id {id:?}")))?,
+        repo: row.try_get("repo")?,
+        offset: to_u64(row.try_get("byte_offset")?),
+        hash_state: row.try_get("hash_state")?,
+        started_ms: row.try_get("started_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+const REPO_ID: &str = "(SELECT id FROM repositories WHERE name = $1)";
+
+impl SqliteMeta {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // A 201 is sent only after the commit is on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-32000");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteMeta { writer, reader })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &str, now_ms: i64) -> Result<i64> {
+        sqlx::query("INSERT INTO repositories (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(repo)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_one(&mut **tx)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteMeta {
+    async fn repository_exists(&self, repo: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+             WHERE l.repo_id = {REPO_ID} AND l.digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(size.map(to_u64))
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(size.map(to_u64))
+    }
+
+    async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
+        sqlx::query("INSERT INTO blobs (digest, size, created_ms) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.to_string())
+            .bind(to_i64(size))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest.to_string())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn link_blob(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<Option<u64>> {
+        let mut tx = self.begin().await?;
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest.to_string())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(to_u64(size)))
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let done = sqlx::query(&format!(
+            "DELETE FROM repo_blobs WHERE repo_id = {REPO_ID} AND digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_manifest(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
+        for blob in &m.blobs {
+            let linked: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(blob.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if linked.is_none() {
+                return Err(MetaError::MissingReference(blob.clone()));
+            }
+        }
+        for child in &m.children {
+            let present: Option<i64> = sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(child.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if present.is_none() {
+                return Err(MetaError::MissingReference(child.clone()));
+            }
+        }
+        let digest = m.digest.to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, size, body, pushed_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(&digest)
+        .bind(&m.media_type)
+        .bind(&m.artifact_type)
+        .bind(m.subject.as_ref().map(|s| s.to_string()))
+        .bind(&m.annotations_json)
+        .bind(to_i64(m.body.len() as u64))
+        .bind(&m.body)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() > 0 {
+            let refs = m
+                .blobs
+                .iter()
+                .map(|d| (d, "blob"))
+                .chain(m.children.iter().map(|d| (d, "manifest")));
+            for (child, kind) in refs {
+                sqlx::query(
+                    "INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest, child_kind) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(repo_id)
+                .bind(&digest)
+                .bind(child.to_string())
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(tag) = tag {
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, \
+                 pushed_ms = excluded.pushed_ms",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(&digest)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn manifest_by_digest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(&format!(
+            "SELECT digest, media_type, body FROM manifests WHERE repo_id = {REPO_ID} AND digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(stored_manifest).transpose()
+    }
+
+    async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(&format!(
+            "SELECT m.digest, m.media_type, m.body FROM tags t \
+             JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+             WHERE t.repo_id = {REPO_ID} AND t.name = $2"
+        ))
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(stored_manifest).transpose()
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        // Tags and references go with it through ON DELETE CASCADE.
+        let done = sqlx::query(&format!(
+            "DELETE FROM manifests WHERE repo_id = {REPO_ID} AND digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        let done = sqlx::query(&format!("DELETE FROM tags WHERE repo_id = {REPO_ID} AND name = $2"))
+            .bind(repo)
+            .bind(tag)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_tags(&self, repo: &str, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT name FROM tags WHERE repo_id = {REPO_ID} AND name > $2 ORDER BY name LIMIT $3"
+        ))
+        .bind(repo)
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+                .bind(last.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(&format!(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
+             WHERE repo_id = {REPO_ID} AND subject = $2 AND ($3 IS NULL OR artifact_type = $3) ORDER BY digest"
+        ))
+        .bind(repo)
+        .bind(subject.to_string())
+        .bind(artifact_type)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Referrer {
+                    digest: parse_digest(row.try_get("digest")?)?,
+                    media_type: row.try_get("media_type")?,
+                    size: to_u64(row.try_get("size")?),
+                    artifact_type: row.try_get("artifact_type")?,
+                    annotations_json: row.try_get("annotations")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO uploads (id, repo, byte_offset, hash_state, started_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(u.id.as_str())
+        .bind(&u.repo)
+        .bind(to_i64(u.offset))
+        .bind(&u.hash_state)
+        .bind(u.started_ms)
+        .bind(u.updated_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>> {
+        let row = sqlx::query("SELECT * FROM uploads WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(upload_record).transpose()
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &UploadId,
+        from_offset: u64,
+        to_offset: u64,
+        hash_state: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 WHERE id = $4 AND byte_offset = $5",
+        )
+        .bind(to_i64(to_offset))
+        .bind(hash_state)
+        .bind(now_ms)
+        .bind(id.as_str())
+        .bind(to_i64(from_offset))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>> {
+        let rows = sqlx::query("SELECT * FROM uploads WHERE updated_ms < $1 ORDER BY updated_ms LIMIT $2")
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(upload_record).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        crate::conformance::run_all(&meta).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let d = Digest::sha256_of(b"x");
+        {
+            let meta = SqliteMeta::open(&path).await.unwrap();
+            meta.add_blob("a/b", &d, 1, 1).await.unwrap();
+        }
+        let meta = SqliteMeta::open(&path).await.unwrap();
+        assert_eq!(meta.linked_blob_size("a/b", &d).await.unwrap(), Some(1));
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&meta.reader)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

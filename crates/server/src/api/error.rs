@@ -1,0 +1,124 @@
+//! The one place where errors become OCI error JSON.
+//!
+//! distribution-spec: `{"errors":[{"code","message","detail"}]}` with the
+//! status of the code. Unexpected failures are logged once and answered as a
+//! plain 500 without internals.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_oci::{EndpointError, ErrorCode, NameError};
+use serde_json::json;
+
+use crate::registry::RegistryError;
+
+/// An error answer of the `/v2/` API.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    detail: Option<serde_json::Value>,
+    status: Option<StatusCode>,
+    headers: HeaderMap,
+}
+
+impl ApiError {
+    /// An error with the code's own status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            detail: None,
+            status: None,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// The same error answered with another status than the code's default.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Adds a `detail` object.
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: String) -> Self {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+
+    fn internal(err: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %err, "internal error");
+        ApiError::new(ErrorCode::Unknown, ErrorCode::Unknown.default_message())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self
+            .status
+            .unwrap_or_else(|| StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let mut entry = json!({ "code": self.code.as_str(), "message": self.message });
+        if let Some(detail) = self.detail {
+            entry["detail"] = detail;
+        }
+        let body = json!({ "errors": [entry] });
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
+        response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        use RegistryError as R;
+        let message = e.to_string();
+        match e {
+            R::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, message),
+            R::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, message),
+            R::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, message),
+            R::ChunkOutOfOrder { current } => ApiError::new(ErrorCode::RangeInvalid, message)
+                .with_header(HeaderName::from_static("range"), super::upload_range(current)),
+            R::RangeNotSatisfiable { size } => ApiError::new(ErrorCode::RangeInvalid, message)
+                .with_header(HeaderName::from_static("content-range"), format!("bytes */{size}")),
+            R::DigestInvalid(_) => ApiError::new(ErrorCode::DigestInvalid, message),
+            R::SizeInvalid(_) => ApiError::new(ErrorCode::SizeInvalid, message),
+            R::ManifestInvalid(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
+            R::ManifestTooLarge { .. } => {
+                ApiError::new(ErrorCode::SizeInvalid, message).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            }
+            R::ManifestUnknown | R::ManifestNotAcceptable { .. } => ApiError::new(ErrorCode::ManifestUnknown, message),
+            R::ManifestBlobUnknown(ref d) => {
+                let digest = d.to_string();
+                ApiError::new(ErrorCode::ManifestBlobUnknown, message).with_detail(json!({ "digest": digest }))
+            }
+            R::NameUnknown => ApiError::new(ErrorCode::NameUnknown, message),
+            R::Storage(ref inner) => ApiError::internal(inner),
+            R::Meta(ref inner) => ApiError::internal(inner),
+        }
+    }
+}
+
+impl From<EndpointError> for ApiError {
+    fn from(e: EndpointError) -> Self {
+        let message = e.to_string();
+        match e {
+            EndpointError::NotFound => {
+                ApiError::new(ErrorCode::Unsupported, message).with_status(StatusCode::NOT_FOUND)
+            }
+            EndpointError::MethodNotAllowed => ApiError::new(ErrorCode::Unsupported, message),
+            EndpointError::Name(_) => ApiError::new(ErrorCode::NameInvalid, message),
+            EndpointError::Reference(NameError::InvalidDigest(_)) | EndpointError::Digest(_) => {
+                ApiError::new(ErrorCode::DigestInvalid, message)
+            }
+            EndpointError::Reference(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
+            EndpointError::UploadId => ApiError::new(ErrorCode::BlobUploadUnknown, message),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `GET /v2/_catalog`, `GET /v2/<name>/tags/list` and
+//! `GET /v2/<name>/referrers/<digest>`.
+
+use std::collections::HashMap;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use berth_oci::{media_type, Digest, ErrorCode, RepoName};
+use serde_json::json;
+
+use super::{query_of, set_header, ApiError, ApiResult, OCI_FILTERS_APPLIED};
+use crate::registry::{ManifestPage, Registry};
+
+/// Largest page a client may ask for; bigger `n` is capped (with a `Link` to the rest).
+const MAX_PAGE: u32 = 10_000;
+/// Catalog page size when the client gives no `n`.
+const DEFAULT_CATALOG_PAGE: u32 = 1_000;
+
+/// `n` from the query: `None` when absent, capped at [`MAX_PAGE`].
+fn page_size(query: &HashMap<String, String>) -> Result<Option<u32>, ApiError> {
+    match query.get("n") {
+        None => Ok(None),
+        Some(n) => n.parse::<u32>().map(|n| Some(n.min(MAX_PAGE))).map_err(|_| {
+            ApiError::new(
+                ErrorCode::PaginationNumberInvalid,
+                format!("n={n:?} is not a non-negative integer"),
+            )
+        }),
+    }
+}
+
+/// The RFC 5988 `Link` header to the page after `page`.
+fn next_link(headers: &mut HeaderMap, path: &str, n: u32, page: &ManifestPage) {
+    if let (true, Some(last)) = (page.more, page.items.last()) {
+        let last: String = url_encode(last);
+        set_header(
+            headers,
+            header::LINK,
+            &format!("<{path}?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub async fn list_tags(registry: &Registry, repo: RepoName, req: Request) -> ApiResult {
+    let query = query_of(&req);
+    // distribution-spec: without n, every tag is listed.
+    let n = page_size(&query)?;
+    let limit = n.unwrap_or(u32::MAX - 1);
+    let page = registry
+        .list_tags(&repo, query.get("last").map(String::as_str), limit)
+        .await?;
+    let mut headers = HeaderMap::new();
+    next_link(&mut headers, &format!("/v2/{repo}/tags/list"), limit, &page);
+    Ok((
+        StatusCode::OK,
+        headers,
+        axum::Json(json!({ "name": repo.as_str(), "tags": page.items })),
+    )
+        .into_response())
+}
+
+pub async fn list_repositories(registry: &Registry, req: Request) -> ApiResult {
+    let query = query_of(&req);
+    let n = page_size(&query)?.unwrap_or(DEFAULT_CATALOG_PAGE);
+    let page = registry
+        .list_repositories(query.get("last").map(String::as_str), n)
+        .await?;
+    let mut headers = HeaderMap::new();
+    next_link(&mut headers, "/v2/_catalog", n, &page);
+    Ok((
+        StatusCode::OK,
+        headers,
+        axum::Json(json!({ "repositories": page.items })),
+    )
+        .into_response())
+}
+
+pub async fn list_referrers(registry: &Registry, repo: RepoName, subject: Digest, req: Request) -> ApiResult {
+    let query = query_of(&req);
+    let filter = query.get("artifactType").filter(|t| !t.is_empty());
+    let referrers = registry.referrers(&repo, &subject, filter.map(String::as_str)).await?;
+    let manifests: Vec<serde_json::Value> = referrers
+        .into_iter()
+        .map(|r| {
+            let mut d = json!({
+                "mediaType": r.media_type,
+                "digest": r.digest.to_string(),
+                "size": r.size,
+            });
+            if let Some(t) = r.artifact_type {
+                d["artifactType"] = json!(t);
+            }
+            if let Some(a) = r
+                .annotations_json
+                .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+            {
+                d["annotations"] = a;
+            }
+            d
+        })
+        .collect();
+    let mut headers = HeaderMap::new();
+    set_header(&mut headers, header::CONTENT_TYPE, media_type::OCI_INDEX);
+    if filter.is_some() {
+        set_header(&mut headers, OCI_FILTERS_APPLIED, "artifactType");
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let body = serde_json::to_vec(&index).map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
+    Ok((StatusCode::OK, headers, body).into_response())
+}

@@ -1,0 +1,79 @@
+//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use berth_oci::{ErrorCode, Reference, RepoName};
+
+use super::{empty, header_str, set_header, ApiError, ApiResult, CONTENT_DIGEST, OCI_SUBJECT};
+use crate::registry::{Registry, RegistryError};
+
+pub async fn get_manifest(
+    registry: &Registry,
+    repo: RepoName,
+    reference: Reference,
+    head: bool,
+    req: Request,
+) -> ApiResult {
+    let accept: Vec<String> = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let manifest = registry.get_manifest(&repo, &reference, &accept).await?;
+    let mut headers = HeaderMap::new();
+    set_header(&mut headers, header::CONTENT_TYPE, &manifest.media_type);
+    set_header(&mut headers, header::CONTENT_LENGTH, &manifest.body.len().to_string());
+    set_header(&mut headers, CONTENT_DIGEST, &manifest.digest.to_string());
+    set_header(&mut headers, header::ETAG, &format!("\"{}\"", manifest.digest));
+    if head {
+        return Ok(empty(StatusCode::OK, headers));
+    }
+    let mut response = Response::new(Body::from(manifest.body));
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+pub async fn put_manifest(registry: &Registry, repo: RepoName, reference: Reference, req: Request) -> ApiResult {
+    let limit = registry.manifest_limit();
+    let too_large = || ApiError::from(RegistryError::ManifestTooLarge { limit });
+    if header_str(req.headers(), "content-length")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| len > limit)
+    {
+        return Err(too_large());
+    }
+    let content_type = header_str(req.headers(), "content-type").map(str::to_owned);
+    let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let is_limit = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if is_limit {
+            too_large()
+        } else {
+            ApiError::new(ErrorCode::ManifestInvalid, format!("reading the manifest failed: {e}"))
+        }
+    })?;
+    let pushed = registry
+        .put_manifest(&repo, &reference, content_type.as_deref(), body.to_vec())
+        .await?;
+    let mut headers = HeaderMap::new();
+    set_header(
+        &mut headers,
+        header::LOCATION,
+        &format!("/v2/{repo}/manifests/{}", pushed.digest),
+    );
+    set_header(&mut headers, CONTENT_DIGEST, &pushed.digest.to_string());
+    set_header(&mut headers, header::CONTENT_LENGTH, "0");
+    if let Some(subject) = &pushed.subject {
+        set_header(&mut headers, OCI_SUBJECT, &subject.to_string());
+    }
+    Ok(empty(StatusCode::CREATED, headers))
+}
+
+pub async fn delete_manifest(registry: &Registry, repo: RepoName, reference: Reference) -> ApiResult {
+    registry.delete_manifest(&repo, &reference).await?;
+    let mut headers = HeaderMap::new();
+    set_header(&mut headers, header::CONTENT_LENGTH, "0");
+    Ok(empty(StatusCode::ACCEPTED, headers))
+}

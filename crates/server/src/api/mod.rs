@@ -1,0 +1,121 @@
+//! HTTP only: parse the request, call the registry core, write headers.
+//!
+//! `/v2/{*rest}` is routed by [`berth_oci::Endpoint::parse`] because
+//! repository names contain slashes; each endpoint has one handler.
+
+mod blobs;
+mod error;
+mod listing;
+mod manifests;
+mod uploads;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use berth_oci::{Endpoint, EndpointError};
+use percent_encoding::percent_decode_str;
+
+use crate::app::App;
+pub use error::ApiError;
+
+type ApiResult = Result<Response, ApiError>;
+
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// The HTTP routes of the server.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v2", any(distribution_api))
+        .route("/v2/", any(distribution_api))
+        .route("/v2/{*rest}", any(distribution_api))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(app)
+}
+
+/// The `Range` header value of an upload session holding `offset` bytes.
+// distribution-spec: "Range: 0-<offset-1>"; clients expect "0-0" for an empty session.
+fn upload_range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+fn query_of(req: &Request) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .and_then(|q| serde_urlencoded_pairs(q).ok())
+        .unwrap_or_default()
+}
+
+fn serde_urlencoded_pairs(q: &str) -> Result<HashMap<String, String>, ()> {
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ())?)
+        .map(|axum::extract::Query(m)| m)
+        .map_err(|_| ())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+async fn distribution_api(State(app): State<Arc<App>>, req: Request) -> Response {
+    let mut response = match route(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+async fn route(app: &App, req: Request) -> ApiResult {
+    let path = req.uri().path();
+    let rest = path.strip_prefix("/v2").unwrap_or(path);
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let decoded = percent_decode_str(rest)
+        .decode_utf8()
+        .map_err(|_| ApiError::from(EndpointError::NotFound))?
+        .into_owned();
+    let endpoint = Endpoint::parse(req.method().as_str(), &decoded)?;
+    let registry = &app.registry;
+    match endpoint {
+        Endpoint::Base => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),
+        Endpoint::Catalog => listing::list_repositories(registry, req).await,
+        Endpoint::ListTags { repo } => listing::list_tags(registry, repo, req).await,
+        Endpoint::ListReferrers { repo, digest } => listing::list_referrers(registry, repo, digest, req).await,
+        Endpoint::GetManifest { repo, reference, head } => {
+            manifests::get_manifest(registry, repo, reference, head, req).await
+        }
+        Endpoint::PutManifest { repo, reference } => manifests::put_manifest(registry, repo, reference, req).await,
+        Endpoint::DeleteManifest { repo, reference } => manifests::delete_manifest(registry, repo, reference).await,
+        Endpoint::GetBlob { repo, digest, head } => blobs::get_blob(registry, repo, digest, head, req).await,
+        Endpoint::DeleteBlob { repo, digest } => blobs::delete_blob(registry, repo, digest).await,
+        Endpoint::StartUpload { repo } => uploads::start_upload(registry, repo, req).await,
+        Endpoint::GetUpload { repo, id } => uploads::get_upload(registry, repo, id).await,
+        Endpoint::PatchUpload { repo, id } => uploads::patch_upload(registry, repo, id, req).await,
+        Endpoint::FinishUpload { repo, id } => uploads::finish_upload(registry, repo, id, req).await,
+        Endpoint::CancelUpload { repo, id } => uploads::cancel_upload(registry, repo, id).await,
+    }
+}
+
+/// A response with no body and the given status and headers.
+fn empty(status: StatusCode, headers: HeaderMap) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}

@@ -1,0 +1,157 @@
+//! `POST /v2/<name>/blobs/uploads/` and the session endpoints
+//! `GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>`.
+
+use std::io;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use berth_oci::{Digest, ErrorCode, RepoName, UploadId};
+use berth_storage::ByteStream;
+use futures::TryStreamExt;
+
+use super::{empty, header_str, query_of, set_header, upload_range, ApiError, ApiResult, CONTENT_DIGEST, UPLOAD_UUID};
+use crate::registry::{ChunkRange, MountOrUpload, Registry, UploadProgress};
+
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(io::Error::other))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
+/// Parses `Content-Range: <start>-<end>` (a `bytes ` prefix is tolerated).
+fn parse_content_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
+    let Some(value) = header_str(headers, "content-range") else {
+        return Ok(None);
+    };
+    let spec = value.trim();
+    let spec = spec
+        .strip_prefix("bytes")
+        .map(|s| s.trim_start_matches([' ', '=']))
+        .unwrap_or(spec);
+    let spec = spec.split('/').next().unwrap_or_default();
+    let parsed = spec.split_once('-').and_then(|(a, b)| {
+        Some(ChunkRange {
+            start: a.trim().parse().ok()?,
+            end: b.trim().parse().ok()?,
+        })
+    });
+    match parsed {
+        Some(r) => Ok(Some(r)),
+        None => Err(ApiError::new(
+            ErrorCode::RangeInvalid,
+            format!("malformed Content-Range {value:?}"),
+        )),
+    }
+}
+
+/// Checks a chunk's declared range against its `Content-Length`.
+fn checked_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
+    let range = parse_content_range(headers)?;
+    if let (Some(r), Some(len)) = (range, content_length(headers)) {
+        if r.end < r.start || r.end - r.start + 1 != len {
+            return Err(ApiError::new(
+                ErrorCode::SizeInvalid,
+                format!(
+                    "Content-Range {}-{} does not match Content-Length {len}",
+                    r.start, r.end
+                ),
+            ));
+        }
+    }
+    Ok(range)
+}
+
+fn parse_digest(query: &std::collections::HashMap<String, String>) -> Result<Option<Digest>, ApiError> {
+    query
+        .get("digest")
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
+        })
+        .transpose()
+}
+
+fn session_headers(repo: &RepoName, progress: &UploadProgress) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    set_header(
+        &mut headers,
+        header::LOCATION,
+        &format!("/v2/{repo}/blobs/uploads/{}", progress.id),
+    );
+    set_header(&mut headers, header::RANGE, &upload_range(progress.offset));
+    set_header(&mut headers, UPLOAD_UUID, progress.id.as_str());
+    set_header(&mut headers, header::CONTENT_LENGTH, "0");
+    headers
+}
+
+fn created(repo: &RepoName, digest: &Digest) -> ApiResult {
+    let mut headers = HeaderMap::new();
+    set_header(&mut headers, header::LOCATION, &format!("/v2/{repo}/blobs/{digest}"));
+    set_header(&mut headers, CONTENT_DIGEST, &digest.to_string());
+    set_header(&mut headers, header::CONTENT_LENGTH, "0");
+    Ok(empty(StatusCode::CREATED, headers))
+}
+
+pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request) -> ApiResult {
+    let query = query_of(&req);
+    if let Some(mount) = query.get("mount") {
+        let digest: Digest = mount
+            .parse()
+            .map_err(|e: berth_oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))?;
+        let from = query
+            .get("from")
+            .map(|f| {
+                f.parse::<RepoName>()
+                    .map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string()))
+            })
+            .transpose()?;
+        return match registry.mount_or_start_upload(&repo, &digest, from.as_ref()).await? {
+            MountOrUpload::Created(d) => created(&repo, &d),
+            MountOrUpload::Session(p) => Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &p))),
+        };
+    }
+    if let Some(digest) = parse_digest(&query)? {
+        let len = content_length(req.headers());
+        let body = body_stream(req.into_body());
+        let digest = registry.push_blob(&repo, &digest, body, len).await?;
+        return created(&repo, &digest);
+    }
+    let progress = registry.start_upload(&repo).await?;
+    Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)))
+}
+
+pub async fn get_upload(registry: &Registry, repo: RepoName, id: UploadId) -> ApiResult {
+    let progress = registry.upload_progress(&repo, &id).await?;
+    let mut headers = session_headers(&repo, &progress);
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(empty(StatusCode::NO_CONTENT, headers))
+}
+
+pub async fn patch_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
+    let range = checked_range(req.headers())?;
+    let body = body_stream(req.into_body());
+    let progress = registry.append_upload(&repo, &id, range, body).await?;
+    Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)))
+}
+
+pub async fn finish_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
+    let query = query_of(&req);
+    let digest = parse_digest(&query)?
+        .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the final PUT of an upload needs ?digest="))?;
+    let range = checked_range(req.headers())?;
+    let has_body = match content_length(req.headers()) {
+        Some(len) => len > 0,
+        None => req.headers().contains_key(header::TRANSFER_ENCODING),
+    };
+    let last_chunk = has_body.then(|| body_stream(req.into_body()));
+    let digest = registry.finish_upload(&repo, &id, &digest, range, last_chunk).await?;
+    created(&repo, &digest)
+}
+
+pub async fn cancel_upload(registry: &Registry, repo: RepoName, id: UploadId) -> ApiResult {
+    registry.cancel_upload(&repo, &id).await?;
+    Ok(empty(StatusCode::NO_CONTENT, HeaderMap::new()))
+}

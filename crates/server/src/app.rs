@@ -1,0 +1,120 @@
+//! The application: stores opened from the configuration, the registry core
+//! over them, the HTTP server and its background jobs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{HeaderName, Request};
+use berth_meta::SqliteMeta;
+use berth_storage::FsBlobStore;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::registry::{Limits, Registry};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything a request handler may use.
+pub struct App {
+    pub registry: Registry,
+    pub config: Config,
+}
+
+impl App {
+    /// Opens the stores named by `config`.
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let blobs =
+            FsBlobStore::open(dir).with_context(|| format!("the data directory {} is not writable", dir.display()))?;
+        let db = dir.join("berth.db");
+        let meta = SqliteMeta::open(&db)
+            .await
+            .with_context(|| format!("cannot open the metadata database {}", db.display()))?;
+        let limits = Limits {
+            manifest_max_bytes: config.limits.manifest_max_bytes,
+        };
+        let registry = Registry::new(Arc::new(meta), Arc::new(blobs), Arc::new(SystemClock), limits);
+        Ok(App { registry, config })
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then drains open requests.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let app = Arc::new(App::open(config).await?);
+    spawn_upload_purge(app.clone());
+
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        })
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(Level::DEBUG));
+    let router = crate::api::router(app.clone())
+        .layer(CatchPanicLayer::new())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), "listening on {addr}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_upload_purge(app: Arc<App>) {
+    let every = Duration::from_secs(app.config.uploads.purge_interval_secs.max(1));
+    let max_age_ms = i64::try_from(app.config.uploads.stale_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match app.registry.purge_stale_uploads(max_age_ms).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged stale upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "purging stale upload sessions failed"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,203 @@
+//! Manifests, tags, listings and referrers.
+
+use berth_meta::{NewManifest, Referrer, StoredManifest};
+use berth_oci::{media_type, Algorithm, Digest, Manifest, Reference, RepoName};
+
+use super::{Registry, RegistryError, Result};
+
+/// The result of a manifest push.
+#[derive(Debug)]
+pub struct PushedManifest {
+    pub digest: Digest,
+    /// The manifest's subject, announced back with `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
+/// One page of a lexically ordered listing.
+#[derive(Debug)]
+pub struct ManifestPage {
+    pub items: Vec<String>,
+    /// Whether more items follow the last one.
+    pub more: bool,
+}
+
+/// Whether an `Accept` header allows a manifest stored as `stored`.
+///
+/// Only a header that names manifest types is a negotiation; `*/*`, wildcards
+/// and headers that name no manifest type at all accept anything.
+fn accepts(accept: &[String], stored: &str) -> bool {
+    let named: Vec<&str> = accept
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(|t| t.split(';').next().unwrap_or_default().trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let negotiating = named.iter().any(|t| media_type::MANIFEST_TYPES.contains(t));
+    !negotiating
+        || named
+            .iter()
+            .any(|t| *t == stored || *t == "*/*" || *t == "application/*")
+}
+
+impl Registry {
+    /// Validates and stores a manifest under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<PushedManifest> {
+        if body.len() > self.limits.manifest_max_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                limit: self.limits.manifest_max_bytes,
+            });
+        }
+        let digest = match reference {
+            Reference::Digest(wanted) => {
+                let actual = Digest::of(wanted.algorithm(), &body);
+                if &actual != wanted {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "manifest digest is {actual}, not the {wanted} in the URL"
+                    )));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
+        };
+        let manifest =
+            Manifest::parse(&body, content_type).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let annotations_json = manifest
+            .annotations
+            .as_ref()
+            .map(|a| serde_json::to_string(a).unwrap_or_default());
+        let record = NewManifest {
+            digest: digest.clone(),
+            media_type: manifest.media_type.clone(),
+            artifact_type: manifest.referrer_artifact_type(),
+            subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
+            annotations_json,
+            body,
+            blobs: dedup(manifest.required_blobs().map(|d| d.digest.clone())),
+            children: dedup(manifest.manifests.iter().map(|d| d.digest.clone())),
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        self.meta
+            .put_manifest(repo.as_str(), &record, tag, self.now_ms())
+            .await?;
+        Ok(PushedManifest {
+            digest,
+            subject: record.subject,
+        })
+    }
+
+    /// The manifest at `reference`, if the `Accept` header allows its type.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<StoredManifest> {
+        let found = match reference {
+            Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
+            Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d).await?,
+        };
+        let Some(manifest) = found else {
+            return Err(self.unknown_manifest_or_name(repo).await);
+        };
+        if !accepts(accept, &manifest.media_type) {
+            return Err(RegistryError::ManifestNotAcceptable {
+                stored: manifest.media_type,
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Deletes a manifest and its tags (by digest) or only a tag (by tag).
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let deleted = match reference {
+            Reference::Tag(t) => self.meta.delete_tag(repo.as_str(), t.as_str()).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str(), d).await?,
+        };
+        if deleted {
+            Ok(())
+        } else {
+            Err(self.unknown_manifest_or_name(repo).await)
+        }
+    }
+
+    async fn unknown_manifest_or_name(&self, repo: &RepoName) -> RegistryError {
+        match self.meta.repository_exists(repo.as_str()).await {
+            Ok(true) => RegistryError::ManifestUnknown,
+            Ok(false) => RegistryError::NameUnknown,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Tags of `repo` after `last`, at most `limit` of them.
+    pub async fn list_tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<ManifestPage> {
+        if !self.meta.repository_exists(repo.as_str()).await? {
+            return Err(RegistryError::NameUnknown);
+        }
+        let items = self
+            .meta
+            .list_tags(repo.as_str(), last, limit.saturating_add(1))
+            .await?;
+        Ok(page(items, limit))
+    }
+
+    /// Repository names after `last`, at most `limit` of them.
+    pub async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<ManifestPage> {
+        let items = self.meta.list_repositories(last, limit.saturating_add(1)).await?;
+        Ok(page(items, limit))
+    }
+
+    /// Manifests of `repo` whose subject is `subject`.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        if !self.meta.repository_exists(repo.as_str()).await? {
+            return Err(RegistryError::NameUnknown);
+        }
+        Ok(self.meta.referrers(repo.as_str(), subject, artifact_type).await?)
+    }
+}
+
+fn page(mut items: Vec<String>, limit: u32) -> ManifestPage {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    ManifestPage { items, more }
+}
+
+fn dedup(digests: impl Iterator<Item = Digest>) -> Vec<Digest> {
+    let mut v: Vec<Digest> = digests.collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let oci = media_type::OCI_INDEX;
+        assert!(accepts(&[], oci));
+        assert!(accepts(&["application/json".into()], oci));
+        assert!(accepts(&["*/*".into()], oci));
+        assert!(accepts(&[format!("{}, {oci}", media_type::DOCKER_MANIFEST)], oci));
+        assert!(accepts(
+            &[media_type::DOCKER_MANIFEST.into(), format!("{oci}; q=0.5")],
+            oci
+        ));
+        assert!(!accepts(&[media_type::DOCKER_MANIFEST.into()], oci));
+        assert!(accepts(&[media_type::DOCKER_MANIFEST.into(), "*/*".into()], oci));
+    }
+}

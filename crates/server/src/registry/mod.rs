@@ -1,0 +1,113 @@
+//! The registry core: the rules of pushing, pulling, linking, tagging and
+//! deleting, on top of the meta store and the blob store.
+//!
+//! Nothing here knows HTTP. Handlers call these services and map
+//! [`RegistryError`] to OCI error JSON in one place (`api::error`).
+
+mod blobs;
+mod manifests;
+mod uploads;
+
+use std::sync::Arc;
+
+use berth_meta::{MetaError, MetaStore};
+use berth_oci::Digest;
+use berth_storage::{BlobStore, StorageError};
+
+use crate::clock::Clock;
+
+pub use blobs::ByteRange;
+pub use manifests::ManifestPage;
+pub use uploads::{ChunkRange, MountOrUpload, UploadProgress};
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to this repository")]
+    BlobUnknown,
+    #[error("upload session unknown")]
+    UploadUnknown,
+    #[error("{0}")]
+    UploadInvalid(String),
+    #[error("chunk does not start at the session's offset {current}")]
+    ChunkOutOfOrder { current: u64 },
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest exceeds the {limit}-byte limit")]
+    ManifestTooLarge { limit: usize },
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("manifest is stored as {stored}, which the request's Accept header does not allow")]
+    ManifestNotAcceptable { stored: String },
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestBlobUnknown(Digest),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error(transparent)]
+    Meta(MetaError),
+}
+
+impl From<StorageError> for RegistryError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Body(io) => RegistryError::UploadInvalid(format!("request body ended early: {io}")),
+            other => RegistryError::Storage(other),
+        }
+    }
+}
+
+impl From<MetaError> for RegistryError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::MissingReference(d) => RegistryError::ManifestBlobUnknown(d),
+            other => RegistryError::Meta(other),
+        }
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Limits the registry enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub manifest_max_bytes: usize,
+}
+
+/// The registry core, shared by the API handlers and background jobs.
+pub struct Registry {
+    meta: Arc<dyn MetaStore>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    sessions: uploads::SessionLocks,
+}
+
+impl Registry {
+    /// A registry over the given stores.
+    pub fn new(meta: Arc<dyn MetaStore>, blobs: Arc<dyn BlobStore>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
+        Registry {
+            meta,
+            blobs,
+            clock,
+            limits,
+            sessions: uploads::SessionLocks::default(),
+        }
+    }
+
+    /// The manifest size limit in bytes.
+    pub fn manifest_limit(&self) -> usize {
+        self.limits.manifest_max_bytes
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}

@@ -1,0 +1,315 @@
+//! Upload sessions: start, append chunks, finish with a digest, cancel, purge,
+//! and cross-repository mounts.
+//!
+//! The digest is computed while the bytes stream through, and the hasher state
+//! is saved with the session's offset after every chunk, so a session can be
+//! continued by any request (or replica). When the saved state cannot be used,
+//! the bytes received so far are hashed again from the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use berth_meta::UploadRecord;
+use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
+use berth_storage::{ByteStream, StorageError};
+use futures::StreamExt;
+use tokio::sync::OwnedMutexGuard;
+
+use super::{Registry, RegistryError, Result};
+
+/// Where an upload session stands.
+#[derive(Debug, Clone)]
+pub struct UploadProgress {
+    pub id: UploadId,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// The outcome of `POST /blobs/uploads/`.
+#[derive(Debug)]
+pub enum MountOrUpload {
+    /// The blob was linked from another repository (or pushed in one request).
+    Created(Digest),
+    /// An upload session was opened.
+    Session(UploadProgress),
+}
+
+/// Serialises requests on the same session within this process, so two
+/// PATCHes never write the same session file at once.
+#[derive(Default)]
+pub(super) struct SessionLocks(Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl SessionLocks {
+    async fn lock(&self, id: &UploadId) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Drop locks nobody holds, so the map stays as small as the live sessions.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(id.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+fn upload_error(e: StorageError) -> RegistryError {
+    match e {
+        StorageError::UploadNotFound => RegistryError::UploadUnknown,
+        other => other.into(),
+    }
+}
+
+/// A chunk's declared position: `Content-Range: start-end` (inclusive).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Registry {
+    async fn session(&self, repo: &RepoName, id: &UploadId) -> Result<UploadRecord> {
+        match self.meta.get_upload(id).await? {
+            Some(rec) if rec.repo == repo.as_str() => Ok(rec),
+            _ => Err(RegistryError::UploadUnknown),
+        }
+    }
+
+    /// Opens a new, empty upload session in `repo`.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadProgress> {
+        let id = UploadId::new(uuid::Uuid::new_v4().to_string());
+        self.blobs.start_upload(&id).await?;
+        let now = self.now_ms();
+        let record = UploadRecord {
+            id: id.clone(),
+            repo: repo.to_string(),
+            offset: 0,
+            hash_state: None,
+            started_ms: now,
+            updated_ms: now,
+        };
+        if let Err(e) = self.meta.create_upload(&record).await {
+            let _ = self.blobs.cancel_upload(&id).await;
+            return Err(e.into());
+        }
+        Ok(UploadProgress { id, offset: 0 })
+    }
+
+    /// `POST` with `mount=`: links the blob when possible, else opens a session.
+    pub async fn mount_or_start_upload(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<MountOrUpload> {
+        if self.mount_blob(repo, digest, from).await? {
+            return Ok(MountOrUpload::Created(digest.clone()));
+        }
+        Ok(MountOrUpload::Session(self.start_upload(repo).await?))
+    }
+
+    /// `POST` with `digest=`: the whole blob in one request.
+    pub async fn push_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> Result<Digest> {
+        let progress = self.start_upload(repo).await?;
+        let range = expected_len.map(|len| ChunkRange {
+            start: 0,
+            end: len.wrapping_sub(1),
+        });
+        self.finish_upload(repo, &progress.id, digest, range, Some(body)).await
+    }
+
+    /// How far a session has come.
+    pub async fn upload_progress(&self, repo: &RepoName, id: &UploadId) -> Result<UploadProgress> {
+        let rec = self.session(repo, id).await?;
+        Ok(UploadProgress {
+            id: rec.id,
+            offset: rec.offset,
+        })
+    }
+
+    /// Appends one chunk (`PATCH`). With a `range`, the chunk must start at the
+    /// session's offset and be exactly as long as declared.
+    pub async fn append_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+    ) -> Result<UploadProgress> {
+        let _guard = self.sessions.lock(id).await;
+        let rec = self.session(repo, id).await?;
+        let (offset, _) = self.write_chunk(&rec, range, body, Algorithm::Sha256).await?;
+        Ok(UploadProgress { id: rec.id, offset })
+    }
+
+    /// Completes a session (`PUT ?digest=`), with an optional last chunk, and
+    /// makes the blob visible in `repo` only if its bytes match `digest`.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        last_chunk: Option<ByteStream>,
+    ) -> Result<Digest> {
+        let _guard = self.sessions.lock(id).await;
+        let rec = self.session(repo, id).await?;
+        let (len, hasher) = match last_chunk {
+            Some(body) => self.write_chunk(&rec, range, body, digest.algorithm()).await?,
+            None => (rec.offset, self.hasher_for(&rec, digest.algorithm()).await?),
+        };
+        let hasher = if hasher.algorithm() == digest.algorithm() {
+            hasher
+        } else {
+            self.rehash(id, len, digest.algorithm()).await?
+        };
+        let actual = hasher.finish();
+        if &actual != digest {
+            // distribution-spec: a blob whose content does not match is never stored.
+            self.drop_session(id).await;
+            return Err(RegistryError::DigestInvalid(format!(
+                "provided digest {digest} does not match the uploaded content ({actual}, {len} bytes)"
+            )));
+        }
+        self.blobs.commit_upload(id, len, digest).await.map_err(upload_error)?;
+        self.meta.add_blob(repo.as_str(), digest, len, self.now_ms()).await?;
+        self.meta.delete_upload(id).await?;
+        Ok(actual)
+    }
+
+    /// Cancels a session and drops its bytes (`DELETE`).
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let _guard = self.sessions.lock(id).await;
+        self.session(repo, id).await?;
+        self.blobs.cancel_upload(id).await?;
+        self.meta.delete_upload(id).await?;
+        Ok(())
+    }
+
+    /// Drops sessions untouched for `max_age_ms`; returns how many went.
+    pub async fn purge_stale_uploads(&self, max_age_ms: i64) -> Result<usize> {
+        let before = self.now_ms().saturating_sub(max_age_ms);
+        let mut purged = 0;
+        loop {
+            let stale = self.meta.stale_uploads(before, 100).await?;
+            if stale.is_empty() {
+                return Ok(purged);
+            }
+            for rec in stale {
+                let _guard = self.sessions.lock(&rec.id).await;
+                self.blobs.cancel_upload(&rec.id).await?;
+                self.meta.delete_upload(&rec.id).await?;
+                purged += 1;
+            }
+        }
+    }
+
+    async fn drop_session(&self, id: &UploadId) {
+        if let Err(e) = self.blobs.cancel_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "could not drop the bytes of a failed upload");
+        }
+        if let Err(e) = self.meta.delete_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "could not drop a failed upload session");
+        }
+    }
+
+    /// The hasher for the bytes received so far: the saved state when usable,
+    /// else a re-hash of the stored bytes.
+    async fn hasher_for(&self, rec: &UploadRecord, algorithm: Algorithm) -> Result<DigestHasher> {
+        if rec.offset == 0 {
+            return Ok(DigestHasher::new(algorithm));
+        }
+        if let Some(h) = rec.hash_state.as_deref().and_then(DigestHasher::restore) {
+            return Ok(h);
+        }
+        tracing::info!(upload = %rec.id, "no usable saved hash state; hashing the received bytes again");
+        self.rehash(&rec.id, rec.offset, algorithm).await
+    }
+
+    async fn rehash(&self, id: &UploadId, len: u64, algorithm: Algorithm) -> Result<DigestHasher> {
+        let mut hasher = DigestHasher::new(algorithm);
+        let mut bytes = self.blobs.read_upload(id, len).await.map_err(upload_error)?;
+        let mut seen = 0u64;
+        while let Some(chunk) = bytes.next().await {
+            let chunk = chunk.map_err(StorageError::Io)?;
+            seen += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        if seen != len {
+            return Err(RegistryError::Storage(StorageError::UploadTooShort {
+                expected: len,
+                actual: seen,
+            }));
+        }
+        Ok(hasher)
+    }
+
+    /// Streams one chunk into the session, hashing it on the way, and records
+    /// the new offset. Returns the new offset and the hasher after it.
+    async fn write_chunk(
+        &self,
+        rec: &UploadRecord,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+        algorithm: Algorithm,
+    ) -> Result<(u64, DigestHasher)> {
+        let expected_len = match range {
+            Some(r) if r.start != rec.offset => {
+                // distribution-spec: an out-of-order chunk gets 416 with the current Range.
+                return Err(RegistryError::ChunkOutOfOrder { current: rec.offset });
+            }
+            Some(r) if r.end < r.start => {
+                return Err(RegistryError::ChunkOutOfOrder { current: rec.offset });
+            }
+            Some(r) => Some(r.end - r.start + 1),
+            None => None,
+        };
+        let hasher = Arc::new(Mutex::new(Some(self.hasher_for(rec, algorithm).await?)));
+        let feed = hasher.clone();
+        let hashed: ByteStream = Box::pin(body.map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                if let Some(h) = feed.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    h.update(bytes);
+                }
+            }
+            chunk
+        }));
+        let new_len = self
+            .blobs
+            .append_upload(&rec.id, rec.offset, hashed)
+            .await
+            .map_err(upload_error)?;
+        let received = new_len - rec.offset;
+        if let Some(expected) = expected_len {
+            if received != expected {
+                return Err(RegistryError::SizeInvalid(format!(
+                    "Content-Range declares {expected} bytes but the body had {received}"
+                )));
+            }
+        }
+        let hasher = hasher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| RegistryError::UploadInvalid("hash state lost".into()))?;
+        let advanced = self
+            .meta
+            .advance_upload(&rec.id, rec.offset, new_len, Some(&hasher.save()), self.now_ms())
+            .await?;
+        if !advanced {
+            let current = self
+                .meta
+                .get_upload(&rec.id)
+                .await?
+                .ok_or(RegistryError::UploadUnknown)?;
+            return Err(RegistryError::ChunkOutOfOrder {
+                current: current.offset,
+            });
+        }
+        Ok((new_len, hasher))
+    }
+}

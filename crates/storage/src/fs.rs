@@ -1,0 +1,306 @@
+//! The filesystem blob store: `blobs/<alg>/<2 hex>/<hex>` under a root
+//! directory, upload sessions as files in `uploads/`.
+//!
+//! Bytes are written to the session file, fsynced, and renamed into place only
+//! on commit, so a reader never sees a partial blob. Blocking file I/O runs on
+//! dedicated blocking threads fed through bounded channels, so hashing (in the
+//! caller), socket I/O and disk I/O overlap.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use berth_oci::{Digest, UploadId};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::{BlobStore, ByteStream, StorageError};
+
+/// Size of the chunks read from disk when serving a blob.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks in flight between the socket side and the disk side.
+const CHANNEL_DEPTH: usize = 8;
+/// Dirty bytes after which writeback is started, so the final fsync is short.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// A blob store in a local directory.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store under `root`, checking that it is writable.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(root.join("blobs"))?;
+        fs::create_dir_all(root.join("uploads"))?;
+        // Fail at start, not at the first push, when the directory is read-only.
+        let probe = root.join("uploads").join(".write-probe");
+        File::create(&probe)?;
+        fs::remove_file(&probe)?;
+        Ok(FsBlobStore { root })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_path(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+}
+
+fn not_found_as(err: io::Error, instead: StorageError) -> StorageError {
+    if err.kind() == io::ErrorKind::NotFound {
+        instead
+    } else {
+        StorageError::Io(err)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Asks the kernel to start writing back `len` bytes at `offset` without waiting.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is open for the call.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Streams `len` bytes of `file` from `offset` through a reader thread.
+fn stream_file(mut file: File, offset: u64, len: u64) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(READ_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(n);
+            match file.read_exact(&mut buf) {
+                Ok(()) => {
+                    left -= n as u64;
+                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> impl futures::Stream<Item = io::Result<Bytes>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
+        let path = self.blob_path(digest);
+        let (file, size) = blocking(move || {
+            let f = File::open(path)?;
+            let size = f.metadata()?.len();
+            Ok((f, size))
+        })
+        .await
+        .map_err(|e| not_found_as(e, StorageError::BlobNotFound))?;
+        let range = range.unwrap_or(0..size);
+        let end = range.end.min(size);
+        let start = range.start.min(end);
+        Ok(stream_file(file, start, end - start))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn start_upload(&self, id: &UploadId) -> Result<(), StorageError> {
+        let path = self.upload_path(id);
+        blocking(move || OpenOptions::new().write(true).create_new(true).open(path).map(drop)).await?;
+        Ok(())
+    }
+
+    async fn append_upload(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64, StorageError> {
+        let path = self.upload_path(id);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            let have = file.metadata()?.len();
+            if have < offset {
+                return Err(StorageError::UploadTooShort {
+                    expected: offset,
+                    actual: have,
+                });
+            }
+            // Bytes past `offset` belong to an attempt that was never acknowledged.
+            file.set_len(offset)?;
+            file.seek(SeekFrom::Start(offset))?;
+            let (mut pos, mut flushed) = (offset, offset);
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+                pos += chunk.len() as u64;
+                if pos - flushed >= WRITEBACK_EVERY {
+                    start_writeback(&file, flushed, pos - flushed);
+                    flushed = pos;
+                }
+            }
+            Ok(pos)
+        });
+        let mut body_error = None;
+        while let Some(chunk) = data.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if tx.send(bytes).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    body_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| io::Error::other(format!("upload writer failed: {e}")))??;
+        if let Some(e) = body_error {
+            return Err(StorageError::Body(e));
+        }
+        let path = self.upload_path(id);
+        blocking(move || OpenOptions::new().write(true).open(path)?.sync_data()).await?;
+        Ok(written)
+    }
+
+    async fn read_upload(&self, id: &UploadId, len: u64) -> Result<ByteStream, StorageError> {
+        let path = self.upload_path(id);
+        let file = blocking(move || File::open(path))
+            .await
+            .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+        Ok(stream_file(file, 0, len))
+    }
+
+    async fn commit_upload(&self, id: &UploadId, len: u64, digest: &Digest) -> Result<(), StorageError> {
+        let from = self.upload_path(id);
+        let to = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&from)
+                .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            let have = file.metadata()?.len();
+            if have < len {
+                return Err(StorageError::UploadTooShort {
+                    expected: len,
+                    actual: have,
+                });
+            }
+            if to.exists() {
+                drop(file);
+                fs::remove_file(&from)?;
+                return Ok(());
+            }
+            file.set_len(len)?;
+            file.sync_all()?;
+            drop(file);
+            let dir = to.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            if !dir.exists() {
+                fs::create_dir_all(dir)?;
+                if let Some(up) = dir.parent() {
+                    fsync_dir(up)?;
+                }
+            }
+            fs::rename(&from, &to)?;
+            fsync_dir(dir)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("commit task failed: {e}")))?
+    }
+
+    async fn cancel_upload(&self, id: &UploadId) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.upload_path(id)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        crate::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn committed_blobs_are_laid_out_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let digest = crate::conformance::put(&store, b"hello").await;
+        let path = dir
+            .path()
+            .join("blobs/sha256")
+            .join(&digest.hex()[..2])
+            .join(digest.hex());
+        assert_eq!(std::fs::read(path).unwrap(), b"hello");
+        assert_eq!(std::fs::read_dir(dir.path().join("uploads")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_read_only_root_is_reported() {
+        let err = FsBlobStore::open("/proc/berth-cannot-exist");
+        assert!(err.is_err());
+    }
+}

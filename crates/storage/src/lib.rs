@@ -1,0 +1,69 @@
+//! Blob bytes: the [`BlobStore`] trait and its backends.
+//!
+//! A blob store knows bytes, digests and upload sessions. It never knows
+//! repositories, manifests or who may read what; the registry layer joins it
+//! with the metadata store. Whether a blob is *visible* is decided by the
+//! metadata store, so a file here without a row there is an orphan, not a blob.
+
+pub mod conformance;
+pub mod fs;
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, UploadId};
+use bytes::Bytes;
+use futures::Stream;
+
+pub use fs::FsBlobStore;
+
+/// A stream of blob bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// What can go wrong in a blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("blob not found in the store")]
+    BlobNotFound,
+    #[error("upload session has no data in the store")]
+    UploadNotFound,
+    #[error("upload holds {actual} bytes, fewer than the expected {expected}")]
+    UploadTooShort { expected: u64, actual: u64 },
+    #[error("reading the request body failed: {0}")]
+    Body(io::Error),
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A content-addressed blob store with resumable upload sessions.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The blob's size, or `None` when the store does not hold it.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError>;
+
+    /// The blob's bytes, or the bytes in `range` of it.
+    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream, StorageError>;
+
+    /// Removes the blob; removing a missing blob is not an error.
+    async fn delete(&self, digest: &Digest) -> Result<(), StorageError>;
+
+    /// Creates an empty upload session.
+    async fn start_upload(&self, id: &UploadId) -> Result<(), StorageError>;
+
+    /// Writes `data` at `offset` of the upload, discarding anything the session
+    /// holds past `offset` (bytes of an earlier, unacknowledged attempt), and
+    /// makes the result durable. Returns the session's new length.
+    async fn append_upload(&self, id: &UploadId, offset: u64, data: ByteStream) -> Result<u64, StorageError>;
+
+    /// The first `len` bytes of the upload, to re-hash when no saved hash state can be used.
+    async fn read_upload(&self, id: &UploadId, len: u64) -> Result<ByteStream, StorageError>;
+
+    /// Turns the first `len` bytes of the upload into the blob `digest`, durably.
+    /// The caller has verified the digest. If the blob already exists, the upload is dropped.
+    async fn commit_upload(&self, id: &UploadId, len: u64, digest: &Digest) -> Result<(), StorageError>;
+
+    /// Drops an upload session and its bytes; dropping a missing session is not an error.
+    async fn cancel_upload(&self, id: &UploadId) -> Result<(), StorageError>;
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Installs what Berth's tests and benchmark need, on Debian 12, when missing.
+#
+# Idempotent: when everything is present it changes nothing and does not touch
+# the network. Run as root (or as a user with passwordless sudo).
+#
+#   apt:  skopeo podman uidmap docker.io containerd docker-registry wrk curl jq
+#         tar openssl procps python3
+#   rust: the rustfmt and clippy components of the active toolchain
+#
+# podman is installed without its Recommends: pushing, pulling and inspecting
+# images (all the tests need) work with its hard dependencies (runc, conmon,
+# containers-common) and the kernel's overlay driver as root.
+set -euo pipefail
+
+APT_PKGS=(
+  skopeo podman uidmap
+  docker.io containerd
+  docker-registry
+  wrk curl jq tar openssl procps python3
+)
+# Commands the tests call; checked after the install as a sanity check.
+COMMANDS=(skopeo podman newuidmap docker dockerd containerd docker-registry wrk curl jq tar openssl ps python3)
+
+log() { printf 'install-deps: %s\n' "$*"; }
+die() { printf 'install-deps: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# The Rust toolchain lives under ~/.cargo/bin with rustup; make sure it is found
+# even when the caller's PATH lacks it (e.g. a minimal CI environment).
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
+  case ":$PATH:" in
+    *":${CARGO_HOME:-$HOME/.cargo}/bin:"*) ;;
+    *) PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" ;;
+  esac
+fi
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo -n "$@"
+  else
+    die "need root to run: $*"
+  fi
+}
+
+# ---------------------------------------------------------------- apt packages
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  die "dpkg-query not found: this script supports Debian 12 only"
+fi
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$st" = "installed" ] || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "missing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  APT=(apt-get -q -y -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
+  t0=$SECONDS
+  as_root env DEBIAN_FRONTEND=noninteractive "${APT[@]}" update
+  as_root env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends "${missing[@]}"
+  log "apt install done in $((SECONDS - t0)) s"
+else
+  log "apt packages: all present"
+fi
+
+for c in "${COMMANDS[@]}"; do
+  command -v "$c" >/dev/null 2>&1 || die "command '$c' still not found after install"
+done
+
+# ---------------------------------------------------------------- rust components
+command -v cargo >/dev/null 2>&1 || die "cargo not found (expected the rustup toolchain under ~/.cargo/bin)"
+need=()
+cargo fmt --version >/dev/null 2>&1 || need+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || need+=(clippy)
+if [ "${#need[@]}" -gt 0 ]; then
+  command -v rustup >/dev/null 2>&1 || die "rust components missing (${need[*]}) and rustup not found"
+  log "adding rust components: ${need[*]}"
+  rustup component add "${need[@]}" || die "rustup component add ${need[*]} failed"
+  cargo fmt --version >/dev/null 2>&1 || die "cargo fmt still unavailable"
+  cargo clippy --version >/dev/null 2>&1 || die "cargo clippy still unavailable"
+else
+  log "rust components rustfmt, clippy: present"
+fi
+
+log "ok"
