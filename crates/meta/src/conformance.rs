@@ -147,4 +147,14 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
     assert_eq!(meta.stale_uploads(250, 10).await.unwrap().len(), 1);
     meta.delete_upload(&id).await.unwrap();
     assert!(meta.get_upload(&id).await.unwrap().is_none());
+
+    let done = UploadRecord {
+        id: UploadId::new("conformance-done".into()),
+        ..rec
+    };
+    meta.create_upload(&done).await.unwrap();
+    let d = Digest::sha256_of(b"uploaded");
+    meta.complete_upload(&done.id, "u/r", &d, 8, 400).await.unwrap();
+    assert!(meta.get_upload(&done.id).await.unwrap().is_none());
+    assert_eq!(meta.linked_blob_size("u/r", &d).await.unwrap(), Some(8));
 }

@@ -138,6 +138,10 @@ pub trait MetaStore: Send + Sync + 'static {
 
     async fn delete_upload(&self, id: &UploadId) -> Result<()>;
 
+    /// Ends an upload session that became a blob: records the blob, links it
+    /// to `repo` and drops the session, in one transaction.
+    async fn complete_upload(&self, id: &UploadId, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()>;
+
     /// Sessions not touched since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>>;
 }

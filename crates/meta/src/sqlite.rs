@@ -86,6 +86,32 @@ impl SqliteMeta {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    async fn record_blob(
+        tx: &mut Transaction<'static, Sqlite>,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let repo_id = Self::ensure_repo(tx, repo, now_ms).await?;
+        sqlx::query("INSERT INTO blobs (digest, size, created_ms) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.to_string())
+            .bind(to_i64(size))
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest.to_string())
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &str, now_ms: i64) -> Result<i64> {
         sqlx::query("INSERT INTO repositories (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(repo)
@@ -131,22 +157,7 @@ impl MetaStore for SqliteMeta {
 
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
         let mut tx = self.begin().await?;
-        let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
-        sqlx::query("INSERT INTO blobs (digest, size, created_ms) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest.to_string())
-            .bind(to_i64(size))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (repo_id, digest) DO NOTHING",
-        )
-        .bind(repo_id)
-        .bind(digest.to_string())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -398,6 +409,17 @@ impl MetaStore for SqliteMeta {
             .bind(id.as_str())
             .execute(&self.writer)
             .await?;
+        Ok(())
+    }
+
+    async fn complete_upload(&self, id: &UploadId, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

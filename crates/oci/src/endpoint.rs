@@ -97,8 +97,9 @@ pub enum Endpoint {
 pub enum EndpointError {
     #[error("no such endpoint")]
     NotFound,
+    /// RFC 9110: a 405 answer lists the methods the endpoint allows.
     #[error("method not allowed on this endpoint")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error(transparent)]
     Name(NameError),
     #[error(transparent)]
@@ -116,6 +117,22 @@ enum Action<'a> {
     Uploads,
     Upload(&'a str),
     Referrers(&'a str),
+}
+
+/// The `Allow` value of endpoints that can only be read.
+const READ_ONLY: &str = "GET, HEAD";
+
+impl Action<'_> {
+    /// The methods the action's endpoints accept, as an `Allow` header value.
+    fn allowed_methods(&self) -> &'static str {
+        match self {
+            Action::Tags | Action::Referrers(_) => READ_ONLY,
+            Action::Manifest(_) => "GET, HEAD, PUT, DELETE",
+            Action::Blob(_) => "GET, HEAD, DELETE",
+            Action::Uploads => "POST",
+            Action::Upload(_) => "GET, HEAD, PATCH, PUT, DELETE",
+        }
+    }
 }
 
 /// Splits `name/…/action/arg` into the name part and the action.
@@ -162,14 +179,14 @@ impl Endpoint {
                 return if is_get {
                     Ok(Endpoint::Base)
                 } else {
-                    Err(EndpointError::MethodNotAllowed)
+                    Err(EndpointError::MethodNotAllowed { allow: READ_ONLY })
                 }
             }
             "_catalog" => {
                 return if is_get {
                     Ok(Endpoint::Catalog)
                 } else {
-                    Err(EndpointError::MethodNotAllowed)
+                    Err(EndpointError::MethodNotAllowed { allow: READ_ONLY })
                 }
             }
             _ => {}
@@ -180,6 +197,7 @@ impl Endpoint {
         let digest = |s: &str| s.parse::<Digest>().map_err(EndpointError::Digest);
         let upload_id = |s: &str| UploadId::parse(s).ok_or(EndpointError::UploadId);
         let head = method == "HEAD";
+        let allow = action.allowed_methods();
         Ok(match (action, method) {
             (Action::Tags, "GET" | "HEAD") => Endpoint::ListTags { repo },
             (Action::Manifest(r), "GET" | "HEAD") => Endpoint::GetManifest {
@@ -225,7 +243,7 @@ impl Endpoint {
                 repo,
                 digest: digest(d)?,
             },
-            _ => return Err(EndpointError::MethodNotAllowed),
+            _ => return Err(EndpointError::MethodNotAllowed { allow }),
         })
     }
 }
@@ -303,7 +321,13 @@ mod tests {
         assert_eq!(Endpoint::parse("GET", "/manifests/x"), Err(EndpointError::NotFound));
         assert_eq!(
             Endpoint::parse("POST", "a/manifests/x"),
-            Err(EndpointError::MethodNotAllowed)
+            Err(EndpointError::MethodNotAllowed {
+                allow: "GET, HEAD, PUT, DELETE"
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("DELETE", "_catalog"),
+            Err(EndpointError::MethodNotAllowed { allow: "GET, HEAD" })
         );
         assert!(matches!(
             Endpoint::parse("GET", "A/manifests/x"),

@@ -22,10 +22,13 @@ use crate::{BlobStore, ByteStream, StorageError};
 
 /// Size of the chunks read from disk when serving a blob.
 const READ_CHUNK: usize = 1 << 20;
-/// Chunks in flight between the socket side and the disk side.
+/// Batches in flight between the socket side and the disk side.
 const CHANNEL_DEPTH: usize = 8;
+/// Request-body chunks are gathered into batches of about this size before
+/// they are handed to the writer thread, so the threads wake rarely.
+const WRITE_BATCH: usize = 1 << 20;
 /// Dirty bytes after which writeback is started, so the final fsync is short.
-const WRITEBACK_EVERY: u64 = 32 << 20;
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A blob store in a local directory.
 #[derive(Debug, Clone)]
@@ -165,7 +168,7 @@ impl BlobStore for FsBlobStore {
 
     async fn append_upload(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64, StorageError> {
         let path = self.upload_path(id);
-        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(CHANNEL_DEPTH);
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -182,9 +185,11 @@ impl BlobStore for FsBlobStore {
             file.set_len(offset)?;
             file.seek(SeekFrom::Start(offset))?;
             let (mut pos, mut flushed) = (offset, offset);
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-                pos += chunk.len() as u64;
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch {
+                    file.write_all(&chunk)?;
+                    pos += chunk.len() as u64;
+                }
                 if pos - flushed >= WRITEBACK_EVERY {
                     start_writeback(&file, flushed, pos - flushed);
                     flushed = pos;
@@ -193,11 +198,17 @@ impl BlobStore for FsBlobStore {
             Ok(pos)
         });
         let mut body_error = None;
+        let (mut batch, mut batched) = (Vec::new(), 0usize);
         while let Some(chunk) = data.next().await {
             match chunk {
                 Ok(bytes) => {
-                    if tx.send(bytes).await.is_err() {
-                        break; // the writer failed; its error is reported below
+                    batched += bytes.len();
+                    batch.push(bytes);
+                    if batched >= WRITE_BATCH {
+                        batched = 0;
+                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                            break; // the writer failed; its error is reported below
+                        }
                     }
                 }
                 Err(e) => {
@@ -205,6 +216,9 @@ impl BlobStore for FsBlobStore {
                     break;
                 }
             }
+        }
+        if body_error.is_none() && !batch.is_empty() {
+            let _ = tx.send(batch).await;
         }
         drop(tx);
         let written = writer

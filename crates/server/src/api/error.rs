@@ -4,7 +4,7 @@
 //! status of the code. Unexpected failures are logged once and answered as a
 //! plain 500 without internals.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_oci::{EndpointError, ErrorCode, NameError};
 use serde_json::json;
@@ -112,7 +112,9 @@ impl From<EndpointError> for ApiError {
             EndpointError::NotFound => {
                 ApiError::new(ErrorCode::Unsupported, message).with_status(StatusCode::NOT_FOUND)
             }
-            EndpointError::MethodNotAllowed => ApiError::new(ErrorCode::Unsupported, message),
+            EndpointError::MethodNotAllowed { allow } => {
+                ApiError::new(ErrorCode::Unsupported, message).with_header(header::ALLOW, allow.to_owned())
+            }
             EndpointError::Name(_) => ApiError::new(ErrorCode::NameInvalid, message),
             EndpointError::Reference(NameError::InvalidDigest(_)) | EndpointError::Digest(_) => {
                 ApiError::new(ErrorCode::DigestInvalid, message)

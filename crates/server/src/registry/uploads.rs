@@ -58,6 +58,13 @@ fn upload_error(e: StorageError) -> RegistryError {
     }
 }
 
+/// Whether a chunk's new offset and hash state are saved in the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Record,
+    Discard,
+}
+
 /// A chunk's declared position: `Content-Range: start-end` (inclusive).
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkRange {
@@ -142,7 +149,9 @@ impl Registry {
     ) -> Result<UploadProgress> {
         let _guard = self.sessions.lock(id).await;
         let rec = self.session(repo, id).await?;
-        let (offset, _) = self.write_chunk(&rec, range, body, Algorithm::Sha256).await?;
+        let (offset, _) = self
+            .write_chunk(&rec, range, body, Algorithm::Sha256, Progress::Record)
+            .await?;
         Ok(UploadProgress { id: rec.id, offset })
     }
 
@@ -159,7 +168,11 @@ impl Registry {
         let _guard = self.sessions.lock(id).await;
         let rec = self.session(repo, id).await?;
         let (len, hasher) = match last_chunk {
-            Some(body) => self.write_chunk(&rec, range, body, digest.algorithm()).await?,
+            // The session ends here, so its progress needs no saving.
+            Some(body) => {
+                self.write_chunk(&rec, range, body, digest.algorithm(), Progress::Discard)
+                    .await?
+            }
             None => (rec.offset, self.hasher_for(&rec, digest.algorithm()).await?),
         };
         let hasher = if hasher.algorithm() == digest.algorithm() {
@@ -176,8 +189,9 @@ impl Registry {
             )));
         }
         self.blobs.commit_upload(id, len, digest).await.map_err(upload_error)?;
-        self.meta.add_blob(repo.as_str(), digest, len, self.now_ms()).await?;
-        self.meta.delete_upload(id).await?;
+        self.meta
+            .complete_upload(id, repo.as_str(), digest, len, self.now_ms())
+            .await?;
         Ok(actual)
     }
 
@@ -256,6 +270,7 @@ impl Registry {
         range: Option<ChunkRange>,
         body: ByteStream,
         algorithm: Algorithm,
+        progress: Progress,
     ) -> Result<(u64, DigestHasher)> {
         let expected_len = match range {
             Some(r) if r.start != rec.offset => {
@@ -296,6 +311,9 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| RegistryError::UploadInvalid("hash state lost".into()))?;
+        if progress == Progress::Discard {
+            return Ok((new_len, hasher));
+        }
         let advanced = self
             .meta
             .advance_upload(&rec.id, rec.offset, new_len, Some(&hasher.save()), self.now_ms())
