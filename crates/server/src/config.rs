@@ -85,7 +85,22 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
+/// our own scripts, say) are not taken for misspelt settings.
+const TOP_LEVEL_KEYS: [&str; 5] = ["listen", "data_dir", "log", "uploads", "limits"];
+
 impl Config {
+    fn environment() -> Env {
+        Env::prefixed("BERTH_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                TOP_LEVEL_KEYS
+                    .iter()
+                    .any(|top| key == *top || key.starts_with(&format!("{top}__")))
+            })
+            .split("__")
+    }
+
     /// Loads the configuration from every source.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -99,7 +114,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::prefixed("BERTH_").split("__"))
+            .merge(Self::environment())
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
@@ -119,6 +134,7 @@ mod tests {
             )?;
             jail.set_env("BERTH_DATA_DIR", "/from-env");
             jail.set_env("BERTH_LIMITS__MANIFEST_MAX_BYTES", "1000");
+            jail.set_env("BERTH_BIN", "/not/a/setting");
             let c = Config::load(
                 Some(Path::new("berth.toml")),
                 Overrides {
@@ -142,6 +158,8 @@ mod tests {
             jail.create_file("berth.toml", "lisen = \"x\"\n")?;
             assert!(Config::load(Some(Path::new("berth.toml")), Overrides::default()).is_err());
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
+            jail.set_env("BERTH_LOG__LEVL", "debug");
+            assert!(Config::load(None, Overrides::default()).is_err());
             Ok(())
         });
     }

@@ -1,0 +1,821 @@
+#!/usr/bin/env bash
+# End-to-end test of an OCI registry with real clients: skopeo, podman, docker
+# (and curl for the final state).
+#
+#   scripts/e2e.sh --url http://127.0.0.1:PORT   test a registry that already runs
+#   scripts/e2e.sh                               start Berth itself and test it
+#
+# Without --url the script starts "$BERTH_BIN serve --listen 127.0.0.1:PORT
+# --data-dir TMP/data" on a free port (BERTH_BIN defaults to
+# ${CARGO_TARGET_DIR:-<repo>/target}/debug/berth), waits for GET /v2/ to answer
+# 200 and stops it by PID on exit.
+#
+# Options:  -v, --verbose  print the output of every step as it runs
+#           -k, --keep     keep the temp dir (logs, layouts, registry data)
+# Env:      BERTH_BIN, DOCKER_CLI (default /usr/bin/docker), E2E_KEEP=1 (= --keep)
+#
+# Needs on the PATH: curl jq skopeo podman dockerd docker tar gzip sha256sum
+# cmp timeout (the caller installs them; nothing is installed here). Nothing is
+# fetched from any registry: every image is built locally. Everything binds to
+# 127.0.0.1 and every file lives under one `mktemp -d` dir, removed on exit.
+#
+# Output: one line per step (PASS/FAIL/SKIP, with the step's log on FAIL), a
+# result per client, and last exactly one line
+#   E2E: N passed, M failed, K skipped
+# counting steps (a client that cannot start on this machine, e.g. dockerd does
+# not start, counts as one skipped step). Exit status 1 if any step failed.
+set -euo pipefail
+shopt -s inherit_errexit   # errors inside $(...) count too
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+
+URL=""
+VERBOSE=0
+KEEP=${E2E_KEEP:-0}
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --url) [[ $# -ge 2 ]] || { echo "e2e: --url needs a value" >&2; exit 2; }; URL=$2; shift 2 ;;
+    --url=*) URL=${1#--url=}; shift ;;
+    -v|--verbose) VERBOSE=1; shift ;;
+    -k|--keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "e2e: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BERTH_BIN=${BERTH_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/berth}
+DOCKER_CLI=${DOCKER_CLI:-/usr/bin/docker}
+
+# ---------------------------------------------------------------- tools ----
+missing=()
+for t in curl jq skopeo podman dockerd tar gzip sha256sum cmp timeout stat head mktemp; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
+if [[ ! -x $DOCKER_CLI ]]; then
+  if command -v docker >/dev/null 2>&1; then DOCKER_CLI=$(command -v docker); else missing+=("docker (client)"); fi
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "e2e: ERROR: required tools not found on PATH: ${missing[*]}" >&2
+  echo "e2e: install them first (Debian packages: skopeo, podman, the Docker engine package, jq, curl)" >&2
+  echo "E2E: 0 passed, 1 failed, 0 skipped"
+  exit 1
+fi
+
+# ------------------------------------------------------------- temp dir ----
+T=$(mktemp -d "${TMPDIR:-/tmp}/berth-e2e.XXXXXX")
+mkdir -p "$T/logs" "$T/state" "$T/tmp" "$T/work"
+BERTH_PID=""
+DOCKERD_PID=""
+
+stop_pid() { # pid name seconds: SIGTERM, wait, then SIGKILL
+  local pid=$1 name=$2 secs=${3:-15} i
+  [[ -n $pid ]] || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  echo "e2e: $name (pid $pid) did not stop after SIGTERM in ${secs}s; sending SIGKILL" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  stop_pid "$DOCKERD_PID" dockerd 20
+  stop_pid "$BERTH_PID" berth 10
+  # Nothing here should leave mounts behind (vfs everywhere), but be safe.
+  if command -v findmnt >/dev/null 2>&1; then
+    findmnt -rn -o TARGET | grep -F "$T/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  fi
+  if [[ $KEEP == 1 ]]; then
+    echo "e2e: kept temp dir $T" >&2
+  else
+    rm -rf "$T" 2>/dev/null || { chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"; }
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# ------------------------------------------------------------- counters ----
+PASSED=0 FAILED=0 SKIPPED=0
+declare -A CLIENT_RESULT=()
+CLIENTS=()
+CLIENT=""
+GROUP_BROKEN=0
+
+interrupted() { # signal exit-code
+  trap - INT TERM
+  echo "e2e: interrupted by SIG$1"
+  echo "E2E: $PASSED passed, $((FAILED + 1)) failed, $SKIPPED skipped"
+  exit "$2"
+}
+trap 'interrupted INT 130' INT
+trap 'interrupted TERM 143' TERM
+
+begin_client() { # name
+  CLIENT=$1
+  GROUP_BROKEN=0
+  CLIENTS+=("$1")
+  CLIENT_RESULT[$1]=PASS
+  echo "== $1"
+}
+client_mark() { # result: FAIL wins over SKIP wins over PASS
+  case $1 in
+    FAIL) CLIENT_RESULT[$CLIENT]=FAIL ;;
+    SKIP) [[ ${CLIENT_RESULT[$CLIENT]} == FAIL ]] || CLIENT_RESULT[$CLIENT]=SKIP ;;
+  esac
+}
+group() { GROUP_BROKEN=0; }   # a new group of dependent steps
+
+record() { # PASS|FAIL|SKIP id description [seconds]   (for checks done in the main shell)
+  case $1 in
+    PASS) PASSED=$((PASSED + 1)) ;;
+    FAIL) FAILED=$((FAILED + 1)); client_mark FAIL; GROUP_BROKEN=1 ;;
+    SKIP) SKIPPED=$((SKIPPED + 1)); client_mark SKIP; GROUP_BROKEN=1 ;;
+  esac
+  echo "$1 $2 $CLIENT: $3${4:+ (${4}s)}"
+}
+
+# step ID DESCRIPTION FUNCTION [ARGS...]
+# Runs FUNCTION in a subshell with `set -eE` (errexit really active: the step
+# is never called from a conditional context), output to $T/logs/ID.log.
+# A failed step marks the rest of its group as not run.
+step() {
+  local id=$1 desc=$2; shift 2
+  local log=$T/logs/$id.log rc start end
+  if [[ $GROUP_BROKEN == 1 ]]; then
+    echo "---- $id $CLIENT: $desc: not run (an earlier step of this group failed)"
+    return 0
+  fi
+  start=$(date +%s.%N)
+  STEP_NOTE_ID=$id
+  rm -f "$T/logs/$id.note"
+  set +e
+  if [[ $VERBOSE == 1 ]]; then
+    echo "     $id $CLIENT: $desc ..."
+    (
+      set -eE
+      trap 'echo "ERROR: command failed (exit $?): $BASH_COMMAND" >&2' ERR
+      "$@"
+    ) 2>&1 | tee "$log" | sed 's/^/     | /'
+    rc=${PIPESTATUS[0]}
+  else
+    (
+      set -eE
+      trap 'echo "ERROR: command failed (exit $?): $BASH_COMMAND" >&2' ERR
+      "$@"
+    ) >"$log" 2>&1
+    rc=$?
+  fi
+  set -e
+  end=$(date +%s.%N)
+  local secs
+  secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+  if [[ $rc == 0 ]]; then
+    PASSED=$((PASSED + 1))
+    echo "PASS $id $CLIENT: $desc (${secs}s)"
+    if [[ -s $T/logs/$id.note ]]; then sed 's/^/     note: /' "$T/logs/$id.note"; fi
+  elif [[ $rc == 77 ]]; then   # the step decided that the client cannot run here
+    SKIPPED=$((SKIPPED + 1))
+    client_mark SKIP
+    echo "SKIP $id $CLIENT: $desc: $(tail -n 1 "$log")"
+    GROUP_BROKEN=1
+  else
+    FAILED=$((FAILED + 1))
+    client_mark FAIL
+    GROUP_BROKEN=1
+    echo "FAIL $id $CLIENT: $desc (exit $rc, ${secs}s)"
+    if [[ $VERBOSE != 1 ]]; then
+      echo "     ---- last lines of the step's output:"
+      tail -n 30 "$log" | sed 's/^/     | /'
+    fi
+  fi
+  return 0
+}
+
+# --- helpers usable inside steps (they run in the step's subshell) ---------
+fail() { echo "ERROR: $*" >&2; exit 1; }
+skip_here() { echo "$*"; exit 77; }
+last_line() { { grep -v '^[[:space:]]*$' "$1" || true; } | tail -n 1; }   # last non-empty line
+note() { echo "$*" >>"$T/logs/$STEP_NOTE_ID.note"; echo "note: $*"; }
+expect_eq() { # actual expected what
+  [[ "$1" == "$2" ]] || fail "$3: expected '$2', got '$1'"
+}
+st_set() { printf '%s\n' "$2" > "$T/state/$1"; }
+st() { [[ -f $T/state/$1 ]] || fail "internal: state '$1' missing (an earlier step did not run)"; cat "$T/state/$1"; }
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+pushed() { echo "$1" >> "$T/state/pushed_repos"; }   # for the catalog check
+http_code() { # method url [curl args...] -> prints the status code
+  local m=$1 u=$2; shift 2
+  if [[ $m == HEAD ]]; then set -- -I "$@"; else set -- -X "$m" "$@"; fi
+  curl -sS --max-time 30 -o /dev/null -w '%{http_code}' "$@" "$u"
+}
+
+# run_tool SECONDS NAME CMD... : run a client with a time limit; on failure say
+# which command failed (the ERR trap only sees the unexpanded words).
+run_tool() {
+  local secs=$1 name=$2 rc=0; shift 2
+  timeout "$secs" "$@" || rc=$?
+  if [[ $rc == 124 ]]; then
+    echo "ERROR: $name timed out after ${secs}s: $*" >&2
+  elif [[ $rc != 0 ]]; then
+    echo "ERROR: $name failed (exit $rc): $*" >&2
+  fi
+  return $rc
+}
+SK() { run_tool 120 skopeo skopeo --insecure-policy "$@"; }
+
+# ------------------------------------------------------------- registry ----
+free_port() {
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  echo "e2e: no free port found" >&2
+  return 1
+}
+
+setup_fail() {
+  echo "FAIL 0 setup: $*"
+  echo "E2E: 0 passed, 1 failed, 0 skipped"
+  exit 1
+}
+
+if [[ -n $URL ]]; then
+  URL=${URL%/}
+  case $URL in
+    http://*) ;;
+    *) setup_fail "--url must be http://HOST:PORT (plain HTTP; got '$URL')" ;;
+  esac
+  REG=${URL#http://}
+  echo "e2e: testing the running registry at $URL"
+else
+  [[ -x $BERTH_BIN ]] || setup_fail "Berth binary not found or not executable: $BERTH_BIN (build it, or set BERTH_BIN, or use --url)"
+  PORT=$(free_port) || setup_fail "no free port"
+  REG=127.0.0.1:$PORT
+  URL=http://$REG
+  mkdir -p "$T/data"
+  echo "e2e: starting $BERTH_BIN serve --listen $REG --data-dir $T/data"
+  # BERTH_BIN is this script's variable, not a Berth setting: Berth reads
+  # BERTH_* variables as configuration overrides, so keep it out of its env.
+  env -u BERTH_BIN "$BERTH_BIN" serve --listen "$REG" --data-dir "$T/data" >"$T/berth.log" 2>&1 &
+  BERTH_PID=$!
+fi
+
+# Wait for GET /v2/ -> 200 (up to 30 s).
+ready=0
+for ((i = 0; i < 300; i++)); do
+  if [[ -n $BERTH_PID ]] && ! kill -0 "$BERTH_PID" 2>/dev/null; then
+    echo "e2e: berth exited during start-up; last lines of its log:" >&2
+    tail -n 40 "$T/berth.log" | sed 's/^/     | /' >&2
+    BERTH_PID=""
+    setup_fail "berth did not start"
+  fi
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/v2/" || true)
+  if [[ $code == 200 ]]; then ready=1; break; fi
+  sleep 0.1
+done
+if [[ $ready != 1 ]]; then
+  [[ -n $BERTH_PID ]] && { echo "e2e: last lines of berth's log:" >&2; tail -n 40 "$T/berth.log" | sed 's/^/     | /' >&2; }
+  setup_fail "GET $URL/v2/ did not answer 200 within 30 s (last status: ${code:-none})"
+fi
+echo "e2e: registry ready at $URL (image names use $REG)"
+
+# Client environment (set only now: the registry under test must not see it;
+# e.g. the reference registry reads REGISTRY_* variables as its config).
+# Keep the clients' temp files under $T too (skopeo/podman big-file temp dirs).
+export TMPDIR=$T/tmp
+# Isolate the containers/image clients from the machine's configuration.
+export REGISTRY_AUTH_FILE=$T/auth.json   # podman insists that it exists
+printf '{"auths":{}}\n' > "$REGISTRY_AUTH_FILE"
+printf 'unqualified-search-registries = []\n' > "$T/registries.conf"
+export CONTAINERS_REGISTRIES_CONF=$T/registries.conf
+printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$T/policy.json"
+
+
+# =============================================================== skopeo ====
+# Build OCI image layouts with plain tools.
+MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
+MT_INDEX=application/vnd.oci.image.index.v1+json
+MT_CONFIG=application/vnd.oci.image.config.v1+json
+MT_LAYER=application/vnd.oci.image.layer.v1.tar+gzip
+
+add_blob() { # layout file -> moves file into the layout, prints its hex digest
+  local d
+  d=$(sha_of "$2")
+  mkdir -p "$1/blobs/sha256"
+  mv "$2" "$1/blobs/sha256/$d"
+  echo "$d"
+}
+
+make_layer() { # layout name -> prints a JSON object {desc, diffid}
+  local layout=$1 name=$2 w
+  w=$(mktemp -d "$T/work/layer.XXXXXX")
+  mkdir -p "$w/root/$name"
+  head -c $((2048 + RANDOM % 4096)) /dev/urandom > "$w/root/$name/random.bin"
+  echo "berth e2e layer $name" > "$w/root/$name/README"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$w/root" -cf "$w/layer.tar" "$name"
+  local diffid size digest
+  diffid=$(sha_of "$w/layer.tar")
+  gzip -n -c "$w/layer.tar" > "$w/layer.tgz"
+  size=$(stat -c %s "$w/layer.tgz")
+  digest=$(add_blob "$layout" "$w/layer.tgz")
+  rm -rf "$w"
+  jq -cn --arg mt "$MT_LAYER" --arg d "sha256:$digest" --argjson s "$size" --arg diff "sha256:$diffid" \
+    '{desc: {mediaType: $mt, digest: $d, size: $s}, diffid: $diff}'
+}
+
+make_image() { # layout arch variant nlayers prefix -> prints the manifest descriptor JSON
+  local layout=$1 arch=$2 variant=$3 n=$4 prefix=$5 i layers="[]" l
+  for ((i = 1; i <= n; i++)); do
+    l=$(make_layer "$layout" "$prefix-layer$i")
+    layers=$(jq -c --argjson l "$l" '. + [$l]' <<<"$layers")
+  done
+  local cfg cfgd cfgs man mand mans
+  cfg=$(mktemp "$T/work/cfg.XXXXXX")
+  jq -cjn --arg arch "$arch" --arg variant "$variant" --argjson layers "$layers" --arg p "$prefix" '
+    {created: "2024-01-01T00:00:00Z", architecture: $arch, os: "linux"}
+    + (if $variant != "" then {variant: $variant} else {} end)
+    + {config: {Env: ["PATH=/"], Labels: {"org.example.e2e": $p}},
+       rootfs: {type: "layers", diff_ids: [$layers[].diffid]},
+       history: [$layers[] | {created: "2024-01-01T00:00:00Z", created_by: "berth e2e.sh"}]}' > "$cfg"
+  cfgs=$(stat -c %s "$cfg")
+  cfgd=$(add_blob "$layout" "$cfg")
+  man=$(mktemp "$T/work/man.XXXXXX")
+  jq -cjn --arg mt "$MT_MANIFEST" --arg cmt "$MT_CONFIG" --arg cd "sha256:$cfgd" --argjson cs "$cfgs" \
+    --argjson layers "$layers" --arg p "$prefix" '
+    {schemaVersion: 2, mediaType: $mt,
+     config: {mediaType: $cmt, digest: $cd, size: $cs},
+     layers: [$layers[].desc],
+     annotations: {"org.opencontainers.image.title": $p}}' > "$man"
+  mans=$(stat -c %s "$man")
+  mand=$(add_blob "$layout" "$man")
+  jq -cn --arg mt "$MT_MANIFEST" --arg d "sha256:$mand" --argjson s "$mans" --arg arch "$arch" --arg v "$variant" \
+    --arg cd "sha256:$cfgd" '
+    {mediaType: $mt, digest: $d, size: $s,
+     platform: ({architecture: $arch, os: "linux"} + (if $v != "" then {variant: $v} else {} end)),
+     config: $cd}'
+}
+
+write_layout_index() { # layout descriptor-json tag
+  printf '{"imageLayoutVersion":"1.0.0"}' > "$1/oci-layout"
+  jq -cn --argjson d "$2" --arg tag "$3" \
+    '{schemaVersion: 2, manifests: [$d + {annotations: {"org.opencontainers.image.ref.name": $tag}}]}' > "$1/index.json"
+}
+
+step_build_layouts() {
+  local L=$T/layout-single M=$T/layout-multi d
+  mkdir -p "$L" "$M"
+  # single-arch image: config + 2 random gzip tar layers + OCI manifest
+  d=$(make_image "$L" amd64 "" 2 single)
+  write_layout_index "$L" "$(jq -c 'del(.platform, .config)' <<<"$d")" v1
+  st_set single_manifest "$(jq -r .digest <<<"$d")"
+  st_set single_config "$(jq -r .config <<<"$d")"
+  st_set single_layers "$(jq -r '.layers[].digest' "$L/blobs/sha256/$(jq -r '.digest|ltrimstr("sha256:")' <<<"$d")" | tr '\n' ' ')"
+  # multi-arch: OCI image index over linux/amd64 + linux/arm64/v8
+  local a b idx idxd idxs
+  a=$(make_image "$M" amd64 "" 1 multi-amd64)
+  b=$(make_image "$M" arm64 v8 1 multi-arm64)
+  idx=$(mktemp "$T/work/idx.XXXXXX")
+  jq -cjn --arg mt "$MT_INDEX" --argjson a "$a" --argjson b "$b" \
+    '{schemaVersion: 2, mediaType: $mt, manifests: [$a, $b | del(.config)]}' > "$idx"
+  idxs=$(stat -c %s "$idx")
+  idxd=$(add_blob "$M" "$idx")
+  write_layout_index "$M" "$(jq -cn --arg mt "$MT_INDEX" --arg d "sha256:$idxd" --argjson s "$idxs" '{mediaType: $mt, digest: $d, size: $s}')" v1
+  st_set multi_index "sha256:$idxd"
+  st_set multi_amd64_manifest "$(jq -r .digest <<<"$a")"
+  st_set multi_amd64_config "$(jq -r .config <<<"$a")"
+  st_set multi_arm64_manifest "$(jq -r .digest <<<"$b")"
+  st_set multi_arm64_config "$(jq -r .config <<<"$b")"
+  # sanity: every blob file is named by its digest
+  for f in "$L"/blobs/sha256/* "$M"/blobs/sha256/*; do
+    expect_eq "$(sha_of "$f")" "$(basename "$f")" "blob file $f"
+  done
+  echo "single: $(st single_manifest) ($(find "$L/blobs/sha256" -type f | wc -l) blobs)"
+  echo "multi:  $(st multi_index) ($(find "$M/blobs/sha256" -type f | wc -l) blobs)"
+}
+
+# The registry's manifest for REF must be exactly the bytes of DIGEST.
+check_remote_manifest() { # ref expected-digest
+  local out
+  out=$(mktemp "$T/work/raw.XXXXXX")
+  SK inspect --raw --tls-verify=false "docker://$REG/$1" > "$out" \
+    || fail "skopeo inspect --raw docker://$REG/$1 failed"
+  expect_eq "sha256:$(sha_of "$out")" "$2" "sha256 of the manifest bytes served for $1"
+}
+
+compare_layouts() { # original-layout copied-layout expected-top-digest
+  local a=$1 b=$2 f n=0
+  expect_eq "$(jq -r '.manifests[0].digest' "$b/index.json")" "$3" "digest in $b/index.json"
+  for f in "$a"/blobs/sha256/*; do
+    [[ -f $b/blobs/sha256/$(basename "$f") ]] || fail "blob $(basename "$f") missing in the copied-out layout"
+    cmp "$f" "$b/blobs/sha256/$(basename "$f")" || fail "blob $(basename "$f") differs after the round trip"
+    n=$((n + 1))
+  done
+  expect_eq "$(find "$b/blobs/sha256" -type f | wc -l)" "$n" "number of blobs in the copied-out layout"
+  echo "$n blobs identical"
+}
+
+step_skopeo_push_single() {
+  SK copy --preserve-digests --dest-tls-verify=false "oci:$T/layout-single:v1" "docker://$REG/e2e/single:v1"
+  check_remote_manifest e2e/single:v1 "$(st single_manifest)"
+  check_remote_manifest "e2e/single@$(st single_manifest)" "$(st single_manifest)"
+  expect_eq "$(SK inspect --tls-verify=false --format '{{.Digest}}' "docker://$REG/e2e/single:v1")" \
+    "$(st single_manifest)" "digest reported by skopeo inspect"
+  pushed e2e/single
+}
+
+step_skopeo_second_tag() {
+  SK copy --preserve-digests --dest-tls-verify=false "oci:$T/layout-single:v1" "docker://$REG/e2e/single:v2"
+  check_remote_manifest e2e/single:v2 "$(st single_manifest)"
+  local tags
+  tags=$(SK list-tags --tls-verify=false "docker://$REG/e2e/single")
+  echo "$tags"
+  expect_eq "$(jq -c '.Tags | sort' <<<"$tags")" '["v1","v2"]' "skopeo list-tags e2e/single"
+}
+
+step_skopeo_pull_single() {
+  SK copy --preserve-digests --src-tls-verify=false "docker://$REG/e2e/single:v1" "oci:$T/out-single:v1"
+  compare_layouts "$T/layout-single" "$T/out-single" "$(st single_manifest)"
+}
+
+step_skopeo_push_multi() {
+  SK copy --all --preserve-digests --dest-tls-verify=false "oci:$T/layout-multi:v1" "docker://$REG/e2e/multi:v1"
+  check_remote_manifest e2e/multi:v1 "$(st multi_index)"
+  check_remote_manifest "e2e/multi@$(st multi_amd64_manifest)" "$(st multi_amd64_manifest)"
+  check_remote_manifest "e2e/multi@$(st multi_arm64_manifest)" "$(st multi_arm64_manifest)"
+  pushed e2e/multi
+  # platform selection through the index: the config of the chosen image
+  SK --override-os linux --override-arch arm64 --override-variant v8 inspect --tls-verify=false --config --raw \
+    "docker://$REG/e2e/multi:v1" > "$T/work/multi-arm64.config"
+  expect_eq "sha256:$(sha_of "$T/work/multi-arm64.config")" "$(st multi_arm64_config)" \
+    "config digest of e2e/multi:v1 for linux/arm64/v8"
+  SK --override-os linux --override-arch amd64 inspect --tls-verify=false --config --raw \
+    "docker://$REG/e2e/multi:v1" > "$T/work/multi-amd64.config"
+  expect_eq "sha256:$(sha_of "$T/work/multi-amd64.config")" "$(st multi_amd64_config)" \
+    "config digest of e2e/multi:v1 for linux/amd64"
+}
+
+step_skopeo_pull_multi() {
+  SK copy --all --preserve-digests --src-tls-verify=false "docker://$REG/e2e/multi:v1" "oci:$T/out-multi:v1"
+  compare_layouts "$T/layout-multi" "$T/out-multi" "$(st multi_index)"
+}
+
+step_skopeo_cross_repo() {
+  # registry -> registry in the same registry: skopeo tries a cross-repo
+  # mount (POST /v2/e2e/other/blobs/uploads/?mount=DIGEST&from=e2e/single)
+  # for blobs its blob-info cache knows to be in e2e/single.
+  SK --debug copy --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+    "docker://$REG/e2e/single:v1" "docker://$REG/e2e/other:v1" > "$T/work/cross.log" 2>&1 \
+    || { tail -n 40 "$T/work/cross.log"; fail "skopeo copy docker://$REG/e2e/single:v1 docker://$REG/e2e/other:v1 failed"; }
+  grep -E 'mount|Mount' "$T/work/cross.log" || true
+  check_remote_manifest e2e/other:v1 "$(st single_manifest)"
+  local d code
+  for d in $(st single_layers) $(st single_config); do
+    code=$(http_code HEAD "$URL/v2/e2e/other/blobs/$d")
+    expect_eq "$code" 200 "HEAD /v2/e2e/other/blobs/$d after the copy"
+  done
+  local tried ok
+  tried=$(grep -c 'Trying to mount' "$T/work/cross.log" || true)
+  ok=$(grep -c 'mount OK' "$T/work/cross.log" || true)
+  if [[ $tried == 0 ]]; then
+    note "skopeo did not try a cross-repo mount (its blob-info cache knew no location); blobs were copied"
+  elif [[ $ok == "$tried" ]]; then
+    note "skopeo mounted $ok blobs from e2e/single (cross-repo mount, 201)"
+  else
+    fail "skopeo tried $tried cross-repo mounts (POST ...?mount=&from=e2e/single) but only $ok answered 201 Created"
+  fi
+}
+
+step_skopeo_delete() {
+  SK delete --tls-verify=false "docker://$REG/e2e/other:v1"
+  if SK inspect --raw --tls-verify=false "docker://$REG/e2e/other:v1" > "$T/work/deleted.out" 2>&1; then
+    fail "skopeo inspect docker://$REG/e2e/other:v1 still succeeds after skopeo delete"
+  fi
+  echo "inspect after delete failed as expected: $(tail -n 1 "$T/work/deleted.out")"
+  local code
+  code=$(http_code GET "$URL/v2/e2e/other/manifests/$(st single_manifest)" -H "Accept: $MT_MANIFEST")
+  expect_eq "$code" 404 "GET /v2/e2e/other/manifests/<digest> after delete"
+  code=$(http_code GET "$URL/v2/e2e/other/manifests/v1" -H "Accept: $MT_MANIFEST")
+  expect_eq "$code" 404 "GET /v2/e2e/other/manifests/v1 after delete"
+  # the same manifest in the source repository is untouched
+  check_remote_manifest e2e/single:v1 "$(st single_manifest)"
+  local d
+  for d in $(st single_layers) $(st single_config); do
+    expect_eq "$(http_code HEAD "$URL/v2/e2e/single/blobs/$d")" 200 "HEAD /v2/e2e/single/blobs/$d after deleting e2e/other:v1"
+  done
+}
+
+begin_client skopeo
+step 1.1 "build OCI layouts (single-arch: 2 layers; multi-arch index: amd64+arm64)" step_build_layouts
+step 1.2 "push single-arch image to e2e/single:v1, manifest digest preserved" step_skopeo_push_single
+step 1.3 "push second tag e2e/single:v2, list-tags shows v1 v2" step_skopeo_second_tag
+step 1.4 "copy e2e/single:v1 back to an OCI layout, blobs byte-identical" step_skopeo_pull_single
+group
+step 1.5 "push multi-arch index (--all) to e2e/multi:v1, all digests preserved" step_skopeo_push_multi
+step 1.6 "copy e2e/multi:v1 back (--all), blobs byte-identical" step_skopeo_pull_multi
+group
+step 1.7 "copy e2e/single:v1 -> e2e/other:v1 inside the registry (cross-repo mount)" step_skopeo_cross_repo
+step 1.8 "delete e2e/other:v1, manifest gone, e2e/single untouched" step_skopeo_delete
+
+# =============================================================== podman ====
+PODMAN=(podman --root "$T/podman/root" --runroot "$T/podman/run" --storage-driver vfs
+        --cgroup-manager cgroupfs --events-backend file --tmpdir "$T/podman/tmp")
+PM() { run_tool 180 podman "${PODMAN[@]}" "$@"; }
+
+step_podman_start() {
+  mkdir -p "$T/podman/root" "$T/podman/run" "$T/podman/tmp"
+  if ! timeout 60 "${PODMAN[@]}" info > "$T/work/podman-info.out" 2>&1; then
+    cat "$T/work/podman-info.out"
+    skip_here "podman cannot run on this machine: $(last_line "$T/work/podman-info.out")"
+  fi
+  PM images
+}
+
+step_podman_pull() {
+  PM pull --tls-verify=false --signature-policy "$T/policy.json" "$REG/e2e/single:v1"
+  expect_eq "sha256:$(PM image inspect --format '{{.Id}}' "$REG/e2e/single:v1")" "$(st single_config)" \
+    "podman image id of $REG/e2e/single:v1 (= config digest)"
+  expect_eq "$(PM image inspect --format '{{.Digest}}' "$REG/e2e/single:v1")" "$(st single_manifest)" \
+    "podman manifest digest of $REG/e2e/single:v1"
+}
+
+step_podman_push() {
+  PM tag "$REG/e2e/single:v1" "$REG/e2e/podman-copy:v1"
+  PM push --tls-verify=false --digestfile "$T/work/podman-push.digest" "$REG/e2e/podman-copy:v1"
+  local d
+  d=$(cat "$T/work/podman-push.digest")
+  echo "podman pushed $d"
+  check_remote_manifest e2e/podman-copy:v1 "$d"
+  st_set podman_copy_manifest "$d"
+  pushed e2e/podman-copy
+}
+
+step_podman_roundtrip() {
+  PM rmi "$REG/e2e/single:v1" "$REG/e2e/podman-copy:v1"
+  [[ -z $(PM images -q) ]] || fail "podman storage not empty after rmi: $(PM images)"
+  PM pull --tls-verify=false --signature-policy "$T/policy.json" "$REG/e2e/podman-copy:v1"
+  expect_eq "sha256:$(PM image inspect --format '{{.Id}}' "$REG/e2e/podman-copy:v1")" "$(st single_config)" \
+    "podman image id of $REG/e2e/podman-copy:v1 after the round trip"
+  PM rmi "$REG/e2e/podman-copy:v1"
+  [[ -z $(PM images -q) ]] || fail "podman storage not empty after rmi: $(PM images)"
+}
+
+step_podman_build() {
+  local ctx=$T/podman-ctx
+  mkdir -p "$ctx"
+  echo "hello from podman, berth e2e $$ $RANDOM" > "$ctx/hello.txt"
+  printf 'FROM scratch\nCOPY hello.txt /\n' > "$ctx/Containerfile"
+  if ! timeout 120 "${PODMAN[@]}" build --network none --pull=never -t "$REG/e2e/podman-built:v1" \
+        -f "$ctx/Containerfile" "$ctx" > "$T/work/podman-build.out" 2>&1; then
+    cat "$T/work/podman-build.out"
+    skip_here "podman build does not work on this machine: $(last_line "$T/work/podman-build.out")"
+  fi
+  cat "$T/work/podman-build.out"
+  PM image inspect --format '{{.Id}}' "$REG/e2e/podman-built:v1" > "$T/state/podman_built_id"
+}
+
+step_podman_build_push_pull() {
+  local id
+  id=$(st podman_built_id)
+  PM push --tls-verify=false --digestfile "$T/work/podman-built.digest" "$REG/e2e/podman-built:v1"
+  check_remote_manifest e2e/podman-built:v1 "$(cat "$T/work/podman-built.digest")"
+  pushed e2e/podman-built
+  PM rmi "$REG/e2e/podman-built:v1"
+  PM pull --tls-verify=false --signature-policy "$T/policy.json" "$REG/e2e/podman-built:v1"
+  expect_eq "$(PM image inspect --format '{{.Id}}' "$REG/e2e/podman-built:v1")" "$id" \
+    "podman image id of $REG/e2e/podman-built:v1 after push/rmi/pull"
+  # the file is in the pulled image: copy it out with skopeo and look into the layer
+  SK copy --src-tls-verify=false "docker://$REG/e2e/podman-built:v1" "oci:$T/out-podman-built:v1"
+  local found=0 m l
+  m=$(jq -r '.manifests[0].digest | ltrimstr("sha256:")' "$T/out-podman-built/index.json")
+  for l in $(jq -r '.layers[].digest | ltrimstr("sha256:")' "$T/out-podman-built/blobs/sha256/$m"); do
+    if tar -xOf "$T/out-podman-built/blobs/sha256/$l" hello.txt 2>/dev/null | cmp -s - "$T/podman-ctx/hello.txt"; then found=1; fi
+  done
+  [[ $found == 1 ]] || fail "hello.txt not found in the layers of $REG/e2e/podman-built:v1"
+  PM rmi "$REG/e2e/podman-built:v1"
+}
+
+begin_client podman
+step 2.1 "podman starts with its own storage (vfs, --root/--runroot)" step_podman_start
+if [[ $GROUP_BROKEN == 0 ]]; then
+  step 2.2 "pull e2e/single:v1 (pushed by skopeo), image id = config digest" step_podman_pull
+  step 2.3 "tag + push to e2e/podman-copy:v1" step_podman_push
+  step 2.4 "rmi, pull e2e/podman-copy:v1 back, same image id, rmi" step_podman_roundtrip
+  group
+  step 2.5 "build FROM scratch + COPY (no network)" step_podman_build
+  step 2.6 "push e2e/podman-built:v1, rmi, pull, same id, file present" step_podman_build_push_pull
+fi
+
+# =============================================================== docker ====
+DK() { run_tool 120 docker "$DOCKER_CLI" "$@"; }
+
+start_dockerd() { # in the main shell, so that the PID can be waited for
+  local D=$T/docker
+  mkdir -p "$D/data" "$D/exec" "$D/config"
+  printf '{"deprecated-key-path": "%s/key.json"}\n' "$D" > "$D/daemon.json"
+  dockerd --config-file "$D/daemon.json" --storage-driver vfs --bridge=none --iptables=false --ip-masq=false \
+    --data-root "$D/data" --exec-root "$D/exec" --pidfile "$D/docker.pid" -H "unix://$D/docker.sock" \
+    > "$D/dockerd.log" 2>&1 < /dev/null &
+  DOCKERD_PID=$!
+  echo "$DOCKERD_PID" > "$T/state/dockerd_pid"
+}
+
+step_docker_ready() {
+  local D=$T/docker i pid
+  pid=$(st dockerd_pid)
+  for ((i = 0; i < 300; i++)); do
+    if timeout 10 "$DOCKER_CLI" version > "$T/work/docker-version.out" 2>&1; then
+      { grep -E 'Version|API' "$T/work/docker-version.out" || true; } | head -n 6
+      return 0
+    fi
+    # a zombie (exited, not yet reaped by the main shell) counts as gone
+    [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || break
+    sleep 0.1
+  done
+  tail -n 20 "$D/dockerd.log"
+  skip_here "dockerd could not start on this machine: $({ grep -iE 'error|fail' "$D/dockerd.log" || tail -n 1 "$D/dockerd.log"; } | tail -n 1)"
+}
+
+step_docker_build() {
+  local ctx=$T/docker-ctx
+  mkdir -p "$ctx"
+  echo "hello from docker, berth e2e $$ $RANDOM" > "$ctx/hello.txt"
+  printf 'FROM scratch\nCOPY hello.txt /\n' > "$ctx/Dockerfile"
+  DK build -t "$REG/team/app:main" "$ctx"
+  DK image inspect --format '{{.Id}}' "$REG/team/app:main" > "$T/state/docker_app_id"
+  echo "built $(st docker_app_id)"
+}
+
+step_docker_push() {
+  DK push "$REG/team/app:main" | tee "$T/work/docker-push.out"
+  local d
+  d=$({ grep -oE 'digest: sha256:[0-9a-f]{64}' "$T/work/docker-push.out" || true; } | tail -n 1 | cut -d' ' -f2)
+  [[ -n $d ]] || fail "no digest in the output of docker push"
+  st_set docker_app_manifest "$d"
+  # the registry serves exactly the manifest docker pushed (Docker schema 2)
+  curl -sSf --max-time 30 -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    -o "$T/work/docker-app.manifest" "$URL/v2/team/app/manifests/main"
+  expect_eq "sha256:$(sha_of "$T/work/docker-app.manifest")" "$d" "sha256 of GET /v2/team/app/manifests/main"
+  expect_eq "$(jq -r .config.digest "$T/work/docker-app.manifest")" "$(st docker_app_id)" "config digest in the pushed manifest"
+  pushed team/app
+}
+
+step_docker_roundtrip() {
+  DK rmi "$REG/team/app:main"
+  if DK image inspect "$REG/team/app:main" >/dev/null 2>&1; then fail "image still present after docker rmi"; fi
+  DK pull "$REG/team/app:main"
+  expect_eq "$(DK image inspect --format '{{.Id}}' "$REG/team/app:main")" "$(st docker_app_id)" \
+    "docker image id after push/rmi/pull"
+  expect_eq "$(DK image inspect --format '{{join .RepoDigests " "}}' "$REG/team/app:main")" \
+    "$REG/team/app@$(st docker_app_manifest)" "docker RepoDigests after pull"
+}
+
+step_docker_pull_skopeo_image() {
+  DK pull "$REG/e2e/single:v1"
+  expect_eq "$(DK image inspect --format '{{.Id}}' "$REG/e2e/single:v1")" "$(st single_config)" \
+    "docker image id of $REG/e2e/single:v1 (= config digest of the OCI image pushed by skopeo)"
+  expect_eq "$(DK image inspect --format '{{join .RepoDigests " "}}' "$REG/e2e/single:v1")" \
+    "$REG/e2e/single@$(st single_manifest)" "docker RepoDigests of $REG/e2e/single:v1"
+}
+
+step_docker_push_mount() {
+  # docker knows the layers came from e2e/single on this registry: pushing
+  # them to another repository makes it use a cross-repo mount.
+  DK tag "$REG/e2e/single:v1" "$REG/e2e/docker-copy:v1"
+  DK push "$REG/e2e/docker-copy:v1" | tee "$T/work/docker-copy.out"
+  local d
+  d=$({ grep -oE 'digest: sha256:[0-9a-f]{64}' "$T/work/docker-copy.out" || true; } | tail -n 1 | cut -d' ' -f2)
+  [[ -n $d ]] || fail "no digest in the output of docker push"
+  check_remote_manifest e2e/docker-copy:v1 "$d"
+  pushed e2e/docker-copy
+  local mounted
+  mounted=$(grep -c 'Mounted from' "$T/work/docker-copy.out" || true)
+  # both layers came from e2e/single (the config is always uploaded)
+  expect_eq "$mounted" "$(st single_layers | wc -w)" "layers docker reports as 'Mounted from e2e/single'"
+  note "docker mounted $mounted layers from e2e/single (cross-repo mount)"
+  DK rmi "$REG/e2e/docker-copy:v1" "$REG/e2e/single:v1" >/dev/null
+}
+
+step_docker_pull_multi() {
+  DK pull "$REG/e2e/multi:v1"
+  expect_eq "$(DK image inspect --format '{{.Id}}' "$REG/e2e/multi:v1")" "$(st multi_amd64_config)" \
+    "docker image id of the multi-arch $REG/e2e/multi:v1 (= amd64 config digest)"
+  DK rmi "$REG/e2e/multi:v1" >/dev/null
+}
+
+begin_client docker
+export DOCKER_HOST=unix://$T/docker/docker.sock DOCKER_BUILDKIT=0 DOCKER_CONFIG=$T/docker/config
+start_dockerd
+step 3.1 "dockerd starts (own data root, vfs, no bridge/iptables)" step_docker_ready
+if [[ $GROUP_BROKEN == 0 ]]; then
+  step 3.2 "build FROM scratch + COPY as $REG/team/app:main" step_docker_build
+  step 3.3 "push team/app:main, registry serves the pushed manifest" step_docker_push
+  step 3.4 "rmi + pull team/app:main, same image id" step_docker_roundtrip
+  group
+  step 3.5 "pull e2e/single:v1 (OCI, pushed by skopeo), image id = config digest" step_docker_pull_skopeo_image
+  step 3.6 "push it to e2e/docker-copy:v1 (cross-repo mount)" step_docker_push_mount
+  group
+  step 3.7 "pull multi-arch e2e/multi:v1, gets the amd64 image" step_docker_pull_multi
+  group
+  # stopped here in the main shell (it is the parent and can wait for it)
+  t0=$(date +%s.%N)
+  kill -TERM "$DOCKERD_PID" 2>/dev/null || true
+  stopped=0
+  for ((i = 0; i < 200; i++)); do
+    if ! kill -0 "$DOCKERD_PID" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$DOCKERD_PID/stat" 2>/dev/null) == Z ]]; then
+      stopped=1; break
+    fi
+    sleep 0.1
+  done
+  secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if [[ $stopped == 1 ]]; then
+    wait "$DOCKERD_PID" 2>/dev/null || true
+    DOCKERD_PID=""
+    record PASS 3.8 "stop dockerd (SIGTERM)" "$secs"
+  else
+    record FAIL 3.8 "stop dockerd (SIGTERM): still running after 20 s" "$secs"
+  fi
+fi
+stop_pid "$DOCKERD_PID" dockerd 20   # if it did not start (3.1 skipped) or did not stop
+DOCKERD_PID=""
+unset DOCKER_HOST DOCKER_BUILDKIT DOCKER_CONFIG
+
+# ================================================================= curl ====
+catalog_all() { # follows Link: <...>; rel="next" pagination
+  local next="/v2/_catalog" page=0 hdr body link
+  hdr=$(mktemp "$T/work/hdr.XXXXXX"); body=$(mktemp "$T/work/body.XXXXXX")
+  while [[ -n $next && $page -lt 100 ]]; do
+    curl -sSf --max-time 30 -D "$hdr" -o "$body" "$URL$next" || fail "GET $next failed"
+    jq -r '.repositories[]?' "$body"
+    link=$(sed -nE 's/^[Ll]ink:.*<([^>]*)>.*rel="?next"?.*/\1/p' "$hdr" | tr -d '\r')
+    next=${link#"$URL"}
+    page=$((page + 1))
+  done
+}
+
+step_curl_catalog() {
+  local repos r want=()
+  [[ -s $T/state/pushed_repos ]] || fail "no push succeeded above, nothing to look for"
+  mapfile -t want < <(sort -u "$T/state/pushed_repos")
+  repos=$(catalog_all)
+  echo "$repos"
+  for r in "${want[@]}"; do
+    grep -qxF "$r" <<<"$repos" || fail "GET /v2/_catalog does not list $r"
+  done
+  echo "catalog lists: ${want[*]}"
+}
+
+step_curl_tags() {
+  local body
+  body=$(curl -sSf --max-time 30 "$URL/v2/e2e/single/tags/list")
+  echo "$body"
+  expect_eq "$(jq -r .name <<<"$body")" e2e/single "name in tags/list"
+  expect_eq "$(jq -c '.tags | sort' <<<"$body")" '["v1","v2"]' "tags in /v2/e2e/single/tags/list"
+  body=$(curl -sSf --max-time 30 "$URL/v2/e2e/multi/tags/list")
+  expect_eq "$(jq -c '.tags | sort' <<<"$body")" '["v1"]' "tags in /v2/e2e/multi/tags/list"
+}
+
+step_curl_manifest_head() {
+  local hdr
+  hdr=$(curl -sSf --max-time 30 -I -H "Accept: $MT_MANIFEST, $MT_INDEX" "$URL/v2/e2e/single/manifests/v1" | tr -d '\r')
+  echo "$hdr"
+  expect_eq "$(sed -nE 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *//p' <<<"$hdr")" "$(st single_manifest)" \
+    "Docker-Content-Digest of HEAD /v2/e2e/single/manifests/v1"
+  expect_eq "$(sed -nE 's/^[Cc]ontent-[Tt]ype: *//p' <<<"$hdr")" "$MT_MANIFEST" "Content-Type of HEAD /v2/e2e/single/manifests/v1"
+  hdr=$(curl -sSf --max-time 30 -I -H "Accept: $MT_MANIFEST, $MT_INDEX" "$URL/v2/e2e/multi/manifests/v1" | tr -d '\r')
+  expect_eq "$(sed -nE 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *//p' <<<"$hdr")" "$(st multi_index)" \
+    "Docker-Content-Digest of HEAD /v2/e2e/multi/manifests/v1"
+  expect_eq "$(sed -nE 's/^[Cc]ontent-[Tt]ype: *//p' <<<"$hdr")" "$MT_INDEX" "Content-Type of HEAD /v2/e2e/multi/manifests/v1"
+}
+
+begin_client curl
+step 4.1 "GET /v2/_catalog lists every repository pushed above" step_curl_catalog
+group
+step 4.2 "GET tags/list for e2e/single (v1 v2) and e2e/multi (v1)" step_curl_tags
+group
+step 4.3 "HEAD manifests: Docker-Content-Digest and Content-Type" step_curl_manifest_head
+
+# ============================================================== summary ====
+echo "== results per client"
+for c in "${CLIENTS[@]}"; do echo "CLIENT $c: ${CLIENT_RESULT[$c]}"; done
+if [[ $FAILED -gt 0 ]]; then
+  echo "e2e: step logs are in $T/logs (kept only with --keep / E2E_KEEP=1)"
+  if [[ -n $BERTH_PID ]] && ! kill -0 "$BERTH_PID" 2>/dev/null; then
+    rc=0; wait "$BERTH_PID" || rc=$?
+    echo "e2e: berth is no longer running (it exited with status $rc during the test)"
+    BERTH_PID=""
+    ended_early=1
+  fi
+  if [[ ( -n $BERTH_PID || -n ${ended_early:-} ) && -s $T/berth.log ]]; then
+    echo "e2e: last lines of berth's log:"
+    tail -n 40 "$T/berth.log" | cut -c 1-400 | sed 's/^/     | /'
+  fi
+fi
+echo "E2E: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+[[ $FAILED -eq 0 ]]
