@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end test of an OCI registry with real clients: skopeo, podman, docker
-# (and curl for the final state).
+# End-to-end test of an OCI registry with real clients: skopeo, podman, docker,
+# containerd's ctr (and curl for the final state).
 #
 #   scripts/e2e.sh --url http://127.0.0.1:PORT   test a registry that already runs
 #   scripts/e2e.sh                               start Berth itself and test it
@@ -14,10 +14,11 @@
 #           -k, --keep     keep the temp dir (logs, layouts, registry data)
 # Env:      BERTH_BIN, DOCKER_CLI (default /usr/bin/docker), E2E_KEEP=1 (= --keep)
 #
-# Needs on the PATH: curl jq skopeo podman dockerd docker tar gzip sha256sum
-# cmp timeout (the caller installs them; nothing is installed here). Nothing is
-# fetched from any registry: every image is built locally. Everything binds to
-# 127.0.0.1 and every file lives under one `mktemp -d` dir, removed on exit.
+# Needs on the PATH: curl jq skopeo podman dockerd docker containerd ctr tar
+# gzip sha256sum cmp timeout (the caller installs them; nothing is installed
+# here). Nothing is fetched from any registry: every image is built locally.
+# Everything binds to 127.0.0.1 (dockerd and containerd listen on unix sockets
+# only) and every file lives under one `mktemp -d` dir, removed on exit.
 #
 # Output: one line per step (PASS/FAIL/SKIP, with the step's log on FAIL), a
 # result per client, and last exactly one line
@@ -49,7 +50,7 @@ DOCKER_CLI=${DOCKER_CLI:-/usr/bin/docker}
 
 # ---------------------------------------------------------------- tools ----
 missing=()
-for t in curl jq skopeo podman dockerd tar gzip sha256sum cmp timeout stat head mktemp; do
+for t in curl jq skopeo podman dockerd containerd ctr tar gzip sha256sum cmp timeout stat head mktemp; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 if [[ ! -x $DOCKER_CLI ]]; then
@@ -57,7 +58,7 @@ if [[ ! -x $DOCKER_CLI ]]; then
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "e2e: ERROR: required tools not found on PATH: ${missing[*]}" >&2
-  echo "e2e: install them first (Debian packages: skopeo, podman, the Docker engine package, jq, curl)" >&2
+  echo "e2e: install them first (Debian packages: skopeo, podman, docker.io, containerd, jq, curl)" >&2
   echo "E2E: 0 passed, 1 failed, 0 skipped"
   exit 1
 fi
@@ -67,6 +68,7 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/berth-e2e.XXXXXX")
 mkdir -p "$T/logs" "$T/state" "$T/tmp" "$T/work"
 BERTH_PID=""
 DOCKERD_PID=""
+CONTAINERD_PID=""
 
 stop_pid() { # pid name seconds: SIGTERM, wait, then SIGKILL
   local pid=$1 name=$2 secs=${3:-15} i
@@ -86,6 +88,7 @@ cleanup() {
   local rc=$?
   set +e
   stop_pid "$DOCKERD_PID" dockerd 20
+  stop_pid "$CONTAINERD_PID" containerd 10
   stop_pid "$BERTH_PID" berth 10
   # Nothing here should leave mounts behind (vfs everywhere), but be safe.
   if command -v findmnt >/dev/null 2>&1; then
@@ -615,6 +618,29 @@ fi
 # =============================================================== docker ====
 DK() { run_tool 120 docker "$DOCKER_CLI" "$@"; }
 
+# stop_recorded ID NAME PID SECONDS: SIGTERM a daemon started by the main shell
+# (call it there: only the parent can wait for it), wait up to SECONDS and
+# record the result as step ID. Returns 1 if it is still running.
+stop_recorded() {
+  local id=$1 name=$2 pid=$3 secs=$4 t0 i stopped=0 took
+  t0=$(date +%s.%N)
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]]; then
+      stopped=1; break
+    fi
+    sleep 0.1
+  done
+  took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if [[ $stopped == 1 ]]; then
+    wait "$pid" 2>/dev/null || true
+    record PASS "$id" "stop $name (SIGTERM)" "$took"
+    return 0
+  fi
+  record FAIL "$id" "stop $name (SIGTERM): still running after $secs s" "$took"
+  return 1
+}
+
 start_dockerd() { # in the main shell, so that the PID can be waited for
   local D=$T/docker
   mkdir -p "$D/data" "$D/exec" "$D/config"
@@ -724,23 +750,7 @@ if [[ $GROUP_BROKEN == 0 ]]; then
   step 3.7 "pull multi-arch e2e/multi:v1, gets the amd64 image" step_docker_pull_multi
   group
   # stopped here in the main shell (it is the parent and can wait for it)
-  t0=$(date +%s.%N)
-  kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-  stopped=0
-  for ((i = 0; i < 200; i++)); do
-    if ! kill -0 "$DOCKERD_PID" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$DOCKERD_PID/stat" 2>/dev/null) == Z ]]; then
-      stopped=1; break
-    fi
-    sleep 0.1
-  done
-  secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  if [[ $stopped == 1 ]]; then
-    wait "$DOCKERD_PID" 2>/dev/null || true
-    DOCKERD_PID=""
-    record PASS 3.8 "stop dockerd (SIGTERM)" "$secs"
-  else
-    record FAIL 3.8 "stop dockerd (SIGTERM): still running after 20 s" "$secs"
-  fi
+  if stop_recorded 3.8 dockerd "$DOCKERD_PID" 20; then DOCKERD_PID=""; fi
 fi
 stop_pid "$DOCKERD_PID" dockerd 20   # if it did not start (3.1 skipped) or did not stop
 DOCKERD_PID=""
@@ -800,6 +810,229 @@ group
 step 4.2 "GET tags/list for e2e/single (v1 v2) and e2e/multi (v1)" step_curl_tags
 group
 step 4.3 "HEAD manifests: Docker-Content-Digest and Content-Type" step_curl_manifest_head
+
+# =========================================================== containerd ====
+# containerd's own CLI `ctr` against a containerd started here, standalone:
+# its root, state, temp dir, sockets and config all live under $T/containerd,
+# it listens on unix sockets only (no TCP, debug or metrics address) and the
+# CRI plugin is off. Images are unpacked with the `native` snapshotter (plain
+# copies, like vfs). It runs after the curl group, so it checks its own pushes
+# (tags/list, catalog, manifest digests) with curl.
+CTRD=$T/containerd
+CTRD_SOCK=$CTRD/containerd.sock
+CT() { run_tool 120 ctr ctr --address "$CTRD_SOCK" --namespace e2e "$@"; }
+MT_DOCKER_MANIFEST=application/vnd.docker.distribution.manifest.v2+json
+MT_DOCKER_LIST=application/vnd.docker.distribution.manifest.list.v2+json
+
+start_containerd() { # in the main shell, so that the PID can be waited for
+  mkdir -p "$CTRD/root" "$CTRD/state" "$CTRD/tmp" "$CTRD/opt"
+  cat > "$CTRD/config.toml" <<EOF
+version = 2
+root = "$CTRD/root"
+state = "$CTRD/state"
+temp = "$CTRD/tmp"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs"]
+
+[grpc]
+  address = "$CTRD_SOCK"
+  tcp_address = ""
+
+[ttrpc]
+  address = "$CTRD_SOCK.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTRD/opt"
+EOF
+  containerd --config "$CTRD/config.toml" --root "$CTRD/root" --state "$CTRD/state" --address "$CTRD_SOCK" \
+    > "$CTRD/containerd.log" 2>&1 < /dev/null &
+  CONTAINERD_PID=$!
+  echo "$CONTAINERD_PID" > "$T/state/containerd_pid"
+}
+
+step_ctr_ready() {
+  local i pid
+  pid=$(st containerd_pid)
+  for ((i = 0; i < 300; i++)); do
+    if timeout 10 ctr --address "$CTRD_SOCK" version > "$T/work/ctr-version.out" 2>&1; then
+      { grep -E 'Version|Revision' "$T/work/ctr-version.out" || true; } | head -n 4
+      return 0
+    fi
+    # a zombie (exited, not yet reaped by the main shell) counts as gone
+    [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || break
+    sleep 0.1
+  done
+  tail -n 20 "$CTRD/containerd.log"
+  skip_here "containerd could not start on this machine: $({ grep -E 'level=(fatal|error)' "$CTRD/containerd.log" || tail -n 1 "$CTRD/containerd.log"; } | tail -n 1)"
+}
+
+# ctr_http NAME CTR-ARGS...: run ctr (the caller passes --http-dump) with its
+# output in $T/work/ctr-NAME.out; list the requests it made (method, path).
+ctr_http() {
+  local out=$T/work/ctr-$1.out rc=0
+  shift
+  CT "$@" > "$out" 2>&1 || rc=$?
+  echo "requests made by ctr $1 $2:"
+  ctr_requests "$out" | sed 's/^/  /'
+  # ctr's own output (progress, errors) without the dumped HTTP exchanges
+  { grep -av 'level=info' "$out" || true; } | tail -n 20
+  return $rc
+}
+ctr_requests() { # ctr-output -> "METHOD /v2/..." per request (bodies may precede them on a line)
+  { grep -aoE '(HEAD|GET|PUT|POST|PATCH|DELETE) /v2/[^ "]*' "$1" || true; }
+}
+
+ctr_image_digest() { # ref -> the target digest `ctr images ls` shows for it
+  local d
+  d=$(CT images ls | awk -v r="$1" '$1 == r { print $3 }')
+  [[ -n $d ]] || fail "ctr images ls does not list $1"
+  echo "$d"
+}
+
+registry_digest() { # repo reference -> Docker-Content-Digest of HEAD /v2/REPO/manifests/REF
+  curl -sSf --max-time 30 -I \
+    -H "Accept: $MT_MANIFEST, $MT_INDEX, $MT_DOCKER_MANIFEST, $MT_DOCKER_LIST" "$URL/v2/$1/manifests/$2" \
+    | tr -d '\r' | sed -nE 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *//p'
+}
+
+# The registry serves REPO:TAG with digest DIGEST (HEAD and the GET bytes) and
+# lists TAG in tags/list and REPO in the catalog.
+check_served() { # repo tag digest
+  local body
+  expect_eq "$(registry_digest "$1" "$2")" "$3" "Docker-Content-Digest of HEAD /v2/$1/manifests/$2"
+  curl -sSf --max-time 30 -H "Accept: $MT_MANIFEST, $MT_INDEX" -o "$T/work/served.manifest" "$URL/v2/$1/manifests/$2"
+  expect_eq "sha256:$(sha_of "$T/work/served.manifest")" "$3" "sha256 of GET /v2/$1/manifests/$2"
+  body=$(curl -sSf --max-time 30 "$URL/v2/$1/tags/list")
+  echo "tags/list: $body"
+  jq -e --arg t "$2" '.tags | index($t)' <<<"$body" >/dev/null || fail "GET /v2/$1/tags/list does not list $2: $body"
+  catalog_all | grep -qxF "$1" || fail "GET /v2/_catalog does not list $1"
+}
+
+ctr_content_has() { grep -qxF "$1" "$T/work/ctr-content.ls"; }
+
+step_ctr_pull_single() {
+  local ref=$REG/e2e/single:v1 d f
+  ctr_http pull-single images pull --plain-http --http-dump --snapshotter native --platform linux/amd64 "$ref"
+  d=$(ctr_image_digest "$ref")
+  echo "ctr lists $ref as $d"
+  expect_eq "$d" "$(registry_digest e2e/single v1)" "digest ctr lists for $ref vs Docker-Content-Digest of HEAD"
+  expect_eq "$d" "$(st single_manifest)" "digest ctr lists for $ref vs the manifest skopeo pushed"
+  # containerd verified every digest (and the diff_ids while unpacking); the
+  # bytes in its content store are the ones skopeo pushed
+  for f in "$T"/layout-single/blobs/sha256/*; do
+    CT content get "sha256:$(basename "$f")" > "$T/work/ctr-blob"
+    cmp "$T/work/ctr-blob" "$f" || fail "blob $(basename "$f") in containerd's content store differs from the pushed one"
+  done
+}
+
+step_ctr_push_copy() {
+  local ref=$REG/e2e/containerd-copy:v1 out=$T/work/ctr-push-copy.out tried uploads d
+  CT images tag "$REG/e2e/single:v1" "$ref"
+  ctr_http push-copy images push --plain-http --http-dump "$ref"
+  check_served e2e/containerd-copy v1 "$(st single_manifest)"
+  for d in $(st single_layers) $(st single_config); do
+    expect_eq "$(http_code HEAD "$URL/v2/e2e/containerd-copy/blobs/$d")" 200 "HEAD /v2/e2e/containerd-copy/blobs/$d"
+  done
+  # containerd labels pulled content with its source repository and pushes
+  # it with POST ...?mount=DIGEST&from=e2e/single; 201 = mounted, else upload
+  tried=$(ctr_requests "$out" | grep -c '^POST /v2/e2e/containerd-copy/blobs/uploads/?mount=' || true)
+  uploads=$(ctr_requests "$out" | grep -cE '^(PUT|PATCH) /v2/e2e/containerd-copy/blobs/uploads/' || true)
+  if [[ $tried == 0 ]]; then
+    note "containerd did not try a cross-repo mount; it uploaded the blobs ($uploads PUT/PATCH requests)"
+  elif [[ $uploads == 0 ]]; then
+    note "containerd mounted $tried blobs from e2e/single (cross-repo mount, 201), uploaded none"
+  else
+    fail "containerd tried $tried cross-repo mounts from e2e/single but still uploaded ($uploads PUT/PATCH requests): not every mount was answered 201"
+  fi
+}
+
+step_ctr_pull_multi_amd64() {
+  local ref=$REG/e2e/multi:v1 d k
+  ctr_http pull-multi-amd64 images pull --plain-http --http-dump --snapshotter native --platform linux/amd64 "$ref"
+  d=$(ctr_image_digest "$ref")
+  echo "ctr lists $ref as $d"
+  expect_eq "$d" "$(registry_digest e2e/multi v1)" "digest ctr lists for $ref vs Docker-Content-Digest of HEAD"
+  expect_eq "$d" "$(st multi_index)" "digest ctr lists for $ref vs the index skopeo pushed"
+  CT content ls -q > "$T/work/ctr-content.ls"
+  for k in multi_index multi_amd64_manifest multi_amd64_config; do
+    ctr_content_has "$(st "$k")" || fail "$k $(st "$k") is not in containerd's content store after the pull"
+  done
+  if ctr_content_has "$(st multi_arm64_manifest)"; then
+    fail "containerd fetched the linux/arm64/v8 manifest although the pull asked for --platform linux/amd64"
+  fi
+}
+
+step_ctr_pull_multi_all() {
+  local ref=$REG/e2e/multi:v1 f n=0
+  ctr_http pull-multi-all images pull --plain-http --http-dump --snapshotter native --all-platforms "$ref"
+  expect_eq "$(ctr_image_digest "$ref")" "$(st multi_index)" "digest ctr lists for $ref after --all-platforms"
+  CT content ls -q > "$T/work/ctr-content.ls"
+  for f in "$T"/layout-multi/blobs/sha256/*; do
+    ctr_content_has "sha256:$(basename "$f")" || fail "blob $(basename "$f") of e2e/multi is not in containerd's content store"
+    n=$((n + 1))
+  done
+  echo "all $n blobs of e2e/multi (both platforms) are in containerd's content store"
+}
+
+step_ctr_push_index() {
+  local ref=$REG/e2e/containerd-copy:multi hdr k
+  CT images tag "$REG/e2e/multi:v1" "$ref"
+  ctr_http push-index images push --plain-http --http-dump "$ref"
+  check_served e2e/containerd-copy multi "$(st multi_index)"
+  hdr=$(curl -sSf --max-time 30 -I -H "Accept: $MT_MANIFEST, $MT_INDEX" "$URL/v2/e2e/containerd-copy/manifests/multi" | tr -d '\r')
+  expect_eq "$(sed -nE 's/^[Cc]ontent-[Tt]ype: *//p' <<<"$hdr")" "$MT_INDEX" "Content-Type of HEAD /v2/e2e/containerd-copy/manifests/multi"
+  for k in multi_amd64_manifest multi_arm64_manifest; do
+    expect_eq "$(registry_digest e2e/containerd-copy "$(st "$k")")" "$(st "$k")" "HEAD /v2/e2e/containerd-copy/manifests/$(st "$k")"
+  done
+}
+
+step_ctr_import_push() {
+  # an image the registry has never seen, built here and imported from an OCI
+  # archive (no source label): containerd has to upload its blobs
+  local L=$T/layout-ctrd ref=$REG/e2e/containerd-new:v1 desc man f out=$T/work/ctr-push-new.out
+  mkdir -p "$L"
+  desc=$(make_image "$L" amd64 "" 1 containerd-new)
+  man=$(jq -r .digest <<<"$desc")
+  write_layout_index "$L" "$(jq -c 'del(.platform, .config)' <<<"$desc")" "$ref"
+  tar -C "$L" -cf "$T/work/ctrd-new.tar" oci-layout index.json blobs
+  CT images import --all-platforms --no-unpack "$T/work/ctrd-new.tar"
+  expect_eq "$(ctr_image_digest "$ref")" "$man" "digest ctr lists for the imported $ref"
+  ctr_http push-new images push --plain-http --http-dump "$ref"
+  check_served e2e/containerd-new v1 "$man"
+  for f in "$L"/blobs/sha256/*; do
+    [[ sha256:$(basename "$f") != "$man" ]] || continue
+    curl -sSf --max-time 30 -o "$T/work/served.blob" "$URL/v2/e2e/containerd-new/blobs/sha256:$(basename "$f")"
+    cmp "$T/work/served.blob" "$f" || fail "GET /v2/e2e/containerd-new/blobs/sha256:$(basename "$f") differs from the blob ctr pushed"
+  done
+  note "containerd uploaded the blobs with $(ctr_requests "$out" | grep -c '^POST /v2/e2e/containerd-new/blobs/uploads/' || true) POST," \
+    "$(ctr_requests "$out" | grep -c '^PATCH /v2/e2e/containerd-new/blobs/uploads/' || true) PATCH," \
+    "$(ctr_requests "$out" | grep -c '^PUT /v2/e2e/containerd-new/blobs/uploads/' || true) PUT ?digest="
+}
+
+begin_client containerd
+start_containerd
+step 5.1 "containerd starts (own root/state/socket, unix sockets only, no CRI)" step_ctr_ready
+if [[ $GROUP_BROKEN == 0 ]]; then
+  step 5.2 "ctr pull e2e/single:v1 (pushed by skopeo), digest = HEAD digest, blobs identical" step_ctr_pull_single
+  step 5.3 "ctr tag + push to e2e/containerd-copy:v1 (cross-repo mount), tags/list + digest" step_ctr_push_copy
+  group
+  step 5.4 "ctr pull multi-arch e2e/multi:v1 --platform linux/amd64, only amd64 fetched" step_ctr_pull_multi_amd64
+  step 5.5 "ctr pull e2e/multi:v1 --all-platforms, every blob fetched" step_ctr_pull_multi_all
+  step 5.6 "ctr push the index to e2e/containerd-copy:multi, digests preserved" step_ctr_push_index
+  group
+  step 5.7 "ctr import a new image and push it to e2e/containerd-new:v1 (blob uploads)" step_ctr_import_push
+  group
+  if stop_recorded 5.8 containerd "$CONTAINERD_PID" 10; then CONTAINERD_PID=""; fi
+fi
+stop_pid "$CONTAINERD_PID" containerd 10   # if it did not start (5.1 skipped) or did not stop
+CONTAINERD_PID=""
 
 # ============================================================== summary ====
 echo "== results per client"

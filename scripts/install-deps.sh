@@ -20,7 +20,7 @@ APT_PKGS=(
   wrk curl jq tar openssl procps python3
 )
 # Commands the tests call; checked after the install as a sanity check.
-COMMANDS=(skopeo podman newuidmap docker dockerd containerd docker-registry wrk curl jq tar openssl ps python3)
+COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: ERROR: %s\n' "$*" >&2; exit 1; }

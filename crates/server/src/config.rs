@@ -122,6 +122,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail fixes the closures' error type")]
 mod tests {
     use super::*;
 

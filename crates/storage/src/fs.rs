@@ -21,12 +21,14 @@ use tokio::sync::mpsc;
 use crate::{BlobStore, ByteStream, StorageError};
 
 /// Size of the chunks read from disk when serving a blob.
-const READ_CHUNK: usize = 1 << 20;
-/// Batches in flight between the socket side and the disk side.
-const CHANNEL_DEPTH: usize = 8;
+const READ_CHUNK: usize = 256 << 10;
+/// Chunks or batches in flight between the socket side and the disk side.
+/// With [`READ_CHUNK`] and [`WRITE_BATCH`] this bounds the memory one
+/// transfer holds to about a megabyte, whatever the blob size.
+const CHANNEL_DEPTH: usize = 4;
 /// Request-body chunks are gathered into batches of about this size before
 /// they are handed to the writer thread, so the threads wake rarely.
-const WRITE_BATCH: usize = 1 << 20;
+const WRITE_BATCH: usize = 256 << 10;
 /// Dirty bytes after which writeback is started, so the final fsync is short.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 

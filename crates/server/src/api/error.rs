@@ -11,9 +11,13 @@ use serde_json::json;
 
 use crate::registry::RegistryError;
 
-/// An error answer of the `/v2/` API.
+/// An error answer of the `/v2/` API (boxed: it travels in every `Result` of
+/// the handlers, and the error path is the rare one).
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorAnswer>);
+
+#[derive(Debug)]
+struct ErrorAnswer {
     code: ErrorCode,
     message: String,
     detail: Option<serde_json::Value>,
@@ -24,31 +28,31 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the code's own status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ErrorAnswer {
             code,
             message: message.into(),
             detail: None,
             status: None,
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     /// The same error answered with another status than the code's default.
     pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = Some(status);
+        self.0.status = Some(status);
         self
     }
 
     /// Adds a `detail` object.
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
-        self.detail = Some(detail);
+        self.0.detail = Some(detail);
         self
     }
 
     /// Adds a response header.
     pub fn with_header(mut self, name: HeaderName, value: String) -> Self {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            self.headers.insert(name, v);
+            self.0.headers.insert(name, v);
         }
         self
     }
@@ -61,16 +65,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self
+        let this = *self.0;
+        let status = this
             .status
-            .unwrap_or_else(|| StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
-        let mut entry = json!({ "code": self.code.as_str(), "message": self.message });
-        if let Some(detail) = self.detail {
+            .unwrap_or_else(|| StatusCode::from_u16(this.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let mut entry = json!({ "code": this.code.as_str(), "message": this.message });
+        if let Some(detail) = this.detail {
             entry["detail"] = detail;
         }
         let body = json!({ "errors": [entry] });
         let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().extend(self.headers);
+        response.headers_mut().extend(this.headers);
         response
     }
 }

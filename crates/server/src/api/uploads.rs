@@ -51,7 +51,7 @@ fn parse_content_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiErr
 fn checked_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
     let range = parse_content_range(headers)?;
     if let (Some(r), Some(len)) = (range, content_length(headers)) {
-        if r.end < r.start || r.end - r.start + 1 != len {
+        if r.end < r.start || (r.end - r.start).checked_add(1) != Some(len) {
             return Err(ApiError::new(
                 ErrorCode::SizeInvalid,
                 format!(

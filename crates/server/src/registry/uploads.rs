@@ -122,10 +122,10 @@ impl Registry {
         expected_len: Option<u64>,
     ) -> Result<Digest> {
         let progress = self.start_upload(repo).await?;
-        let range = expected_len.map(|len| ChunkRange {
-            start: 0,
-            end: len.wrapping_sub(1),
-        });
+        // An empty body declares no byte range (`Content-Length: 0` is not `0-(2^64-1)`).
+        let range = expected_len
+            .and_then(|len| len.checked_sub(1))
+            .map(|end| ChunkRange { start: 0, end });
         self.finish_upload(repo, &progress.id, digest, range, Some(body)).await
     }
 
@@ -280,7 +280,8 @@ impl Registry {
             Some(r) if r.end < r.start => {
                 return Err(RegistryError::ChunkOutOfOrder { current: rec.offset });
             }
-            Some(r) => Some(r.end - r.start + 1),
+            // A range of 2^64 bytes cannot be sent; saturating makes it a size mismatch, not an overflow.
+            Some(r) => Some((r.end - r.start).saturating_add(1)),
             None => None,
         };
         let hasher = Arc::new(Mutex::new(Some(self.hasher_for(rec, algorithm).await?)));

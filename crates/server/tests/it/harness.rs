@@ -1,0 +1,548 @@
+//! The test harness: a real `berth` process on `127.0.0.1:0` over a temporary
+//! data directory, and helpers that speak the distribution API to it.
+//!
+//! Tests only go through the socket; nothing here reaches into the server's
+//! crates, so what is tested is what a client sees.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use reqwest::header::HeaderMap;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256, Sha512};
+use tempfile::TempDir;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// How long a server may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of the `berth` binary under test.
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+/// A `berth` command with no `BERTH_*` or `RUST_LOG` variables inherited from
+/// the environment running the tests, so only what a test sets applies.
+pub fn berth_command() -> Command {
+    let mut cmd = Command::new(berth_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BERTH_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd
+}
+
+/// A running server process whose stderr is drained by a thread.
+pub struct Server {
+    pub child: Child,
+    /// The address from the `listening on` line, such as `127.0.0.1:41234`.
+    pub addr: String,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `http://ADDR`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a server failed to come up: its exit status (if it exited) and stderr.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: Option<ExitStatus>,
+    pub stderr: String,
+}
+
+/// Spawns `cmd` and waits for its `listening on ADDR` log line.
+pub fn spawn_server(mut cmd: Command) -> Result<Server, StartFailure> {
+    let mut child = cmd.spawn().expect("spawning the berth binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel::<String>();
+    let sink = log.clone();
+    // Keeps reading until the process exits, so the pipe never fills up.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = listening_addr(&line) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(addr) => Ok(Server { child, addr, log }),
+        Err(_) => {
+            let status = wait_timeout(&mut child, Duration::from_secs(5));
+            if status.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Give the reader thread a moment to collect the last lines.
+            std::thread::sleep(Duration::from_millis(50));
+            let stderr = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Err(StartFailure { status, stderr })
+        }
+    }
+}
+
+/// The address in a `listening on 127.0.0.1:PORT` log line (JSON or text).
+fn listening_addr(line: &str) -> Option<String> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.contains(':').then_some(addr)
+}
+
+/// Waits up to `timeout` for the process to exit.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `berth serve` process on a free port over its own temporary data dir.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`; changes on restart.
+    pub base: String,
+    pub client: reqwest::Client,
+    data: TempDir,
+    envs: Vec<(String, String)>,
+    server: Option<Server>,
+}
+
+impl TestApp {
+    /// Starts a server with default settings.
+    pub fn start() -> TestApp {
+        TestApp::start_with_env(&[])
+    }
+
+    /// Starts a server with extra environment variables (such as `BERTH_UPLOADS__STALE_AFTER_SECS`).
+    pub fn start_with_env(envs: &[(&str, &str)]) -> TestApp {
+        let data = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("creating a temp data dir");
+        let mut app = TestApp {
+            base: String::new(),
+            client: client(),
+            data,
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            server: None,
+        };
+        app.launch();
+        app
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = berth_command();
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.data.path());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        match spawn_server(cmd) {
+            Ok(server) => {
+                self.base = server.base();
+                self.server = Some(server);
+            }
+            Err(f) => panic!("berth did not start (status {:?}); stderr:\n{}", f.status, f.stderr),
+        }
+    }
+
+    /// The data directory the server runs over.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.server
+            .as_ref()
+            .map(|s| s.log.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops the server gracefully (SIGTERM) and starts it again on the same data dir.
+    pub fn restart(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let pid = server.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            match wait_timeout(&mut server.child, Duration::from_secs(10)) {
+                Some(status) => assert!(status.success(), "berth exited with {status} after SIGTERM"),
+                None => panic!("berth did not stop within 10 s of SIGTERM"),
+            }
+        }
+        self.launch();
+    }
+
+    /// Kills the server with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill9(&mut self) {
+        // Dropping a server kills it.
+        self.server = None;
+    }
+
+    /// Starts the server again after [`TestApp::kill9`].
+    pub fn start_again(&mut self) {
+        assert!(self.server.is_none(), "the server still runs");
+        self.launch();
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Resolves a `Location` (relative or absolute) against the server.
+    pub fn resolve(&self, location: &str) -> String {
+        resolve(&self.base, location)
+    }
+
+    /// `GET base+path`.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// `HEAD base+path`.
+    pub async fn head(&self, path: &str) -> Response {
+        self.client.head(self.url(path)).send().await.expect("HEAD")
+    }
+
+    /// `DELETE base+path`.
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(self.url(path)).send().await.expect("DELETE")
+    }
+
+    /// Pushes a blob in one `POST ?digest=` and returns its sha256 digest.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        push_blob(&self.client, &self.base, repo, bytes).await
+    }
+
+    /// `PUT /v2/<repo>/manifests/<reference>` with the given Content-Type.
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+        put_manifest(&self.client, &self.base, repo, reference, media_type, body).await
+    }
+
+    /// Pushes an image of `layers` random layers and tags it; panics unless accepted.
+    pub async fn push_image(&self, repo: &str, tag: &str, layers: usize) -> Image {
+        let image = Image::random(layers);
+        image.push(&self.client, &self.base, repo, tag).await;
+        image
+    }
+
+    /// Pushes `body` as a manifest and asserts it was created; returns its digest.
+    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+        let resp = self.put_manifest(repo, reference, media_type, body).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::CREATED, "PUT manifest {repo}:{reference}: {text}");
+        sha256(body)
+    }
+
+    /// Opens an upload session in `repo` and returns its absolute URL.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let resp = self
+            .client
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .await
+            .expect("POST upload");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        self.resolve(header(&resp, "location"))
+    }
+}
+
+/// A client that never follows redirects, so every status is seen as sent.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("building the HTTP client")
+}
+
+/// Resolves a `Location` header against `base` as RFC 3986 says.
+pub fn resolve(base: &str, location: &str) -> String {
+    reqwest::Url::parse(base)
+        .and_then(|b| b.join(location))
+        .unwrap_or_else(|e| panic!("Location {location:?} does not resolve against {base}: {e}"))
+        .to_string()
+}
+
+/// Appends `key=value` to a URL that may already have a query.
+pub fn with_query(url: &str, pair: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{pair}")
+    } else {
+        format!("{url}?{pair}")
+    }
+}
+
+/// Pushes a blob in one `POST ?digest=`, asserts 201 and returns its sha256 digest.
+pub async fn push_blob(client: &reqwest::Client, base: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let resp = client
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("POST blob");
+    let status = resp.status();
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "push blob: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    digest
+}
+
+/// `PUT /v2/<repo>/manifests/<reference>` with `media_type` as the Content-Type.
+pub async fn put_manifest(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> Response {
+    client
+        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", media_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("PUT manifest")
+}
+
+/// A random image: a config, layers and the OCI manifest over them.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub config: Vec<u8>,
+    pub layers: Vec<Vec<u8>>,
+    pub manifest: Vec<u8>,
+    pub digest: String,
+}
+
+impl Image {
+    /// An image of `layers` random layers of 1–4 KiB.
+    pub fn random(layers: usize) -> Image {
+        let layers: Vec<Vec<u8>> = (0..layers)
+            .map(|_| random_bytes(1024 + rand::random_range(0..3072)))
+            .collect();
+        Image::of_layers(layers)
+    }
+
+    /// An image over the given layer bytes with a unique config.
+    pub fn of_layers(layers: Vec<Vec<u8>>) -> Image {
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| sha256(l)).collect::<Vec<_>>() },
+            "config": { "Labels": { "nonce": hex::encode(random_bytes(8)) } },
+        }))
+        .expect("config JSON");
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, &config),
+            "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
+        }))
+        .expect("manifest JSON");
+        let digest = sha256(&manifest);
+        Image {
+            config,
+            layers,
+            manifest,
+            digest,
+        }
+    }
+
+    /// The descriptor of this image's manifest.
+    pub fn descriptor(&self) -> Value {
+        descriptor(OCI_MANIFEST, &self.manifest)
+    }
+
+    /// Pushes the blobs (monolithically) and the manifest under `tag`.
+    pub async fn push(&self, client: &reqwest::Client, base: &str, repo: &str, tag: &str) {
+        push_blob(client, base, repo, &self.config).await;
+        for layer in &self.layers {
+            push_blob(client, base, repo, layer).await;
+        }
+        let resp = put_manifest(client, base, repo, tag, OCI_MANIFEST, &self.manifest).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(header(&resp, "docker-content-digest"), self.digest);
+    }
+}
+
+/// A content descriptor of `bytes`.
+pub fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
+    json!({ "mediaType": media_type, "digest": sha256(bytes), "size": bytes.len() })
+}
+
+/// `n` random bytes, so every blob is new to the registry.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+/// The `sha256:<hex>` digest of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The `sha512:<hex>` digest of `bytes`.
+pub fn sha512(bytes: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(Sha512::digest(bytes)))
+}
+
+/// A header as text; panics when it is missing.
+pub fn header<'a>(resp: &'a Response, name: &str) -> &'a str {
+    header_of(resp.headers(), name)
+}
+
+/// A header of `headers` as text; panics when it is missing.
+pub fn header_of<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("response has no {name} header; headers: {headers:?}"))
+        .to_str()
+        .expect("header is text")
+}
+
+/// Asserts an OCI error answer: its status, its `errors[0].code`, and the
+/// error body shape. Returns the body for further checks.
+pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
+    let url = resp.url().clone();
+    let got = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = resp.text().await.expect("error body");
+    assert_eq!(got.as_u16(), status, "{url}: status (body {text})");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{url}: error Content-Type {content_type:?}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: error body {text:?}: {e}"));
+    assert_eq!(body["errors"][0]["code"], code, "{url}: {text}");
+    assert!(body["errors"][0]["message"].is_string(), "{url}: {text}");
+    body
+}
+
+/// Walks a directory tree and returns every regular file in it.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(t) if t.is_file() => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Sends a hand-written HTTP/1.1 request and returns the response status and
+/// raw bytes. The body is written from another thread while the response is
+/// read, so a server that answers before reading the whole body (as it may,
+/// e.g. with 413) is seen answering, which hyper's client does not report.
+pub fn raw_request(base: &str, head: &str, body: Vec<u8>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").expect("http base URL");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(head.as_bytes()).expect("writing the request head");
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // The server may close early; what it answered is what counts.
+        let _ = writer.write_all(&body);
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(_) if !response.is_empty() => break,
+            Err(e) => panic!("reading the response: {e}"),
+        }
+        // Stop once a complete response with a Content-Length body is in.
+        if let Some(end) = complete_response_len(&response) {
+            response.truncate(end);
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+/// The length of a complete response (head plus Content-Length body), if all of it is in `bytes`.
+fn complete_response_len(bytes: &[u8]) -> Option<usize> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    (bytes.len() >= head_end + len).then_some(head_end + len)
+}

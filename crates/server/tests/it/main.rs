@@ -1,0 +1,15 @@
+//! Integration tests of the `berth` binary: every test starts its own server
+//! over its own data directory and talks to it over HTTP, as a client would.
+
+mod harness;
+
+mod base;
+mod blobs;
+mod cli;
+mod durability;
+mod errors;
+mod listing;
+mod manifests;
+mod mount;
+mod referrers;
+mod uploads;
