@@ -10,11 +10,6 @@ mod telemetry;
 
 use clap::Parser;
 
-// Large request and response buffers come and go all the time; mimalloc keeps
-// them instead of mapping and zeroing fresh pages for each.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Overrides};
 

@@ -22,10 +22,12 @@ use crate::{BlobStore, ByteStream, StorageError};
 
 /// Size of the chunks read from disk when serving a blob.
 const READ_CHUNK: usize = 256 << 10;
-/// Chunks or batches in flight between the socket side and the disk side.
-/// With [`READ_CHUNK`] and [`WRITE_BATCH`] this bounds the memory one
+/// Chunks in flight between the disk and the socket when serving a blob.
+const READ_DEPTH: usize = 4;
+/// Batches in flight between the socket and the disk when receiving one.
+/// With [`READ_CHUNK`] and [`WRITE_BATCH`] these bound the memory one
 /// transfer holds to about a megabyte, whatever the blob size.
-const CHANNEL_DEPTH: usize = 4;
+const WRITE_DEPTH: usize = 2;
 /// Request-body chunks are gathered into batches of about this size before
 /// they are handed to the writer thread, so the threads wake rarely.
 const WRITE_BATCH: usize = 256 << 10;
@@ -98,7 +100,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 /// Streams `len` bytes of `file` from `offset` through a reader thread.
 fn stream_file(mut file: File, offset: u64, len: u64) -> ByteStream {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_DEPTH);
     tokio::task::spawn_blocking(move || {
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             let _ = tx.blocking_send(Err(e));
@@ -170,7 +172,7 @@ impl BlobStore for FsBlobStore {
 
     async fn append_upload(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64, StorageError> {
         let path = self.upload_path(id);
-        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(CHANNEL_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_DEPTH);
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
             let mut file = OpenOptions::new()
                 .write(true)

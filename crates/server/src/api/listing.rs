@@ -12,6 +12,17 @@ use serde_json::json;
 use super::{query_of, set_header, ApiError, ApiResult, OCI_FILTERS_APPLIED};
 use crate::registry::{ManifestPage, Registry};
 
+#[derive(serde::Serialize)]
+struct TagList<'a> {
+    name: &'a str,
+    tags: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct Catalog<'a> {
+    repositories: &'a [String],
+}
+
 /// Largest page a client may ask for; bigger `n` is capped (with a `Link` to the rest).
 const MAX_PAGE: u32 = 10_000;
 /// Catalog page size when the client gives no `n`.
@@ -59,7 +70,10 @@ pub async fn list_tags(registry: &Registry, repo: RepoName, req: Request) -> Api
     Ok((
         StatusCode::OK,
         headers,
-        axum::Json(json!({ "name": repo.as_str(), "tags": page.items })),
+        axum::Json(TagList {
+            name: repo.as_str(),
+            tags: &page.items,
+        }),
     )
         .into_response())
 }
@@ -75,7 +89,9 @@ pub async fn list_repositories(registry: &Registry, req: Request) -> ApiResult {
     Ok((
         StatusCode::OK,
         headers,
-        axum::Json(json!({ "repositories": page.items })),
+        axum::Json(Catalog {
+            repositories: &page.items,
+        }),
     )
         .into_response())
 }
