@@ -60,9 +60,10 @@ impl Descriptor {
     /// Whether the blob may live elsewhere (foreign or non-distributable
     /// layers), so the registry must not insist on having it.
     pub fn is_foreign(&self) -> bool {
+        // Only the foreign media types may live elsewhere; `urls` on an
+        // ordinary layer does not excuse the registry from holding it.
         self.media_type == media_type::DOCKER_FOREIGN_LAYER
             || media_type::OCI_NONDISTRIBUTABLE_LAYERS.contains(&self.media_type.as_str())
-            || self.urls.as_ref().is_some_and(|u| !u.is_empty())
     }
 }
 
@@ -233,6 +234,20 @@ mod tests {
             Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"),
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn only_foreign_media_types_may_live_elsewhere() {
+        let with_urls =
+            image(media_type::OCI_MANIFEST).replace(r#""mediaType":"l","#, r#""mediaType":"l","urls":["http://x"],"#);
+        let m = Manifest::parse(with_urls.as_bytes(), None).unwrap();
+        assert_eq!(m.required_blobs().count(), 2);
+        let foreign = image(media_type::DOCKER_MANIFEST).replace(
+            r#""mediaType":"l""#,
+            &format!(r#""mediaType":"{}""#, media_type::DOCKER_FOREIGN_LAYER),
+        );
+        let m = Manifest::parse(foreign.as_bytes(), None).unwrap();
+        assert_eq!(m.required_blobs().count(), 1);
     }
 
     #[test]

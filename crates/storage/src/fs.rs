@@ -81,6 +81,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
         .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
 }
 
+/// Takes an exclusive advisory lock on an upload file for as long as `file`
+/// is open. A request that was dropped mid-stream leaves its writer thread
+/// running until it has drained; the lock keeps the next writer (or the
+/// commit) of the same session from touching the file until then.
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock only reads its integer arguments; the fd is open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -178,6 +191,7 @@ impl BlobStore for FsBlobStore {
                 .write(true)
                 .open(&path)
                 .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            lock_exclusive(&file)?;
             let have = file.metadata()?.len();
             if have < offset {
                 return Err(StorageError::UploadTooShort {
@@ -252,6 +266,7 @@ impl BlobStore for FsBlobStore {
                 .write(true)
                 .open(&from)
                 .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            lock_exclusive(&file)?;
             let have = file.metadata()?.len();
             if have < len {
                 return Err(StorageError::UploadTooShort {

@@ -98,20 +98,20 @@ fn created(repo: &RepoName, digest: &Digest) -> ApiResult {
 pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request) -> ApiResult {
     let query = query_of(&req);
     if let Some(mount) = query.get("mount") {
-        let digest: Digest = mount
-            .parse()
-            .map_err(|e: berth_oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))?;
-        let from = query
-            .get("from")
-            .map(|f| {
-                f.parse::<RepoName>()
-                    .map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string()))
-            })
-            .transpose()?;
-        return match registry.mount_or_start_upload(&repo, &digest, from.as_ref()).await? {
-            MountOrUpload::Created(d) => created(&repo, &d),
-            MountOrUpload::Session(p) => Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &p))),
+        // distribution-spec: a mount with invalid arguments falls back to an ordinary upload.
+        let digest = mount.parse::<Digest>().ok();
+        let from = match query.get("from") {
+            None => Some(None),
+            Some(f) => f.parse::<RepoName>().ok().map(Some),
         };
+        if let (Some(digest), Some(from)) = (digest, from) {
+            return match registry.mount_or_start_upload(&repo, &digest, from.as_ref()).await? {
+                MountOrUpload::Created(d) => created(&repo, &d),
+                MountOrUpload::Session(p) => Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &p))),
+            };
+        }
+        let progress = registry.start_upload(&repo).await?;
+        return Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)));
     }
     if let Some(digest) = parse_digest(&query)? {
         let len = content_length(req.headers());
@@ -142,10 +142,8 @@ pub async fn finish_upload(registry: &Registry, repo: RepoName, id: UploadId, re
     let digest = parse_digest(&query)?
         .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the final PUT of an upload needs ?digest="))?;
     let range = checked_range(req.headers())?;
-    let has_body = match content_length(req.headers()) {
-        Some(len) => len > 0,
-        None => req.headers().contains_key(header::TRANSFER_ENCODING),
-    };
+    // The body itself knows whether it is empty (HTTP/2 needs no Content-Length).
+    let has_body = !axum::body::HttpBody::is_end_stream(req.body());
     let last_chunk = has_body.then(|| body_stream(req.into_body()));
     let digest = registry.finish_upload(&repo, &id, &digest, range, last_chunk).await?;
     created(&repo, &digest)

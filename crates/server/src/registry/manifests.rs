@@ -162,9 +162,8 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>> {
-        if !self.meta.repository_exists(repo.as_str()).await? {
-            return Err(RegistryError::NameUnknown);
-        }
+        // distribution-spec: a registry that supports referrers MUST NOT answer 404,
+        // or clients fall back to the tag schema; an unknown repository has none.
         Ok(self.meta.referrers(repo.as_str(), subject, artifact_type).await?)
     }
 }

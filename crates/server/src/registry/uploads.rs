@@ -34,8 +34,9 @@ pub enum MountOrUpload {
     Session(UploadProgress),
 }
 
-/// Serialises requests on the same session within this process, so two
-/// PATCHes never write the same session file at once.
+/// Serialises requests on the same session within this process. (The blob
+/// store also locks the session file, because a dropped request releases this
+/// lock before its writer thread has drained.)
 #[derive(Default)]
 pub(super) struct SessionLocks(Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<()>>>>);
 
@@ -48,6 +49,15 @@ impl SessionLocks {
             map.entry(id.clone()).or_default().clone()
         };
         lock.lock_owned().await
+    }
+
+    /// The session's lock if nobody holds it now.
+    fn try_lock(&self, id: &UploadId) -> Option<OwnedMutexGuard<()>> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            map.entry(id.clone()).or_default().clone()
+        };
+        lock.try_lock_owned().ok()
     }
 }
 
@@ -210,14 +220,25 @@ impl Registry {
         let mut purged = 0;
         loop {
             let stale = self.meta.stale_uploads(before, 100).await?;
-            if stale.is_empty() {
-                return Ok(purged);
-            }
+            let full_batch = stale.len() == 100;
+            let mut progressed = false;
             for rec in stale {
-                let _guard = self.sessions.lock(&rec.id).await;
+                // A session busy right now (a long PATCH only touches the row
+                // when it ends) is not stale; nor is one that moved since the query.
+                let Some(_guard) = self.sessions.try_lock(&rec.id) else {
+                    continue;
+                };
+                match self.meta.get_upload(&rec.id).await? {
+                    Some(now) if now.updated_ms < before => {}
+                    _ => continue,
+                }
                 self.blobs.cancel_upload(&rec.id).await?;
                 self.meta.delete_upload(&rec.id).await?;
                 purged += 1;
+                progressed = true;
+            }
+            if !full_batch || !progressed {
+                return Ok(purged);
             }
         }
     }

@@ -47,18 +47,6 @@ async fn invalid_repository_names_are_name_invalid() {
 }
 
 #[tokio::test]
-async fn a_mount_from_an_invalid_name_is_name_invalid() {
-    let app = TestApp::start();
-    let resp = app
-        .client
-        .post(app.url(&format!("/v2/a/blobs/uploads/?mount={DIGEST}&from=Bad")))
-        .send()
-        .await
-        .unwrap();
-    assert_error(resp, 400, "NAME_INVALID").await;
-}
-
-#[tokio::test]
 async fn invalid_digests_are_digest_invalid() {
     let app = TestApp::start();
     app.push_image("a", "v1", 1).await;

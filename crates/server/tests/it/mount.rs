@@ -102,8 +102,16 @@ async fn a_mounted_blob_can_back_a_manifest() {
 }
 
 #[tokio::test]
-async fn an_invalid_mount_digest_is_refused() {
+async fn invalid_mount_arguments_fall_back_to_an_upload() {
+    // distribution-spec: invalid mount arguments fall back to the standard upload (202).
     let app = TestApp::start();
-    let resp = mount(&app, "dst", "mount=sha256:nothex&from=src").await;
-    assert_error(resp, 400, "DIGEST_INVALID").await;
+    for query in ["mount=sha256:nothex&from=src", "mount=sha384:abc&from=src"] {
+        let resp = mount(&app, "dst", query).await;
+        assert_eq!(resp.status(), 202, "{query}");
+        assert!(resp.headers().contains_key("docker-upload-uuid"));
+    }
+    let blob = b"mounted from a bad name";
+    app.push_blob("src", blob).await;
+    let resp = mount(&app, "dst", &format!("mount={}&from=Not_Valid", sha256(blob))).await;
+    assert_eq!(resp.status(), 202);
 }
