@@ -261,6 +261,7 @@ impl BlobStore for FsBlobStore {
     async fn commit_upload(&self, id: &UploadId, len: u64, digest: &Digest) -> Result<(), StorageError> {
         let from = self.upload_path(id);
         let to = self.blob_path(digest);
+        let store_root = self.root.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let file = OpenOptions::new()
                 .write(true)
@@ -274,19 +275,28 @@ impl BlobStore for FsBlobStore {
                     actual: have,
                 });
             }
+            let dir = to.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
             if to.exists() {
                 drop(file);
                 fs::remove_file(&from)?;
+                // An earlier process may have died between its rename and its
+                // directory fsync: make the existing entry durable before a 201.
+                fsync_dir(dir)?;
                 return Ok(());
             }
             file.set_len(len)?;
             file.sync_all()?;
             drop(file);
-            let dir = to.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
             if !dir.exists() {
                 fs::create_dir_all(dir)?;
-                if let Some(up) = dir.parent() {
-                    fsync_dir(up)?;
+                // New directories (`sha256/`, `sha256/ab/`) must survive a power loss too.
+                let mut up = dir.parent();
+                while let Some(parent) = up {
+                    fsync_dir(parent)?;
+                    if parent == store_root.as_path() {
+                        break;
+                    }
+                    up = parent.parent();
                 }
             }
             fs::rename(&from, &to)?;
