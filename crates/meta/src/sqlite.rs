@@ -176,16 +176,7 @@ impl MetaStore for SqliteMeta {
         let Some(size) = size else {
             return Ok(None);
         };
-        let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
-        sqlx::query(
-            "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (repo_id, digest) DO NOTHING",
-        )
-        .bind(repo_id)
-        .bind(digest.to_string())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        Self::record_blob(&mut tx, repo, digest, to_u64(size), now_ms).await?;
         tx.commit().await?;
         Ok(Some(to_u64(size)))
     }
