@@ -11,7 +11,7 @@ use berth_storage::ByteStream;
 use futures::TryStreamExt;
 
 use super::{empty, header_str, query_of, set_header, upload_range, ApiError, ApiResult, CONTENT_DIGEST, UPLOAD_UUID};
-use crate::registry::{ChunkRange, MountOrUpload, Registry, UploadProgress};
+use crate::registry::{ChunkRange, MountOrUpload, Registry, RegistryError, UploadProgress};
 
 fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
@@ -133,8 +133,24 @@ pub async fn get_upload(registry: &Registry, repo: RepoName, id: UploadId) -> Ap
 pub async fn patch_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
     let range = checked_range(req.headers())?;
     let body = body_stream(req.into_body());
-    let progress = registry.append_upload(&repo, &id, range, body).await?;
+    let progress = registry
+        .append_upload(&repo, &id, range, body)
+        .await
+        .map_err(|e| with_session(e, &repo, &id))?;
     Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)))
+}
+
+/// distribution-spec: a 416 for a misplaced chunk also says where the session is,
+/// so the client can resume from `Range` at `Location`.
+fn with_session(err: RegistryError, repo: &RepoName, id: &UploadId) -> ApiError {
+    let resumable = matches!(err, RegistryError::ChunkOutOfOrder { .. });
+    let api = ApiError::from(err);
+    if resumable {
+        api.with_header(header::LOCATION, format!("/v2/{repo}/blobs/uploads/{id}"))
+            .with_header(UPLOAD_UUID, id.to_string())
+    } else {
+        api
+    }
 }
 
 pub async fn finish_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
@@ -145,7 +161,10 @@ pub async fn finish_upload(registry: &Registry, repo: RepoName, id: UploadId, re
     // The body itself knows whether it is empty (HTTP/2 needs no Content-Length).
     let has_body = !axum::body::HttpBody::is_end_stream(req.body());
     let last_chunk = has_body.then(|| body_stream(req.into_body()));
-    let digest = registry.finish_upload(&repo, &id, &digest, range, last_chunk).await?;
+    let digest = registry
+        .finish_upload(&repo, &id, &digest, range, last_chunk)
+        .await
+        .map_err(|e| with_session(e, &repo, &id))?;
     created(&repo, &digest)
 }
 

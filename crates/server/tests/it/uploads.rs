@@ -250,6 +250,8 @@ async fn out_of_order_and_overlapping_chunks_are_416_with_the_current_range() {
     assert_eq!(resp.status(), 416);
     // distribution-spec: the 416 carries the current Range so the client can resume.
     assert_eq!(header(&resp, "range"), "0-99");
+    assert!(url.ends_with(header(&resp, "location")), "{url}");
+    assert!(url.ends_with(header(&resp, "docker-upload-uuid")));
 
     // An overlap with the received bytes.
     let resp = patch(&app, &url, Some((50, 149)), &bytes[50..150]).await;
