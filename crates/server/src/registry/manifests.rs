@@ -24,19 +24,22 @@ pub struct ManifestPage {
 /// Whether an `Accept` header allows a manifest stored as `stored`.
 ///
 /// Only a header that names manifest types is a negotiation; `*/*`, wildcards
-/// and headers that name no manifest type at all accept anything.
+/// and headers that name no manifest type at all accept anything. As in the
+/// reference registry, only OCI manifests are refused to clients that do not
+/// name them: Docker schema 2 is what every Docker-era client understands, and
+/// Berth converts nothing.
 fn accepts(accept: &[String], stored: &str) -> bool {
-    let named: Vec<&str> = accept
+    if stored == media_type::DOCKER_MANIFEST || stored == media_type::DOCKER_MANIFEST_LIST {
+        return true;
+    }
+    let named: Vec<String> = accept
         .iter()
         .flat_map(|h| h.split(','))
-        .map(|t| t.split(';').next().unwrap_or_default().trim())
+        .map(media_type::essence)
         .filter(|t| !t.is_empty())
         .collect();
-    let negotiating = named.iter().any(|t| media_type::MANIFEST_TYPES.contains(t));
-    !negotiating
-        || named
-            .iter()
-            .any(|t| *t == stored || *t == "*/*" || *t == "application/*")
+    let negotiating = named.iter().any(|t| media_type::MANIFEST_TYPES.contains(&t.as_str()));
+    !negotiating || named.iter().any(|t| t == stored || t == "*/*" || t == "application/*")
 }
 
 impl Registry {
@@ -198,5 +201,10 @@ mod tests {
         ));
         assert!(!accepts(&[media_type::DOCKER_MANIFEST.into()], oci));
         assert!(accepts(&[media_type::DOCKER_MANIFEST.into(), "*/*".into()], oci));
+        assert!(accepts(&[oci.to_uppercase()], oci));
+        // Docker schema 2 is served whatever the client names.
+        assert!(accepts(&[media_type::OCI_MANIFEST.into()], media_type::DOCKER_MANIFEST));
+        assert!(accepts(&[oci.into()], media_type::DOCKER_MANIFEST_LIST));
+        assert!(!accepts(&[oci.into()], media_type::OCI_MANIFEST));
     }
 }
