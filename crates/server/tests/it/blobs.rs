@@ -115,10 +115,10 @@ async fn a_repository_serves_only_its_own_blobs() {
     app.push_blob("b", b"something else in b").await;
 
     assert_eq!(app.get(&format!("/v2/a/blobs/{digest}")).await.status(), 200);
-    assert_error(app.get(&format!("/v2/b/blobs/{digest}")).await, 404, "BLOB_UNKNOWN").await;
+    app.assert_blob_unknown("b", &digest).await;
     assert_eq!(app.head(&format!("/v2/b/blobs/{digest}")).await.status(), 404);
     // A repository that does not exist has no blobs either.
-    assert_error(app.get(&format!("/v2/c/blobs/{digest}")).await, 404, "BLOB_UNKNOWN").await;
+    app.assert_blob_unknown("c", &digest).await;
     // Deleting through b must not unlink it from a.
     assert_error(app.delete(&format!("/v2/b/blobs/{digest}")).await, 404, "BLOB_UNKNOWN").await;
     assert_eq!(app.get(&format!("/v2/a/blobs/{digest}")).await.status(), 200);
@@ -129,7 +129,7 @@ async fn an_unknown_blob_is_404() {
     let app = TestApp::start();
     app.push_blob("a", b"x").await;
     let missing = sha256(b"never pushed");
-    assert_error(app.get(&format!("/v2/a/blobs/{missing}")).await, 404, "BLOB_UNKNOWN").await;
+    app.assert_blob_unknown("a", &missing).await;
     let head = app.head(&format!("/v2/a/blobs/{missing}")).await;
     assert_eq!(head.status(), 404);
     assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");

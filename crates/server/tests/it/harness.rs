@@ -255,6 +255,16 @@ impl TestApp {
         self.client.delete(self.url(path)).send().await.expect("DELETE")
     }
 
+    /// Asserts that `repo` does not serve the blob `digest` (404 `BLOB_UNKNOWN`).
+    pub async fn assert_blob_unknown(&self, repo: &str, digest: &str) {
+        assert_error(
+            self.get(&format!("/v2/{repo}/blobs/{digest}")).await,
+            404,
+            "BLOB_UNKNOWN",
+        )
+        .await;
+    }
+
     /// Pushes a blob in one `POST ?digest=` and returns its sha256 digest.
     pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
         push_blob(&self.client, &self.base, repo, bytes).await

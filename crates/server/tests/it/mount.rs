@@ -1,6 +1,6 @@
 //! Cross-repository blob mounts: `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<repo>`.
 
-use crate::harness::{assert_error, header, random_bytes, sha256, with_query, TestApp};
+use crate::harness::{header, random_bytes, sha256, with_query, TestApp};
 
 async fn mount(app: &TestApp, repo: &str, query: &str) -> reqwest::Response {
     app.client
@@ -41,7 +41,7 @@ async fn a_blob_not_linked_in_from_opens_an_upload_session() {
     let resp = mount(&app, "dst", &format!("mount={digest}&from=src")).await;
     assert_eq!(resp.status(), 202);
     assert!(!header(&resp, "docker-upload-uuid").is_empty());
-    assert_error(app.get(&format!("/v2/dst/blobs/{digest}")).await, 404, "BLOB_UNKNOWN").await;
+    app.assert_blob_unknown("dst", &digest).await;
 
     // The session is a real one: upload the blob through it.
     let url = app.resolve(header(&resp, "location"));

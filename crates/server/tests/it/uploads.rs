@@ -149,12 +149,7 @@ async fn a_last_chunk_at_the_wrong_offset_is_416() {
         .unwrap();
     assert_eq!(resp.status(), 416);
     assert_eq!(header(&resp, "range"), "0-99");
-    assert_error(
-        app.get(&format!("/v2/a/blobs/{}", sha256(&bytes))).await,
-        404,
-        "BLOB_UNKNOWN",
-    )
-    .await;
+    app.assert_blob_unknown("a", &sha256(&bytes)).await;
 }
 
 #[tokio::test]
@@ -381,9 +376,9 @@ async fn a_wrong_digest_at_the_final_put_stores_nothing() {
 
     assert_error(finish(&app, &url, &claimed).await, 400, "DIGEST_INVALID").await;
 
-    assert_error(app.get(&format!("/v2/a/blobs/{claimed}")).await, 404, "BLOB_UNKNOWN").await;
+    app.assert_blob_unknown("a", &claimed).await;
     let actual = sha256(&bytes);
-    assert_error(app.get(&format!("/v2/a/blobs/{actual}")).await, 404, "BLOB_UNKNOWN").await;
+    app.assert_blob_unknown("a", &actual).await;
     assert!(
         !app.data_dir()
             .join("blobs/sha256")
@@ -407,13 +402,8 @@ async fn a_wrong_digest_in_a_monolithic_post_stores_nothing() {
         .await
         .unwrap();
     assert_error(resp, 400, "DIGEST_INVALID").await;
-    assert_error(app.get(&format!("/v2/a/blobs/{claimed}")).await, 404, "BLOB_UNKNOWN").await;
-    assert_error(
-        app.get(&format!("/v2/a/blobs/{}", sha256(&bytes))).await,
-        404,
-        "BLOB_UNKNOWN",
-    )
-    .await;
+    app.assert_blob_unknown("a", &claimed).await;
+    app.assert_blob_unknown("a", &sha256(&bytes)).await;
 }
 
 #[tokio::test]
@@ -461,12 +451,7 @@ async fn a_session_belongs_to_its_repository() {
     assert_eq!(patch(&app, &url, Some((0, 99)), &bytes).await.status(), 202);
     assert_eq!(finish(&app, &url, &sha256(&bytes)).await.status(), 201);
     assert_blob(&app, "a", &sha256(&bytes), &bytes).await;
-    assert_error(
-        app.get(&format!("/v2/b/blobs/{}", sha256(&bytes))).await,
-        404,
-        "BLOB_UNKNOWN",
-    )
-    .await;
+    app.assert_blob_unknown("b", &sha256(&bytes)).await;
 }
 
 #[tokio::test]
