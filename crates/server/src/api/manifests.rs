@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use berth_oci::{ErrorCode, Reference, RepoName};
 
-use super::{empty, header_str, set_header, ApiError, ApiResult, CONTENT_DIGEST, OCI_SUBJECT};
+use super::{content_length, empty, header_str, set_header, ApiError, ApiResult, CONTENT_DIGEST, OCI_SUBJECT};
 use crate::registry::{Registry, RegistryError};
 
 pub async fn get_manifest(
@@ -39,10 +39,7 @@ pub async fn get_manifest(
 pub async fn put_manifest(registry: &Registry, repo: RepoName, reference: Reference, req: Request) -> ApiResult {
     let limit = registry.manifest_limit();
     let too_large = || ApiError::from(RegistryError::ManifestTooLarge { limit });
-    if header_str(req.headers(), "content-length")
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .is_some_and(|len| len > limit)
-    {
+    if content_length(req.headers()).is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
     let content_type = header_str(req.headers(), "content-type").map(str::to_owned);

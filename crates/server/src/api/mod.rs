@@ -65,6 +65,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The request's declared body length, when it declares one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
 fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);

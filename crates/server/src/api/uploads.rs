@@ -10,15 +10,14 @@ use berth_oci::{Digest, ErrorCode, RepoName, UploadId};
 use berth_storage::ByteStream;
 use futures::TryStreamExt;
 
-use super::{empty, header_str, query_of, set_header, upload_range, ApiError, ApiResult, CONTENT_DIGEST, UPLOAD_UUID};
+use super::{
+    content_length, empty, header_str, query_of, set_header, upload_range, ApiError, ApiResult, CONTENT_DIGEST,
+    UPLOAD_UUID,
+};
 use crate::registry::{ChunkRange, MountOrUpload, Registry, RegistryError, UploadProgress};
 
 fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    header_str(headers, "content-length").and_then(|v| v.trim().parse().ok())
 }
 
 /// Parses `Content-Range: <start>-<end>` (a `bytes ` prefix is tolerated).
