@@ -3,6 +3,7 @@
 
 use berth_oci::{Digest, UploadId};
 
+use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::{MetaError, MetaStore, NewManifest, UploadRecord};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -38,6 +39,8 @@ async fn blobs_are_served_only_where_linked(meta: &dyn MetaStore) {
     assert_eq!(meta.blob_size(&d).await.unwrap(), Some(6));
     assert_eq!(meta.link_blob("c/two", &d, 11).await.unwrap(), Some(6));
     assert_eq!(meta.linked_blob_size("c/two", &d).await.unwrap(), Some(6));
+    assert_eq!(meta.repositories_linking(&d, 10).await.unwrap(), ["c/one", "c/two"]);
+    assert_eq!(meta.repositories_linking(&d, 1).await.unwrap(), ["c/one"]);
     assert_eq!(
         meta.link_blob("c/two", &Digest::sha256_of(b"nope"), 11).await.unwrap(),
         None
@@ -157,4 +160,112 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
     meta.complete_upload(&done.id, "u/r", &d, 8, 400).await.unwrap();
     assert!(meta.get_upload(&done.id).await.unwrap().is_none());
     assert_eq!(meta.linked_blob_size("u/r", &d).await.unwrap(), Some(8));
+}
+
+/// Runs every conformance check of the access facts.
+pub async fn run_access(store: &dyn AccessStore) {
+    users_are_unique_and_changes_are_audited(store).await;
+    robots_are_found_by_hash_and_revoked_with_their_grants(store).await;
+    grants_are_unique_and_found_by_subject(store).await;
+}
+
+fn audit(at_ms: i64) -> Audit {
+    Audit {
+        actor: "cli:test".into(),
+        at_ms,
+    }
+}
+
+async fn users_are_unique_and_changes_are_audited(store: &dyn AccessStore) {
+    let alice = UserRecord {
+        name: "alice".into(),
+        password_hash: "$argon2id$fake".into(),
+        admin: true,
+        disabled: false,
+        created_ms: 1,
+    };
+    assert!(store.create_user(&alice, &audit(1)).await.unwrap());
+    assert!(!store.create_user(&alice, &audit(2)).await.unwrap());
+    assert_eq!(store.user("alice").await.unwrap(), Some(alice.clone()));
+    assert!(store.set_password("alice", "$argon2id$other", &audit(3)).await.unwrap());
+    assert!(!store.set_password("nobody", "x", &audit(3)).await.unwrap());
+    assert!(store.set_disabled("alice", true, &audit(4)).await.unwrap());
+    let stored = store.user("alice").await.unwrap().unwrap();
+    assert!(stored.disabled);
+    assert_eq!(stored.password_hash, "$argon2id$other");
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    let log = store.audit_log(None, 10).await.unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["user.disable", "user.password", "user.create"]);
+    assert!(log.iter().all(|e| e.actor == "cli:test" && e.target == "user:alice"));
+    let older = store.audit_log(Some(log[0].id), 10).await.unwrap();
+    assert_eq!(older.len(), 2);
+}
+
+async fn robots_are_found_by_hash_and_revoked_with_their_grants(store: &dyn AccessStore) {
+    let robot = RobotRecord {
+        name: "ci".into(),
+        token_hash: "ab".repeat(32),
+        created_by: "user:alice".into(),
+        created_ms: 10,
+        expires_ms: Some(1000),
+        revoked_ms: None,
+        last_used_ms: None,
+    };
+    let grant = NewGrant {
+        subject_kind: SubjectKind::Robot,
+        subject: "ci".into(),
+        pattern: "team/*".into(),
+        role: "push".into(),
+    };
+    assert!(store.create_robot(&robot, std::slice::from_ref(&grant), &audit(10)).await.unwrap());
+    assert!(!store.create_robot(&robot, &[], &audit(11)).await.unwrap());
+    assert_eq!(store.robot_by_token_hash(&robot.token_hash).await.unwrap(), Some(robot.clone()));
+    assert_eq!(store.robot_by_token_hash(&"cd".repeat(32)).await.unwrap(), None);
+    store.touch_robot("ci", 20).await.unwrap();
+    let found = store.robot_by_token_hash(&robot.token_hash).await.unwrap().unwrap();
+    assert_eq!(found.last_used_ms, Some(20));
+    let subject = [(SubjectKind::Robot, "ci".to_string())];
+    assert_eq!(store.grants_for(&subject).await.unwrap().len(), 1);
+    assert!(store.revoke_robot("ci", &audit(30)).await.unwrap());
+    assert!(!store.revoke_robot("ci", &audit(31)).await.unwrap());
+    assert!(store.grants_for(&subject).await.unwrap().is_empty());
+    let revoked = store.robot_by_token_hash(&robot.token_hash).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_ms, Some(30));
+    // The name of a revoked robot can be used again.
+    let again = RobotRecord {
+        token_hash: "ef".repeat(32),
+        ..robot
+    };
+    assert!(store.create_robot(&again, &[], &audit(40)).await.unwrap());
+    let actions: Vec<String> = store.audit_log(None, 4).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(actions, ["token.create", "token.revoke", "grant.add", "token.create"]);
+}
+
+async fn grants_are_unique_and_found_by_subject(store: &dyn AccessStore) {
+    let grant = NewGrant {
+        subject_kind: SubjectKind::Group,
+        subject: "platform".into(),
+        pattern: "**".into(),
+        role: "pull".into(),
+    };
+    let id = store.add_grant(&grant, &audit(50)).await.unwrap().unwrap();
+    assert_eq!(store.add_grant(&grant, &audit(51)).await.unwrap(), None);
+    let user_grant = NewGrant {
+        subject_kind: SubjectKind::User,
+        subject: "platform".into(),
+        ..grant.clone()
+    };
+    store.add_grant(&user_grant, &audit(52)).await.unwrap().unwrap();
+    let found = store
+        .grants_for(&[(SubjectKind::Group, "platform".into()), (SubjectKind::User, "bob".into())])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].id, found[0].pattern.as_str()), (id, "**"));
+    assert!(store.remove_grant(id, &audit(53)).await.unwrap());
+    assert!(!store.remove_grant(id, &audit(54)).await.unwrap());
+    let last = &store.audit_log(None, 1).await.unwrap()[0];
+    assert_eq!(last.action, "grant.remove");
+    assert_eq!(last.detail.as_deref(), Some("group:platform pull on **"));
 }

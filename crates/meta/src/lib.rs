@@ -6,12 +6,15 @@
 //! blobs must be linked to its repository) inside its transactions, but knows
 //! no OCI parsing rules.
 
+pub mod access;
 pub mod conformance;
 mod sqlite;
+mod sqlite_access;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, UploadId};
 
+pub use access::AccessStore;
 pub use sqlite::SqliteMeta;
 
 /// What can go wrong in the metadata store.
@@ -117,6 +120,9 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Repository names after `last` in lexical order, at most `limit`.
     async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+
+    /// Repositories that link the blob, in lexical order, at most `limit`.
+    async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>>;
 
     /// Manifests of `repo` whose subject is `subject`, optionally of one artifact type.
     async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>>;

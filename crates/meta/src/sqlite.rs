@@ -20,8 +20,8 @@ use crate::{MetaError, MetaStore, NewManifest, Referrer, Result, StoredManifest,
 /// Metadata in a SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteMeta {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -87,7 +87,7 @@ impl SqliteMeta {
         Ok(SqliteMeta { writer, reader })
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
@@ -339,6 +339,18 @@ impl MetaStore for SqliteMeta {
         parse_names(&names)
     }
 
+    async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>> {
+        let names: String = sqlx::query_scalar(
+            "SELECT json_group_array(name) FROM (SELECT r.name FROM repo_blobs l \
+             JOIN repositories r ON r.id = l.repo_id WHERE l.digest = $1 ORDER BY r.name LIMIT $2)",
+        )
+        .bind(digest.to_string())
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        parse_names(&names)
+    }
+
     async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(&format!(
             "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
@@ -444,6 +456,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
         crate::conformance::run_all(&meta).await;
+    }
+
+    #[tokio::test]
+    async fn access_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        crate::conformance::run_access(&meta).await;
     }
 
     #[tokio::test]
