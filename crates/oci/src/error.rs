@@ -17,6 +17,8 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// A service the registry depends on (such as an identity provider) is down.
+    Unavailable,
     RangeInvalid,
     PaginationNumberInvalid,
     /// Anything unexpected; the details stay in the server log.
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::Unknown => "UNKNOWN",
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
             ErrorCode::RangeInvalid => 416,
             ErrorCode::Unknown => 500,
         }
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::Denied => "requested access to the resource is denied",
             ErrorCode::Unsupported => "the operation is unsupported",
             ErrorCode::TooManyRequests => "too many requests",
+            ErrorCode::Unavailable => "service unavailable",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::Unknown => "internal server error",

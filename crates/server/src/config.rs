@@ -21,6 +21,7 @@ pub struct Config {
     pub log: LogConfig,
     pub uploads: UploadConfig,
     pub limits: LimitConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +57,148 @@ pub struct LimitConfig {
     pub manifest_max_bytes: usize,
 }
 
+/// Who may do what. See `docs/auth.md` for every option.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` (everyone may do everything) or `token` (Docker token auth).
+    pub mode: AuthMode,
+    /// The `service` of challenges and tokens.
+    pub service: String,
+    /// The token endpoint announced in challenges; by default
+    /// `http://HOST/v2/token` with the host the client asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Repository patterns anyone may pull without credentials.
+    pub anonymous: Vec<String>,
+    /// Groups (from the external service or OIDC claims) whose members are administrators.
+    pub admin_groups: Vec<String>,
+    pub token: TokenConfig,
+    pub login_limit: LoginLimitConfig,
+    pub external: ExternalAuthConfig,
+    /// OpenID Connect issuers whose ID tokens are accepted as passwords.
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Token,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Lifetime of the access tokens the token endpoint issues.
+    pub lifetime_secs: u64,
+    /// Lifetime of refresh tokens (`access_type=offline`, local users and robots only).
+    pub refresh_lifetime_secs: u64,
+    /// The signing secret itself (at least 32 bytes). Give every replica the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// File holding the signing secret; created on first start when missing.
+    /// Default: `token.key` in the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginLimitConfig {
+    /// Failed logins allowed per source address, and per account, within `window_secs`.
+    pub failures: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthConfig {
+    /// Base URL of the validation service (`/api/auth/info` is appended when
+    /// missing). Also read from `VALIDATION_SERVICE_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How long a positive answer is reused; negative answers never are.
+    pub cache_secs: u64,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// The `iss` of accepted tokens; discovery is at `ISSUER/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` accepted tokens must carry.
+    pub audience: String,
+    /// The claim naming the identity (in logs, the audit log and tokens).
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// A claim holding a list of group names, matched against group grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_claim: Option<String>,
+    /// Allowed clock difference for `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Least time between two JWKS fetches caused by an unknown `kid`.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_min_refresh_secs: u64,
+    /// Which tokens get which grants. A token no rule matches is refused.
+    #[serde(default)]
+    pub rules: Vec<OidcRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcRule {
+    /// Claim name to glob (`*` matches anything); all must match.
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// `PATTERN:ROLE` grants; `{claim}` is replaced by that claim's value.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_username_claim() -> String {
+    "sub".into()
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+fn default_jwks_refresh() -> u64 {
+    30
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            service: "berth".into(),
+            realm: None,
+            anonymous: Vec::new(),
+            admin_groups: Vec::new(),
+            token: TokenConfig {
+                lifetime_secs: 15 * 60,
+                refresh_lifetime_secs: 7 * 24 * 3600,
+                key: None,
+                key_file: None,
+            },
+            login_limit: LoginLimitConfig {
+                failures: 10,
+                window_secs: 60,
+            },
+            external: ExternalAuthConfig {
+                url: None,
+                cache_secs: 60,
+                timeout_secs: 5,
+            },
+            oidc: Vec::new(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -72,6 +215,7 @@ impl Default for Config {
             limits: LimitConfig {
                 manifest_max_bytes: 4 << 20,
             },
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -87,7 +231,10 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 5] = ["listen", "data_dir", "log", "uploads", "limits"];
+const TOP_LEVEL_KEYS: [&str; 6] = ["listen", "data_dir", "log", "uploads", "limits", "auth"];
+
+/// The variable other tools use to name an external token validation service.
+const VALIDATION_SERVICE_URL: &str = "VALIDATION_SERVICE_URL";
 
 impl Config {
     fn environment() -> Env {
@@ -114,6 +261,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
+            .merge(Env::raw().only(&[VALIDATION_SERVICE_URL]).map(|_| "auth.external.url".into()))
             .merge(Self::environment())
             .merge(Serialized::defaults(overrides))
             .extract()
@@ -149,6 +297,7 @@ mod tests {
             assert_eq!(c.uploads.stale_after_secs, 5);
             assert_eq!(c.uploads.purge_interval_secs, 600);
             assert_eq!(c.limits.manifest_max_bytes, 1000);
+            assert_eq!(c.auth.mode, AuthMode::None);
             Ok(())
         });
     }
@@ -161,6 +310,45 @@ mod tests {
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
             jail.set_env("BERTH_LOG__LEVL", "debug");
             assert!(Config::load(None, Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail fixes the closures' error type")]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn auth_settings_come_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "berth.toml",
+                r#"
+[auth]
+mode = "token"
+anonymous = ["public/*"]
+[[auth.oidc]]
+issuer = "https://issuer.example"
+audience = "berth"
+[[auth.oidc.rules]]
+claims = { sub = "repo:acme/*" }
+grants = ["acme/{repository}:push"]
+"#,
+            )?;
+            jail.set_env("VALIDATION_SERVICE_URL", "https://auth.example");
+            jail.set_env("BERTH_AUTH__TOKEN__LIFETIME_SECS", "60");
+            let c = Config::load(Some(Path::new("berth.toml")), Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.mode, AuthMode::Token);
+            assert_eq!(c.auth.anonymous, ["public/*"]);
+            assert_eq!(c.auth.token.lifetime_secs, 60);
+            assert_eq!(c.auth.external.url.as_deref(), Some("https://auth.example"));
+            assert_eq!(c.auth.oidc[0].username_claim, "sub");
+            assert_eq!(c.auth.oidc[0].rules[0].grants, ["acme/{repository}:push"]);
+            jail.set_env("BERTH_AUTH__EXTERNAL__URL", "https://wins.example");
+            let c = Config::load(Some(Path::new("berth.toml")), Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.external.url.as_deref(), Some("https://wins.example"));
             Ok(())
         });
     }

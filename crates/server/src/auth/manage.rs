@@ -1,0 +1,236 @@
+//! Changes to users, robot tokens and grants, shared by the CLI and the admin
+//! API so both check the same rules and write the same audit entries.
+
+use std::time::Duration;
+
+use berth_meta::access::{Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
+use berth_meta::{AccessStore, MetaError};
+
+use super::access::Grant;
+use super::secrets;
+use super::token::now_secs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] MetaError),
+}
+
+type Result<T> = std::result::Result<T, ManageError>;
+
+pub fn now_ms() -> i64 {
+    i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+pub fn audit(actor: &str) -> Audit {
+    Audit {
+        actor: actor.to_string(),
+        at_ms: now_ms(),
+    }
+}
+
+/// User and robot names: letters, digits and `._@-`, up to 128 characters
+/// (emails are valid user names, as external identities use them).
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ManageError::Invalid(format!(
+            "{kind} name {name:?}: use 1 to 128 letters, digits, '.', '_', '@' or '-'"
+        )))
+    }
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < secrets::MIN_PASSWORD_CHARS {
+        return Err(ManageError::Invalid(format!(
+            "passwords need at least {} characters",
+            secrets::MIN_PASSWORD_CHARS
+        )));
+    }
+    Ok(())
+}
+
+async fn hash(password: &str) -> Result<String> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || secrets::hash_password(&password))
+        .await
+        .map_err(|e| ManageError::Invalid(e.to_string()))?
+        .map_err(|e| ManageError::Invalid(e.to_string()))
+}
+
+pub async fn create_user(store: &dyn AccessStore, name: &str, password: &str, admin: bool, actor: &str) -> Result<()> {
+    check_name("user", name)?;
+    check_password(password)?;
+    let user = UserRecord {
+        name: name.to_string(),
+        password_hash: hash(password).await?,
+        admin,
+        disabled: false,
+        created_ms: now_ms(),
+    };
+    if store.create_user(&user, &audit(actor)).await? {
+        Ok(())
+    } else {
+        Err(ManageError::Conflict(format!("user {name} exists")))
+    }
+}
+
+pub async fn set_password(store: &dyn AccessStore, name: &str, password: &str, actor: &str) -> Result<()> {
+    check_password(password)?;
+    if store.set_password(name, &hash(password).await?, &audit(actor)).await? {
+        Ok(())
+    } else {
+        Err(ManageError::NotFound(format!("no user {name}")))
+    }
+}
+
+pub async fn set_disabled(store: &dyn AccessStore, name: &str, disabled: bool, actor: &str) -> Result<()> {
+    if store.set_disabled(name, disabled, &audit(actor)).await? {
+        Ok(())
+    } else {
+        Err(ManageError::NotFound(format!("no user {name}")))
+    }
+}
+
+/// `90m`, `12h`, `30d` or `2w`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let invalid = || ManageError::Invalid(format!("duration {text:?}: write a number and m, h, d or w, such as 30d"));
+    let split = text.len().checked_sub(1).ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| invalid())?;
+    let unit_secs = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(invalid()),
+    };
+    if n == 0 {
+        return Err(invalid());
+    }
+    n.checked_mul(unit_secs).map(Duration::from_secs).ok_or_else(invalid)
+}
+
+/// A new robot token with the given `PATTERN:ROLE` grants; returns the token,
+/// which is not stored and cannot be shown again.
+pub async fn create_token(
+    store: &dyn AccessStore,
+    name: &str,
+    grants: &[String],
+    expires: Option<&str>,
+    actor: &str,
+) -> Result<String> {
+    check_name("token", name)?;
+    if grants.is_empty() {
+        return Err(ManageError::Invalid("a token needs at least one grant, such as team/*:push".into()));
+    }
+    let mut new_grants = Vec::new();
+    for spec in grants {
+        let grant = Grant::parse(spec).map_err(ManageError::Invalid)?;
+        new_grants.push(NewGrant {
+            subject_kind: SubjectKind::Robot,
+            subject: name.to_string(),
+            pattern: grant.pattern.as_str().to_string(),
+            role: grant.role.as_str().to_string(),
+        });
+    }
+    let now = now_ms();
+    let expires_ms = match expires {
+        Some(text) => {
+            let ms = i64::try_from(parse_duration(text)?.as_millis()).unwrap_or(i64::MAX);
+            Some(now.saturating_add(ms))
+        }
+        None => None,
+    };
+    let token = secrets::new_robot_token();
+    let robot = RobotRecord {
+        name: name.to_string(),
+        token_hash: secrets::robot_token_hash(&token),
+        created_by: actor.to_string(),
+        created_ms: now,
+        expires_ms,
+        revoked_ms: None,
+        last_used_ms: None,
+    };
+    if store.create_robot(&robot, &new_grants, &audit(actor)).await? {
+        Ok(token)
+    } else {
+        Err(ManageError::Conflict(format!("token {name} exists; revoke it first")))
+    }
+}
+
+pub async fn revoke_token(store: &dyn AccessStore, name: &str, actor: &str) -> Result<()> {
+    if store.revoke_robot(name, &audit(actor)).await? {
+        Ok(())
+    } else {
+        Err(ManageError::NotFound(format!("no live token {name}")))
+    }
+}
+
+/// `user:NAME`, `group:NAME` or `robot:NAME`.
+pub fn parse_subject(text: &str) -> Result<(SubjectKind, String)> {
+    let (kind, name) = text
+        .split_once(':')
+        .and_then(|(k, n)| SubjectKind::parse(k).map(|k| (k, n)))
+        .ok_or_else(|| ManageError::Invalid(format!("subject {text:?}: write user:NAME, group:NAME or robot:NAME")))?;
+    if name.is_empty() {
+        return Err(ManageError::Invalid(format!("subject {text:?} has no name")));
+    }
+    Ok((kind, name.to_string()))
+}
+
+/// Records a grant; returns its id.
+pub async fn add_grant(store: &dyn AccessStore, subject: &str, pattern: &str, role: &str, actor: &str) -> Result<i64> {
+    let (kind, name) = parse_subject(subject)?;
+    let grant = Grant::new(pattern, role).map_err(ManageError::Invalid)?;
+    let new = NewGrant {
+        subject_kind: kind,
+        subject: name,
+        pattern: grant.pattern.as_str().to_string(),
+        role: grant.role.as_str().to_string(),
+    };
+    store
+        .add_grant(&new, &audit(actor))
+        .await?
+        .ok_or_else(|| ManageError::Conflict(format!("{subject} already has {role} on {pattern}")))
+}
+
+pub async fn remove_grant(store: &dyn AccessStore, id: i64, actor: &str) -> Result<()> {
+    if store.remove_grant(id, &audit(actor)).await? {
+        Ok(())
+    } else {
+        Err(ManageError::NotFound(format!("no grant {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_have_units() {
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "d", "30", "0d", "-1d", "1y", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subjects_name_their_kind() {
+        assert_eq!(parse_subject("group:dev").unwrap(), (SubjectKind::Group, "dev".into()));
+        assert!(parse_subject("team:dev").is_err());
+        assert!(parse_subject("user:").is_err());
+    }
+}

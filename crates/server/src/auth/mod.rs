@@ -1,0 +1,451 @@
+//! Who you are and what you may do.
+//!
+//! Identities come from local users, robot tokens, an external validation
+//! service or OIDC ID tokens ([`Auth::login`]); what they may do comes from
+//! role grants ([`access`]). The token endpoint turns both into a short-lived
+//! JWT ([`token`]) that every `/v2/` request presents.
+
+pub mod access;
+mod external;
+mod limiter;
+pub mod manage;
+mod oidc;
+pub mod secrets;
+pub mod token;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_meta::access::SubjectKind;
+use berth_meta::{AccessStore, MetaError};
+use subtle::ConstantTimeEq;
+
+use self::access::{Grant, Pattern, Permissions, Role, Scope};
+use self::external::ExternalValidator;
+use self::limiter::LoginLimiter;
+use self::oidc::OidcVerifier;
+use self::token::{now_secs, AccessClaims, AccessEntry, TokenService};
+use crate::config::{AuthConfig, AuthMode};
+
+/// Why presented credentials were not accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// Wrong, unknown, expired, revoked or disabled; the client learns no more.
+    Invalid,
+    /// The identity provider could not answer; never taken as a pass.
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("invalid or expired refresh token")]
+    InvalidRefreshToken,
+    #[error("too many failed logins, retry in {} s", .0.as_secs())]
+    TooManyAttempts(Duration),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] MetaError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Where an identity came from; decides whether it may be refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Anonymous,
+    User,
+    Robot,
+    External,
+    Oidc,
+}
+
+/// Someone who logged in (or nobody), with what they may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token subject: `alice`, `robot:ci`, `oidc:repo:acme/app:…`, or empty.
+    pub subject: String,
+    pub source: Source,
+    pub permissions: Permissions,
+}
+
+impl Identity {
+    /// `user:alice`-style name for the audit log.
+    pub fn actor(&self) -> String {
+        match self.source {
+            Source::Anonymous => "anonymous".into(),
+            Source::User | Source::External => format!("user:{}", self.subject),
+            Source::Robot | Source::Oidc => self.subject.clone(),
+        }
+    }
+}
+
+/// What the token endpoint answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub issued_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+pub struct Auth {
+    pub mode: AuthMode,
+    pub service: String,
+    pub realm: Option<String>,
+    tokens: TokenService,
+    store: Arc<dyn AccessStore>,
+    anonymous: Vec<Grant>,
+    admin_groups: Vec<String>,
+    external: Option<ExternalValidator>,
+    oidc: OidcVerifier,
+    limiter: LoginLimiter,
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl Auth {
+    pub fn open(config: &AuthConfig, data_dir: &Path, store: Arc<dyn AccessStore>) -> anyhow::Result<Auth> {
+        let key_file = config
+            .token
+            .key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("token.key"));
+        let secret = if config.mode == AuthMode::Token {
+            token::load_secret(config.token.key.as_deref(), &key_file)?
+        } else {
+            // No token is ever issued or accepted; a throwaway key keeps one code path.
+            let mut key = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+            key
+        };
+        let anonymous = config
+            .anonymous
+            .iter()
+            .map(|p| Pattern::parse(p).map(|pattern| Grant { pattern, role: Role::Pull }))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("auth.anonymous: {e}"))?;
+        let external = match &config.external.url {
+            Some(url) if !url.is_empty() => Some(ExternalValidator::new(
+                url,
+                Duration::from_secs(config.external.cache_secs),
+                Duration::from_secs(config.external.timeout_secs.max(1)),
+            )?),
+            _ => None,
+        };
+        Ok(Auth {
+            mode: config.mode,
+            service: config.service.clone(),
+            realm: config.realm.clone(),
+            tokens: TokenService::new(
+                &secret,
+                &config.service,
+                Duration::from_secs(config.token.lifetime_secs.max(1)),
+                Duration::from_secs(config.token.refresh_lifetime_secs.max(1)),
+            ),
+            store,
+            anonymous,
+            admin_groups: config.admin_groups.clone(),
+            external,
+            oidc: OidcVerifier::new(&config.oidc)?,
+            limiter: LoginLimiter::new(
+                config.login_limit.failures,
+                Duration::from_secs(config.login_limit.window_secs),
+            ),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn AccessStore> {
+        &self.store
+    }
+
+    /// Nobody: what anonymous access allows.
+    pub fn anonymous(&self) -> Identity {
+        Identity {
+            subject: String::new(),
+            source: Source::Anonymous,
+            permissions: Permissions {
+                admin: false,
+                grants: self.anonymous.clone(),
+            },
+        }
+    }
+
+    /// Checks credentials, limited per source address and per account.
+    pub async fn login(&self, addr: IpAddr, login: &str, password: &str) -> Result<Identity, AuthError> {
+        let keys = [format!("ip:{addr}"), format!("account:{}", login.to_ascii_lowercase())];
+        self.limiter.check(&keys).map_err(AuthError::TooManyAttempts)?;
+        match self.authenticate(login, password).await {
+            Ok(identity) => Ok(identity),
+            Err(Failure::Invalid) => {
+                self.limiter.failed(&keys);
+                tracing::info!(login = %login, %addr, "login failed");
+                Err(AuthError::InvalidCredentials)
+            }
+            Err(Failure::Unavailable(why)) => Err(AuthError::Unavailable(why)),
+        }
+    }
+
+    async fn authenticate(&self, login: &str, password: &str) -> Result<Identity, Failure> {
+        if password.is_empty() {
+            return Err(Failure::Invalid);
+        }
+        if let Some(iss) = oidc::unverified_issuer(password) {
+            if self.oidc.knows(&iss) {
+                let who = self.oidc.verify(password).await?;
+                let admin = who.admin || self.in_admin_group(&who.groups);
+                let mut grants = who.grants;
+                grants.extend(self.stored_grants(&group_subjects(&who.groups)).await?);
+                return Ok(self.identity(format!("oidc:{}", who.name), Source::Oidc, admin, grants));
+            }
+        }
+        if password.starts_with(secrets::ROBOT_TOKEN_PREFIX) {
+            return self.robot(password).await;
+        }
+        let user = self.store.user(login).await.map_err(store_failure)?;
+        if let Some(user) = user {
+            let hash = user.password_hash.clone();
+            let password = password.to_string();
+            let matches = tokio::task::spawn_blocking(move || secrets::verify_password(&hash, &password))
+                .await
+                .unwrap_or(false);
+            if !matches || user.disabled {
+                return Err(Failure::Invalid);
+            }
+            let grants = self.stored_grants(&[(SubjectKind::User, user.name.clone())]).await?;
+            return Ok(self.identity(user.name, Source::User, user.admin, grants));
+        }
+        if let Some(external) = &self.external {
+            let who = external.validate(login, password).await?;
+            let mut subjects = group_subjects(&who.groups);
+            subjects.push((SubjectKind::User, who.name().to_string()));
+            let grants = self.stored_grants(&subjects).await?;
+            let admin = self.in_admin_group(&who.groups);
+            return Ok(self.identity(who.name().to_string(), Source::External, admin, grants));
+        }
+        let password = password.to_string();
+        let _ = tokio::task::spawn_blocking(move || secrets::verify_against_nothing(&password)).await;
+        Err(Failure::Invalid)
+    }
+
+    async fn robot(&self, token: &str) -> Result<Identity, Failure> {
+        let hash = secrets::robot_token_hash(token);
+        let robot = self
+            .store
+            .robot_by_token_hash(&hash)
+            .await
+            .map_err(store_failure)?
+            .ok_or(Failure::Invalid)?;
+        let now_ms = i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000);
+        let equal: bool = robot.token_hash.as_bytes().ct_eq(hash.as_bytes()).into();
+        let expired = robot.expires_ms.is_some_and(|e| e <= now_ms);
+        if !equal || robot.revoked_ms.is_some() || expired {
+            return Err(Failure::Invalid);
+        }
+        if let Err(e) = self.store.touch_robot(&robot.name, now_ms).await {
+            tracing::warn!(robot = %robot.name, error = %e, "recording a robot's last use failed");
+        }
+        let grants = self.stored_grants(&[(SubjectKind::Robot, robot.name.clone())]).await?;
+        Ok(self.identity(format!("robot:{}", robot.name), Source::Robot, false, grants))
+    }
+
+    /// The identity a refresh token stands for, checked again against the
+    /// store: a disabled user or revoked robot gets nothing.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Identity, AuthError> {
+        let claims = self
+            .tokens
+            .verify_refresh(refresh_token)
+            .map_err(|_| AuthError::InvalidRefreshToken)?;
+        if let Some(name) = claims.sub.strip_prefix("user:") {
+            let user = self.store.user(name).await?.ok_or(AuthError::InvalidRefreshToken)?;
+            if user.disabled {
+                return Err(AuthError::InvalidRefreshToken);
+            }
+            let grants = self
+                .stored_grants(&[(SubjectKind::User, user.name.clone())])
+                .await
+                .map_err(|_| AuthError::Internal("reading grants failed".into()))?;
+            return Ok(self.identity(user.name, Source::User, user.admin, grants));
+        }
+        if let Some(name) = claims.sub.strip_prefix("robot:") {
+            let live = self.store.list_robots().await?.into_iter().find(|r| r.name == name);
+            let now_ms = i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000);
+            match live {
+                Some(r) if r.revoked_ms.is_none() && r.expires_ms.is_none_or(|e| e > now_ms) => {
+                    let grants = self
+                        .stored_grants(&[(SubjectKind::Robot, r.name.clone())])
+                        .await
+                        .map_err(|_| AuthError::Internal("reading grants failed".into()))?;
+                    return Ok(self.identity(format!("robot:{}", r.name), Source::Robot, false, grants));
+                }
+                _ => return Err(AuthError::InvalidRefreshToken),
+            }
+        }
+        Err(AuthError::InvalidRefreshToken)
+    }
+
+    fn identity(&self, subject: String, source: Source, admin: bool, mut grants: Vec<Grant>) -> Identity {
+        grants.extend(self.anonymous.iter().cloned());
+        Identity {
+            subject,
+            source,
+            permissions: Permissions { admin, grants },
+        }
+    }
+
+    fn in_admin_group(&self, groups: &[String]) -> bool {
+        groups.iter().any(|g| self.admin_groups.contains(g))
+    }
+
+    async fn stored_grants(&self, subjects: &[(SubjectKind, String)]) -> Result<Vec<Grant>, Failure> {
+        let records = self.store.grants_for(subjects).await.map_err(store_failure)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match Grant::new(&r.pattern, &r.role) {
+                Ok(grant) => Some(grant),
+                Err(e) => {
+                    tracing::warn!(grant = r.id, error = %e, "stored grant ignored");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// The `access` claim for `identity`: for each scope asked, the actions
+    /// asked that the identity may do. Scopes it may do nothing of are left out.
+    pub fn grant(&self, identity: &Identity, scopes: &[Scope]) -> Vec<AccessEntry> {
+        let perms = &identity.permissions;
+        let mut entries: Vec<AccessEntry> = Vec::new();
+        for scope in scopes {
+            let entry = match scope {
+                Scope::Catalog => AccessEntry {
+                    kind: "registry".into(),
+                    name: "catalog".into(),
+                    actions: vec!["*".into()],
+                },
+                Scope::Repository { name, actions } => {
+                    let allowed = if name == "*" {
+                        // The wildcard is for administrators only.
+                        if perms.admin {
+                            *actions
+                        } else {
+                            access::Actions::NONE
+                        }
+                    } else if name.parse::<berth_oci::RepoName>().is_ok() {
+                        actions.intersect(perms.allowed(name))
+                    } else {
+                        access::Actions::NONE
+                    };
+                    if allowed.is_empty() {
+                        continue;
+                    }
+                    AccessEntry {
+                        kind: "repository".into(),
+                        name: name.clone(),
+                        actions: allowed.names(),
+                    }
+                }
+            };
+            match entries.iter_mut().find(|e| e.kind == entry.kind && e.name == entry.name) {
+                Some(existing) => {
+                    for a in entry.actions {
+                        if !existing.actions.contains(&a) {
+                            existing.actions.push(a);
+                        }
+                    }
+                }
+                None => entries.push(entry),
+            }
+        }
+        entries
+    }
+
+    /// Signs an access token (and a refresh token when asked for one and the
+    /// identity can be checked again later: local users and robots).
+    pub fn issue(&self, identity: &Identity, scopes: &[Scope], offline: bool) -> Result<TokenResponse, AuthError> {
+        let access = self.grant(identity, scopes);
+        let catalog = access.iter().any(|e| e.kind == "registry");
+        let cat = if catalog && !identity.permissions.admin {
+            identity.permissions.pull_patterns()
+        } else {
+            Vec::new()
+        };
+        let (token, issued) = self
+            .tokens
+            .issue(&identity.subject, access, identity.permissions.admin, cat)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let refresh_subject = match identity.source {
+            Source::User => Some(format!("user:{}", identity.subject)),
+            Source::Robot => Some(identity.subject.clone()),
+            _ => None,
+        };
+        let refresh_token = match refresh_subject.filter(|_| offline) {
+            Some(sub) => Some(
+                self.tokens
+                    .issue_refresh(&sub)
+                    .map_err(|e| AuthError::Internal(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(TokenResponse {
+            access_token: token.clone(),
+            token,
+            expires_in: self.tokens.lifetime().as_secs(),
+            issued_at: rfc3339(issued),
+            refresh_token,
+        })
+    }
+
+    /// The claims of a bearer token this registry issued.
+    pub fn verify(&self, token: &str) -> Option<AccessClaims> {
+        self.tokens.verify(token).ok()
+    }
+}
+
+fn group_subjects(groups: &[String]) -> Vec<(SubjectKind, String)> {
+    groups.iter().map(|g| (SubjectKind::Group, g.clone())).collect()
+}
+
+fn store_failure(e: MetaError) -> Failure {
+    tracing::error!(error = %e, "reading access facts failed");
+    Failure::Unavailable("the registry cannot read its access facts".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_436_070), "2026-11-23T12:14:30Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
