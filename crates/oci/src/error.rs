@@ -21,6 +21,12 @@ pub enum ErrorCode {
     Unavailable,
     RangeInvalid,
     PaginationNumberInvalid,
+    /// Berth's admin API (`/api/v1/`): a malformed or unacceptable request.
+    InvalidRequest,
+    /// Berth's admin API: the thing to create exists.
+    Conflict,
+    /// Berth's admin API: the thing named does not exist.
+    NotFound,
     /// Anything unexpected; the details stay in the server log.
     Unknown,
 }
@@ -46,6 +52,9 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -63,13 +72,16 @@ impl ErrorCode {
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::SizeInvalid
-            | ErrorCode::PaginationNumberInvalid => 400,
+            | ErrorCode::PaginationNumberInvalid
+            | ErrorCode::InvalidRequest => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::RangeInvalid => 416,
+            ErrorCode::Conflict => 409,
+            ErrorCode::NotFound => 404,
             ErrorCode::Unknown => 500,
         }
     }
@@ -94,6 +106,9 @@ impl ErrorCode {
             ErrorCode::Unavailable => "service unavailable",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
+            ErrorCode::InvalidRequest => "invalid request",
+            ErrorCode::Conflict => "already exists",
+            ErrorCode::NotFound => "not found",
             ErrorCode::Unknown => "internal server error",
         }
     }

@@ -15,7 +15,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::Auth;
 use crate::clock::SystemClock;
+use crate::config::AuthMode;
 use crate::config::Config;
 use crate::registry::{Limits, Registry};
 
@@ -24,6 +26,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Everything a request handler may use.
 pub struct App {
     pub registry: Registry,
+    pub auth: Auth,
     pub config: Config,
 }
 
@@ -41,8 +44,10 @@ impl App {
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
         };
-        let registry = Registry::new(Arc::new(meta), Arc::new(blobs), Arc::new(SystemClock), limits);
-        Ok(App { registry, config })
+        let meta = Arc::new(meta);
+        let registry = Registry::new(meta.clone(), Arc::new(blobs), Arc::new(SystemClock), limits);
+        let auth = Auth::open(&config.auth, dir, meta).context("invalid auth configuration")?;
+        Ok(App { registry, auth, config })
     }
 }
 
@@ -73,8 +78,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
 
     let shutdown = shutdown_signal()?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), "listening on {addr}");
-    axum::serve(listener, router)
+    if app.auth.mode == AuthMode::None && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (auth.mode = \"none\") and the registry listens on {addr}: anyone who can \
+             reach it may push, pull and delete. Set auth.mode = \"token\" for anything but a laptop."
+        );
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")?;

@@ -57,7 +57,7 @@ impl ApiError {
         self
     }
 
-    fn internal(err: &dyn std::error::Error) -> Self {
+    pub(super) fn internal(err: &dyn std::error::Error) -> Self {
         tracing::error!(error = %err, "internal error");
         ApiError::new(ErrorCode::Unknown, ErrorCode::Unknown.default_message())
     }

@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use berth_oci::{media_type, Digest, ErrorCode, RepoName};
 use serde_json::json;
 
+use super::auth::Access;
 use super::{query_of, set_header, ApiError, ApiResult, OCI_FILTERS_APPLIED};
 use crate::registry::{ManifestPage, Registry};
 
@@ -78,12 +79,15 @@ pub async fn list_tags(registry: &Registry, repo: RepoName, req: Request) -> Api
         .into_response())
 }
 
-pub async fn list_repositories(registry: &Registry, req: Request) -> ApiResult {
+pub async fn list_repositories(registry: &Registry, req: Request, access: &Access) -> ApiResult {
     let query = query_of(&req);
     let n = page_size(&query)?.unwrap_or(DEFAULT_CATALOG_PAGE);
-    let page = registry
-        .list_repositories(query.get("last").map(String::as_str), n)
-        .await?;
+    let last = query.get("last").map(String::as_str);
+    let page = if access.sees_everything() {
+        registry.list_repositories(last, n).await?
+    } else {
+        registry.list_repositories_where(last, n, access.may_list()).await?
+    };
     let mut headers = HeaderMap::new();
     next_link(&mut headers, "/v2/_catalog", n, &page);
     Ok((

@@ -3,6 +3,8 @@
 //! `/v2/{*rest}` is routed by [`berth_oci::Endpoint::parse`] because
 //! repository names contain slashes; each endpoint has one handler.
 
+mod admin;
+mod auth;
 mod blobs;
 mod error;
 mod listing;
@@ -38,6 +40,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2", any(distribution_api))
         .route("/v2/", any(distribution_api))
         .route("/v2/{*rest}", any(distribution_api))
+        .route("/v2/token", get(auth::token_endpoint).post(auth::token_endpoint))
+        .nest("/api/v1", admin::router())
         .route("/healthz", get(|| async { "ok" }))
         .with_state(app)
 }
@@ -96,10 +100,11 @@ async fn route(app: &App, req: Request) -> ApiResult {
         .map_err(|_| ApiError::from(EndpointError::NotFound))?
         .into_owned();
     let endpoint = Endpoint::parse(req.method().as_str(), &decoded)?;
+    let access = auth::authorize(&app.auth, &endpoint, req.headers())?;
     let registry = &app.registry;
     match endpoint {
         Endpoint::Base => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),
-        Endpoint::Catalog => listing::list_repositories(registry, req).await,
+        Endpoint::Catalog => listing::list_repositories(registry, req, &access).await,
         Endpoint::ListTags { repo } => listing::list_tags(registry, repo, req).await,
         Endpoint::ListReferrers { repo, digest } => listing::list_referrers(registry, repo, digest, req).await,
         Endpoint::GetManifest { repo, reference, head } => {
@@ -109,7 +114,7 @@ async fn route(app: &App, req: Request) -> ApiResult {
         Endpoint::DeleteManifest { repo, reference } => manifests::delete_manifest(registry, repo, reference).await,
         Endpoint::GetBlob { repo, digest, head } => blobs::get_blob(registry, repo, digest, head, req).await,
         Endpoint::DeleteBlob { repo, digest } => blobs::delete_blob(registry, repo, digest).await,
-        Endpoint::StartUpload { repo } => uploads::start_upload(registry, repo, req).await,
+        Endpoint::StartUpload { repo } => uploads::start_upload(registry, repo, req, &access).await,
         Endpoint::GetUpload { repo, id } => uploads::get_upload(registry, repo, id).await,
         Endpoint::PatchUpload { repo, id } => uploads::patch_upload(registry, repo, id, req).await,
         Endpoint::FinishUpload { repo, id } => uploads::finish_upload(registry, repo, id, req).await,

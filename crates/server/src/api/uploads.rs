@@ -10,10 +10,12 @@ use berth_oci::{Digest, ErrorCode, RepoName, UploadId};
 use berth_storage::ByteStream;
 use futures::TryStreamExt;
 
+use super::auth::Access;
 use super::{
     content_length, empty, header_str, query_of, set_header, upload_range, ApiError, ApiResult, CONTENT_DIGEST,
     UPLOAD_UUID,
 };
+use crate::auth::access::Action;
 use crate::registry::{ChunkRange, MountOrUpload, Registry, RegistryError, UploadProgress};
 
 fn body_stream(body: Body) -> ByteStream {
@@ -94,7 +96,7 @@ fn created(repo: &RepoName, digest: &Digest) -> ApiResult {
     Ok(empty(StatusCode::CREATED, headers))
 }
 
-pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request) -> ApiResult {
+pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request, access: &Access) -> ApiResult {
     let query = query_of(&req);
     if let Some(mount) = query.get("mount") {
         // distribution-spec: a mount with invalid arguments falls back to an ordinary upload.
@@ -102,6 +104,10 @@ pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request) -> 
         let from = match query.get("from") {
             None => Some(None),
             Some(f) => f.parse::<RepoName>().ok().map(Some),
+        };
+        let from = match (&digest, from) {
+            (Some(digest), Some(from)) => mount_source(registry, access, digest, from).await?,
+            _ => None,
         };
         if let (Some(digest), Some(from)) = (digest, from) {
             return match registry.mount_or_start_upload(&repo, &digest, from.as_ref()).await? {
@@ -120,6 +126,28 @@ pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request) -> 
     }
     let progress = registry.start_upload(&repo).await?;
     Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)))
+}
+
+/// Where a mount may take the blob from: `from` (or, without it, any
+/// repository holding the blob) only when the caller may pull there.
+/// `Some(None)` is an unrestricted mount; `None` means open a session instead.
+async fn mount_source(
+    registry: &Registry,
+    access: &Access,
+    digest: &Digest,
+    from: Option<RepoName>,
+) -> Result<Option<Option<RepoName>>, ApiError> {
+    if access.sees_everything() {
+        return Ok(Some(from));
+    }
+    if let Some(from) = from {
+        return Ok(access.may(from.as_str(), Action::Pull).then_some(Some(from)));
+    }
+    let holders = registry.repositories_with_blob(digest).await?;
+    Ok(holders
+        .into_iter()
+        .find(|r| access.may(r.as_str(), Action::Pull))
+        .map(Some))
 }
 
 pub async fn get_upload(registry: &Registry, repo: RepoName, id: UploadId) -> ApiResult {

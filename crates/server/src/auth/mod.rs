@@ -48,8 +48,6 @@ pub enum AuthError {
     TooManyAttempts(Duration),
     #[error("{0}")]
     Unavailable(String),
-    #[error("{0}")]
-    BadRequest(String),
     #[error(transparent)]
     Store(#[from] MetaError),
     #[error("{0}")]

@@ -74,6 +74,13 @@ impl Registry {
     /// Links a blob into `repo` without copying it: from `from` when it is
     /// linked there, or from anywhere in the registry when `from` is absent.
     /// Returns false when there is nothing to mount.
+    /// Repositories holding the blob (the first hundred by name), for a mount
+    /// that names no source.
+    pub async fn repositories_with_blob(&self, digest: &Digest) -> Result<Vec<RepoName>> {
+        let names = self.meta.repositories_linking(digest, 100).await?;
+        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
+    }
+
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
         if let Some(from) = from {
             if self.meta.linked_blob_size(from.as_str(), digest).await?.is_none() {

@@ -158,6 +158,27 @@ impl Registry {
         Ok(page(items, limit))
     }
 
+    /// Like [`Registry::list_repositories`], counting only names `keep` accepts.
+    pub async fn list_repositories_where(
+        &self,
+        last: Option<&str>,
+        limit: u32,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<ManifestPage> {
+        const BATCH: u32 = 1000;
+        let mut kept = Vec::new();
+        let mut cursor = last.map(str::to_string);
+        loop {
+            let batch = self.meta.list_repositories(cursor.as_deref(), BATCH).await?;
+            let exhausted = batch.len() < BATCH as usize;
+            cursor = batch.last().cloned();
+            kept.extend(batch.into_iter().filter(|name| keep(name)));
+            if kept.len() > limit as usize || exhausted {
+                return Ok(page(kept, limit));
+            }
+        }
+    }
+
     /// Manifests of `repo` whose subject is `subject`.
     pub async fn referrers(
         &self,

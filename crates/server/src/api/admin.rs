@@ -1,0 +1,315 @@
+//! The admin JSON API under `/api/v1/`: users, robot tokens, grants and the
+//! audit log. Administrators only: a bearer token of an administrator, or an
+//! administrator's Basic credentials. With `auth.mode = "none"` it is open,
+//! like the rest of the registry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use berth_meta::access::{AuditEntry, GrantRecord, RobotRecord, UserRecord};
+use berth_oci::ErrorCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::basic_credentials;
+use super::{header_str, ApiError};
+use crate::app::App;
+use crate::auth::manage::{self, ManageError};
+use crate::config::AuthMode;
+
+type AdminResult = Result<Response, ApiError>;
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{name}/password", put(set_password))
+        .route("/users/{name}/disable", post(disable_user))
+        .route("/users/{name}/enable", post(enable_user))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{name}", delete(revoke_token))
+        .route("/grants", get(list_grants).post(add_grant))
+        .route("/grants/{id}", delete(remove_grant))
+        .route("/audit", get(audit_log))
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> Self {
+        let message = e.to_string();
+        match e {
+            ManageError::Invalid(_) => ApiError::new(ErrorCode::InvalidRequest, message),
+            ManageError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
+            ManageError::NotFound(_) => ApiError::new(ErrorCode::NotFound, message),
+            ManageError::Store(ref inner) => ApiError::internal(inner),
+        }
+    }
+}
+
+/// The administrator making the request, as an audit actor.
+async fn admin(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<String, ApiError> {
+    let auth = &app.auth;
+    if auth.mode == AuthMode::None {
+        return Ok("anonymous".into());
+    }
+    let unauthorized = || {
+        ApiError::new(ErrorCode::Unauthorized, "administrator credentials required").with_header(
+            axum::http::header::WWW_AUTHENTICATE,
+            format!("Basic realm=\"{} admin\"", auth.service),
+        )
+    };
+    let denied = || ApiError::new(ErrorCode::Denied, "only administrators may use the admin API");
+    if let Some(token) = header_str(headers, "authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+    {
+        let claims = auth.verify(token).ok_or_else(unauthorized)?;
+        return if claims.adm { Ok(format!("user:{}", claims.sub)) } else { Err(denied()) };
+    }
+    let (login, password) = basic_credentials(headers)?.ok_or_else(unauthorized)?;
+    let identity = auth.login(peer.ip(), &login, &password).await?;
+    if identity.permissions.admin {
+        Ok(identity.actor())
+    } else {
+        Err(denied())
+    }
+}
+
+fn user_json(u: &UserRecord) -> serde_json::Value {
+    json!({ "name": u.name, "admin": u.admin, "disabled": u.disabled, "created_ms": u.created_ms })
+}
+
+fn robot_json(r: &RobotRecord) -> serde_json::Value {
+    json!({
+        "name": r.name,
+        "created_by": r.created_by,
+        "created_ms": r.created_ms,
+        "expires_ms": r.expires_ms,
+        "revoked_ms": r.revoked_ms,
+        "last_used_ms": r.last_used_ms,
+    })
+}
+
+fn grant_json(g: &GrantRecord) -> serde_json::Value {
+    json!({
+        "id": g.id,
+        "subject": format!("{}:{}", g.subject_kind.as_str(), g.subject),
+        "pattern": g.pattern,
+        "role": g.role,
+        "created_by": g.created_by,
+        "created_ms": g.created_ms,
+    })
+}
+
+fn audit_json(e: &AuditEntry) -> serde_json::Value {
+    json!({
+        "id": e.id,
+        "at_ms": e.at_ms,
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+    })
+}
+
+fn created(body: serde_json::Value) -> AdminResult {
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn store_error(e: berth_meta::MetaError) -> ApiError {
+    ApiError::from(ManageError::Store(e))
+}
+
+/// A JSON body, with a clear error instead of axum's plain-text rejection.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))
+}
+
+async fn list_users(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> AdminResult {
+    admin(&app, peer, &headers).await?;
+    let users = app.auth.store().list_users().await.map_err(store_error)?;
+    Ok(Json(json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    password: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+async fn create_user(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    let user: NewUser = parse_body(&body)?;
+    manage::create_user(app.auth.store().as_ref(), &user.name, &user.password, user.admin, &actor).await?;
+    created(json!({ "name": user.name, "admin": user.admin }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPassword {
+    password: String,
+}
+
+async fn set_password(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    let change: NewPassword = parse_body(&body)?;
+    manage::set_password(app.auth.store().as_ref(), &name, &change.password, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn disable_user(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    manage::set_disabled(app.auth.store().as_ref(), &name, true, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn enable_user(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    manage::set_disabled(app.auth.store().as_ref(), &name, false, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_tokens(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> AdminResult {
+    admin(&app, peer, &headers).await?;
+    let robots = app.auth.store().list_robots().await.map_err(store_error)?;
+    Ok(Json(json!({ "tokens": robots.iter().map(robot_json).collect::<Vec<_>>() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    grants: Vec<String>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+async fn create_token(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    let new: NewToken = parse_body(&body)?;
+    let token = manage::create_token(
+        app.auth.store().as_ref(),
+        &new.name,
+        &new.grants,
+        new.expires.as_deref(),
+        &actor,
+    )
+    .await?;
+    created(json!({ "name": new.name, "token": token }))
+}
+
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    manage::revoke_token(app.auth.store().as_ref(), &name, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_grants(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> AdminResult {
+    admin(&app, peer, &headers).await?;
+    let grants = app.auth.store().list_grants().await.map_err(store_error)?;
+    Ok(Json(json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGrantBody {
+    subject: String,
+    pattern: String,
+    role: String,
+}
+
+async fn add_grant(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    let g: NewGrantBody = parse_body(&body)?;
+    let id = manage::add_grant(app.auth.store().as_ref(), &g.subject, &g.pattern, &g.role, &actor).await?;
+    created(json!({ "id": id, "subject": g.subject, "pattern": g.pattern, "role": g.role }))
+}
+
+async fn remove_grant(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> AdminResult {
+    let actor = admin(&app, peer, &headers).await?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("grant id {id:?} is not a number")))?;
+    manage::remove_grant(app.auth.store().as_ref(), id, &actor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+async fn audit_log(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> AdminResult {
+    admin(&app, peer, &headers).await?;
+    let number = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<i64>()
+                    .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("{name}={s:?} is not a number")))
+            })
+            .transpose()
+    };
+    let limit = number("limit", &q.limit)?.unwrap_or(100).clamp(1, 1000);
+    let before = number("before", &q.before)?;
+    let entries = app
+        .auth
+        .store()
+        .audit_log(before, u32::try_from(limit).unwrap_or(100))
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() })).into_response())
+}
