@@ -1,4 +1,4 @@
-//! The command line: `berth serve` and (later) the operator subcommands.
+//! The command line: `berth serve` and the operator subcommands.
 
 use std::path::PathBuf;
 
@@ -16,6 +16,35 @@ pub struct Cli {
 pub enum Command {
     /// Run the registry server.
     Serve(ServeArgs),
+    /// Manage local users (works whatever identity provider is configured).
+    User {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+    /// Manage robot (CI) tokens.
+    Token {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Manage role grants on repository patterns.
+    Grant {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: GrantCommand,
+    },
+    /// Show the audit log of access changes, newest first.
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// How many entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,4 +58,66 @@ pub struct ServeArgs {
     /// Directory for all state (default ./berth-data).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+/// Where the operator subcommands find the metadata: the same configuration
+/// the server runs with.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// TOML configuration file.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory for all state (default ./berth-data).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input.
+    Add {
+        name: String,
+        /// Administrator of the whole registry (all repositories, the admin API).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Change a user's password (read from standard input).
+    Passwd { name: String },
+    /// Stop a user from logging in (tokens already issued expire on their own).
+    Disable { name: String },
+    /// Let a disabled user log in again.
+    Enable { name: String },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a robot token; it is printed once and only its hash is kept.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// PATTERN:ROLE, such as 'team/*:push'; repeat for more.
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        /// Lifetime such as 30d, 12h or 2w (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List robot tokens (never the tokens themselves).
+    List,
+    /// Revoke a robot token at once.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Give SUBJECT (user:NAME, group:NAME or robot:NAME) ROLE (pull, push,
+    /// delete or admin) on repositories matching PATTERN (* within a path
+    /// component, ** across).
+    Add { subject: String, pattern: String, role: String },
+    /// List grants.
+    List,
+    /// Remove a grant by its id.
+    Remove { id: i64 },
 }

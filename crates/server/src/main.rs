@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod operator;
 mod registry;
 mod telemetry;
 
@@ -37,5 +38,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(app::serve(config))
         }
+        Command::User { store, action } => operator_runtime()?.block_on(operator::user(store, action)),
+        Command::Token { store, action } => operator_runtime()?.block_on(operator::token(store, action)),
+        Command::Grant { store, action } => operator_runtime()?.block_on(operator::grant(store, action)),
+        Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
     }
+}
+
+fn operator_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }

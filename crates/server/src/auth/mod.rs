@@ -108,7 +108,8 @@ pub struct Auth {
     limiter: LoginLimiter,
 }
 
-fn rfc3339(secs: u64) -> String {
+/// `2026-11-23T12:14:30Z`.
+pub fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
