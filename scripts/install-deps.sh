@@ -6,7 +6,9 @@
 #
 #   apt:  skopeo podman uidmap docker.io containerd docker-registry wrk curl jq
 #         tar openssl procps python3
+#   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18)
 #   rust: the rustfmt and clippy components of the active toolchain
+#   npm:  tests/oidc's locked packages (npm ci), when node_modules lacks them
 #
 # podman is installed without its Recommends: pushing, pulling and inspecting
 # images (all the tests need) work with its hard dependencies (runc, conmon,
@@ -20,7 +22,9 @@ APT_PKGS=(
   wrk curl jq tar openssl procps python3
 )
 # Commands the tests call; checked after the install as a sanity check.
-COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3)
+COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3 node npm)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -54,6 +58,9 @@ for p in "${APT_PKGS[@]}"; do
   st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
   [ "$st" = "installed" ] || missing+=("$p")
 done
+# Node.js for tests/oidc: any `node` will do (Debian's, or one installed
+# another way, which Debian's packages would conflict with).
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   log "missing apt packages: ${missing[*]}"
@@ -84,6 +91,17 @@ if [ "${#need[@]}" -gt 0 ]; then
   cargo clippy --version >/dev/null 2>&1 || die "cargo clippy still unavailable"
 else
   log "rust components rustfmt, clippy: present"
+fi
+
+# ---------------------------------------------------------------- npm packages
+# The test OpenID Connect provider's packages, exactly as package-lock.json has them.
+if [ ! -d "$ROOT/tests/oidc/node_modules/oidc-provider" ]; then
+  log "installing tests/oidc npm packages (npm ci)"
+  t0=$SECONDS
+  (cd "$ROOT/tests/oidc" && npm ci --no-audit --no-fund) || die "npm ci in tests/oidc failed"
+  log "npm ci done in $((SECONDS - t0)) s"
+else
+  log "tests/oidc npm packages: present"
 fi
 
 log "ok"
