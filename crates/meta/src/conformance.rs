@@ -218,9 +218,15 @@ async fn robots_are_found_by_hash_and_revoked_with_their_grants(store: &dyn Acce
         pattern: "team/*".into(),
         role: "push".into(),
     };
-    assert!(store.create_robot(&robot, std::slice::from_ref(&grant), &audit(10)).await.unwrap());
+    assert!(store
+        .create_robot(&robot, std::slice::from_ref(&grant), &audit(10))
+        .await
+        .unwrap());
     assert!(!store.create_robot(&robot, &[], &audit(11)).await.unwrap());
-    assert_eq!(store.robot_by_token_hash(&robot.token_hash).await.unwrap(), Some(robot.clone()));
+    assert_eq!(
+        store.robot_by_token_hash(&robot.token_hash).await.unwrap(),
+        Some(robot.clone())
+    );
     assert_eq!(store.robot_by_token_hash(&"cd".repeat(32)).await.unwrap(), None);
     store.touch_robot("ci", 20).await.unwrap();
     let found = store.robot_by_token_hash(&robot.token_hash).await.unwrap().unwrap();
@@ -238,7 +244,13 @@ async fn robots_are_found_by_hash_and_revoked_with_their_grants(store: &dyn Acce
         ..robot
     };
     assert!(store.create_robot(&again, &[], &audit(40)).await.unwrap());
-    let actions: Vec<String> = store.audit_log(None, 4).await.unwrap().into_iter().map(|e| e.action).collect();
+    let actions: Vec<String> = store
+        .audit_log(None, 4)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
     assert_eq!(actions, ["token.create", "token.revoke", "grant.add", "token.create"]);
 }
 
@@ -258,7 +270,10 @@ async fn grants_are_unique_and_found_by_subject(store: &dyn AccessStore) {
     };
     store.add_grant(&user_grant, &audit(52)).await.unwrap().unwrap();
     let found = store
-        .grants_for(&[(SubjectKind::Group, "platform".into()), (SubjectKind::User, "bob".into())])
+        .grants_for(&[
+            (SubjectKind::Group, "platform".into()),
+            (SubjectKind::User, "bob".into()),
+        ])
         .await
         .unwrap();
     assert_eq!(found.len(), 1);

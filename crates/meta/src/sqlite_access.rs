@@ -62,7 +62,13 @@ fn grant_record(row: &SqliteRow) -> Result<GrantRecord> {
 }
 
 fn describe(grant: &NewGrant) -> String {
-    format!("{}:{} {} on {}", grant.subject_kind.as_str(), grant.subject, grant.role, grant.pattern)
+    format!(
+        "{}:{} {} on {}",
+        grant.subject_kind.as_str(),
+        grant.subject,
+        grant.role,
+        grant.pattern
+    )
 }
 
 async fn insert_grant(tx: &mut Transaction<'static, Sqlite>, grant: &NewGrant, audit: &Audit) -> Result<Option<i64>> {
@@ -179,10 +185,20 @@ impl AccessStore for SqliteMeta {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        let expiry = robot.expires_ms.map(|ms| format!(", expires_ms {ms}")).unwrap_or_default();
+        let expiry = robot
+            .expires_ms
+            .map(|ms| format!(", expires_ms {ms}"))
+            .unwrap_or_default();
         let summary: Vec<String> = grants.iter().map(|g| format!("{} on {}", g.role, g.pattern)).collect();
         let detail = format!("grants [{}]{expiry}", summary.join(", "));
-        write_audit(&mut tx, audit, "token.create", &format!("robot:{}", robot.name), Some(detail)).await?;
+        write_audit(
+            &mut tx,
+            audit,
+            "token.create",
+            &format!("robot:{}", robot.name),
+            Some(detail),
+        )
+        .await?;
         for grant in grants {
             insert_grant(&mut tx, grant, audit).await?;
         }

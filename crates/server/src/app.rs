@@ -78,7 +78,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
 
     let shutdown = shutdown_signal()?;
-    if app.auth.mode == AuthMode::None && !addr.ip().is_loopback() {
+    if warn_open(app.auth.mode, addr) {
         tracing::warn!(
             "AUTHENTICATION IS OFF (auth.mode = \"none\") and the registry listens on {addr}: anyone who can \
              reach it may push, pull and delete. Set auth.mode = \"token\" for anything but a laptop."
@@ -91,6 +91,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An open registry on a non-loopback address deserves a loud warning.
+fn warn_open(mode: AuthMode, addr: SocketAddr) -> bool {
+    mode == AuthMode::None && !addr.ip().is_loopback()
 }
 
 fn spawn_upload_purge(app: Arc<App>) {
@@ -131,4 +136,20 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_open_registry_off_loopback_is_warned_about() {
+        let any: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v6_local: SocketAddr = "[::1]:5000".parse().unwrap();
+        assert!(warn_open(AuthMode::None, any));
+        assert!(!warn_open(AuthMode::None, local));
+        assert!(!warn_open(AuthMode::None, v6_local));
+        assert!(!warn_open(AuthMode::Token, any));
+    }
 }

@@ -115,7 +115,11 @@ pub enum GrantCommand {
     /// Give SUBJECT (user:NAME, group:NAME or robot:NAME) ROLE (pull, push,
     /// delete or admin) on repositories matching PATTERN (* within a path
     /// component, ** across).
-    Add { subject: String, pattern: String, role: String },
+    Add {
+        subject: String,
+        pattern: String,
+        role: String,
+    },
     /// List grants.
     List,
     /// Remove a grant by its id.

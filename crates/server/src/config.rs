@@ -261,7 +261,11 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::raw().only(&[VALIDATION_SERVICE_URL]).map(|_| "auth.external.url".into()))
+            .merge(
+                Env::raw()
+                    .only(&[VALIDATION_SERVICE_URL])
+                    .map(|_| "auth.external.url".into()),
+            )
             .merge(Self::environment())
             .merge(Serialized::defaults(overrides))
             .extract()

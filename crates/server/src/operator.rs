@@ -53,7 +53,10 @@ fn read_password() -> anyhow::Result<String> {
     }
     let echo = terminal.then(EchoOff::new).flatten();
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the password from standard input")?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     drop(echo);
     if terminal {
         eprintln!();
@@ -115,7 +118,13 @@ pub async fn user(args: StoreArgs, command: UserCommand) -> anyhow::Result<()> {
         UserCommand::List => {
             println!("{:<32} {:<6} {:<9} CREATED", "NAME", "ADMIN", "DISABLED");
             for u in store.list_users().await? {
-                println!("{:<32} {:<6} {:<9} {}", u.name, u.admin, u.disabled, ms_text(Some(u.created_ms)));
+                println!(
+                    "{:<32} {:<6} {:<9} {}",
+                    u.name,
+                    u.admin,
+                    u.disabled,
+                    ms_text(Some(u.created_ms))
+                );
             }
         }
     }
@@ -133,7 +142,10 @@ pub async fn token(args: StoreArgs, command: TokenCommand) -> anyhow::Result<()>
         }
         TokenCommand::List => {
             let grants = store.list_grants().await?;
-            println!("{:<24} {:<8} {:<21} {:<21} GRANTS", "NAME", "STATE", "EXPIRES", "LAST USED");
+            println!(
+                "{:<24} {:<8} {:<21} {:<21} GRANTS",
+                "NAME", "STATE", "EXPIRES", "LAST USED"
+            );
             let now = manage::now_ms();
             for r in store.list_robots().await? {
                 let state = if r.revoked_ms.is_some() {

@@ -68,7 +68,11 @@ async fn admin(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<Strin
         .map(|(_, t)| t.trim())
     {
         let claims = auth.verify(token).ok_or_else(unauthorized)?;
-        return if claims.adm { Ok(format!("user:{}", claims.sub)) } else { Err(denied()) };
+        return if claims.adm {
+            Ok(format!("user:{}", claims.sub))
+        } else {
+            Err(denied())
+        };
     }
     let (login, password) = basic_credentials(headers)?.ok_or_else(unauthorized)?;
     let identity = auth.login(peer.ip(), &login, &password).await?;
@@ -129,7 +133,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))
 }
 
-async fn list_users(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> AdminResult {
+async fn list_users(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> AdminResult {
     admin(&app, peer, &headers).await?;
     let users = app.auth.store().list_users().await.map_err(store_error)?;
     Ok(Json(json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
@@ -152,7 +160,14 @@ async fn create_user(
 ) -> AdminResult {
     let actor = admin(&app, peer, &headers).await?;
     let user: NewUser = parse_body(&body)?;
-    manage::create_user(app.auth.store().as_ref(), &user.name, &user.password, user.admin, &actor).await?;
+    manage::create_user(
+        app.auth.store().as_ref(),
+        &user.name,
+        &user.password,
+        user.admin,
+        &actor,
+    )
+    .await?;
     created(json!({ "name": user.name, "admin": user.admin }))
 }
 
@@ -197,7 +212,11 @@ async fn enable_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tokens(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> AdminResult {
+async fn list_tokens(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> AdminResult {
     admin(&app, peer, &headers).await?;
     let robots = app.auth.store().list_robots().await.map_err(store_error)?;
     Ok(Json(json!({ "tokens": robots.iter().map(robot_json).collect::<Vec<_>>() })).into_response())
@@ -242,7 +261,11 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_grants(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> AdminResult {
+async fn list_grants(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> AdminResult {
     admin(&app, peer, &headers).await?;
     let grants = app.auth.store().list_grants().await.map_err(store_error)?;
     Ok(Json(json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() })).into_response())

@@ -250,8 +250,9 @@ async fn token(app: &App, peer: SocketAddr, req: Request) -> Result<Response, Ap
             TokenRequest::parse(&body)
         }
         _ => {
-            return Err(ApiError::new(ErrorCode::Unsupported, "use GET or POST")
-                .with_header(header::ALLOW, "GET, POST".into()))
+            return Err(
+                ApiError::new(ErrorCode::Unsupported, "use GET or POST").with_header(header::ALLOW, "GET, POST".into())
+            )
         }
     };
     let identity = identify(auth, peer, &headers, &request).await?;
@@ -259,7 +260,12 @@ async fn token(app: &App, peer: SocketAddr, req: Request) -> Result<Response, Ap
     Ok((StatusCode::OK, axum::Json(issued)).into_response())
 }
 
-async fn identify(auth: &Auth, peer: SocketAddr, headers: &HeaderMap, request: &TokenRequest) -> Result<Identity, ApiError> {
+async fn identify(
+    auth: &Auth,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    request: &TokenRequest,
+) -> Result<Identity, ApiError> {
     match request.grant_type.as_deref() {
         Some("refresh_token") => {
             let token = request
@@ -286,4 +292,3 @@ async fn identify(auth: &Auth, peer: SocketAddr, headers: &HeaderMap, request: &
         },
     }
 }
-

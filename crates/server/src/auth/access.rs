@@ -272,7 +272,10 @@ mod tests {
     fn roles_include_pull_and_admin_includes_everything() {
         let perms = Permissions {
             admin: false,
-            grants: vec![Grant::parse("team/*:push").unwrap(), Grant::parse("team/old:delete").unwrap()],
+            grants: vec![
+                Grant::parse("team/*:push").unwrap(),
+                Grant::parse("team/old:delete").unwrap(),
+            ],
         };
         assert_eq!(perms.allowed("team/app").names(), ["pull", "push"]);
         assert_eq!(perms.allowed("team/old").names(), ["pull", "push", "delete"]);

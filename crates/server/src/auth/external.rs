@@ -41,7 +41,10 @@ impl ExternalUser {
     }
 
     fn is_named(&self, login: &str) -> bool {
-        !login.is_empty() && [&self.id, &self.username, &self.email].iter().any(|n| n.as_str() == login)
+        !login.is_empty()
+            && [&self.id, &self.username, &self.email]
+                .iter()
+                .any(|n| n.as_str() == login)
     }
 }
 
@@ -88,7 +91,12 @@ fn names(v: Option<&Value>) -> Vec<String> {
 fn parse_answer(body: &Value) -> Option<ExternalUser> {
     let user = body.get("user")?.as_object()?;
     let mut groups = Vec::new();
-    for source in [user.get("groups"), user.get("roles"), body.get("groups"), body.get("roles")] {
+    for source in [
+        user.get("groups"),
+        user.get("roles"),
+        body.get("groups"),
+        body.get("roles"),
+    ] {
         groups.extend(names(source));
     }
     groups.sort();
@@ -174,7 +182,9 @@ impl ExternalValidator {
         let status = response.status();
         if status.is_server_error() {
             tracing::warn!(url = %self.url, %status, "external validation service failed");
-            return Err(Failure::Unavailable(format!("the authentication service answered {status}")));
+            return Err(Failure::Unavailable(format!(
+                "the authentication service answered {status}"
+            )));
         }
         if status != reqwest::StatusCode::OK {
             return Err(Failure::Invalid);
@@ -200,7 +210,10 @@ mod tests {
     fn the_info_path_is_appended_once() {
         assert_eq!(info_url("https://a.example"), "https://a.example/api/auth/info");
         assert_eq!(info_url("https://a.example/"), "https://a.example/api/auth/info");
-        assert_eq!(info_url("https://a.example/api/auth/info"), "https://a.example/api/auth/info");
+        assert_eq!(
+            info_url("https://a.example/api/auth/info"),
+            "https://a.example/api/auth/info"
+        );
     }
 
     #[test]

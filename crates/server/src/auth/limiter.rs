@@ -64,7 +64,8 @@ impl LoginLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > PRUNE_ABOVE {
             let (capacity, per_sec) = (self.capacity, self.per_sec);
-            buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_sec < capacity);
+            buckets
+                .retain(|_, b| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_sec < capacity);
         }
         for key in keys {
             let bucket = buckets.entry(key.clone()).or_insert(Bucket {
@@ -90,7 +91,10 @@ mod tests {
             limiter.failed(&keys);
         }
         let wait = limiter.check(&keys).unwrap_err();
-        assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait >= Duration::from_secs(1) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         // Another account from another address is not affected.
         assert!(limiter.check(&["ip:2".to_string(), "account:b".to_string()]).is_ok());
         // The same account from another address is.

@@ -38,9 +38,8 @@ pub fn audit(actor: &str) -> Audit {
 /// User and robot names: letters, digits and `._@-`, up to 128 characters
 /// (emails are valid user names, as external identities use them).
 fn check_name(kind: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    let ok =
+        !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -102,13 +101,18 @@ pub async fn set_disabled(store: &dyn AccessStore, name: &str, disabled: bool, a
     }
 }
 
-/// `90m`, `12h`, `30d` or `2w`.
+/// `90s`, `90m`, `12h`, `30d` or `2w`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let invalid = || ManageError::Invalid(format!("duration {text:?}: write a number and m, h, d or w, such as 30d"));
+    let invalid = || {
+        ManageError::Invalid(format!(
+            "duration {text:?}: write a number and s, m, h, d or w, such as 30d"
+        ))
+    };
     let split = text.len().checked_sub(1).ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| invalid())?;
     let unit_secs = match unit {
+        "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
@@ -132,7 +136,9 @@ pub async fn create_token(
 ) -> Result<String> {
     check_name("token", name)?;
     if grants.is_empty() {
-        return Err(ManageError::Invalid("a token needs at least one grant, such as team/*:push".into()));
+        return Err(ManageError::Invalid(
+            "a token needs at least one grant, such as team/*:push".into(),
+        ));
     }
     let mut new_grants = Vec::new();
     for spec in grants {

@@ -148,7 +148,12 @@ impl Auth {
         let anonymous = config
             .anonymous
             .iter()
-            .map(|p| Pattern::parse(p).map(|pattern| Grant { pattern, role: Role::Pull }))
+            .map(|p| {
+                Pattern::parse(p).map(|pattern| Grant {
+                    pattern,
+                    role: Role::Pull,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("auth.anonymous: {e}"))?;
         let external = match &config.external.url {
@@ -372,7 +377,10 @@ impl Auth {
                     }
                 }
             };
-            match entries.iter_mut().find(|e| e.kind == entry.kind && e.name == entry.name) {
+            match entries
+                .iter_mut()
+                .find(|e| e.kind == entry.kind && e.name == entry.name)
+            {
                 Some(existing) => {
                     for a in entry.actions {
                         if !existing.actions.contains(&a) {

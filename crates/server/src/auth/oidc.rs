@@ -155,7 +155,11 @@ impl OidcVerifier {
     pub fn new(configs: &[OidcIssuerConfig]) -> anyhow::Result<OidcVerifier> {
         let mut issuers = Vec::new();
         for config in configs {
-            anyhow::ensure!(!config.audience.is_empty(), "OIDC issuer {}: audience is required", config.issuer);
+            anyhow::ensure!(
+                !config.audience.is_empty(),
+                "OIDC issuer {}: audience is required",
+                config.issuer
+            );
             let rules = config
                 .rules
                 .iter()
@@ -182,7 +186,11 @@ impl OidcVerifier {
 
     pub async fn verify(&self, token: &str) -> Result<OidcIdentity, Failure> {
         let iss = unverified_issuer(token).ok_or(Failure::Invalid)?;
-        let issuer = self.issuers.iter().find(|i| i.config.issuer == iss).ok_or(Failure::Invalid)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == iss)
+            .ok_or(Failure::Invalid)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Failure::Invalid)?;
         if !asymmetric(header.alg) {
             return Err(Failure::Invalid);
@@ -253,7 +261,14 @@ impl OidcVerifier {
 
     async fn fetch_jwks(&self, issuer: &str) -> anyhow::Result<JwkSet> {
         let discovery = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let doc: Value = self.client.get(&discovery).send().await?.error_for_status()?.json().await?;
+        let doc: Value = self
+            .client
+            .get(&discovery)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
         anyhow::ensure!(
             doc.get("issuer").and_then(Value::as_str) == Some(issuer),
             "discovery document at {discovery} names another issuer"
@@ -262,7 +277,14 @@ impl OidcVerifier {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow::anyhow!("discovery document at {discovery} has no jwks_uri"))?;
-        Ok(self.client.get(jwks_uri).send().await?.error_for_status()?.json().await?)
+        Ok(self
+            .client
+            .get(jwks_uri)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 }
 
@@ -285,7 +307,10 @@ mod tests {
 
     fn rule(claims: &[(&str, &str)], grants: &[&str]) -> CompiledRule {
         compile_rule(&OidcRule {
-            claims: claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
             grants: grants.iter().map(|g| g.to_string()).collect(),
             admin: false,
         })

@@ -50,7 +50,9 @@ impl AccessClaims {
     /// Whether the token grants `action` on `repo`.
     pub fn allows(&self, repo: &str, action: &str) -> bool {
         self.access.iter().any(|e| {
-            e.kind == "repository" && (e.name == repo || (self.adm && e.name == "*")) && e.actions.iter().any(|a| a == action)
+            e.kind == "repository"
+                && (e.name == repo || (self.adm && e.name == "*"))
+                && e.actions.iter().any(|a| a == action)
         })
     }
 
@@ -86,7 +88,10 @@ pub struct TokenService {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn token_id() -> String {
@@ -130,7 +135,13 @@ impl TokenService {
     }
 
     /// An access token; returns it with its issue time (seconds).
-    pub fn issue(&self, sub: &str, access: Vec<AccessEntry>, adm: bool, cat: Vec<String>) -> anyhow::Result<(String, u64)> {
+    pub fn issue(
+        &self,
+        sub: &str,
+        access: Vec<AccessEntry>,
+        adm: bool,
+        cat: Vec<String>,
+    ) -> anyhow::Result<(String, u64)> {
         let now = now_secs();
         let claims = AccessClaims {
             iss: self.service.clone(),
@@ -258,7 +269,10 @@ mod tests {
         assert!(claims.allows("team/app", "pull"));
         assert!(!claims.allows("team/app", "push"));
         assert!(!claims.allows("team/other", "pull"));
-        assert!(tokens.verify_refresh(&token).is_err(), "an access token is not a refresh token");
+        assert!(
+            tokens.verify_refresh(&token).is_err(),
+            "an access token is not a refresh token"
+        );
         let other = TokenService::new(&[8u8; 32], "berth", Duration::from_secs(60), Duration::from_secs(600));
         assert!(other.verify(&token).is_err(), "another key's token is refused");
         let mut tampered = token.clone();

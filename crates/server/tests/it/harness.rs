@@ -147,10 +147,57 @@ pub struct TestApp {
     pub client: reqwest::Client,
     data: TempDir,
     envs: Vec<(String, String)>,
+    config: Option<PathBuf>,
     server: Option<Server>,
 }
 
 impl TestApp {
+    /// Starts a server with `toml` as its configuration file (written into the
+    /// data directory) and extra environment variables.
+    pub fn start_with_config(toml: &str, envs: &[(&str, &str)]) -> TestApp {
+        let data = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("creating a temp data dir");
+        let config = data.path().join("berth.toml");
+        std::fs::write(&config, toml).expect("writing the config file");
+        let mut app = TestApp {
+            base: String::new(),
+            client: client(),
+            data,
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            config: Some(config),
+            server: None,
+        };
+        app.launch();
+        app
+    }
+
+    /// Runs `berth ARGS --data-dir DATA [--config FILE]` with `stdin` as its
+    /// input; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        use std::io::Write as _;
+        let mut cmd = berth_command();
+        cmd.args(args).arg("--data-dir").arg(self.data.path());
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning berth");
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(stdin.as_bytes())
+            .expect("writing stdin");
+        let out = child.wait_with_output().expect("waiting for berth");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts a server with default settings.
     pub fn start() -> TestApp {
         TestApp::start_with_env(&[])
@@ -167,6 +214,7 @@ impl TestApp {
             client: client(),
             data,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            config: None,
             server: None,
         };
         app.launch();
@@ -180,6 +228,9 @@ impl TestApp {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(self.data.path());
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }

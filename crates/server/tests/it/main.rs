@@ -1,8 +1,12 @@
 //! Integration tests of the `berth` binary: every test starts its own server
 //! over its own data directory and talks to it over HTTP, as a client would.
 
+mod auth_harness;
 mod harness;
 
+mod auth;
+mod auth_external;
+mod auth_oidc;
 mod base;
 mod blobs;
 mod cli;
