@@ -28,8 +28,7 @@ pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/users", get(list_users).post(create_user))
         .route("/users/{name}/password", put(set_password))
-        .route("/users/{name}/disable", post(disable_user))
-        .route("/users/{name}/enable", post(enable_user))
+        .route("/users/{name}/{state}", post(set_user_state))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", delete(revoke_token))
         .route("/grants", get(list_grants).post(add_grant))
@@ -190,25 +189,20 @@ async fn set_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn disable_user(
+/// `POST /users/{name}/disable` and `…/enable`.
+async fn set_user_state(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    Path((name, state)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> AdminResult {
     let actor = admin(&app, peer, &headers).await?;
-    manage::set_disabled(app.auth.store().as_ref(), &name, true, &actor).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn enable_user(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
-    manage::set_disabled(app.auth.store().as_ref(), &name, false, &actor).await?;
+    let disabled = match state.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return Err(ApiError::new(ErrorCode::NotFound, format!("no such action {state:?}"))),
+    };
+    manage::set_disabled(app.auth.store().as_ref(), &name, disabled, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

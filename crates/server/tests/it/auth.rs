@@ -583,10 +583,32 @@ async fn the_admin_api_is_for_administrators_and_audited() {
         .await
         .unwrap();
     assert_eq!(users["users"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        token_response(&app, Some(("dave", "dave-secret-password")), &[])
+            .await
+            .0,
+        200
+    );
+    for (action, status) in [("disable", 204), ("frobnicate", 404)] {
+        let resp = app
+            .client
+            .post(app.url(&format!("/api/v1/users/dave/{action}")))
+            .header("authorization", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{action}");
+    }
+    assert_eq!(
+        token_response(&app, Some(("dave", "dave-secret-password")), &[])
+            .await
+            .0,
+        401
+    );
 
     let audit: Value = app
         .client
-        .get(app.url("/api/v1/audit?limit=6"))
+        .get(app.url("/api/v1/audit?limit=7"))
         .header("authorization", &admin)
         .send()
         .await
@@ -606,6 +628,7 @@ async fn the_admin_api_is_for_administrators_and_audited() {
         })
         .collect();
     let want: Vec<(String, String)> = [
+        ("user:root", "user.disable"),
         ("user:root", "user.create"),
         ("user:root", "token.revoke"),
         ("user:root", "grant.remove"),
