@@ -228,6 +228,12 @@ pub async fn token_endpoint(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    // RFC 9110: a 401 carries a challenge; here, for the credentials of the token endpoint.
+    if response.status() == StatusCode::UNAUTHORIZED {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("Basic realm=\"{}\"", app.auth.service)) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
     response
 }
 
