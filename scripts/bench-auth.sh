@@ -9,8 +9,13 @@
 #   scripts/bench-auth.sh [--no-build] [--runs N] [--secs S]
 #
 # Two Berth processes over separate temp data dirs, one with auth.mode = none
-# and one with auth.mode = token; runs alternate off/on so drift hits both
-# alike. Results: bench-results/auth.txt and auth.json. Takes about 2 minutes.
+# and one with auth.mode = token. Three kinds of runs, alternating so drift
+# hits all alike:
+#   off       auth off, no Authorization header
+#   off+hdr   auth off, the same Authorization header sent (and ignored): the
+#             cost of carrying a token (client and kernel), without checking it
+#   on        auth on, with the token
+# Results: bench-results/auth.txt and auth.json. Takes about 3 minutes.
 # Env: BERTH_BIN (default target/release/berth).
 set -euo pipefail
 
@@ -18,7 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT="$ROOT/bench-results"
 BENCH_PY="$ROOT/../shared/bench/bench.py"
-build=1 runs=3 secs=10
+build=1 runs=5 secs=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
@@ -105,12 +110,12 @@ push_small "$URL_on" "$repo" -H "Authorization: Bearer $TOKEN"
 results=$TMP/results
 : >"$results"
 for i in $(seq "$runs"); do
-  for mode in off on; do
-    url_var=URL_$mode
+  for mode in off off+hdr on; do
+    url_var=URL_${mode%+hdr}
     args=(-t2 -c32 "-d${secs}s" --latency -H "Accept: $OCI_MANIFEST")
-    [ "$mode" = on ] && args+=(-H "Authorization: Bearer $TOKEN")
-    wrk "${args[@]}" "${!url_var}/v2/$repo/manifests/latest" >"$TMP/wrk-$mode-$i.txt"
-    python3 - "$mode" "$i" "$TMP/wrk-$mode-$i.txt" >>"$results" <<'PY'
+    [ "$mode" = off ] || args+=(-H "Authorization: Bearer $TOKEN")
+    wrk "${args[@]}" "${!url_var}/v2/$repo/manifests/latest" >"$TMP/wrk-$i.txt"
+    python3 - "$mode" "$i" "$TMP/wrk-$i.txt" >>"$results" <<'PY'
 import json, re, sys
 mode, run, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 text = open(path).read()
@@ -143,17 +148,22 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out = {"commit": sys.argv[4], "runs": rows, "yardstick_d_auth_off_rps": sys.argv[3] or None}
 print(f"manifest GET by tag, wrk -t2 -c32 --latency, commit {sys.argv[4]}")
-for mode in ("off", "on"):
+for mode in ("off", "off+hdr", "on"):
     r = [x for x in rows if x["mode"] == mode]
     med = statistics.median(x["rps"] for x in r)
     p50 = statistics.median(x["p50_ms"] for x in r)
     p99 = statistics.median(x["p99_ms"] for x in r)
     out[mode] = {"rps_median": med, "p50_ms_median": p50, "p99_ms_median": p99,
                  "non2xx": sum(x["non2xx"] for x in r)}
-    print(f"  auth {mode:3}: {med:8.0f} req/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  runs {[round(x['rps']) for x in r]}  non-2xx {out[mode]['non2xx']}")
+    print(f"  auth {mode:7}: {med:8.0f} req/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  runs {[round(x['rps']) for x in r]}  non-2xx {out[mode]['non2xx']}")
 ratio = out["on"]["rps_median"] / out["off"]["rps_median"]
 out["on_over_off"] = round(ratio, 3)
 print(f"  auth on / auth off: {ratio:.3f}")
+carry = out["off+hdr"]["rps_median"] / out["off"]["rps_median"]
+check = out["on"]["rps_median"] / out["off+hdr"]["rps_median"]
+out["off_hdr_over_off"] = round(carry, 3)
+out["on_over_off_hdr"] = round(check, 3)
+print(f"  carrying the token (off+hdr / off): {carry:.3f}   checking it (on / off+hdr): {check:.3f}")
 if sys.argv[3]:
     print(f"  bench.py test d against the auth-off server (cross-check): {sys.argv[3]} req/s")
 json.dump(out, open(sys.argv[2], "w"), indent=2)

@@ -24,7 +24,7 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 pub enum Access {
     /// `auth.mode = "none"`: everything.
     Open,
-    Token(AccessClaims),
+    Token(Arc<AccessClaims>),
 }
 
 impl Access {

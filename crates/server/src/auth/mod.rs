@@ -12,6 +12,7 @@ pub mod manage;
 mod oidc;
 pub mod secrets;
 pub mod token;
+mod verified;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -27,6 +28,7 @@ use self::external::ExternalValidator;
 use self::limiter::LoginLimiter;
 use self::oidc::OidcVerifier;
 use self::token::{now_secs, AccessClaims, AccessEntry, TokenService};
+use self::verified::VerifiedTokens;
 use crate::config::{AuthConfig, AuthMode};
 
 /// Why presented credentials were not accepted.
@@ -100,6 +102,7 @@ pub struct Auth {
     pub service: String,
     pub realm: Option<String>,
     tokens: TokenService,
+    verified: VerifiedTokens,
     store: Arc<dyn AccessStore>,
     anonymous: Vec<Grant>,
     admin_groups: Vec<String>,
@@ -174,6 +177,7 @@ impl Auth {
                 Duration::from_secs(config.token.lifetime_secs.max(1)),
                 Duration::from_secs(config.token.refresh_lifetime_secs.max(1)),
             ),
+            verified: VerifiedTokens::default(),
             store,
             anonymous,
             admin_groups: config.admin_groups.clone(),
@@ -431,8 +435,13 @@ impl Auth {
     }
 
     /// The claims of a bearer token this registry issued.
-    pub fn verify(&self, token: &str) -> Option<AccessClaims> {
-        self.tokens.verify(token).ok()
+    pub fn verify(&self, token: &str) -> Option<Arc<AccessClaims>> {
+        if let Some(claims) = self.verified.get(token) {
+            return Some(claims);
+        }
+        let claims = Arc::new(self.tokens.verify(token).ok()?);
+        self.verified.insert(token, claims.clone());
+        Some(claims)
     }
 }
 
