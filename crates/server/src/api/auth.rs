@@ -195,16 +195,18 @@ struct TokenRequest {
 }
 
 impl TokenRequest {
-    fn parse(pairs: &[u8]) -> TokenRequest {
+    /// Parses a query (`form = false`) or an OAuth2 form body. Credentials are
+    /// taken from the body only: a query ends up in proxy and access logs.
+    fn parse(pairs: &[u8], form: bool) -> TokenRequest {
         let mut request = TokenRequest::default();
         for (key, value) in form_urlencoded::parse(pairs) {
             match key.as_ref() {
                 // GET repeats `scope`; the OAuth2 form separates scopes by spaces.
                 "scope" => request.scopes.extend(value.split(' ').filter_map(Scope::parse)),
-                "grant_type" => request.grant_type = Some(value.into_owned()),
-                "username" => request.username = Some(value.into_owned()),
-                "password" => request.password = Some(value.into_owned()),
-                "refresh_token" => request.refresh_token = Some(value.into_owned()),
+                "grant_type" if form => request.grant_type = Some(value.into_owned()),
+                "username" if form => request.username = Some(value.into_owned()),
+                "password" if form => request.password = Some(value.into_owned()),
+                "refresh_token" if form => request.refresh_token = Some(value.into_owned()),
                 "offline_token" => request.offline = value == "true",
                 "access_type" => request.offline = value == "offline",
                 _ => {}
@@ -248,12 +250,19 @@ async fn token(app: &App, peer: SocketAddr, req: Request) -> Result<Response, Ap
     }
     let headers = req.headers().clone();
     let request = match *req.method() {
-        Method::GET => TokenRequest::parse(req.uri().query().unwrap_or("").as_bytes()),
+        Method::GET => TokenRequest::parse(req.uri().query().unwrap_or("").as_bytes(), false),
         Method::POST => {
             let body = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES)
                 .await
                 .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "token request form too large or unreadable"))?;
-            TokenRequest::parse(&body)
+            let request = TokenRequest::parse(&body, true);
+            if request.grant_type.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "grant_type is missing; use password or refresh_token",
+                ));
+            }
+            request
         }
         _ => {
             return Err(
@@ -262,7 +271,9 @@ async fn token(app: &App, peer: SocketAddr, req: Request) -> Result<Response, Ap
         }
     };
     let identity = identify(auth, peer, &headers, &request).await?;
-    let issued = auth.issue(&identity, &request.scopes, request.offline)?;
+    // A refresh grant never yields a new refresh token (see `Auth::issue`).
+    let offline = request.offline && request.grant_type.as_deref() != Some("refresh_token");
+    let issued = auth.issue(&identity, &request.scopes, offline)?;
     Ok((StatusCode::OK, axum::Json(issued)).into_response())
 }
 

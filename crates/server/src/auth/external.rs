@@ -50,6 +50,8 @@ impl ExternalUser {
 
 pub struct ExternalValidator {
     url: String,
+    /// The URL without user info or query, for logs.
+    log_url: String,
     client: reqwest::Client,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], (ExternalUser, Instant)>>,
@@ -118,8 +120,14 @@ impl ExternalValidator {
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let url = info_url(url);
+        let log_url = match reqwest::Url::parse(&url) {
+            Ok(u) => format!("{}://{}{}", u.scheme(), u.host_str().unwrap_or(""), u.path()),
+            Err(_) => "(unparsable URL)".into(),
+        };
         Ok(ExternalValidator {
-            url: info_url(url),
+            log_url,
+            url,
             client,
             ttl,
             cache: Mutex::new(HashMap::new()),
@@ -174,14 +182,14 @@ impl ExternalValidator {
             .send()
             .await
             .map_err(|e| {
-                // reqwest's error names the URL, which holds no secret.
                 let why = if e.is_timeout() { "timed out" } else { "unreachable" };
-                tracing::warn!(url = %self.url, error = %e, "external validation service {why}");
+                // Without its URL: a configured URL may hold credentials.
+                tracing::warn!(url = %self.log_url, error = %e.without_url(), "external validation service {why}");
                 Failure::Unavailable(format!("the authentication service is {why}"))
             })?;
         let status = response.status();
-        if status.is_server_error() {
-            tracing::warn!(url = %self.url, %status, "external validation service failed");
+        if status.is_server_error() || status.is_redirection() {
+            tracing::warn!(url = %self.log_url, %status, "external validation service failed");
             return Err(Failure::Unavailable(format!(
                 "the authentication service answered {status}"
             )));
@@ -190,11 +198,11 @@ impl ExternalValidator {
             return Err(Failure::Invalid);
         }
         let body: Value = response.json().await.map_err(|e| {
-            tracing::warn!(url = %self.url, error = %e, "external validation service sent no JSON");
+            tracing::warn!(url = %self.log_url, error = %e.without_url(), "external validation service sent no JSON");
             Failure::Unavailable("the authentication service sent an unreadable answer".into())
         })?;
         parse_answer(&body).ok_or_else(|| {
-            tracing::warn!(url = %self.url, "external validation service answered 200 without a user");
+            tracing::warn!(url = %self.log_url, "external validation service answered 200 without a user");
             Failure::Unavailable("the authentication service sent an answer without a user".into())
         })
     }

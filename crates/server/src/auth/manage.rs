@@ -108,7 +108,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             "duration {text:?}: write a number and s, m, h, d or w, such as 30d"
         ))
     };
-    let split = text.len().checked_sub(1).ok_or_else(invalid)?;
+    let (split, _) = text.char_indices().last().ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| invalid())?;
     let unit_secs = match unit {
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86_400));
         assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
-        for bad in ["", "d", "30", "0d", "-1d", "1y", "99999999999999999999w"] {
+        for bad in ["", "d", "30", "0d", "-1d", "1y", "1é", "é", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

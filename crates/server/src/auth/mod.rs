@@ -56,35 +56,48 @@ pub enum AuthError {
     Internal(String),
 }
 
-/// Where an identity came from; decides whether it may be refreshed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Anonymous,
-    User,
-    Robot,
-    External,
-    Oidc,
-}
-
 /// Someone who logged in (or nobody), with what they may do.
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// The token subject: `alice`, `robot:ci`, `oidc:repo:acme/app:…`, or empty.
     pub subject: String,
-    pub source: Source,
     pub permissions: Permissions,
+    /// What a refresh token names to find this identity again (`user:NAME` or
+    /// `robot:NAME`) and the generation of its credential, so that a new
+    /// password or a new robot of the same name voids old refresh tokens.
+    refresh: Option<(String, String)>,
 }
 
 impl Identity {
     /// `user:alice`-style name for the audit log.
     pub fn actor(&self) -> String {
-        match self.source {
-            Source::Anonymous => "anonymous".into(),
-            Source::User | Source::External => format!("user:{}", self.subject),
-            Source::Robot | Source::Oidc => self.subject.clone(),
-        }
+        actor_of_subject(&self.subject)
     }
 }
+
+/// The audit actor for a token subject: `user:NAME` for users, the subject
+/// itself for `robot:…` and `oidc:…`.
+pub fn actor_of_subject(subject: &str) -> String {
+    if subject.is_empty() {
+        "anonymous".into()
+    } else if subject.starts_with("robot:") || subject.starts_with("oidc:") {
+        subject.to_string()
+    } else {
+        format!("user:{subject}")
+    }
+}
+
+/// A short digest naming one credential (a password hash, a robot token hash).
+fn generation(credential: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(credential.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Argon2 checks run at once at most; each takes about 19 MiB and a core.
+const PASSWORD_CHECKS_AT_ONCE: usize = 4;
 
 /// What the token endpoint answers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -109,6 +122,7 @@ pub struct Auth {
     external: Option<ExternalValidator>,
     oidc: OidcVerifier,
     limiter: LoginLimiter,
+    password_checks: tokio::sync::Semaphore,
 }
 
 /// `2026-11-23T12:14:30Z`.
@@ -187,6 +201,7 @@ impl Auth {
                 config.login_limit.failures,
                 Duration::from_secs(config.login_limit.window_secs),
             ),
+            password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_AT_ONCE),
         })
     }
 
@@ -198,27 +213,61 @@ impl Auth {
     pub fn anonymous(&self) -> Identity {
         Identity {
             subject: String::new(),
-            source: Source::Anonymous,
             permissions: Permissions {
                 admin: false,
                 grants: self.anonymous.clone(),
             },
+            refresh: None,
         }
     }
 
-    /// Checks credentials, limited per source address and per account.
+    /// Checks credentials, limited per source address and, for passwords,
+    /// per account. An attempt takes its allowance before it is checked (so
+    /// concurrent attempts cannot overrun the limit) and gets it back when it
+    /// succeeds or the identity provider could not answer.
     pub async fn login(&self, addr: IpAddr, login: &str, password: &str) -> Result<Identity, AuthError> {
-        let keys = [format!("ip:{addr}"), format!("account:{}", login.to_ascii_lowercase())];
-        self.limiter.check(&keys).map_err(AuthError::TooManyAttempts)?;
+        let mut keys = vec![limiter::address_key(addr)];
+        if self.is_password(password) {
+            keys.push(limiter::account_key(login));
+        }
+        self.limiter.take(&keys).map_err(AuthError::TooManyAttempts)?;
         match self.authenticate(login, password).await {
-            Ok(identity) => Ok(identity),
+            Ok(identity) => {
+                self.limiter.refund(&keys);
+                Ok(identity)
+            }
             Err(Failure::Invalid) => {
-                self.limiter.failed(&keys);
-                tracing::info!(login = %login, %addr, "login failed");
+                tracing::info!(login = ?login, %addr, "login failed");
                 Err(AuthError::InvalidCredentials)
             }
-            Err(Failure::Unavailable(why)) => Err(AuthError::Unavailable(why)),
+            Err(Failure::Unavailable(why)) => {
+                self.limiter.refund(&keys);
+                Err(AuthError::Unavailable(why))
+            }
         }
+    }
+
+    /// Whether `password` is a password (rather than a robot token or an ID
+    /// token, for which the login name means nothing).
+    fn is_password(&self, password: &str) -> bool {
+        !password.starts_with(secrets::ROBOT_TOKEN_PREFIX)
+            && !oidc::unverified_issuer(password).is_some_and(|iss| self.oidc.knows(&iss))
+    }
+
+    async fn check_password(&self, hash: Option<String>, password: &str) -> bool {
+        let Ok(_permit) = self.password_checks.acquire().await else {
+            return false;
+        };
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || match hash {
+            Some(hash) => secrets::verify_password(&hash, &password),
+            None => {
+                secrets::verify_against_nothing(&password);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false)
     }
 
     async fn authenticate(&self, login: &str, password: &str) -> Result<Identity, Failure> {
@@ -231,7 +280,7 @@ impl Auth {
                 let admin = who.admin || self.in_admin_group(&who.groups);
                 let mut grants = who.grants;
                 grants.extend(self.stored_grants(&group_subjects(&who.groups)).await?);
-                return Ok(self.identity(format!("oidc:{}", who.name), Source::Oidc, admin, grants));
+                return Ok(self.identity(format!("oidc:{}", who.name), admin, grants, None));
             }
         }
         if password.starts_with(secrets::ROBOT_TOKEN_PREFIX) {
@@ -239,28 +288,39 @@ impl Auth {
         }
         let user = self.store.user(login).await.map_err(store_failure)?;
         if let Some(user) = user {
-            let hash = user.password_hash.clone();
-            let password = password.to_string();
-            let matches = tokio::task::spawn_blocking(move || secrets::verify_password(&hash, &password))
-                .await
-                .unwrap_or(false);
-            if !matches || user.disabled {
+            if !self.check_password(Some(user.password_hash.clone()), password).await || user.disabled {
                 return Err(Failure::Invalid);
             }
-            let grants = self.stored_grants(&[(SubjectKind::User, user.name.clone())]).await?;
-            return Ok(self.identity(user.name, Source::User, user.admin, grants));
+            return self.local_user(user).await;
         }
         if let Some(external) = &self.external {
             let who = external.validate(login, password).await?;
+            // A local user's name is never taken by an outside account, whichever
+            // of its id, username or email it logged in with.
+            if self.store.user(who.name()).await.map_err(store_failure)?.is_some() {
+                tracing::warn!(name = ?who.name(), "external account refused: a local user has its name");
+                return Err(Failure::Invalid);
+            }
             let mut subjects = group_subjects(&who.groups);
             subjects.push((SubjectKind::User, who.name().to_string()));
             let grants = self.stored_grants(&subjects).await?;
             let admin = self.in_admin_group(&who.groups);
-            return Ok(self.identity(who.name().to_string(), Source::External, admin, grants));
+            return Ok(self.identity(who.name().to_string(), admin, grants, None));
         }
-        let password = password.to_string();
-        let _ = tokio::task::spawn_blocking(move || secrets::verify_against_nothing(&password)).await;
+        self.check_password(None, password).await;
         Err(Failure::Invalid)
+    }
+
+    async fn local_user(&self, user: berth_meta::access::UserRecord) -> Result<Identity, Failure> {
+        let grants = self.stored_grants(&[(SubjectKind::User, user.name.clone())]).await?;
+        let refresh = Some((format!("user:{}", user.name), generation(&user.password_hash)));
+        Ok(self.identity(user.name, user.admin, grants, refresh))
+    }
+
+    async fn robot_identity(&self, robot: berth_meta::access::RobotRecord) -> Result<Identity, Failure> {
+        let grants = self.stored_grants(&[(SubjectKind::Robot, robot.name.clone())]).await?;
+        let refresh = Some((format!("robot:{}", robot.name), generation(&robot.token_hash)));
+        Ok(self.identity(format!("robot:{}", robot.name), false, grants, refresh))
     }
 
     async fn robot(&self, token: &str) -> Result<Identity, Failure> {
@@ -280,51 +340,55 @@ impl Auth {
         if let Err(e) = self.store.touch_robot(&robot.name, now_ms).await {
             tracing::warn!(robot = %robot.name, error = %e, "recording a robot's last use failed");
         }
-        let grants = self.stored_grants(&[(SubjectKind::Robot, robot.name.clone())]).await?;
-        Ok(self.identity(format!("robot:{}", robot.name), Source::Robot, false, grants))
+        self.robot_identity(robot).await
     }
 
     /// The identity a refresh token stands for, checked again against the
-    /// store: a disabled user or revoked robot gets nothing.
+    /// store: a disabled user, a changed password, or a revoked (or replaced)
+    /// robot gets nothing.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Identity, AuthError> {
-        let claims = self
-            .tokens
-            .verify_refresh(refresh_token)
-            .map_err(|_| AuthError::InvalidRefreshToken)?;
+        let invalid = || AuthError::InvalidRefreshToken;
+        let claims = self.tokens.verify_refresh(refresh_token).map_err(|_| invalid())?;
+        let to_error = |f: Failure| match f {
+            Failure::Invalid => invalid(),
+            Failure::Unavailable(why) => AuthError::Unavailable(why),
+        };
         if let Some(name) = claims.sub.strip_prefix("user:") {
-            let user = self.store.user(name).await?.ok_or(AuthError::InvalidRefreshToken)?;
-            if user.disabled {
-                return Err(AuthError::InvalidRefreshToken);
+            let user = self.store.user(name).await?.ok_or_else(invalid)?;
+            if user.disabled || generation(&user.password_hash) != claims.gen {
+                return Err(invalid());
             }
-            let grants = self
-                .stored_grants(&[(SubjectKind::User, user.name.clone())])
-                .await
-                .map_err(|_| AuthError::Internal("reading grants failed".into()))?;
-            return Ok(self.identity(user.name, Source::User, user.admin, grants));
+            return self.local_user(user).await.map_err(to_error);
         }
         if let Some(name) = claims.sub.strip_prefix("robot:") {
-            let live = self.store.list_robots().await?.into_iter().find(|r| r.name == name);
+            let robot = self.store.list_robots().await?.into_iter().find(|r| r.name == name);
             let now_ms = i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000);
-            match live {
-                Some(r) if r.revoked_ms.is_none() && r.expires_ms.is_none_or(|e| e > now_ms) => {
-                    let grants = self
-                        .stored_grants(&[(SubjectKind::Robot, r.name.clone())])
-                        .await
-                        .map_err(|_| AuthError::Internal("reading grants failed".into()))?;
-                    return Ok(self.identity(format!("robot:{}", r.name), Source::Robot, false, grants));
+            return match robot {
+                Some(r)
+                    if r.revoked_ms.is_none()
+                        && r.expires_ms.is_none_or(|e| e > now_ms)
+                        && generation(&r.token_hash) == claims.gen =>
+                {
+                    self.robot_identity(r).await.map_err(to_error)
                 }
-                _ => return Err(AuthError::InvalidRefreshToken),
-            }
+                _ => Err(invalid()),
+            };
         }
-        Err(AuthError::InvalidRefreshToken)
+        Err(invalid())
     }
 
-    fn identity(&self, subject: String, source: Source, admin: bool, mut grants: Vec<Grant>) -> Identity {
+    fn identity(
+        &self,
+        subject: String,
+        admin: bool,
+        mut grants: Vec<Grant>,
+        refresh: Option<(String, String)>,
+    ) -> Identity {
         grants.extend(self.anonymous.iter().cloned());
         Identity {
             subject,
-            source,
             permissions: Permissions { admin, grants },
+            refresh,
         }
     }
 
@@ -399,7 +463,9 @@ impl Auth {
     }
 
     /// Signs an access token (and a refresh token when asked for one and the
-    /// identity can be checked again later: local users and robots).
+    /// identity can be checked again later: local users and robots). Refresh
+    /// grants pass `offline = false`, so a refresh token is never renewed and
+    /// ends `refresh_lifetime_secs` after the login that made it.
     pub fn issue(&self, identity: &Identity, scopes: &[Scope], offline: bool) -> Result<TokenResponse, AuthError> {
         let access = self.grant(identity, scopes);
         let catalog = access.iter().any(|e| e.kind == "registry");
@@ -412,15 +478,10 @@ impl Auth {
             .tokens
             .issue(&identity.subject, access, identity.permissions.admin, cat)
             .map_err(|e| AuthError::Internal(e.to_string()))?;
-        let refresh_subject = match identity.source {
-            Source::User => Some(format!("user:{}", identity.subject)),
-            Source::Robot => Some(identity.subject.clone()),
-            _ => None,
-        };
-        let refresh_token = match refresh_subject.filter(|_| offline) {
-            Some(sub) => Some(
+        let refresh_token = match identity.refresh.as_ref().filter(|_| offline) {
+            Some((sub, gen)) => Some(
                 self.tokens
-                    .issue_refresh(&sub)
+                    .issue_refresh(sub, gen)
                     .map_err(|e| AuthError::Internal(e.to_string()))?,
             ),
             None => None,

@@ -71,6 +71,8 @@ pub struct RefreshClaims {
     pub iat: u64,
     pub jti: String,
     pub typ: String,
+    /// The generation of the credential the login used (see `Identity`).
+    pub gen: String,
 }
 
 const ACCESS: &str = "access";
@@ -160,7 +162,7 @@ impl TokenService {
         Ok((token, now))
     }
 
-    pub fn issue_refresh(&self, sub: &str) -> anyhow::Result<String> {
+    pub fn issue_refresh(&self, sub: &str, gen: &str) -> anyhow::Result<String> {
         let now = now_secs();
         let claims = RefreshClaims {
             iss: self.service.clone(),
@@ -170,6 +172,7 @@ impl TokenService {
             iat: now,
             jti: token_id(),
             typ: REFRESH.into(),
+            gen: gen.to_string(),
         };
         jsonwebtoken::encode(&self.header(), &claims, &self.encoding).context("signing a refresh token")
     }
@@ -283,7 +286,7 @@ mod tests {
     #[test]
     fn refresh_tokens_are_not_access_tokens() {
         let tokens = service();
-        let refresh = tokens.issue_refresh("user:alice").unwrap();
+        let refresh = tokens.issue_refresh("user:alice", "g1").unwrap();
         assert_eq!(tokens.verify_refresh(&refresh).unwrap().sub, "user:alice");
         assert!(tokens.verify(&refresh).is_err());
     }

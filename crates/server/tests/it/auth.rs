@@ -397,6 +397,20 @@ async fn failed_logins_are_limited_per_account_and_address() {
 }
 
 #[tokio::test]
+async fn concurrent_failed_logins_cannot_overrun_the_limit() {
+    let app = token_app("[auth.login_limit]\nfailures = 3\nwindow_secs = 3600");
+    add_user(&app, "alice", ALICE_PASSWORD, false);
+    let attempts = (0..20).map(|i| {
+        let app = &app;
+        async move { token_response(app, Some(("alice", &format!("guess-{i}"))), &[]).await.0 }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((unauthorized, limited), (3, 17), "{statuses:?}");
+}
+
+#[tokio::test]
 async fn the_oauth2_form_issues_and_honours_refresh_tokens() {
     let app = token_app("");
     add_user(&app, "alice", ALICE_PASSWORD, false);
@@ -465,6 +479,84 @@ async fn the_oauth2_form_issues_and_honours_refresh_tokens() {
     assert_error(resp, 401, "UNAUTHORIZED").await;
     let resp = post(form(&[("grant_type", "client_credentials")])).await.unwrap();
     assert_error(resp, 400, "INVALID_REQUEST").await;
+
+    // Credentials in a GET query are ignored: the answer is an anonymous token.
+    let resp = app
+        .client
+        .get(app.url(&format!(
+            "/v2/token?grant_type=password&username=alice&password={ALICE_PASSWORD}&scope=repository:team/app:pull"
+        )))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(access_of(body["token"].as_str().unwrap()), json!([]));
+    let resp = post(form(&[("username", "alice"), ("password", ALICE_PASSWORD)]))
+        .await
+        .unwrap();
+    assert_error(resp, 400, "INVALID_REQUEST").await;
+
+    // A refresh grant gives no new refresh token, so one lasts at most its lifetime.
+    let resp = post(form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("access_type", "offline"),
+    ]))
+    .await
+    .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["refresh_token"].is_null(), "{body}");
+
+    // A new password voids the refresh tokens of the old one.
+    let (ok, _, _) = app.cli(&["user", "passwd", "alice"], "another-password\n");
+    assert!(ok);
+    let resp = post(form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]))
+        .await
+        .unwrap();
+    assert_error(resp, 401, "UNAUTHORIZED").await;
+    let resp = post(form(&[
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "another-password"),
+        ("access_type", "offline"),
+    ]))
+    .await
+    .unwrap();
+    let refresh = resp.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A robot's refresh token dies with the robot, even when its name is reused.
+    let ci = robot(&app, "ci", &["team/*:push"], None);
+    let resp = post(form(&[
+        ("grant_type", "password"),
+        ("username", "x"),
+        ("password", &ci),
+        ("access_type", "offline"),
+    ]))
+    .await
+    .unwrap();
+    let robot_refresh = resp.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refreshed = post(form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &robot_refresh),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    assert!(app.cli(&["token", "revoke", "ci"], "").0);
+    robot(&app, "ci", &["team/*:push"], None);
+    let resp = post(form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &robot_refresh),
+    ]))
+    .await
+    .unwrap();
+    assert_error(resp, 401, "UNAUTHORIZED").await;
 
     // Disabling the user ends the refresh token's use.
     let (ok, _, _) = app.cli(&["user", "disable", "alice"], "");

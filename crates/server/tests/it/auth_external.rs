@@ -136,10 +136,19 @@ async fn the_service_url_can_come_from_validation_service_url() {
 
 #[tokio::test]
 async fn local_users_take_precedence_over_the_service() {
-    let ext = External::start(json!({"tok-alice": {"id": "7", "username": "alice", "email": ""}}));
+    let ext = External::start(json!({"tok-alice": {"id": "7", "username": "alice", "email": "alice@ext.example"}}));
     let app = token_app(&format!("[auth.external]\nurl = \"{}\"", ext.helper.url));
     add_user(&app, "alice", ALICE_PASSWORD, false);
     assert_eq!(token_response(&app, Some(("alice", "tok-alice")), &[]).await.0, 401);
     assert_eq!(token_response(&app, Some(("alice", ALICE_PASSWORD)), &[]).await.0, 200);
     assert_eq!(ext.requests().await, 0);
+    // An outside account named like a local user cannot log in under another of
+    // its names and become that user.
+    for login in ["alice@ext.example", "7"] {
+        assert_eq!(
+            token_response(&app, Some((login, "tok-alice")), &[]).await.0,
+            401,
+            "{login}"
+        );
+    }
 }
