@@ -4,7 +4,7 @@
 use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
-use crate::{MetaError, MetaStore, NewManifest, UploadRecord};
+use crate::{ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, UploadRecord};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
     NewManifest {
@@ -16,6 +16,7 @@ fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Opti
         body: body.as_bytes().to_vec(),
         blobs,
         children,
+        pushed_by: Some("alice".into()),
     }
 }
 
@@ -27,6 +28,54 @@ pub async fn run_all(meta: &dyn MetaStore) {
     deleting_a_manifest_removes_its_tags(meta).await;
     referrers_are_found_by_subject(meta).await;
     uploads_advance_only_from_the_expected_offset(meta).await;
+    pulls_add_up_and_keep_the_latest_time(meta).await;
+}
+
+async fn pulls_add_up_and_keep_the_latest_time(meta: &dyn MetaStore) {
+    let m = manifest(r#"{"pulls":1}"#, vec![], vec![], None);
+    meta.put_manifest("p/one", &m, Some("v1"), 100).await.unwrap();
+    let facts = meta.manifest_facts("p/one", &m.digest).await.unwrap().unwrap();
+    assert_eq!(
+        facts,
+        ManifestFacts {
+            provenance: "pushed".into(),
+            pushed_by: Some("alice".into()),
+            pushed_ms: 100,
+            last_pulled_ms: None,
+            pull_count: 0
+        }
+    );
+    let by_tag = |count, last_ms| PullRecord {
+        repo: "p/one".into(),
+        digest: m.digest.clone(),
+        tag: Some("v1".into()),
+        count,
+        last_ms,
+    };
+    let by_digest = PullRecord {
+        tag: None,
+        ..by_tag(5, 150)
+    };
+    let gone = PullRecord {
+        repo: "p/none".into(),
+        ..by_tag(1, 500)
+    };
+    meta.record_pulls(&[by_tag(2, 200), by_digest, gone]).await.unwrap();
+    meta.record_pulls(&[by_tag(1, 120)]).await.unwrap();
+    let facts = meta.manifest_facts("p/one", &m.digest).await.unwrap().unwrap();
+    assert_eq!((facts.pull_count, facts.last_pulled_ms), (8, Some(200)));
+    let tag = meta.tag_facts("p/one", "v1").await.unwrap().unwrap();
+    assert_eq!((tag.pull_count, tag.last_pulled_ms, tag.pushed_ms), (3, Some(200), 100));
+    // A pull recorded for a tag that has moved on counts for the manifest only.
+    let other = manifest(r#"{"pulls":2}"#, vec![], vec![], None);
+    meta.put_manifest("p/one", &other, Some("v1"), 300).await.unwrap();
+    meta.record_pulls(&[by_tag(1, 400)]).await.unwrap();
+    let tag = meta.tag_facts("p/one", "v1").await.unwrap().unwrap();
+    assert_eq!(
+        (tag.digest, tag.pull_count, tag.pushed_ms),
+        (other.digest.clone(), 3, 300)
+    );
+    assert_eq!(meta.tag_facts("p/one", "v9").await.unwrap(), None);
 }
 
 async fn blobs_are_served_only_where_linked(meta: &dyn MetaStore) {

@@ -47,6 +47,39 @@ pub struct NewManifest {
     pub blobs: Vec<Digest>,
     /// Manifests that must already exist in the repository.
     pub children: Vec<Digest>,
+    /// Who pushed it (a token subject), when the registry knows.
+    pub pushed_by: Option<String>,
+}
+
+/// Pulls of one manifest (and, when pulled by tag, of that tag) since the
+/// last time pulls were recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullRecord {
+    pub repo: String,
+    pub digest: Digest,
+    pub tag: Option<String>,
+    pub count: u64,
+    pub last_ms: i64,
+}
+
+/// How a manifest arrived and how it has been used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestFacts {
+    /// `pushed`, `mirrored` or `snapshot`.
+    pub provenance: String,
+    pub pushed_by: Option<String>,
+    pub pushed_ms: i64,
+    pub last_pulled_ms: Option<i64>,
+    pub pull_count: u64,
+}
+
+/// When a tag was pushed and pulled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagFacts {
+    pub digest: Digest,
+    pub pushed_ms: i64,
+    pub last_pulled_ms: Option<i64>,
+    pub pull_count: u64,
 }
 
 /// A manifest as stored.
@@ -126,6 +159,14 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Manifests of `repo` whose subject is `subject`, optionally of one artifact type.
     async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>>;
+
+    /// Adds pull counts and last-pull times in one transaction; records of
+    /// manifests or tags that are gone are skipped.
+    async fn record_pulls(&self, pulls: &[PullRecord]) -> Result<()>;
+
+    async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>>;
+
+    async fn tag_facts(&self, repo: &str, tag: &str) -> Result<Option<TagFacts>>;
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<()>;
 

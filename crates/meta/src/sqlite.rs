@@ -15,7 +15,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::{MetaError, MetaStore, NewManifest, Referrer, Result, StoredManifest, UploadRecord};
+use crate::{
+    ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, Referrer, Result, StoredManifest, TagFacts,
+    UploadRecord,
+};
 
 /// Metadata in a SQLite database file.
 #[derive(Debug, Clone)]
@@ -217,8 +220,9 @@ impl MetaStore for SqliteMeta {
         }
         let digest = m.digest.to_string();
         let inserted = sqlx::query(
-            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, size, body, pushed_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repo_id, digest) DO NOTHING",
+            "INSERT INTO manifests \
+             (repo_id, digest, media_type, artifact_type, subject, annotations, size, body, pushed_ms, pushed_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (repo_id, digest) DO NOTHING",
         )
         .bind(repo_id)
         .bind(&digest)
@@ -229,6 +233,7 @@ impl MetaStore for SqliteMeta {
         .bind(to_i64(m.body.len() as u64))
         .bind(&m.body)
         .bind(now_ms)
+        .bind(&m.pushed_by)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() > 0 {
@@ -372,6 +377,84 @@ impl MetaStore for SqliteMeta {
                 })
             })
             .collect()
+    }
+
+    async fn record_pulls(&self, pulls: &[PullRecord]) -> Result<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for p in pulls {
+            sqlx::query(&format!(
+                "UPDATE manifests SET pull_count = pull_count + $3, \
+                 last_pulled_ms = MAX(COALESCE(last_pulled_ms, $4), $4) \
+                 WHERE repo_id = {REPO_ID} AND digest = $2"
+            ))
+            .bind(&p.repo)
+            .bind(p.digest.to_string())
+            .bind(to_i64(p.count))
+            .bind(p.last_ms)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(tag) = &p.tag {
+                // Only while the tag still names the pulled manifest.
+                sqlx::query(&format!(
+                    "UPDATE tags SET pull_count = pull_count + $4, \
+                     last_pulled_ms = MAX(COALESCE(last_pulled_ms, $5), $5) \
+                     WHERE repo_id = {REPO_ID} AND name = $2 AND manifest_digest = $3"
+                ))
+                .bind(&p.repo)
+                .bind(tag)
+                .bind(p.digest.to_string())
+                .bind(to_i64(p.count))
+                .bind(p.last_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>> {
+        let row = sqlx::query(&format!(
+            "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count FROM manifests \
+             WHERE repo_id = {REPO_ID} AND digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(ManifestFacts {
+                provenance: r.try_get("provenance")?,
+                pushed_by: r.try_get("pushed_by")?,
+                pushed_ms: r.try_get("pushed_ms")?,
+                last_pulled_ms: r.try_get("last_pulled_ms")?,
+                pull_count: to_u64(r.try_get("pull_count")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn tag_facts(&self, repo: &str, tag: &str) -> Result<Option<TagFacts>> {
+        let row = sqlx::query(&format!(
+            "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
+             WHERE repo_id = {REPO_ID} AND name = $2"
+        ))
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(TagFacts {
+                digest: parse_digest(r.try_get("manifest_digest")?)?,
+                pushed_ms: r.try_get("pushed_ms")?,
+                last_pulled_ms: r.try_get("last_pulled_ms")?,
+                pull_count: to_u64(r.try_get("pull_count")?),
+            })
+        })
+        .transpose()
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {

@@ -59,6 +59,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     let app = Arc::new(App::open(config).await?);
     spawn_upload_purge(app.clone());
+    spawn_pull_flush(app.clone());
 
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request<_>| {
@@ -89,8 +90,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")?;
+    if let Err(e) = app.registry.flush_pulls().await {
+        tracing::warn!(error = %e, "recording the last pulls failed");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often gathered pull counts are written.
+const PULL_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+fn spawn_pull_flush(app: Arc<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PULL_FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = app.registry.flush_pulls().await {
+                tracing::warn!(error = %e, "recording pulls failed; will retry");
+            }
+        }
+    });
 }
 
 /// An open registry on a non-loopback address deserves a loud warning.

@@ -49,6 +49,14 @@ impl Access {
         move |repo| everything || patterns.iter().any(|p| p.matches(repo))
     }
 
+    /// The token's subject, for `pushed_by`; `None` without auth.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Access::Open => None,
+            Access::Token(claims) => Some(claims.sub.as_str()).filter(|s| !s.is_empty()),
+        }
+    }
+
     /// Whether the holder may read every repository (so no per-repository check is needed).
     pub fn sees_everything(&self) -> bool {
         match self {

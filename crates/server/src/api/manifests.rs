@@ -22,7 +22,7 @@ pub async fn get_manifest(
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
-    let manifest = registry.get_manifest(&repo, &reference, &accept).await?;
+    let manifest = registry.get_manifest(&repo, &reference, &accept, !head).await?;
     let mut headers = HeaderMap::new();
     set_header(&mut headers, header::CONTENT_TYPE, &manifest.media_type);
     set_header(&mut headers, header::CONTENT_LENGTH, &manifest.body.len().to_string());
@@ -36,7 +36,13 @@ pub async fn get_manifest(
     Ok(response)
 }
 
-pub async fn put_manifest(registry: &Registry, repo: RepoName, reference: Reference, req: Request) -> ApiResult {
+pub async fn put_manifest(
+    registry: &Registry,
+    repo: RepoName,
+    reference: Reference,
+    req: Request,
+    pushed_by: Option<&str>,
+) -> ApiResult {
     let limit = registry.manifest_limit();
     let too_large = || ApiError::from(RegistryError::ManifestTooLarge { limit });
     if content_length(req.headers()).is_some_and(|len| len > limit as u64) {
@@ -52,7 +58,7 @@ pub async fn put_manifest(registry: &Registry, repo: RepoName, reference: Refere
         }
     })?;
     let pushed = registry
-        .put_manifest(&repo, &reference, content_type.as_deref(), body.to_vec())
+        .put_manifest(&repo, &reference, content_type.as_deref(), body.to_vec(), pushed_by)
         .await?;
     let mut headers = HeaderMap::new();
     set_header(

@@ -110,7 +110,9 @@ async fn route(app: &App, req: Request) -> ApiResult {
         Endpoint::GetManifest { repo, reference, head } => {
             manifests::get_manifest(registry, repo, reference, head, req).await
         }
-        Endpoint::PutManifest { repo, reference } => manifests::put_manifest(registry, repo, reference, req).await,
+        Endpoint::PutManifest { repo, reference } => {
+            manifests::put_manifest(registry, repo, reference, req, access.subject()).await
+        }
         Endpoint::DeleteManifest { repo, reference } => manifests::delete_manifest(registry, repo, reference).await,
         Endpoint::GetBlob { repo, digest, head } => blobs::get_blob(registry, repo, digest, head, req).await,
         Endpoint::DeleteBlob { repo, digest } => blobs::delete_blob(registry, repo, digest).await,

@@ -43,13 +43,15 @@ fn accepts(accept: &[String], stored: &str) -> bool {
 }
 
 impl Registry {
-    /// Validates and stores a manifest under `reference` (a tag or its digest).
+    /// Validates and stores a manifest under `reference` (a tag or its digest),
+    /// recording `pushed_by` (a token subject) when known.
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         body: Vec<u8>,
+        pushed_by: Option<&str>,
     ) -> Result<PushedManifest> {
         if body.len() > self.limits.manifest_max_bytes {
             return Err(RegistryError::ManifestTooLarge {
@@ -83,6 +85,7 @@ impl Registry {
             body,
             blobs: dedup(manifest.required_blobs().map(|d| d.digest.clone())),
             children: dedup(manifest.manifests.iter().map(|d| d.digest.clone())),
+            pushed_by: pushed_by.map(str::to_string),
         };
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str()),
@@ -98,11 +101,13 @@ impl Registry {
     }
 
     /// The manifest at `reference`, if the `Accept` header allows its type.
+    /// A `pull` (a GET, not a HEAD) is counted for the manifest and the tag.
     pub async fn get_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         accept: &[String],
+        pull: bool,
     ) -> Result<StoredManifest> {
         let found = match reference {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
@@ -115,6 +120,13 @@ impl Registry {
             return Err(RegistryError::ManifestNotAcceptable {
                 stored: manifest.media_type,
             });
+        }
+        if pull {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t.as_str()),
+                Reference::Digest(_) => None,
+            };
+            self.pulls.record(repo.as_str(), &manifest.digest, tag, self.now_ms());
         }
         Ok(manifest)
     }

@@ -6,6 +6,7 @@
 
 mod blobs;
 mod manifests;
+mod pulls;
 mod uploads;
 
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     limits: Limits,
     sessions: uploads::SessionLocks,
+    pulls: pulls::PullRecorder,
 }
 
 impl Registry {
@@ -99,7 +101,14 @@ impl Registry {
             clock,
             limits,
             sessions: uploads::SessionLocks::default(),
+            pulls: pulls::PullRecorder::default(),
         }
+    }
+
+    /// Writes the pulls gathered since the last call; returns how many
+    /// (manifest, tag) records were written.
+    pub async fn flush_pulls(&self) -> Result<usize> {
+        Ok(self.pulls.flush(self.meta.as_ref()).await?)
     }
 
     /// The manifest size limit in bytes.
