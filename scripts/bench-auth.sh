@@ -15,7 +15,8 @@
 #   off+hdr   auth off, the same Authorization header sent (and ignored): the
 #             cost of carrying a token (client and kernel), without checking it
 #   on        auth on, with the token
-# Results: bench-results/auth.txt and auth.json. Takes about 3 minutes.
+# Nine runs of each by default. Results: bench-results/auth.txt and auth.json.
+# Takes about 5 minutes.
 # Env: BERTH_BIN (default target/release/berth).
 set -euo pipefail
 
@@ -23,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT="$ROOT/bench-results"
 BENCH_PY="$ROOT/../shared/bench/bench.py"
-build=1 runs=5 secs=10
+build=1 runs=9 secs=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
