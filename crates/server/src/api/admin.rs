@@ -68,7 +68,7 @@ async fn admin(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<Strin
     {
         let claims = auth.verify(token).ok_or_else(unauthorized)?;
         return if claims.adm {
-            Ok(format!("user:{}", claims.sub))
+            Ok(crate::auth::actor_of_subject(&claims.sub))
         } else {
             Err(denied())
         };
