@@ -3,11 +3,12 @@
 //! administrator's Basic credentials. With `auth.mode = "none"` it is open,
 //! like the rest of the registry.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -16,8 +17,8 @@ use berth_oci::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::basic_credentials;
-use super::{header_str, ApiError};
+use super::auth::{basic_credentials, bearer};
+use super::ApiError;
 use crate::app::App;
 use crate::auth::manage::{self, ManageError};
 use crate::config::AuthMode;
@@ -48,37 +49,46 @@ impl From<ManageError> for ApiError {
     }
 }
 
-/// The administrator making the request, as an audit actor.
-async fn admin(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<String, ApiError> {
-    let auth = &app.auth;
-    if auth.mode == AuthMode::None {
-        return Ok("anonymous".into());
-    }
-    let unauthorized = || {
-        ApiError::new(ErrorCode::Unauthorized, "administrator credentials required").with_header(
-            axum::http::header::WWW_AUTHENTICATE,
-            format!("Basic realm=\"{} admin\"", auth.service),
-        )
-    };
-    let denied = || ApiError::new(ErrorCode::Denied, "only administrators may use the admin API");
-    if let Some(token) = header_str(headers, "authorization")
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-    {
-        let claims = auth.verify(token).ok_or_else(unauthorized)?;
-        return if claims.adm {
-            Ok(crate::auth::actor_of_subject(&claims.sub))
+/// The administrator making the request, as an audit actor. Extracting it
+/// is the admin check: a handler that takes an `Admin` runs for
+/// administrators only.
+struct Admin(String);
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let auth = &app.auth;
+        if auth.mode == AuthMode::None {
+            return Ok(Admin("anonymous".into()));
+        }
+        let unauthorized = || {
+            ApiError::new(ErrorCode::Unauthorized, "administrator credentials required").with_header(
+                axum::http::header::WWW_AUTHENTICATE,
+                format!("Basic realm=\"{} admin\"", auth.service),
+            )
+        };
+        let denied = || ApiError::new(ErrorCode::Denied, "only administrators may use the admin API");
+        if let Some(token) = bearer(&parts.headers) {
+            let claims = auth.verify(token).ok_or_else(unauthorized)?;
+            return if claims.adm {
+                Ok(Admin(crate::auth::actor_of_subject(&claims.sub)))
+            } else {
+                Err(denied())
+            };
+        }
+        let (login, password) = basic_credentials(&parts.headers)?.ok_or_else(unauthorized)?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let identity = auth.login(peer, &login, &password).await?;
+        if identity.permissions.admin {
+            Ok(Admin(identity.actor()))
         } else {
             Err(denied())
-        };
-    }
-    let (login, password) = basic_credentials(headers)?.ok_or_else(unauthorized)?;
-    let identity = auth.login(peer.ip(), &login, &password).await?;
-    if identity.permissions.admin {
-        Ok(identity.actor())
-    } else {
-        Err(denied())
+        }
     }
 }
 
@@ -132,12 +142,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))
 }
 
-async fn list_users(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> AdminResult {
-    admin(&app, peer, &headers).await?;
+async fn list_users(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
     let users = app.auth.store().list_users().await.map_err(store_error)?;
     Ok(Json(json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
 }
@@ -151,13 +156,7 @@ struct NewUser {
     admin: bool,
 }
 
-async fn create_user(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
+async fn create_user(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let user: NewUser = parse_body(&body)?;
     manage::create_user(
         app.auth.store().as_ref(),
@@ -178,12 +177,10 @@ struct NewPassword {
 
 async fn set_password(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Admin(actor): Admin,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
     let change: NewPassword = parse_body(&body)?;
     manage::set_password(app.auth.store().as_ref(), &name, &change.password, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -192,11 +189,9 @@ async fn set_password(
 /// `POST /users/{name}/disable` and `…/enable`.
 async fn set_user_state(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((name, state)): Path<(String, String)>,
-    headers: HeaderMap,
+    Admin(actor): Admin,
 ) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
     let disabled = match state.as_str() {
         "disable" => true,
         "enable" => false,
@@ -206,12 +201,7 @@ async fn set_user_state(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tokens(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> AdminResult {
-    admin(&app, peer, &headers).await?;
+async fn list_tokens(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
     let robots = app.auth.store().list_robots().await.map_err(store_error)?;
     Ok(Json(json!({ "tokens": robots.iter().map(robot_json).collect::<Vec<_>>() })).into_response())
 }
@@ -225,13 +215,7 @@ struct NewToken {
     expires: Option<String>,
 }
 
-async fn create_token(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
+async fn create_token(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let new: NewToken = parse_body(&body)?;
     let token = manage::create_token(
         app.auth.store().as_ref(),
@@ -244,23 +228,12 @@ async fn create_token(
     created(json!({ "name": new.name, "token": token }))
 }
 
-async fn revoke_token(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
+async fn revoke_token(State(app): State<Arc<App>>, Path(name): Path<String>, Admin(actor): Admin) -> AdminResult {
     manage::revoke_token(app.auth.store().as_ref(), &name, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_grants(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> AdminResult {
-    admin(&app, peer, &headers).await?;
+async fn list_grants(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
     let grants = app.auth.store().list_grants().await.map_err(store_error)?;
     Ok(Json(json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() })).into_response())
 }
@@ -273,25 +246,13 @@ struct NewGrantBody {
     role: String,
 }
 
-async fn add_grant(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
+async fn add_grant(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let g: NewGrantBody = parse_body(&body)?;
     let id = manage::add_grant(app.auth.store().as_ref(), &g.subject, &g.pattern, &g.role, &actor).await?;
     created(json!({ "id": id, "subject": g.subject, "pattern": g.pattern, "role": g.role }))
 }
 
-async fn remove_grant(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> AdminResult {
-    let actor = admin(&app, peer, &headers).await?;
+async fn remove_grant(State(app): State<Arc<App>>, Path(id): Path<String>, Admin(actor): Admin) -> AdminResult {
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("grant id {id:?} is not a number")))?;
@@ -305,13 +266,7 @@ struct AuditQuery {
     before: Option<String>,
 }
 
-async fn audit_log(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
-) -> AdminResult {
-    admin(&app, peer, &headers).await?;
+async fn audit_log(State(app): State<Arc<App>>, _: Admin, Query(q): Query<AuditQuery>) -> AdminResult {
     let number = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
         v.as_deref()
             .map(|s| {

@@ -127,7 +127,8 @@ fn challenge(auth: &Auth, headers: &HeaderMap, needs: &Needs, bad_token: bool, d
     error.with_header(header::WWW_AUTHENTICATE, value)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = header_str(headers, "authorization")?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
