@@ -90,10 +90,7 @@ pub fn actor_of_subject(subject: &str) -> String {
 /// A short digest naming one credential (a password hash, a robot token hash).
 fn generation(credential: &str) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(credential.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&sha2::Sha256::digest(credential.as_bytes())[..8])
 }
 
 /// Argon2 checks run at once at most; each takes about 19 MiB and a core.

@@ -54,10 +54,7 @@ pub fn new_robot_token() -> String {
 
 /// What is stored of a robot token.
 pub fn robot_token_hash(token: &str) -> String {
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

@@ -99,11 +99,7 @@ pub fn now_secs() -> u64 {
 fn token_id() -> String {
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
-    hex_lower(&bytes)
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 impl TokenService {
@@ -118,7 +114,7 @@ impl TokenService {
         TokenService {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            kid: hex_lower(&digest[..8]),
+            kid: hex::encode(&digest[..8]),
             service: service.to_string(),
             lifetime,
             refresh_lifetime,
