@@ -8,7 +8,7 @@ use berth_meta::{AccessStore, MetaError};
 
 use super::access::Grant;
 use super::secrets;
-use super::token::now_secs;
+use crate::clock::{Clock, SystemClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -25,7 +25,7 @@ pub enum ManageError {
 type Result<T> = std::result::Result<T, ManageError>;
 
 pub fn now_ms() -> i64 {
-    i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000)
+    SystemClock.now_ms()
 }
 
 pub fn audit(actor: &str) -> Audit {

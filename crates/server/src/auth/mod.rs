@@ -27,7 +27,7 @@ use self::access::{Grant, Pattern, Permissions, Role, Scope};
 use self::external::ExternalValidator;
 use self::limiter::LoginLimiter;
 use self::oidc::OidcVerifier;
-use self::token::{now_secs, AccessClaims, AccessEntry, TokenService};
+use self::token::{AccessClaims, AccessEntry, TokenService};
 use self::verified::VerifiedTokens;
 use crate::config::{AuthConfig, AuthMode};
 
@@ -328,7 +328,7 @@ impl Auth {
             .await
             .map_err(store_failure)?
             .ok_or(Failure::Invalid)?;
-        let now_ms = i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000);
+        let now_ms = manage::now_ms();
         let equal: bool = robot.token_hash.as_bytes().ct_eq(hash.as_bytes()).into();
         let expired = robot.expires_ms.is_some_and(|e| e <= now_ms);
         if !equal || robot.revoked_ms.is_some() || expired {
@@ -359,7 +359,7 @@ impl Auth {
         }
         if let Some(name) = claims.sub.strip_prefix("robot:") {
             let robot = self.store.list_robots().await?.into_iter().find(|r| r.name == name);
-            let now_ms = i64::try_from(now_secs()).unwrap_or(i64::MAX).saturating_mul(1000);
+            let now_ms = manage::now_ms();
             return match robot {
                 Some(r)
                     if r.revoked_ms.is_none()
