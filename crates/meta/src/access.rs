@@ -119,6 +119,8 @@ pub trait AccessStore: Send + Sync + 'static {
 
     async fn robot_by_token_hash(&self, token_hash: &str) -> Result<Option<RobotRecord>>;
 
+    async fn robot(&self, name: &str) -> Result<Option<RobotRecord>>;
+
     async fn list_robots(&self) -> Result<Vec<RobotRecord>>;
 
     /// Marks a robot revoked and drops its grants; false when there is no such live robot.

@@ -277,6 +277,8 @@ async fn robots_are_found_by_hash_and_revoked_with_their_grants(store: &dyn Acce
         Some(robot.clone())
     );
     assert_eq!(store.robot_by_token_hash(&"cd".repeat(32)).await.unwrap(), None);
+    assert_eq!(store.robot("ci").await.unwrap(), Some(robot.clone()));
+    assert_eq!(store.robot("nobody").await.unwrap(), None);
     store.touch_robot("ci", 20).await.unwrap();
     let found = store.robot_by_token_hash(&robot.token_hash).await.unwrap().unwrap();
     assert_eq!(found.last_used_ms, Some(20));

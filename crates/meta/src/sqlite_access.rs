@@ -214,6 +214,14 @@ impl AccessStore for SqliteMeta {
         row.as_ref().map(robot_record).transpose()
     }
 
+    async fn robot(&self, name: &str) -> Result<Option<RobotRecord>> {
+        let row = sqlx::query(&format!("SELECT {ROBOT_COLUMNS} FROM robots WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(robot_record).transpose()
+    }
+
     async fn list_robots(&self) -> Result<Vec<RobotRecord>> {
         let rows = sqlx::query(&format!("SELECT {ROBOT_COLUMNS} FROM robots ORDER BY name"))
             .fetch_all(&self.reader)

@@ -358,7 +358,7 @@ impl Auth {
             return self.local_user(user).await.map_err(to_error);
         }
         if let Some(name) = claims.sub.strip_prefix("robot:") {
-            let robot = self.store.list_robots().await?.into_iter().find(|r| r.name == name);
+            let robot = self.store.robot(name).await?;
             let now_ms = manage::now_ms();
             return match robot {
                 Some(r)
