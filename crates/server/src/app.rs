@@ -2,6 +2,7 @@
 //! over them, the HTTP server and its background jobs.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,13 +35,10 @@ impl App {
     /// Opens the stores named by `config`.
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        ensure_data_dir(dir)?;
         let blobs =
             FsBlobStore::open(dir).with_context(|| format!("the data directory {} is not writable", dir.display()))?;
-        let db = dir.join("berth.db");
-        let meta = SqliteMeta::open(&db)
-            .await
-            .with_context(|| format!("cannot open the metadata database {}", db.display()))?;
+        let meta = open_meta(dir).await?;
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
         };
@@ -49,6 +47,20 @@ impl App {
         let auth = Auth::open(&config.auth, dir, meta).context("invalid auth configuration")?;
         Ok(App { registry, auth, config })
     }
+}
+
+/// Creates the data directory when it is missing.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// The metadata database of the data directory (used by the server and the
+/// operator subcommands alike).
+pub async fn open_meta(dir: &Path) -> anyhow::Result<SqliteMeta> {
+    let db = dir.join("berth.db");
+    SqliteMeta::open(&db)
+        .await
+        .with_context(|| format!("cannot open the metadata database {}", db.display()))
 }
 
 /// Runs the server until SIGINT or SIGTERM, then drains open requests.

@@ -7,6 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Context;
 use berth_meta::{AccessStore, SqliteMeta};
 
+use crate::app::{ensure_data_dir, open_meta};
 use crate::auth::manage;
 use crate::auth::rfc3339;
 use crate::cli::{GrantCommand, StoreArgs, TokenCommand, UserCommand};
@@ -18,12 +19,8 @@ async fn open(args: &StoreArgs) -> anyhow::Result<SqliteMeta> {
         data_dir: args.data_dir.clone(),
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let db = dir.join("berth.db");
-    SqliteMeta::open(&db)
-        .await
-        .with_context(|| format!("cannot open the metadata database {}", db.display()))
+    ensure_data_dir(&config.data_dir)?;
+    open_meta(&config.data_dir).await
 }
 
 /// `cli:` and the operating-system user running the command.
