@@ -2,17 +2,17 @@
 //! flow, and the check of every `/v2/` request against its token.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_oci::{Endpoint, ErrorCode};
-use std::sync::Arc;
 
 use super::{header_str, ApiError};
 use crate::app::App;
-use crate::auth::access::{Action, Scope};
+use crate::auth::access::{Action, Pattern, Scope};
 use crate::auth::token::AccessClaims;
 use crate::auth::{Auth, AuthError, Identity};
 use crate::config::AuthMode;
@@ -37,15 +37,11 @@ impl Access {
 
     /// Whether the catalog may list `repo`: pullable by the holder.
     pub fn may_list(&self) -> impl Fn(&str) -> bool + '_ {
-        let patterns: Vec<crate::auth::access::Pattern> = match self {
-            Access::Token(claims) if !claims.adm => claims
-                .cat
-                .iter()
-                .filter_map(|p| crate::auth::access::Pattern::parse(p).ok())
-                .collect(),
+        let everything = self.sees_everything();
+        let patterns: Vec<Pattern> = match self {
+            Access::Token(claims) if !everything => claims.cat.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
             _ => Vec::new(),
         };
-        let everything = !matches!(self, Access::Token(c) if !c.adm);
         move |repo| everything || patterns.iter().any(|p| p.matches(repo))
     }
 
