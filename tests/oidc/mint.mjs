@@ -16,6 +16,7 @@
 import {
   createHash, createPublicKey, randomBytes, verify,
 } from 'node:crypto';
+import { parseArgs as nodeParseArgs } from 'node:util';
 
 const REDIRECT_URI = 'http://127.0.0.1/callback';
 const MAX_HOPS = 20;
@@ -30,33 +31,29 @@ function usage(msg) {
 }
 
 function parseArgs(argv) {
-  const positional = [];
-  const opts = { clientId: 'berth', nonce: undefined };
-  for (let i = 0; i < argv.length; i += 1) {
-    let arg = argv[i];
-    let value;
-    const eq = arg.indexOf('=');
-    if (arg.startsWith('--') && eq !== -1) {
-      value = arg.slice(eq + 1);
-      arg = arg.slice(0, eq);
-    }
-    const next = () => {
-      if (value !== undefined) return value;
-      i += 1;
-      if (i >= argv.length) usage(`${arg} needs a value`);
-      return argv[i];
-    };
-    if (arg === '-h' || arg === '--help') usage();
-    else if (arg === '--client-id') opts.clientId = next();
-    else if (arg === '--nonce') opts.nonce = next();
-    else if (arg.startsWith('--')) usage(`unknown option: ${arg}`);
-    else positional.push(arg);
+  let parsed;
+  try {
+    parsed = nodeParseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        'client-id': { type: 'string', default: 'berth' },
+        nonce: { type: 'string' },
+      },
+    });
+  } catch (err) {
+    usage(err.message);
   }
-  if (positional.length !== 2) usage('need ISSUER and SUB');
-  [opts.issuer, opts.sub] = positional;
-  if (!opts.sub) usage('SUB must not be empty');
-  if (!opts.clientId) usage('--client-id must not be empty');
-  return opts;
+  if (parsed.values.help) usage();
+  if (parsed.positionals.length !== 2) usage('need ISSUER and SUB');
+  const [issuer, sub] = parsed.positionals;
+  if (!sub) usage('SUB must not be empty');
+  const clientId = parsed.values['client-id'];
+  if (!clientId) usage('--client-id must not be empty');
+  return {
+    issuer, sub, clientId, nonce: parsed.values.nonce,
+  };
 }
 
 const b64url = (buf) => Buffer.from(buf).toString('base64')

@@ -16,6 +16,7 @@
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
+import { parseArgs as nodeParseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
 
@@ -41,79 +42,49 @@ function usage(msg) {
 }
 
 function parseArgs(argv) {
-  const opts = {
-    port: 0,
-    keyId: 'k1',
-    idTokenTtl: 300,
-    clientIds: ['berth'],
-    extraClaims: {},
-  };
-  for (let i = 0; i < argv.length; i += 1) {
-    let arg = argv[i];
-    let value;
-    const eq = arg.indexOf('=');
-    if (arg.startsWith('--') && eq !== -1) {
-      value = arg.slice(eq + 1);
-      arg = arg.slice(0, eq);
-    }
-    if (arg === '-h' || arg === '--help') usage();
-    const next = () => {
-      if (value !== undefined) return value;
-      i += 1;
-      if (i >= argv.length) usage(`${arg} needs a value`);
-      return argv[i];
-    };
-    switch (arg) {
-      case '--port': {
-        const v = next();
-        const n = Number(v);
-        if (!/^\d+$/.test(v) || n > 65535) usage(`bad --port: ${v}`);
-        opts.port = n;
-        break;
-      }
-      case '--key-id': {
-        const v = next();
-        if (!v) usage('--key-id must not be empty');
-        opts.keyId = v;
-        break;
-      }
-      case '--id-token-ttl': {
-        const v = next();
-        const n = Number(v);
-        if (!/^\d+$/.test(v) || n < 1) usage(`bad --id-token-ttl (whole seconds, >= 1): ${v}`);
-        opts.idTokenTtl = n;
-        break;
-      }
-      case '--client-id': {
-        const ids = next().split(',').map((s) => s.trim()).filter(Boolean);
-        if (!ids.length) usage('--client-id must not be empty');
-        opts.clientIds = ids;
-        break;
-      }
-      case '--extra-claims': {
-        const v = next();
-        let parsed;
-        try {
-          parsed = JSON.parse(v);
-        } catch (err) {
-          usage(`--extra-claims is not JSON: ${err.message}`);
-        }
-        if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-          usage('--extra-claims must be a JSON object');
-        }
-        for (const name of Object.keys(parsed)) {
-          if (OVERRIDDEN_CLAIMS.has(name)) {
-            usage(`--extra-claims: "${name}" is set by the provider itself and cannot be overridden`);
-          }
-        }
-        opts.extraClaims = parsed;
-        break;
-      }
-      default:
-        usage(`unknown argument: ${argv[i]}`);
+  let parsed;
+  try {
+    parsed = nodeParseArgs({
+      args: argv,
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        port: { type: 'string', default: '0' },
+        'key-id': { type: 'string', default: 'k1' },
+        'id-token-ttl': { type: 'string', default: '300' },
+        'client-id': { type: 'string', default: 'berth' },
+        'extra-claims': { type: 'string', default: '{}' },
+      },
+    }).values;
+  } catch (err) {
+    usage(err.message);
+  }
+  if (parsed.help) usage();
+  const port = Number(parsed.port);
+  if (!/^\d+$/.test(parsed.port) || port > 65535) usage(`bad --port: ${parsed.port}`);
+  if (!parsed['key-id']) usage('--key-id must not be empty');
+  const ttl = Number(parsed['id-token-ttl']);
+  if (!/^\d+$/.test(parsed['id-token-ttl']) || ttl < 1) {
+    usage(`bad --id-token-ttl (whole seconds, >= 1): ${parsed['id-token-ttl']}`);
+  }
+  const clientIds = parsed['client-id'].split(',').map((s) => s.trim()).filter(Boolean);
+  if (!clientIds.length) usage('--client-id must not be empty');
+  let extraClaims;
+  try {
+    extraClaims = JSON.parse(parsed['extra-claims']);
+  } catch (err) {
+    usage(`--extra-claims is not JSON: ${err.message}`);
+  }
+  if (extraClaims === null || typeof extraClaims !== 'object' || Array.isArray(extraClaims)) {
+    usage('--extra-claims must be a JSON object');
+  }
+  for (const name of Object.keys(extraClaims)) {
+    if (OVERRIDDEN_CLAIMS.has(name)) {
+      usage(`--extra-claims: "${name}" is set by the provider itself and cannot be overridden`);
     }
   }
-  return opts;
+  return {
+    port, keyId: parsed['key-id'], idTokenTtl: ttl, clientIds, extraClaims,
+  };
 }
 
 const opts = parseArgs(process.argv.slice(2));
