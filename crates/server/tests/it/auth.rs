@@ -572,7 +572,7 @@ async fn the_admin_api_is_for_administrators_and_audited() {
     let app = token_app("");
     add_user(&app, "root", "root-secret-password", true);
     add_user(&app, "alice", ALICE_PASSWORD, false);
-    let admin = basic("root", "root-secret-password");
+    let root = authorized_client(&basic("root", "root-secret-password"));
 
     let resp = app.client.get(app.url("/api/v1/grants")).send().await.unwrap();
     assert_error(resp, 401, "UNAUTHORIZED").await;
@@ -585,10 +585,8 @@ async fn the_admin_api_is_for_administrators_and_audited() {
         .unwrap();
     assert_error(resp, 403, "DENIED").await;
 
-    let resp = app
-        .client
+    let resp = root
         .post(app.url("/api/v1/grants"))
-        .header("authorization", &admin)
         .json(&json!({"subject": "user:alice", "pattern": "team/*", "role": "push"}))
         .send()
         .await
@@ -617,14 +615,7 @@ async fn the_admin_api_is_for_administrators_and_audited() {
         ),
         (json!({"nonsense": true}), "INVALID_REQUEST"),
     ] {
-        let resp = app
-            .client
-            .post(app.url("/api/v1/grants"))
-            .header("authorization", &admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = root.post(app.url("/api/v1/grants")).json(&body).send().await.unwrap();
         let status = if code == "CONFLICT" { 409 } else { 400 };
         assert_error(resp, status, code).await;
     }
@@ -646,35 +637,23 @@ async fn the_admin_api_is_for_administrators_and_audited() {
     let resp = bearer_client(&tok).get(app.url("/api/v1/tokens")).send().await.unwrap();
     assert_error(resp, 403, "DENIED").await;
 
-    let resp = app
-        .client
+    let resp = root
         .delete(app.url(&format!("/api/v1/grants/{id}")))
-        .header("authorization", &admin)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    let resp = app
-        .client
-        .delete(app.url("/api/v1/tokens/deploy"))
-        .header("authorization", &admin)
-        .send()
-        .await
-        .unwrap();
+    let resp = root.delete(app.url("/api/v1/tokens/deploy")).send().await.unwrap();
     assert_eq!(resp.status(), 204);
-    let resp = app
-        .client
+    let resp = root
         .post(app.url("/api/v1/users"))
-        .header("authorization", &admin)
         .json(&json!({"name": "dave", "password": "dave-secret-password"}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let users: Value = app
-        .client
+    let users: Value = root
         .get(app.url("/api/v1/users"))
-        .header("authorization", &admin)
         .send()
         .await
         .unwrap()
@@ -689,10 +668,8 @@ async fn the_admin_api_is_for_administrators_and_audited() {
         200
     );
     for (action, status) in [("disable", 204), ("frobnicate", 404)] {
-        let resp = app
-            .client
+        let resp = root
             .post(app.url(&format!("/api/v1/users/dave/{action}")))
-            .header("authorization", &admin)
             .send()
             .await
             .unwrap();
@@ -705,10 +682,8 @@ async fn the_admin_api_is_for_administrators_and_audited() {
         401
     );
 
-    let audit: Value = app
-        .client
+    let audit: Value = root
         .get(app.url("/api/v1/audit?limit=7"))
-        .header("authorization", &admin)
         .send()
         .await
         .unwrap()

@@ -114,11 +114,13 @@ pub fn percent_encode(s: &str) -> String {
 
 /// A client that sends `Authorization: Bearer TOKEN` with every request.
 pub fn bearer_client(token: &str) -> reqwest::Client {
+    authorized_client(&format!("Bearer {token}"))
+}
+
+/// A client that sends `Authorization: VALUE` with every request.
+pub fn authorized_client(value: &str) -> reqwest::Client {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"),
-    );
+    headers.insert(AUTHORIZATION, HeaderValue::from_str(value).expect("header value"));
     reqwest::Client::builder()
         .default_headers(headers)
         .redirect(reqwest::redirect::Policy::none())
