@@ -17,6 +17,9 @@ fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Opti
         blobs,
         children,
         pushed_by: Some("alice".into()),
+        provenance: "pushed".into(),
+        platforms: vec![],
+        blob_bytes: 0,
     }
 }
 
@@ -139,8 +142,8 @@ async fn tags_move_and_list_in_order(meta: &dyn MetaStore) {
     );
     assert_eq!(meta.list_tags("t/r", Some("a"), 2).await.unwrap(), ["a1", "b"]);
     assert!(meta.list_tags("nope", None, 100).await.unwrap().is_empty());
-    assert!(meta.delete_tag("t/r", "a1").await.unwrap());
-    assert!(!meta.delete_tag("t/r", "a1").await.unwrap());
+    assert!(meta.delete_tag("t/r", "a1", 1).await.unwrap());
+    assert!(!meta.delete_tag("t/r", "a1", 1).await.unwrap());
     assert!(meta.manifest_by_digest("t/r", &a.digest).await.unwrap().is_some());
     let repos = meta.list_repositories(None, 1000).await.unwrap();
     assert!(repos.windows(2).all(|w| w[0] < w[1]));
@@ -152,8 +155,8 @@ async fn deleting_a_manifest_removes_its_tags(meta: &dyn MetaStore) {
     let a = manifest("da", vec![], vec![], None);
     meta.put_manifest("d/r", &a, Some("x"), 1).await.unwrap();
     meta.put_manifest("d/r", &a, Some("y"), 1).await.unwrap();
-    assert!(meta.delete_manifest("d/r", &a.digest).await.unwrap());
-    assert!(!meta.delete_manifest("d/r", &a.digest).await.unwrap());
+    assert!(meta.delete_manifest("d/r", &a.digest, 1).await.unwrap());
+    assert!(!meta.delete_manifest("d/r", &a.digest, 1).await.unwrap());
     assert!(meta.list_tags("d/r", None, 10).await.unwrap().is_empty());
     assert!(meta.manifest_by_tag("d/r", "x").await.unwrap().is_none());
 }
@@ -206,7 +209,9 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
     };
     meta.create_upload(&done).await.unwrap();
     let d = Digest::sha256_of(b"uploaded");
-    meta.complete_upload(&done.id, "u/r", &d, 8, 400).await.unwrap();
+    meta.complete_upload(&done.id, "u/r", &d, 8, 400, Box::pin(async { Ok(()) }))
+        .await
+        .unwrap();
     assert!(meta.get_upload(&done.id).await.unwrap().is_none());
     assert_eq!(meta.linked_blob_size("u/r", &d).await.unwrap(), Some(8));
 }

@@ -8,13 +8,19 @@
 
 pub mod access;
 pub mod conformance;
+pub mod lifecycle;
 mod sqlite;
 mod sqlite_access;
+mod sqlite_lifecycle;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, UploadId};
 
 pub use access::AccessStore;
+pub use lifecycle::LifecycleStore;
 pub use sqlite::SqliteMeta;
 
 /// What can go wrong in the metadata store.
@@ -28,7 +34,17 @@ pub enum MetaError {
     Db(#[from] sqlx::Error),
     #[error("metadata schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The blob-store step run inside a transaction failed; the transaction was rolled back.
+    #[error("blob store: {0}")]
+    Placement(BoxError),
 }
+
+/// Any error of a blob-store step the metadata store runs inside its transaction.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A blob-store step that must happen while the metadata store holds its
+/// write lock, such as moving an uploaded blob into place.
+pub type Placement<'a> = Pin<Box<dyn Future<Output = std::result::Result<(), BoxError>> + Send + 'a>>;
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
@@ -49,6 +65,12 @@ pub struct NewManifest {
     pub children: Vec<Digest>,
     /// Who pushed it (a token subject), when the registry knows.
     pub pushed_by: Option<String>,
+    /// How it arrived: `pushed`, `mirrored` or `snapshot`.
+    pub provenance: String,
+    /// Platforms as `os/architecture[/variant]`, when known.
+    pub platforms: Vec<String>,
+    /// Total size of the distinct blobs it references.
+    pub blob_bytes: u64,
 }
 
 /// Pulls of one manifest (and, when pulled by tag, of that tag) since the
@@ -143,10 +165,10 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>>;
 
     /// Deletes a manifest and every tag pointing at it; false when absent.
-    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool>;
+    async fn delete_manifest(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool>;
 
     /// Deletes one tag, leaving its manifest; false when absent.
-    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+    async fn delete_tag(&self, repo: &str, tag: &str, now_ms: i64) -> Result<bool>;
 
     /// Tags of `repo` after `last` in lexical order, at most `limit`.
     async fn list_tags(&self, repo: &str, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
@@ -185,9 +207,18 @@ pub trait MetaStore: Send + Sync + 'static {
 
     async fn delete_upload(&self, id: &UploadId) -> Result<()>;
 
-    /// Ends an upload session that became a blob: records the blob, links it
-    /// to `repo` and drops the session, in one transaction.
-    async fn complete_upload(&self, id: &UploadId, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()>;
+    /// Ends an upload session that became a blob: runs `place` (which moves
+    /// the bytes into place in the blob store), records the blob, links it to
+    /// `repo` and drops the session, all under the store's write lock.
+    async fn complete_upload(
+        &self,
+        id: &UploadId,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        now_ms: i64,
+        place: Placement<'_>,
+    ) -> Result<()>;
 
     /// Sessions not touched since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>>;

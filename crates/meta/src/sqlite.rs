@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, Referrer, Result, StoredManifest, TagFacts,
-    UploadRecord,
+    ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoredManifest,
+    TagFacts, UploadRecord,
 };
 
 /// Metadata in a SQLite database file.
@@ -37,6 +37,11 @@ fn to_i64(n: u64) -> i64 {
 
 fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// A JSON array of digests, for `json_each` in a query.
+pub(crate) fn digest_list(digests: &[Digest]) -> String {
+    serde_json::Value::from(digests.iter().map(|d| d.to_string()).collect::<Vec<_>>()).to_string()
 }
 
 fn parse_names(json: &str) -> Result<Vec<String>> {
@@ -102,15 +107,19 @@ impl SqliteMeta {
         now_ms: i64,
     ) -> Result<()> {
         let repo_id = Self::ensure_repo(tx, repo, now_ms).await?;
-        sqlx::query("INSERT INTO blobs (digest, size, created_ms) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest.to_string())
-            .bind(to_i64(size))
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await?;
+        // Storing or linking a blob again restarts its garbage-collection grace period.
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (digest) DO UPDATE SET touched_ms = MAX(touched_ms, excluded.touched_ms)",
+        )
+        .bind(digest.to_string())
+        .bind(to_i64(size))
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query(
             "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (repo_id, digest) DO NOTHING",
+             ON CONFLICT (repo_id, digest) DO UPDATE SET linked_ms = MAX(linked_ms, excluded.linked_ms)",
         )
         .bind(repo_id)
         .bind(digest.to_string())
@@ -118,6 +127,74 @@ impl SqliteMeta {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    pub(crate) async fn repo_id(tx: &mut Transaction<'static, Sqlite>, repo: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut **tx)
+            .await?)
+    }
+
+    /// Deletes a tag; the manifest it named counts as untagged from `now_ms`.
+    pub(crate) async fn remove_tag_row(
+        tx: &mut Transaction<'static, Sqlite>,
+        repo_id: i64,
+        tag: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let digest: Option<String> =
+            sqlx::query_scalar("DELETE FROM tags WHERE repo_id = $1 AND name = $2 RETURNING manifest_digest")
+                .bind(repo_id)
+                .bind(tag)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let Some(digest) = digest else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE manifests SET touched_ms = MAX(touched_ms, $3) WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        Ok(true)
+    }
+
+    /// Deletes a manifest with its tags and references. The blobs it
+    /// referenced start their garbage-collection grace period at `now_ms`.
+    pub(crate) async fn remove_manifest_row(
+        tx: &mut Transaction<'static, Sqlite>,
+        repo_id: i64,
+        digest: &Digest,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let digest = digest.to_string();
+        sqlx::query(
+            "UPDATE blobs SET touched_ms = MAX(touched_ms, $3) WHERE digest IN \
+             (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 AND child_kind = 'blob')",
+        )
+        .bind(repo_id)
+        .bind(&digest)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE repo_blobs SET linked_ms = MAX(linked_ms, $3) WHERE repo_id = $1 AND digest IN \
+             (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 AND child_kind = 'blob')",
+        )
+        .bind(repo_id)
+        .bind(&digest)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        // Tags and references go with it through ON DELETE CASCADE.
+        let done = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(&digest)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &str, now_ms: i64) -> Result<i64> {
@@ -219,10 +296,25 @@ impl MetaStore for SqliteMeta {
             }
         }
         let digest = m.digest.to_string();
+        // What the inventory shows as the image's size: the manifest, its blobs
+        // and, for an index, what its children add up to.
+        let children_total: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(total_size), 0) FROM manifests WHERE repo_id = $1 AND digest IN \
+             (SELECT value FROM json_each($2))",
+        )
+        .bind(repo_id)
+        .bind(digest_list(&m.children))
+        .fetch_one(&mut *tx)
+        .await?;
+        let total = to_i64(m.body.len() as u64)
+            .saturating_add(to_i64(m.blob_bytes))
+            .saturating_add(children_total);
+        let platforms = (!m.platforms.is_empty()).then(|| serde_json::Value::from(m.platforms.clone()).to_string());
         let inserted = sqlx::query(
             "INSERT INTO manifests \
-             (repo_id, digest, media_type, artifact_type, subject, annotations, size, body, pushed_ms, pushed_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (repo_id, digest) DO NOTHING",
+             (repo_id, digest, media_type, artifact_type, subject, annotations, size, body, pushed_ms, pushed_by, \
+              touched_ms, platforms, total_size, provenance) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13) ON CONFLICT (repo_id, digest) DO NOTHING",
         )
         .bind(repo_id)
         .bind(&digest)
@@ -234,6 +326,9 @@ impl MetaStore for SqliteMeta {
         .bind(&m.body)
         .bind(now_ms)
         .bind(&m.pushed_by)
+        .bind(platforms)
+        .bind(total)
+        .bind(&m.provenance)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() > 0 {
@@ -254,8 +349,33 @@ impl MetaStore for SqliteMeta {
                 .execute(&mut *tx)
                 .await?;
             }
+        } else {
+            // A push of the same manifest again is a push: lifecycle rules and
+            // a retention run in progress see it as new.
+            sqlx::query(
+                "UPDATE manifests SET pushed_ms = $3, touched_ms = $3, pushed_by = COALESCE($4, pushed_by) \
+                 WHERE repo_id = $1 AND digest = $2",
+            )
+            .bind(repo_id)
+            .bind(&digest)
+            .bind(now_ms)
+            .bind(&m.pushed_by)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(tag) = tag {
+            // The manifest the tag leaves is untagged from now on, as far as
+            // the garbage collector's grace period is concerned.
+            sqlx::query(
+                "UPDATE manifests SET touched_ms = $3 WHERE repo_id = $1 AND digest = \
+                 (SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest <> $4)",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(now_ms)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repo_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, \
@@ -296,25 +416,24 @@ impl MetaStore for SqliteMeta {
         row.as_ref().map(stored_manifest).transpose()
     }
 
-    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool> {
-        // Tags and references go with it through ON DELETE CASCADE.
-        let done = sqlx::query(&format!(
-            "DELETE FROM manifests WHERE repo_id = {REPO_ID} AND digest = $2"
-        ))
-        .bind(repo)
-        .bind(digest.to_string())
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    async fn delete_manifest(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let Some(repo_id) = Self::repo_id(&mut tx, repo).await? else {
+            return Ok(false);
+        };
+        let deleted = Self::remove_manifest_row(&mut tx, repo_id, digest, now_ms).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
-    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
-        let done = sqlx::query(&format!("DELETE FROM tags WHERE repo_id = {REPO_ID} AND name = $2"))
-            .bind(repo)
-            .bind(tag)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    async fn delete_tag(&self, repo: &str, tag: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let Some(repo_id) = Self::repo_id(&mut tx, repo).await? else {
+            return Ok(false);
+        };
+        let deleted = Self::remove_tag_row(&mut tx, repo_id, tag, now_ms).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn list_tags(&self, repo: &str, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
@@ -509,8 +628,20 @@ impl MetaStore for SqliteMeta {
         Ok(())
     }
 
-    async fn complete_upload(&self, id: &UploadId, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
+    async fn complete_upload(
+        &self,
+        id: &UploadId,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        now_ms: i64,
+        place: Placement<'_>,
+    ) -> Result<()> {
+        // The write transaction is also the lock the garbage collector takes to
+        // delete a blob, so a blob file is never placed (or found in place)
+        // while it is being deleted.
         let mut tx = self.begin().await?;
+        place.await.map_err(MetaError::Placement)?;
         Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id.as_str())

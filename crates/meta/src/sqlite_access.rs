@@ -7,7 +7,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::access::{AccessStore, Audit, AuditEntry, GrantRecord, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::{MetaError, Result, SqliteMeta};
 
-async fn write_audit(
+pub(crate) async fn write_audit(
     tx: &mut Transaction<'static, Sqlite>,
     audit: &Audit,
     action: &str,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::{HeaderName, Request};
 use berth_meta::SqliteMeta;
-use berth_storage::FsBlobStore;
+use berth_storage::{BlobStore, FsBlobStore};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -17,9 +17,10 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::Auth;
-use crate::clock::SystemClock;
+use crate::clock;
 use crate::config::AuthMode;
 use crate::config::Config;
+use crate::lifecycle::{Lifecycle, Scope};
 use crate::registry::{Limits, Registry};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,6 +29,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct App {
     pub registry: Registry,
     pub auth: Auth,
+    pub lifecycle: Lifecycle,
     pub config: Config,
 }
 
@@ -36,22 +38,36 @@ impl App {
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
         ensure_data_dir(dir)?;
-        let blobs =
-            FsBlobStore::open(dir).with_context(|| format!("the data directory {} is not writable", dir.display()))?;
-        let meta = open_meta(dir).await?;
+        let (meta, blobs) = open_stores(dir).await?;
+        let clock = clock::from_env();
+        let lifecycle = Lifecycle::new(meta.clone(), meta.clone(), blobs.clone(), clock.clone(), &config)
+            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
+            namespaces: lifecycle.namespaces.clone(),
         };
-        let meta = Arc::new(meta);
-        let registry = Registry::new(meta.clone(), Arc::new(blobs), Arc::new(SystemClock), limits);
+        let registry = Registry::new(meta.clone(), blobs, clock, limits);
         let auth = Auth::open(&config.auth, dir, meta).context("invalid auth configuration")?;
-        Ok(App { registry, auth, config })
+        Ok(App {
+            registry,
+            auth,
+            lifecycle,
+            config,
+        })
     }
 }
 
 /// Creates the data directory when it is missing.
 pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// The stores of the data directory.
+pub async fn open_stores(dir: &Path) -> anyhow::Result<(Arc<SqliteMeta>, Arc<dyn BlobStore>)> {
+    let blobs =
+        FsBlobStore::open(dir).with_context(|| format!("the data directory {} is not writable", dir.display()))?;
+    let meta = open_meta(dir).await?;
+    Ok((Arc::new(meta), Arc::new(blobs)))
 }
 
 /// The metadata database of the data directory (used by the server and the
@@ -72,6 +88,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Arc::new(App::open(config).await?);
     spawn_upload_purge(app.clone());
     spawn_pull_flush(app.clone());
+    app.lifecycle
+        .sync_config_policies()
+        .await
+        .context("writing the configuration's retention policies")?;
+    spawn_lifecycle_jobs(app.clone());
 
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request<_>| {
@@ -120,6 +141,85 @@ fn spawn_pull_flush(app: Arc<App>) {
             tick.tick().await;
             if let Err(e) = app.registry.flush_pulls().await {
                 tracing::warn!(error = %e, "recording pulls failed; will retry");
+            }
+        }
+    });
+}
+
+/// Runs `job` every `every_secs` seconds (never when 0), first after one period.
+fn every<F, Fut>(every_secs: u64, job: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    if every_secs == 0 {
+        return;
+    }
+    let period = Duration::from_secs(every_secs);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            job().await;
+        }
+    });
+}
+
+/// Tag expiry, retention and garbage collection on their schedules.
+fn spawn_lifecycle_jobs(app: Arc<App>) {
+    let rules = [
+        (
+            app.config.lifecycle.expiry_interval_secs,
+            Scope::Expiry,
+            "lifecycle:expiry",
+        ),
+        (
+            app.config.retention.interval_secs,
+            Scope::Retention,
+            "lifecycle:retention",
+        ),
+    ];
+    for (secs, scope, actor) in rules {
+        let app = app.clone();
+        every(secs, move || {
+            let app = app.clone();
+            async move {
+                // Pulls still in memory count as pulls for idle and keep_pulled_within.
+                if let Err(e) = app.registry.flush_pulls().await {
+                    tracing::warn!(error = %e, "recording pulls before a lifecycle run failed");
+                }
+                match app.lifecycle.run(None, scope, actor).await {
+                    Ok(s) if s.tags_deleted + s.manifests_deleted > 0 => tracing::info!(
+                        job = actor,
+                        tags_deleted = s.tags_deleted,
+                        manifests_deleted = s.manifests_deleted,
+                        skipped_changed = s.skipped_changed,
+                        "lifecycle run done"
+                    ),
+                    Ok(_) => tracing::debug!(job = actor, "lifecycle run found nothing to delete"),
+                    Err(e) => tracing::warn!(job = actor, error = %e, "lifecycle run failed; will retry"),
+                }
+            }
+        });
+    }
+    every(app.config.gc.interval_secs, move || {
+        let app = app.clone();
+        async move {
+            match app
+                .lifecycle
+                .collect_garbage(false, |line| tracing::debug!("gc: {line}"))
+                .await
+            {
+                Ok(r) => tracing::info!(
+                    blobs_removed = r.blobs_removed,
+                    bytes_reclaimed = r.bytes_reclaimed,
+                    manifests_removed = r.manifests_removed,
+                    orphan_files_removed = r.orphan_files_removed,
+                    elapsed_ms = r.elapsed_ms,
+                    "garbage collection done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
             }
         }
     });

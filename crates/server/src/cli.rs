@@ -37,7 +37,40 @@ pub enum Command {
         #[command(subcommand)]
         action: GrantCommand,
     },
-    /// Show the audit log of access changes, newest first.
+    /// Manage, preview and run retention policies.
+    Retention {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: RetentionCommand,
+    },
+    /// Collect garbage now: untagged unreferenced manifests, unused blobs and
+    /// orphaned files past the grace period, while the registry keeps serving.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Report what would be removed without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the metadata database and the blob store agree.
+    Fsck {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Also re-hash every blob (reads all of them).
+        #[arg(long)]
+        verify: bool,
+        /// Fix what can be fixed without losing data.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit log (access changes and lifecycle deletions), newest first.
     Audit {
         #[command(flatten)]
         store: StoreArgs,
@@ -124,4 +157,60 @@ pub enum GrantCommand {
     List,
     /// Remove a grant by its id.
     Remove { id: i64 },
+}
+
+/// The rules of a retention policy, as command-line flags.
+#[derive(Debug, Default, clap::Args)]
+pub struct RulesArgs {
+    /// Keep the N most recently pushed tags.
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Keep tags pushed in the last N days.
+    #[arg(long)]
+    pub keep_days: Option<u32>,
+    /// Keep tags pulled in the last N days.
+    #[arg(long)]
+    pub keep_pulled_within: Option<u32>,
+    /// Never delete tags matching this glob (repeat for more), such as 'v*'.
+    #[arg(long = "keep-pattern")]
+    pub keep_patterns: Vec<String>,
+    /// Never leave fewer than N tags.
+    #[arg(long)]
+    pub keep_min: Option<u32>,
+    /// Delete untagged manifests after N days.
+    #[arg(long)]
+    pub untagged: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Create or replace the policy of repositories matching PATTERN ('**' is
+    /// the global default; the most specific matching pattern applies).
+    Set {
+        pattern: String,
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+    /// List the policies.
+    Show,
+    /// Delete the policy of PATTERN.
+    Delete { pattern: String },
+    /// List every tag that a run now would delete and keep, with the rule and reason.
+    Preview {
+        /// Only repositories matching this pattern.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only what would be deleted.
+        #[arg(long)]
+        deleted_only: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete what a preview now shows, recording each deletion in the audit log.
+    Run {
+        /// Only repositories matching this pattern.
+        #[arg(long)]
+        repo: Option<String>,
+    },
 }

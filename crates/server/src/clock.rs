@@ -19,3 +19,51 @@ impl Clock for SystemClock {
             .unwrap_or(0)
     }
 }
+
+/// Names a file holding a number of milliseconds to add to the wall clock.
+/// Tests move time forward by rewriting the file, in the server and in
+/// operator commands alike, instead of sleeping for days.
+pub const OFFSET_FILE_ENV: &str = "BERTH_TEST_CLOCK_OFFSET_FILE";
+
+/// The wall clock plus an offset read from a file on every call.
+#[derive(Debug)]
+pub struct OffsetClock {
+    file: std::path::PathBuf,
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> i64 {
+        let offset = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        SystemClock.now_ms().saturating_add(offset)
+    }
+}
+
+/// The clock of this process: the wall clock, unless [`OFFSET_FILE_ENV`] is set.
+pub fn from_env() -> std::sync::Arc<dyn Clock> {
+    match std::env::var_os(OFFSET_FILE_ENV) {
+        Some(file) => {
+            tracing::warn!("the clock is offset by the contents of {file:?} ({OFFSET_FILE_ENV}); for tests only");
+            std::sync::Arc::new(OffsetClock { file: file.into() })
+        }
+        None => std::sync::Arc::new(SystemClock),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_file_moves_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offset");
+        let clock = OffsetClock { file: file.clone() };
+        let base = SystemClock.now_ms();
+        assert!((clock.now_ms() - base).abs() < 60_000, "a missing file means no offset");
+        std::fs::write(&file, "86400000\n").unwrap();
+        assert!(clock.now_ms() - base >= 86_400_000);
+    }
+}

@@ -22,6 +22,66 @@ pub struct Config {
     pub uploads: UploadConfig,
     pub limits: LimitConfig,
     pub auth: AuthConfig,
+    pub lifecycle: LifecycleConfig,
+    pub retention: RetentionConfig,
+    pub gc: GcConfig,
+}
+
+/// Tag-suffix rules and keep-latest mode. See `docs/lifecycle.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Whether `--ttl-7d` and `--idle-30d` tag suffixes are honoured (unless a
+    /// namespace says otherwise).
+    pub suffix_rules: bool,
+    /// What a push with a malformed or out-of-window suffix gets.
+    pub invalid_suffix: InvalidSuffix,
+    /// How often expired suffix tags and keep-latest leftovers are removed.
+    pub expiry_interval_secs: u64,
+    /// Settings for repositories matching a pattern; the most specific wins.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidSuffix {
+    /// Refuse the push with MANIFEST_INVALID.
+    Reject,
+    /// Accept it as a plain tag that never expires.
+    Plain,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Repository pattern (`*` one path component, `**` across).
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix_rules: Option<bool>,
+    /// Only the most recently pushed plain (suffix-free) tag of each repository survives.
+    #[serde(default)]
+    pub keep_latest: bool,
+}
+
+/// Retention policies declared here are written to the database at start
+/// (replacing a CLI- or API-made policy of the same pattern).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often retention runs; 0 turns the schedule off.
+    pub interval_secs: u64,
+    /// Policies by repository pattern; `"**"` is the global default.
+    pub policies: std::collections::BTreeMap<String, crate::lifecycle::Rules>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// How long a blob, link or untagged manifest must have been unreferenced
+    /// before it is collected.
+    pub grace_secs: u64,
+    /// How often garbage collection runs; 0 turns the schedule off.
+    pub interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +276,20 @@ impl Default for Config {
                 manifest_max_bytes: 4 << 20,
             },
             auth: AuthConfig::default(),
+            lifecycle: LifecycleConfig {
+                suffix_rules: true,
+                invalid_suffix: InvalidSuffix::Reject,
+                expiry_interval_secs: 300,
+                namespaces: Vec::new(),
+            },
+            retention: RetentionConfig {
+                interval_secs: 3600,
+                policies: Default::default(),
+            },
+            gc: GcConfig {
+                grace_secs: 24 * 3600,
+                interval_secs: 3600,
+            },
         }
     }
 }
@@ -231,7 +305,17 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 6] = ["listen", "data_dir", "log", "uploads", "limits", "auth"];
+const TOP_LEVEL_KEYS: [&str; 9] = [
+    "listen",
+    "data_dir",
+    "log",
+    "uploads",
+    "limits",
+    "auth",
+    "lifecycle",
+    "retention",
+    "gc",
+];
 
 /// The variable other tools use to name an external token validation service.
 const VALIDATION_SERVICE_URL: &str = "VALIDATION_SERVICE_URL";

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod lifecycle;
 mod operator;
 mod registry;
 mod telemetry;
@@ -41,6 +42,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { store, action } => operator_runtime()?.block_on(operator::user(store, action)),
         Command::Token { store, action } => operator_runtime()?.block_on(operator::token(store, action)),
         Command::Grant { store, action } => operator_runtime()?.block_on(operator::grant(store, action)),
+        Command::Retention { store, action } => operator_runtime()?.block_on(operator::retention(store, action)),
+        Command::Gc { store, dry_run, json } => operator_runtime()?.block_on(operator::gc(store, dry_run, json)),
+        Command::Fsck {
+            store,
+            verify,
+            repair,
+            json,
+        } => operator_runtime()?.block_on(operator::fsck(store, verify, repair, json)),
         Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
     }
 }

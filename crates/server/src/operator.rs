@@ -7,18 +7,25 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Context;
 use berth_meta::{AccessStore, SqliteMeta};
 
-use crate::app::{ensure_data_dir, open_meta};
+use crate::app::{ensure_data_dir, open_meta, open_stores};
+use crate::auth::access::Pattern;
 use crate::auth::manage;
 use crate::auth::rfc3339;
-use crate::cli::{GrantCommand, StoreArgs, TokenCommand, UserCommand};
+use crate::cli::{GrantCommand, RetentionCommand, StoreArgs, TokenCommand, UserCommand};
+use crate::clock;
 use crate::config::{Config, Overrides};
+use crate::lifecycle::{Lifecycle, Rules, Scope};
 
-async fn open(args: &StoreArgs) -> anyhow::Result<SqliteMeta> {
+fn load(args: &StoreArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: None,
         data_dir: args.data_dir.clone(),
     };
-    let config = Config::load(args.config.as_deref(), overrides)?;
+    Ok(Config::load(args.config.as_deref(), overrides)?)
+}
+
+async fn open(args: &StoreArgs) -> anyhow::Result<SqliteMeta> {
+    let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
     open_meta(&config.data_dir).await
 }
@@ -211,5 +218,167 @@ pub async fn audit(args: StoreArgs, limit: u32) -> anyhow::Result<()> {
             e.detail.unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+/// The lifecycle jobs over the stores of the configuration, with the
+/// configuration's policies written to the database first.
+async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
+    let config = load(args)?;
+    ensure_data_dir(&config.data_dir)?;
+    let (meta, blobs) = open_stores(&config.data_dir).await?;
+    let lifecycle = Lifecycle::new(meta.clone(), meta, blobs, clock::from_env(), &config)
+        .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
+    lifecycle.sync_config_policies().await?;
+    Ok(lifecycle)
+}
+
+fn repo_filter(repo: Option<&str>) -> anyhow::Result<Option<Pattern>> {
+    repo.map(Pattern::parse).transpose().map_err(|e| anyhow::anyhow!(e))
+}
+
+pub async fn retention(args: StoreArgs, command: RetentionCommand) -> anyhow::Result<()> {
+    let lifecycle = open_lifecycle(&args).await?;
+    let actor = actor();
+    match command {
+        RetentionCommand::Set { pattern, rules } => {
+            let rules = Rules {
+                keep_last: rules.keep_last,
+                keep_days: rules.keep_days,
+                keep_pulled_within: rules.keep_pulled_within,
+                keep_patterns: rules.keep_patterns,
+                keep_min: rules.keep_min,
+                untagged: rules.untagged,
+            };
+            lifecycle.set_policy(&pattern, rules, &actor).await?;
+            eprintln!("retention policy for {pattern} set");
+        }
+        RetentionCommand::Show => {
+            println!("{:<32} {:<7} {:<21} RULES", "PATTERN", "SOURCE", "UPDATED");
+            for p in lifecycle.store().policies().await? {
+                println!(
+                    "{:<32} {:<7} {:<21} {}",
+                    p.pattern,
+                    p.source,
+                    ms_text(Some(p.updated_ms)),
+                    p.rules_json
+                );
+            }
+        }
+        RetentionCommand::Delete { pattern } => {
+            anyhow::ensure!(
+                lifecycle.delete_policy(&pattern, &actor).await?,
+                "there is no retention policy for {pattern}"
+            );
+            eprintln!("retention policy for {pattern} deleted");
+        }
+        RetentionCommand::Preview {
+            repo,
+            deleted_only,
+            json,
+        } => {
+            let filter = repo_filter(repo.as_deref())?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut failed = None;
+            if !json {
+                writeln!(out, "{:<7} {:<19} {:<60} REASON", "ACTION", "RULE", "WHAT")?;
+            }
+            let summary = lifecycle
+                .preview(filter.as_ref(), Scope::Retention, |plan| {
+                    for e in plan.entries(deleted_only) {
+                        let written = if json {
+                            writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default())
+                        } else {
+                            let what = match &e.tag {
+                                Some(tag) => format!("{}:{tag}", e.repository),
+                                None => format!("{}@{}", e.repository, e.digest),
+                            };
+                            writeln!(out, "{:<7} {:<19} {what:<60} {}", e.action, e.rule, e.reason)
+                        };
+                        if let Err(err) = written {
+                            failed.get_or_insert(err);
+                        }
+                    }
+                })
+                .await?;
+            out.flush()?;
+            if let Some(err) = failed {
+                return Err(err.into());
+            }
+            eprintln!(
+                "{} repositories: {} tags kept, {} tags and {} manifests would be deleted",
+                summary.repositories, summary.tags_kept, summary.tags_deleted, summary.manifests_deleted
+            );
+        }
+        RetentionCommand::Run { repo } => {
+            let filter = repo_filter(repo.as_deref())?;
+            let summary = lifecycle.run(filter.as_ref(), Scope::Retention, &actor).await?;
+            eprintln!(
+                "{} repositories: {} tags kept, {} tags and {} manifests deleted, {} left because they changed \
+                 during the run",
+                summary.repositories,
+                summary.tags_kept,
+                summary.tags_deleted,
+                summary.manifests_deleted,
+                summary.skipped_changed
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn gc(args: StoreArgs, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let lifecycle = open_lifecycle(&args).await?;
+    let report = lifecycle
+        .collect_garbage(dry_run, |line| eprintln!("gc: {line}"))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "gc {verb} {} blobs ({} bytes), {} orphaned files ({} bytes), {} untagged manifests, {} signature \
+             tags, {} unused links, {} stray upload files in {} ms",
+            report.blobs_removed,
+            report.bytes_reclaimed,
+            report.orphan_files_removed,
+            report.orphan_bytes_reclaimed,
+            report.manifests_removed,
+            report.signature_tags_removed,
+            report.links_removed,
+            report.upload_files_removed,
+            report.elapsed_ms
+        );
+    }
+    Ok(())
+}
+
+pub async fn fsck(args: StoreArgs, verify: bool, repair: bool, json: bool) -> anyhow::Result<()> {
+    let lifecycle = open_lifecycle(&args).await?;
+    let report = lifecycle.fsck(verify, repair, |line| eprintln!("fsck: {line}")).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for p in &report.problems {
+            println!("{}", serde_json::to_string(p)?);
+        }
+        println!(
+            "fsck: {} blobs recorded, {} files, {} problems, {} unrepaired",
+            report.blobs_checked,
+            report.files_checked,
+            report.problems.len(),
+            report.unrepaired
+        );
+    }
+    anyhow::ensure!(
+        report.unrepaired == 0,
+        "{} inconsistencies remain{}",
+        report.unrepaired,
+        if repair {
+            ""
+        } else {
+            " (run with --repair to fix what is safe to fix)"
+        }
+    );
     Ok(())
 }

@@ -46,6 +46,7 @@ pub async fn put(store: &dyn BlobStore, bytes: &[u8]) -> Digest {
 
 /// Runs every conformance check.
 pub async fn run_all(store: &dyn BlobStore) {
+    listings_show_blobs_and_sessions(store).await;
     round_trip_and_ranges(store).await;
     chunked_uploads_resume_at_the_acknowledged_offset(store).await;
     missing_things_are_reported(store).await;
@@ -130,4 +131,42 @@ async fn cancel_drops_the_session(store: &dyn BlobStore) {
         Err(StorageError::UploadNotFound)
     ));
     store.cancel_upload(&id).await.unwrap();
+}
+
+async fn listings_show_blobs_and_sessions(store: &dyn BlobStore) {
+    let digest = put(store, b"listed blob").await;
+    let shard = &digest.hex()[..2];
+    let listed = store.list_blobs("sha256", shard).await.expect("list blobs");
+    let found = listed
+        .iter()
+        .find(|f| f.key == digest)
+        .expect("the blob is listed in its shard");
+    assert_eq!(found.size, 11);
+    assert!(found.modified_ms > 0);
+    let other = if shard == "00" { "01" } else { "00" };
+    assert!(store
+        .list_blobs("sha256", other)
+        .await
+        .expect("list another shard")
+        .iter()
+        .all(|f| f.key != digest));
+
+    let id = new_id();
+    store.start_upload(&id).await.expect("start upload");
+    let uploads = store.list_uploads().await.expect("list uploads");
+    assert!(uploads.iter().any(|f| f.key == id && f.size == 0));
+    store.cancel_upload(&id).await.expect("cancel");
+    assert!(store
+        .list_uploads()
+        .await
+        .expect("list uploads")
+        .iter()
+        .all(|f| f.key != id));
+    store.delete(&digest).await.expect("delete");
+    assert!(store
+        .list_blobs("sha256", shard)
+        .await
+        .expect("list blobs")
+        .iter()
+        .all(|f| f.key != digest));
 }

@@ -11,6 +11,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, UploadId};
@@ -18,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::{BlobStore, ByteStream, StorageError};
+use crate::{BlobStore, ByteStream, StorageError, StoredFile};
 
 /// Size of the chunks read from disk when serving a blob.
 const READ_CHUNK: usize = 256 << 10;
@@ -314,6 +315,60 @@ impl BlobStore for FsBlobStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    async fn list_blobs(&self, algorithm: &str, shard: &str) -> Result<Vec<StoredFile<Digest>>, StorageError> {
+        let dir = self.root.join("blobs").join(algorithm).join(shard);
+        let prefix = format!("{algorithm}:");
+        let shard = shard.to_string();
+        Ok(blocking(move || {
+            list_dir(&dir, |name| {
+                // Only a file where its name puts it is a blob.
+                Digest::from_str(&format!("{prefix}{name}"))
+                    .ok()
+                    .filter(|d| d.hex().starts_with(&shard))
+            })
+        })
+        .await?)
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<StoredFile<UploadId>>, StorageError> {
+        let dir = self.root.join("uploads");
+        Ok(blocking(move || list_dir(&dir, UploadId::parse)).await?)
+    }
+}
+
+/// The files of `dir` whose names `key` accepts; a missing directory is empty.
+fn list_dir<K>(dir: &Path, key: impl Fn(&str) -> Option<K>) -> io::Result<Vec<StoredFile<K>>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(key) = entry.file_name().to_str().and_then(&key) else {
+            continue;
+        };
+        // A file deleted since the directory was read is simply not listed.
+        let meta = match entry.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        out.push(StoredFile {
+            key,
+            size: meta.len(),
+            modified_ms,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -37,6 +37,15 @@ pub enum StorageError {
     Io(#[from] io::Error),
 }
 
+/// A file the blob store holds, as a listing finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFile<K> {
+    pub key: K,
+    pub size: u64,
+    /// Last modification, Unix milliseconds.
+    pub modified_ms: i64,
+}
+
 /// A content-addressed blob store with resumable upload sessions.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -66,4 +75,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Drops an upload session and its bytes; dropping a missing session is not an error.
     async fn cancel_upload(&self, id: &UploadId) -> Result<(), StorageError>;
+
+    /// Blobs of `algorithm` whose hex digest starts with the two hex digits
+    /// `shard`, in no particular order. Files that are not named like a blob
+    /// are left out.
+    async fn list_blobs(&self, algorithm: &str, shard: &str) -> Result<Vec<StoredFile<Digest>>, StorageError>;
+
+    /// Every upload session's bytes, by session id.
+    async fn list_uploads(&self) -> Result<Vec<StoredFile<UploadId>>, StorageError>;
 }

@@ -52,7 +52,7 @@ impl From<ManageError> for ApiError {
 /// The administrator making the request, as an audit actor. Extracting it
 /// is the admin check: a handler that takes an `Admin` runs for
 /// administrators only.
-struct Admin(String);
+pub(super) struct Admin(pub(super) String);
 
 impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
@@ -138,7 +138,7 @@ fn store_error(e: berth_meta::MetaError) -> ApiError {
 }
 
 /// A JSON body, with a clear error instead of axum's plain-text rejection.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))
 }
 

@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 mod blobs;
 mod error;
+mod lifecycle;
 mod listing;
 mod manifests;
 mod uploads;
@@ -41,7 +42,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/", any(distribution_api))
         .route("/v2/{*rest}", any(distribution_api))
         .route("/v2/token", get(auth::token_endpoint).post(auth::token_endpoint))
-        .nest("/api/v1", admin::router())
+        .nest("/api/v1", admin::router().merge(lifecycle::admin_router()))
+        .route("/v1/images", get(lifecycle::inventory))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(app)
 }

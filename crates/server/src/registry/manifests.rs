@@ -70,8 +70,27 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        if let Some(tag) = tag {
+            self.limits
+                .namespaces
+                .check_push(repo.as_str(), tag)
+                .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        }
         let manifest =
             Manifest::parse(&body, content_type).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let blobs = dedup(manifest.required_blobs().map(|d| d.digest.clone()));
+        let blob_bytes = manifest
+            .required_blobs()
+            .filter(|d| blobs.binary_search(&d.digest).is_ok())
+            .map(|d| (d.digest.clone(), u64::try_from(d.size).unwrap_or(0)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .values()
+            .sum();
+        let platforms = self.platforms(repo, &manifest).await;
         let annotations_json = manifest
             .annotations
             .as_ref()
@@ -83,13 +102,12 @@ impl Registry {
             subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
             annotations_json,
             body,
-            blobs: dedup(manifest.required_blobs().map(|d| d.digest.clone())),
+            blobs,
             children: dedup(manifest.manifests.iter().map(|d| d.digest.clone())),
             pushed_by: pushed_by.map(str::to_string),
-        };
-        let tag = match reference {
-            Reference::Tag(t) => Some(t.as_str()),
-            Reference::Digest(_) => None,
+            provenance: "pushed".into(),
+            platforms,
+            blob_bytes,
         };
         self.meta
             .put_manifest(repo.as_str(), &record, tag, self.now_ms())
@@ -134,14 +152,61 @@ impl Registry {
     /// Deletes a manifest and its tags (by digest) or only a tag (by tag).
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         let deleted = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo.as_str(), t.as_str()).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str(), d).await?,
+            Reference::Tag(t) => self.meta.delete_tag(repo.as_str(), t.as_str(), self.now_ms()).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str(), d, self.now_ms()).await?,
         };
         if deleted {
             Ok(())
         } else {
             Err(self.unknown_manifest_or_name(repo).await)
         }
+    }
+
+    /// The platforms an image or index is for, as `os/architecture[/variant]`:
+    /// from an index's descriptors, or from an image's config blob. Unknown
+    /// (not an error) when the config is not an image config or is unreadable.
+    async fn platforms(&self, repo: &RepoName, manifest: &Manifest) -> Vec<String> {
+        fn describe(p: &serde_json::Value) -> Option<String> {
+            let os = p.get("os")?.as_str()?;
+            let arch = p.get("architecture")?.as_str()?;
+            Some(match p.get("variant").and_then(|v| v.as_str()) {
+                Some(variant) => format!("{os}/{arch}/{variant}"),
+                None => format!("{os}/{arch}"),
+            })
+        }
+        if !manifest.manifests.is_empty() {
+            let mut all: Vec<String> = manifest
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref().and_then(describe))
+                .collect();
+            all.dedup();
+            return all;
+        }
+        const CONFIG_MAX: i64 = 1 << 20;
+        let Some(config) = manifest.config.as_ref().filter(|c| {
+            (c.media_type == media_type::OCI_IMAGE_CONFIG || c.media_type == media_type::DOCKER_IMAGE_CONFIG)
+                && c.size <= CONFIG_MAX
+        }) else {
+            return Vec::new();
+        };
+        let Ok(content) = self.open_blob(repo, &config.digest, None).await else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        let mut body = content.body;
+        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as i64 > CONFIG_MAX {
+                return Vec::new();
+            }
+        }
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .as_ref()
+            .and_then(describe)
+            .into_iter()
+            .collect()
     }
 
     async fn unknown_manifest_or_name(&self, repo: &RepoName) -> RegistryError {

@@ -80,6 +80,8 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub manifest_max_bytes: usize,
+    /// Which tag suffixes a push may use.
+    pub namespaces: crate::lifecycle::NamespaceRules,
 }
 
 /// The registry core, shared by the API handlers and background jobs.

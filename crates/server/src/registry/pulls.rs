@@ -79,6 +79,9 @@ mod tests {
             blobs: vec![],
             children: vec![],
             pushed_by: None,
+            provenance: "pushed".into(),
+            platforms: vec![],
+            blob_bytes: 0,
         };
         meta.put_manifest("a/b", &m, Some("t"), 10).await.unwrap();
         let pulls = PullRecorder::default();

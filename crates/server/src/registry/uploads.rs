@@ -198,11 +198,28 @@ impl Registry {
                 "provided digest {digest} does not match the uploaded content ({actual}, {len} bytes)"
             )));
         }
-        self.blobs.commit_upload(id, len, digest).await.map_err(upload_error)?;
-        self.meta
-            .complete_upload(id, repo.as_str(), digest, len, self.now_ms())
-            .await?;
-        Ok(actual)
+        // Placed under the metadata store's write lock, which garbage
+        // collection holds while it deletes a blob: the file found (or put)
+        // in place here is the one the new record points at.
+        let blobs = self.blobs.clone();
+        let place = Box::pin(async move {
+            blobs
+                .commit_upload(id, len, digest)
+                .await
+                .map_err(|e| Box::new(e) as berth_meta::BoxError)
+        });
+        match self
+            .meta
+            .complete_upload(id, repo.as_str(), digest, len, self.now_ms(), place)
+            .await
+        {
+            Ok(()) => Ok(actual),
+            Err(berth_meta::MetaError::Placement(e)) => match e.downcast::<StorageError>() {
+                Ok(storage) => Err(upload_error(*storage)),
+                Err(other) => Err(RegistryError::Meta(berth_meta::MetaError::Placement(other))),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cancels a session and drops its bytes (`DELETE`).

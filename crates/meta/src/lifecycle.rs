@@ -1,0 +1,202 @@
+//! Facts and changes for the lifecycle jobs: the state of a repository as the
+//! retention planner sees it, removals that re-check their preconditions in
+//! the deleting transaction, retention policies, and the garbage collector's
+//! queries.
+//!
+//! What the rules mean (which tag a policy keeps, how long the grace period
+//! is) is the server's `lifecycle` module's business.
+
+use async_trait::async_trait;
+use berth_oci::Digest;
+
+use crate::access::Audit;
+use crate::{BoxError, Result};
+
+/// A tag as the lifecycle rules see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagState {
+    pub name: String,
+    pub digest: Digest,
+    pub pushed_ms: i64,
+    pub last_pulled_ms: Option<i64>,
+    pub pull_count: u64,
+}
+
+/// A manifest as the lifecycle rules and the inventory see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestState {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// Child manifests (of an index).
+    pub children: Vec<Digest>,
+    pub provenance: String,
+    pub pushed_by: Option<String>,
+    pub pushed_ms: i64,
+    /// When it was last pushed or lost a tag.
+    pub touched_ms: i64,
+    pub last_pulled_ms: Option<i64>,
+    pub pull_count: u64,
+    pub platforms: Vec<String>,
+    pub total_size: Option<u64>,
+}
+
+/// Every tag and manifest of one repository, read in one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepoState {
+    pub name: String,
+    pub tags: Vec<TagState>,
+    pub manifests: Vec<ManifestState>,
+}
+
+/// Something a lifecycle job removes, with what it looked like when the job
+/// decided: if it changed since (pushed, pulled, re-tagged), it stays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Removal {
+    Tag {
+        name: String,
+        digest: Digest,
+        pushed_ms: i64,
+        last_pulled_ms: Option<i64>,
+    },
+    /// Removed only while no tag names it, no index in the repository lists it
+    /// and its subject (if any) is gone.
+    Manifest {
+        digest: Digest,
+        pushed_ms: i64,
+        last_pulled_ms: Option<i64>,
+        /// Also required: untagged and unreferenced since before this time.
+        untouched_since: Option<i64>,
+    },
+}
+
+/// A removal and why: the rule that decided it and a sentence for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRemoval {
+    pub removal: Removal,
+    pub rule: String,
+    pub reason: String,
+}
+
+/// A retention policy as stored: its rules are a JSON object the server parses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRecord {
+    pub pattern: String,
+    pub rules_json: String,
+    /// `api` or `config`.
+    pub source: String,
+    pub updated_by: String,
+    pub updated_ms: i64,
+}
+
+/// A blob's link to a repository.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LinkKey {
+    pub repo_id: i64,
+    pub digest: Digest,
+}
+
+/// An untagged manifest that nothing in its repository references.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UntaggedManifest {
+    pub repo_id: i64,
+    pub repo: String,
+    pub digest: Digest,
+    pub pushed_ms: i64,
+    pub last_pulled_ms: Option<i64>,
+    pub touched_ms: i64,
+}
+
+/// A tag of the signature schema (`sha256-<hex>[.sig|.att|.sbom]`) whose
+/// subject manifest is not in its repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrphanedSignatureTag {
+    pub repo: String,
+    pub tag: TagState,
+}
+
+/// Deletes blob files while the metadata store holds its write lock.
+#[async_trait]
+pub trait FileRemover: Send + Sync {
+    async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), BoxError>;
+}
+
+/// The lifecycle jobs' view of the metadata store.
+#[async_trait]
+pub trait LifecycleStore: Send + Sync + 'static {
+    /// Every tag and manifest of `repo`, or `None` when it does not exist.
+    async fn repository_state(&self, repo: &str) -> Result<Option<RepoState>>;
+
+    /// Applies removals in order in one transaction, each only if its
+    /// preconditions still hold, writing an audit row for each one applied.
+    /// Returns, per removal, whether it was applied.
+    async fn remove(&self, repo: &str, removals: &[PlannedRemoval], audit: &Audit) -> Result<Vec<bool>>;
+
+    async fn policies(&self) -> Result<Vec<PolicyRecord>>;
+
+    /// Creates or replaces the policy of `policy.pattern`.
+    async fn put_policy(&self, policy: &PolicyRecord, audit: &Audit) -> Result<()>;
+
+    /// False when there was no policy for `pattern`.
+    async fn delete_policy(&self, pattern: &str, audit: &Audit) -> Result<bool>;
+
+    /// Makes the `config` policies exactly `policies`, leaving `api` ones alone
+    /// unless a config policy has the same pattern.
+    async fn sync_config_policies(&self, policies: &[PolicyRecord], audit: &Audit) -> Result<()>;
+
+    /// Links that no manifest of their repository references, unchanged since
+    /// before `cutoff_ms`, after `after` in key order.
+    async fn stale_links(&self, cutoff_ms: i64, after: Option<&LinkKey>, limit: u32) -> Result<Vec<LinkKey>>;
+
+    /// Removes the links that are still stale; returns how many went.
+    async fn remove_links(&self, links: &[LinkKey], cutoff_ms: i64) -> Result<u64>;
+
+    /// Blobs no repository links and no manifest references, untouched since
+    /// before `cutoff_ms`, with their sizes, after `after` in digest order.
+    async fn unreferenced_blobs(
+        &self,
+        cutoff_ms: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<(Digest, u64)>>;
+
+    /// Removes the records of those blobs that are still unreferenced and
+    /// their files (through `files`), in one transaction. Returns what went.
+    async fn remove_blobs(
+        &self,
+        digests: &[Digest],
+        cutoff_ms: i64,
+        files: &dyn FileRemover,
+    ) -> Result<Vec<(Digest, u64)>>;
+
+    /// Untagged manifests that nothing in their repository references (an
+    /// index listing them, a living subject), untouched since before
+    /// `cutoff_ms`, after `after` (repository id, digest) in key order.
+    async fn untagged_manifests(
+        &self,
+        cutoff_ms: i64,
+        after: Option<(i64, &Digest)>,
+        limit: u32,
+    ) -> Result<Vec<UntaggedManifest>>;
+
+    /// Signature-schema tags pushed before `cutoff_ms` whose subject is gone.
+    async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>>;
+
+    /// Recorded blobs whose hex digest starts with `hex_prefix`, with sizes.
+    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<(Digest, u64)>>;
+
+    /// Deletes files (through `files`) of those digests the store has no
+    /// record of, in one transaction; returns which.
+    async fn remove_orphan_files(&self, digests: &[Digest], files: &dyn FileRemover) -> Result<Vec<Digest>>;
+
+    /// Manifests referencing the blob, as (repository, manifest digest).
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<(String, Digest)>>;
+
+    /// Forgets a blob no manifest references (its links too); false when a
+    /// manifest references it or it is unknown.
+    async fn forget_unreferenced_blob(&self, digest: &Digest) -> Result<bool>;
+
+    /// Every upload session's id.
+    async fn upload_ids(&self) -> Result<Vec<String>>;
+}

@@ -1,0 +1,582 @@
+//! [`LifecycleStore`] on the embedded SQLite database.
+//!
+//! Every removal runs in a write transaction (`BEGIN IMMEDIATE`), which is
+//! also the lock uploads take to place a blob file, so a re-check made here
+//! cannot be overtaken by a push before the transaction commits.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use berth_oci::Digest;
+use serde_json::Value;
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::access::Audit;
+use crate::lifecycle::{
+    FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Removal,
+    RepoState, TagState, UntaggedManifest,
+};
+use crate::sqlite::digest_list;
+use crate::sqlite_access::write_audit;
+use crate::{MetaError, Result, SqliteMeta};
+
+fn corrupt(what: &str) -> MetaError {
+    MetaError::Corrupt(format!("unexpected {what} in a lifecycle query"))
+}
+
+fn digest_of(v: &Value) -> Result<Digest> {
+    let s = v.as_str().ok_or_else(|| corrupt("digest"))?;
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+fn opt_str(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_i64().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+/// Rows packed as one JSON array of arrays: sqlx hands rows over one at a
+/// time between threads, which dominates reading a repository of thousands of tags.
+fn rows(json: &str) -> Result<Vec<Vec<Value>>> {
+    serde_json::from_str(json).map_err(|e| MetaError::Corrupt(format!("packed rows: {e}")))
+}
+
+fn cell(row: &[Value], i: usize) -> &Value {
+    row.get(i).unwrap_or(&Value::Null)
+}
+
+impl SqliteMeta {
+    /// Applies one removal if its preconditions hold.
+    async fn apply_removal(
+        tx: &mut Transaction<'static, Sqlite>,
+        repo: &str,
+        repo_id: i64,
+        planned: &PlannedRemoval,
+        audit: &Audit,
+    ) -> Result<bool> {
+        let detail = |digest: &Digest| {
+            serde_json::json!({"rule": planned.rule, "reason": planned.reason, "digest": digest.to_string()})
+                .to_string()
+        };
+        match &planned.removal {
+            Removal::Tag {
+                name,
+                digest,
+                pushed_ms,
+                last_pulled_ms,
+            } => {
+                let unchanged: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest = $3 \
+                     AND pushed_ms = $4 AND last_pulled_ms IS $5",
+                )
+                .bind(repo_id)
+                .bind(name)
+                .bind(digest.to_string())
+                .bind(pushed_ms)
+                .bind(last_pulled_ms)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if unchanged.is_none() || !Self::remove_tag_row(tx, repo_id, name, audit.at_ms).await? {
+                    return Ok(false);
+                }
+                write_audit(tx, audit, "tag.delete", &format!("{repo}:{name}"), Some(detail(digest))).await?;
+                Ok(true)
+            }
+            Removal::Manifest {
+                digest,
+                pushed_ms,
+                last_pulled_ms,
+                untouched_since,
+            } => {
+                let removable: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM manifests m WHERE m.repo_id = $1 AND m.digest = $2 \
+                     AND m.pushed_ms = $3 AND m.last_pulled_ms IS $4 AND ($5 IS NULL OR m.touched_ms < $5) \
+                     AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = $1 AND t.manifest_digest = $2) \
+                     AND NOT EXISTS (SELECT 1 FROM manifest_refs p WHERE p.repo_id = $1 AND p.child_digest = $2 \
+                                     AND p.child_kind = 'manifest') \
+                     AND (m.subject IS NULL OR NOT EXISTS \
+                          (SELECT 1 FROM manifests s WHERE s.repo_id = $1 AND s.digest = m.subject))",
+                )
+                .bind(repo_id)
+                .bind(digest.to_string())
+                .bind(pushed_ms)
+                .bind(last_pulled_ms)
+                .bind(untouched_since)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if removable.is_none() || !Self::remove_manifest_row(tx, repo_id, digest, audit.at_ms).await? {
+                    return Ok(false);
+                }
+                write_audit(
+                    tx,
+                    audit,
+                    "manifest.delete",
+                    &format!("{repo}@{digest}"),
+                    Some(detail(digest)),
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LifecycleStore for SqliteMeta {
+    async fn repository_state(&self, repo: &str) -> Result<Option<RepoState>> {
+        let mut conn = self.reader.begin().await?;
+        let repo_id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(repo_id) = repo_id else {
+            return Ok(None);
+        };
+        let tag_rows: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(name, manifest_digest, pushed_ms, last_pulled_ms, pull_count)) \
+             FROM tags WHERE repo_id = $1",
+        )
+        .bind(repo_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let manifest_rows: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(digest, media_type, artifact_type, subject, provenance, pushed_by, \
+             pushed_ms, touched_ms, last_pulled_ms, pull_count, platforms, total_size)) \
+             FROM manifests WHERE repo_id = $1",
+        )
+        .bind(repo_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let child_rows: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(manifest_digest, child_digest)) FROM manifest_refs \
+             WHERE repo_id = $1 AND child_kind = 'manifest'",
+        )
+        .bind(repo_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        conn.commit().await?;
+
+        let tags = rows(&tag_rows)?
+            .iter()
+            .map(|r| {
+                Ok(TagState {
+                    name: opt_str(cell(r, 0)).ok_or_else(|| corrupt("tag name"))?,
+                    digest: digest_of(cell(r, 1))?,
+                    pushed_ms: cell(r, 2).as_i64().unwrap_or(0),
+                    last_pulled_ms: cell(r, 3).as_i64(),
+                    pull_count: u64_of(cell(r, 4)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut children: std::collections::HashMap<String, Vec<Digest>> = std::collections::HashMap::new();
+        for r in rows(&child_rows)? {
+            let parent = opt_str(cell(&r, 0)).ok_or_else(|| corrupt("parent digest"))?;
+            children.entry(parent).or_default().push(digest_of(cell(&r, 1))?);
+        }
+        let manifests = rows(&manifest_rows)?
+            .iter()
+            .map(|r| {
+                let digest_text = opt_str(cell(r, 0)).ok_or_else(|| corrupt("manifest digest"))?;
+                let platforms = match cell(r, 10).as_str() {
+                    Some(json) => serde_json::from_str(json).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                Ok(ManifestState {
+                    digest: parse_digest(&digest_text)?,
+                    media_type: opt_str(cell(r, 1)).unwrap_or_default(),
+                    artifact_type: opt_str(cell(r, 2)),
+                    subject: cell(r, 3).as_str().map(parse_digest).transpose()?,
+                    children: children.remove(&digest_text).unwrap_or_default(),
+                    provenance: opt_str(cell(r, 4)).unwrap_or_default(),
+                    pushed_by: opt_str(cell(r, 5)),
+                    pushed_ms: cell(r, 6).as_i64().unwrap_or(0),
+                    touched_ms: cell(r, 7).as_i64().unwrap_or(0),
+                    last_pulled_ms: cell(r, 8).as_i64(),
+                    pull_count: u64_of(cell(r, 9)),
+                    platforms,
+                    total_size: cell(r, 11).as_i64().and_then(|n| u64::try_from(n).ok()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(RepoState {
+            name: repo.to_string(),
+            tags,
+            manifests,
+        }))
+    }
+
+    async fn remove(&self, repo: &str, removals: &[PlannedRemoval], audit: &Audit) -> Result<Vec<bool>> {
+        let mut tx = self.begin().await?;
+        let Some(repo_id) = Self::repo_id(&mut tx, repo).await? else {
+            return Ok(vec![false; removals.len()]);
+        };
+        let mut applied = Vec::with_capacity(removals.len());
+        for planned in removals {
+            applied.push(Self::apply_removal(&mut tx, repo, repo_id, planned, audit).await?);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        let rows = sqlx::query(
+            "SELECT pattern, rules, source, updated_by, updated_ms FROM retention_policies ORDER BY pattern",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PolicyRecord {
+                    pattern: r.try_get("pattern")?,
+                    rules_json: r.try_get("rules")?,
+                    source: r.try_get("source")?,
+                    updated_by: r.try_get("updated_by")?,
+                    updated_ms: r.try_get("updated_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_policy(&self, policy: &PolicyRecord, audit: &Audit) -> Result<()> {
+        let mut tx = self.begin().await?;
+        upsert_policy(&mut tx, policy).await?;
+        write_audit(
+            &mut tx,
+            audit,
+            "retention.set",
+            &format!("policy:{}", policy.pattern),
+            Some(policy.rules_json.clone()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_policy(&self, pattern: &str, audit: &Audit) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
+            .bind(pattern)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        write_audit(&mut tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn sync_config_policies(&self, policies: &[PolicyRecord], audit: &Audit) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query("SELECT pattern, rules, source FROM retention_policies")
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &existing {
+            let pattern: String = row.try_get("pattern")?;
+            let source: String = row.try_get("source")?;
+            if source == "config" && !policies.iter().any(|p| p.pattern == pattern) {
+                sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
+                    .bind(&pattern)
+                    .execute(&mut *tx)
+                    .await?;
+                write_audit(&mut tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
+            }
+        }
+        for policy in policies {
+            let same = existing.iter().any(|row| {
+                row.try_get::<String, _>("pattern").ok().as_deref() == Some(policy.pattern.as_str())
+                    && row.try_get::<String, _>("rules").ok().as_deref() == Some(policy.rules_json.as_str())
+                    && row.try_get::<String, _>("source").ok().as_deref() == Some("config")
+            });
+            if !same {
+                upsert_policy(&mut tx, policy).await?;
+                write_audit(
+                    &mut tx,
+                    audit,
+                    "retention.set",
+                    &format!("policy:{}", policy.pattern),
+                    Some(policy.rules_json.clone()),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stale_links(&self, cutoff_ms: i64, after: Option<&LinkKey>, limit: u32) -> Result<Vec<LinkKey>> {
+        let (after_repo, after_digest) = match after {
+            Some(k) => (k.repo_id, k.digest.to_string()),
+            None => (i64::MIN, String::new()),
+        };
+        let packed: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(repo_id, digest)) FROM (SELECT l.repo_id, l.digest FROM repo_blobs l \
+             WHERE (l.repo_id, l.digest) > ($1, $2) AND l.linked_ms < $3 \
+             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = l.digest AND r.repo_id = l.repo_id) \
+             ORDER BY l.repo_id, l.digest LIMIT $4)",
+        )
+        .bind(after_repo)
+        .bind(after_digest)
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        rows(&packed)?
+            .iter()
+            .map(|r| {
+                Ok(LinkKey {
+                    repo_id: cell(r, 0).as_i64().ok_or_else(|| corrupt("repository id"))?,
+                    digest: digest_of(cell(r, 1))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_links(&self, links: &[LinkKey], cutoff_ms: i64) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let mut removed = 0;
+        for link in links {
+            let done = sqlx::query(
+                "DELETE FROM repo_blobs WHERE repo_id = $1 AND digest = $2 AND linked_ms < $3 \
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = $2 AND r.repo_id = $1)",
+            )
+            .bind(link.repo_id)
+            .bind(link.digest.to_string())
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+            removed += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn unreferenced_blobs(
+        &self,
+        cutoff_ms: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let packed: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(digest, size)) FROM (SELECT b.digest, b.size FROM blobs b \
+             WHERE b.digest > $1 AND b.touched_ms < $2 \
+             AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest) \
+             ORDER BY b.digest LIMIT $3)",
+        )
+        .bind(after.map(|d| d.to_string()).unwrap_or_default())
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        rows(&packed)?
+            .iter()
+            .map(|r| Ok((digest_of(cell(r, 0))?, u64_of(cell(r, 1)))))
+            .collect()
+    }
+
+    async fn remove_blobs(
+        &self,
+        digests: &[Digest],
+        cutoff_ms: i64,
+        files: &dyn FileRemover,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let mut tx = self.begin().await?;
+        let mut removed = Vec::new();
+        for digest in digests {
+            let size: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM blobs WHERE digest = $1 AND touched_ms < $2 \
+                 AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = $1) RETURNING size",
+            )
+            .bind(digest.to_string())
+            .bind(cutoff_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(size) = size {
+                removed.push((digest.clone(), u64::try_from(size).unwrap_or(0)));
+            }
+        }
+        let gone: Vec<Digest> = removed.iter().map(|(d, _)| d.clone()).collect();
+        // Files go before the commit: should deleting them fail, the records
+        // stay and the next run tries again.
+        files.remove(&gone).await.map_err(MetaError::Placement)?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn untagged_manifests(
+        &self,
+        cutoff_ms: i64,
+        after: Option<(i64, &Digest)>,
+        limit: u32,
+    ) -> Result<Vec<UntaggedManifest>> {
+        let (after_repo, after_digest) = match after {
+            Some((id, d)) => (id, d.to_string()),
+            None => (i64::MIN, String::new()),
+        };
+        let packed: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(repo_id, name, digest, pushed_ms, last_pulled_ms, touched_ms)) FROM \
+             (SELECT m.repo_id, r.name, m.digest, m.pushed_ms, m.last_pulled_ms, m.touched_ms FROM manifests m \
+              JOIN repositories r ON r.id = m.repo_id \
+              WHERE (m.repo_id, m.digest) > ($1, $2) AND m.touched_ms < $3 \
+              AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = m.repo_id AND t.manifest_digest = m.digest) \
+              AND NOT EXISTS (SELECT 1 FROM manifest_refs p WHERE p.repo_id = m.repo_id AND p.child_digest = m.digest \
+                              AND p.child_kind = 'manifest') \
+              AND (m.subject IS NULL OR NOT EXISTS \
+                   (SELECT 1 FROM manifests s WHERE s.repo_id = m.repo_id AND s.digest = m.subject)) \
+              ORDER BY m.repo_id, m.digest LIMIT $4)",
+        )
+        .bind(after_repo)
+        .bind(after_digest)
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        rows(&packed)?
+            .iter()
+            .map(|r| {
+                Ok(UntaggedManifest {
+                    repo_id: cell(r, 0).as_i64().ok_or_else(|| corrupt("repository id"))?,
+                    repo: opt_str(cell(r, 1)).ok_or_else(|| corrupt("repository name"))?,
+                    digest: digest_of(cell(r, 2))?,
+                    pushed_ms: cell(r, 3).as_i64().unwrap_or(0),
+                    last_pulled_ms: cell(r, 4).as_i64(),
+                    touched_ms: cell(r, 5).as_i64().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>> {
+        let packed: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(repo, name, manifest_digest, pushed_ms, last_pulled_ms, pull_count)) \
+             FROM (SELECT r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, t.last_pulled_ms, t.pull_count \
+              FROM tags t JOIN repositories r ON r.id = t.repo_id \
+              WHERE t.name GLOB 'sha256-*' AND t.pushed_ms < $1 \
+              AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = t.repo_id \
+                              AND m.digest = 'sha256:' || substr(t.name, 8, 64)) \
+              ORDER BY r.name, t.name LIMIT $2)",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        rows(&packed)?
+            .iter()
+            .map(|r| {
+                Ok(OrphanedSignatureTag {
+                    repo: opt_str(cell(r, 0)).ok_or_else(|| corrupt("repository name"))?,
+                    tag: TagState {
+                        name: opt_str(cell(r, 1)).ok_or_else(|| corrupt("tag name"))?,
+                        digest: digest_of(cell(r, 2))?,
+                        pushed_ms: cell(r, 3).as_i64().unwrap_or(0),
+                        last_pulled_ms: cell(r, 4).as_i64(),
+                        pull_count: u64_of(cell(r, 5)),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<(Digest, u64)>> {
+        let low = format!("{algorithm}:{hex_prefix}");
+        // Every hex digit sorts before `g`, so this bounds the prefix.
+        let high = format!("{algorithm}:{hex_prefix}g");
+        let packed: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(digest, size)) FROM \
+             (SELECT digest, size FROM blobs WHERE digest >= $1 AND digest < $2 ORDER BY digest)",
+        )
+        .bind(low)
+        .bind(high)
+        .fetch_one(&self.reader)
+        .await?;
+        rows(&packed)?
+            .iter()
+            .map(|r| Ok((digest_of(cell(r, 0))?, u64_of(cell(r, 1)))))
+            .collect()
+    }
+
+    async fn remove_orphan_files(&self, digests: &[Digest], files: &dyn FileRemover) -> Result<Vec<Digest>> {
+        let mut tx = self.begin().await?;
+        let known: String = sqlx::query_scalar(
+            "SELECT json_group_array(digest) FROM blobs WHERE digest IN (SELECT value FROM json_each($1))",
+        )
+        .bind(digest_list(digests))
+        .fetch_one(&mut *tx)
+        .await?;
+        let known: Vec<String> =
+            serde_json::from_str(&known).map_err(|e| MetaError::Corrupt(format!("digest list: {e}")))?;
+        let orphans: Vec<Digest> = digests
+            .iter()
+            .filter(|d| !known.contains(&d.to_string()))
+            .cloned()
+            .collect();
+        files.remove(&orphans).await.map_err(MetaError::Placement)?;
+        tx.commit().await?;
+        Ok(orphans)
+    }
+
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<(String, Digest)>> {
+        let rows = sqlx::query(
+            "SELECT r.name, m.manifest_digest FROM manifest_refs m JOIN repositories r ON r.id = m.repo_id \
+             WHERE m.child_digest = $1 ORDER BY r.name, m.manifest_digest",
+        )
+        .bind(digest.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, parse_digest(r.try_get("manifest_digest")?)?)))
+            .collect()
+    }
+
+    async fn forget_unreferenced_blob(&self, digest: &Digest) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let referenced: Option<i64> = sqlx::query_scalar("SELECT 1 FROM manifest_refs WHERE child_digest = $1 LIMIT 1")
+            .bind(digest.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if referenced.is_some() {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM repo_blobs WHERE digest = $1")
+            .bind(digest.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM blobs WHERE digest = $1")
+            .bind(digest.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn upload_ids(&self) -> Result<Vec<String>> {
+        let ids: String = sqlx::query_scalar("SELECT json_group_array(id) FROM uploads")
+            .fetch_one(&self.reader)
+            .await?;
+        serde_json::from_str(&ids).map_err(|e| MetaError::Corrupt(format!("upload ids: {e}")))
+    }
+}
+
+async fn upsert_policy(tx: &mut Transaction<'static, Sqlite>, policy: &PolicyRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO retention_policies (pattern, rules, source, updated_by, updated_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (pattern) DO UPDATE SET rules = excluded.rules, source = excluded.source, \
+         updated_by = excluded.updated_by, updated_ms = excluded.updated_ms",
+    )
+    .bind(&policy.pattern)
+    .bind(&policy.rules_json)
+    .bind(&policy.source)
+    .bind(&policy.updated_by)
+    .bind(policy.updated_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Online garbage collection.
+//!
+//! Nothing is locked for the whole run. Each phase reads candidates from a
+//! read snapshot, then removes them in small write transactions that check
+//! again, inside the transaction, that the candidate is still unreferenced
+//! and has been for the grace period. Uploads place blob files under the same
+//! write lock, so a push that re-references a blob during the run either
+//! commits first (and the blob stays) or finds the blob gone (and uploads it).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use berth_meta::access::Audit;
+use berth_meta::lifecycle::{FileRemover, LinkKey, PlannedRemoval, Removal};
+use berth_meta::BoxError;
+use berth_oci::{Algorithm, Digest, UploadId};
+use berth_storage::BlobStore;
+use serde::Serialize;
+
+use super::{Lifecycle, Result};
+
+/// What one collection found and removed (or, in a dry run, would remove).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub signature_tags_removed: u64,
+    pub manifests_removed: u64,
+    pub links_removed: u64,
+    pub blobs_removed: u64,
+    pub bytes_reclaimed: u64,
+    pub orphan_files_removed: u64,
+    pub orphan_bytes_reclaimed: u64,
+    pub upload_files_removed: u64,
+    pub elapsed_ms: u64,
+}
+
+/// How many candidates one transaction handles.
+const BATCH: u32 = 500;
+
+/// Deletes blob files through the blob store.
+pub(crate) struct StoreFiles<'a>(pub &'a dyn BlobStore);
+
+#[async_trait]
+impl FileRemover for StoreFiles<'_> {
+    async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), BoxError> {
+        for digest in digests {
+            self.0.delete(digest).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Every two-hex-digit shard of the blob store's layout.
+pub(crate) fn shards() -> impl Iterator<Item = String> {
+    (0..=255u8).map(|n| format!("{n:02x}"))
+}
+
+impl Lifecycle {
+    /// Runs one collection. `progress` hears one line per phase.
+    pub async fn collect_garbage(&self, dry_run: bool, mut progress: impl FnMut(&str)) -> Result<GcReport> {
+        let _turn = self.take_turn().await;
+        let started = Instant::now();
+        let cutoff = self.now_ms().saturating_sub(self.grace_ms());
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        let audit = || Audit {
+            actor: "gc".into(),
+            at_ms: self.now_ms(),
+        };
+
+        // 1. Signature-schema tags whose subject is gone, with their manifests.
+        let orphaned = self.store().orphaned_signature_tags(cutoff, u32::MAX).await?;
+        for o in &orphaned {
+            if dry_run {
+                report.signature_tags_removed += 1;
+                continue;
+            }
+            let mut removals = vec![PlannedRemoval {
+                removal: Removal::Tag {
+                    name: o.tag.name.clone(),
+                    digest: o.tag.digest.clone(),
+                    pushed_ms: o.tag.pushed_ms,
+                    last_pulled_ms: o.tag.last_pulled_ms,
+                },
+                rule: "follows_subject".into(),
+                reason: "signature tag of a manifest that is gone".into(),
+            }];
+            // The signature manifest goes too, unless something else keeps it.
+            if let Some(facts) = self.meta.manifest_facts(&o.repo, &o.tag.digest).await? {
+                removals.push(PlannedRemoval {
+                    removal: Removal::Manifest {
+                        digest: o.tag.digest.clone(),
+                        pushed_ms: facts.pushed_ms,
+                        last_pulled_ms: facts.last_pulled_ms,
+                        untouched_since: None,
+                    },
+                    rule: "follows_subject".into(),
+                    reason: "signature of a manifest that is gone".into(),
+                });
+            }
+            let applied = self.store().remove(&o.repo, &removals, &audit()).await?;
+            report.signature_tags_removed += u64::from(applied.first().copied().unwrap_or(false));
+            report.manifests_removed += u64::from(applied.get(1).copied().unwrap_or(false));
+        }
+        progress(&format!(
+            "signature tags of deleted manifests: {}",
+            report.signature_tags_removed
+        ));
+
+        // 2. Untagged manifests nothing references, in passes: removing an
+        // index frees its children and a subject its referrers.
+        let policies = self.policies().await?;
+        loop {
+            let mut removed_this_pass = 0;
+            let mut after: Option<(i64, Digest)> = None;
+            loop {
+                let batch = self
+                    .store()
+                    .untagged_manifests(cutoff, after.as_ref().map(|(id, d)| (*id, d)), BATCH)
+                    .await?;
+                let Some(last) = batch.last() else { break };
+                after = Some((last.repo_id, last.digest.clone()));
+                let full = batch.len() == BATCH as usize;
+                // Repositories whose policy sets `untagged` leave these to retention.
+                let mine = batch.into_iter().filter(|m| {
+                    policies
+                        .for_repository(&m.repo)
+                        .is_none_or(|p| p.rules.untagged.is_none())
+                });
+                if dry_run {
+                    removed_this_pass += mine.count() as u64;
+                } else {
+                    let mut by_repo: Vec<(String, Vec<PlannedRemoval>)> = Vec::new();
+                    for m in mine {
+                        let removal = PlannedRemoval {
+                            removal: Removal::Manifest {
+                                digest: m.digest.clone(),
+                                pushed_ms: m.pushed_ms,
+                                last_pulled_ms: m.last_pulled_ms,
+                                untouched_since: Some(cutoff),
+                            },
+                            rule: "gc".into(),
+                            reason: "untagged and unreferenced for longer than the grace period".into(),
+                        };
+                        match by_repo.last_mut() {
+                            Some((repo, list)) if *repo == m.repo => list.push(removal),
+                            _ => by_repo.push((m.repo.clone(), vec![removal])),
+                        }
+                    }
+                    for (repo, removals) in by_repo {
+                        let applied = self.store().remove(&repo, &removals, &audit()).await?;
+                        removed_this_pass += applied.into_iter().filter(|a| *a).count() as u64;
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            report.manifests_removed += removed_this_pass;
+            if dry_run || removed_this_pass == 0 {
+                break;
+            }
+        }
+        progress(&format!("untagged manifests: {}", report.manifests_removed));
+
+        // 3. Links no manifest of their repository uses.
+        let mut after: Option<LinkKey> = None;
+        loop {
+            let batch = self.store().stale_links(cutoff, after.as_ref(), BATCH).await?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.clone());
+            report.links_removed += if dry_run {
+                batch.len() as u64
+            } else {
+                self.store().remove_links(&batch, cutoff).await?
+            };
+            if batch.len() < BATCH as usize {
+                break;
+            }
+        }
+        progress(&format!("unused blob links: {}", report.links_removed));
+
+        // 4. Blobs nothing links or references.
+        let files = StoreFiles(self.blobs().as_ref());
+        let mut after: Option<Digest> = None;
+        loop {
+            let batch = self.store().unreferenced_blobs(cutoff, after.as_ref(), BATCH).await?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(last.clone());
+            let removed = if dry_run {
+                batch.clone()
+            } else {
+                let digests: Vec<Digest> = batch.iter().map(|(d, _)| d.clone()).collect();
+                self.store().remove_blobs(&digests, cutoff, &files).await?
+            };
+            report.blobs_removed += removed.len() as u64;
+            report.bytes_reclaimed += removed.iter().map(|(_, size)| size).sum::<u64>();
+            if batch.len() < BATCH as usize {
+                break;
+            }
+        }
+        progress(&format!(
+            "unreferenced blobs: {} ({} bytes)",
+            report.blobs_removed, report.bytes_reclaimed
+        ));
+
+        // 5. Files the database does not know (left by a crash), past the grace period.
+        for shard in shards() {
+            let known: HashSet<Digest> = self
+                .store()
+                .blobs_with_prefix(Algorithm::Sha256.as_str(), &shard)
+                .await?
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            let orphans: Vec<(Digest, u64)> = self
+                .blobs()
+                .list_blobs(Algorithm::Sha256.as_str(), &shard)
+                .await?
+                .into_iter()
+                .filter(|f| f.modified_ms < cutoff && !known.contains(&f.key))
+                .map(|f| (f.key, f.size))
+                .collect();
+            if orphans.is_empty() {
+                continue;
+            }
+            let removed: Vec<Digest> = if dry_run {
+                orphans.iter().map(|(d, _)| d.clone()).collect()
+            } else {
+                let digests: Vec<Digest> = orphans.iter().map(|(d, _)| d.clone()).collect();
+                self.store().remove_orphan_files(&digests, &files).await?
+            };
+            report.orphan_files_removed += removed.len() as u64;
+            report.orphan_bytes_reclaimed += orphans
+                .iter()
+                .filter(|(d, _)| removed.contains(d))
+                .map(|(_, s)| s)
+                .sum::<u64>();
+        }
+        progress(&format!(
+            "orphaned blob files: {} ({} bytes)",
+            report.orphan_files_removed, report.orphan_bytes_reclaimed
+        ));
+
+        // 6. Upload files without a session (the session row went, the file stayed).
+        let sessions: HashSet<String> = self.store().upload_ids().await?.into_iter().collect();
+        let stray: Vec<UploadId> = self
+            .blobs()
+            .list_uploads()
+            .await?
+            .into_iter()
+            .filter(|f| f.modified_ms < cutoff && !sessions.contains(f.key.as_str()))
+            .map(|f| f.key)
+            .collect();
+        for id in &stray {
+            if !dry_run {
+                self.blobs().cancel_upload(id).await?;
+            }
+            report.upload_files_removed += 1;
+        }
+        progress(&format!(
+            "upload files without a session: {}",
+            report.upload_files_removed
+        ));
+
+        report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(report)
+    }
+}

@@ -1,0 +1,345 @@
+//! Lifecycle: tag-suffix expiry, keep-latest, retention policies, garbage
+//! collection and the consistency check, on top of the same stores the
+//! registry core uses.
+//!
+//! Deciding is separate from doing: [`plan`] decides for one repository from a
+//! snapshot; [`Lifecycle::run`] applies the plan through removals that the
+//! metadata store re-checks in the deleting transaction, so a push or pull
+//! made after the snapshot wins.
+
+pub mod fsck;
+pub mod gc;
+pub mod plan;
+pub mod policy;
+pub mod tags;
+
+use std::sync::Arc;
+
+use berth_meta::access::Audit;
+use berth_meta::lifecycle::{LifecycleStore, PolicyRecord};
+use berth_meta::{MetaError, MetaStore};
+use berth_storage::BlobStore;
+use serde::Serialize;
+
+use crate::auth::access::Pattern;
+use crate::clock::Clock;
+use crate::config::{Config, InvalidSuffix, LifecycleConfig};
+
+pub use plan::{RepoPlan, Settings};
+pub use policy::{Policies, Policy, Rules};
+pub use tags::SuffixError;
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Storage(#[from] berth_storage::StorageError),
+}
+
+pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+/// Per-namespace switches: suffix rules and keep-latest mode.
+#[derive(Debug, Clone)]
+pub struct NamespaceRules {
+    /// Most specific pattern first.
+    namespaces: Vec<(Pattern, Option<bool>, bool)>,
+    suffix_rules: bool,
+    invalid_suffix: InvalidSuffix,
+}
+
+impl NamespaceRules {
+    pub fn from_config(config: &LifecycleConfig) -> Result<NamespaceRules, String> {
+        let mut namespaces = config
+            .namespaces
+            .iter()
+            .map(|n| Ok((Pattern::parse(&n.pattern)?, n.suffix_rules, n.keep_latest)))
+            .collect::<Result<Vec<_>, String>>()?;
+        namespaces.sort_by(|a, b| {
+            policy::specificity(b.0.as_str())
+                .cmp(&policy::specificity(a.0.as_str()))
+                .then_with(|| a.0.as_str().cmp(b.0.as_str()))
+        });
+        Ok(NamespaceRules {
+            namespaces,
+            suffix_rules: config.suffix_rules,
+            invalid_suffix: config.invalid_suffix,
+        })
+    }
+
+    fn namespace(&self, repo: &str) -> Option<&(Pattern, Option<bool>, bool)> {
+        self.namespaces.iter().find(|(p, _, _)| p.matches(repo))
+    }
+
+    /// Whether `--ttl-`/`--idle-` suffixes count in `repo`.
+    pub fn suffix_rules(&self, repo: &str) -> bool {
+        self.namespace(repo)
+            .and_then(|(_, suffix, _)| *suffix)
+            .unwrap_or(self.suffix_rules)
+    }
+
+    /// Whether only the newest plain tag survives in `repo`.
+    pub fn keep_latest(&self, repo: &str) -> bool {
+        self.namespace(repo).is_some_and(|(_, _, keep)| *keep)
+    }
+
+    /// Refuses a push of a tag whose suffix is malformed, when suffixes count
+    /// in `repo` and the configuration says to refuse.
+    pub fn check_push(&self, repo: &str, tag: &str) -> Result<(), SuffixError> {
+        if self.invalid_suffix == InvalidSuffix::Reject && self.suffix_rules(repo) {
+            tags::suffix_rule(tag)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for NamespaceRules {
+    fn default() -> Self {
+        NamespaceRules {
+            namespaces: Vec::new(),
+            suffix_rules: true,
+            invalid_suffix: InvalidSuffix::Reject,
+        }
+    }
+}
+
+/// Which rules a run applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Tag suffixes and keep-latest only (the frequent expiry job).
+    Expiry,
+    /// Those and the retention policies.
+    Retention,
+}
+
+/// What a preview or a run decided and did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunSummary {
+    pub repositories: u64,
+    pub tags_kept: u64,
+    pub tags_deleted: u64,
+    pub manifests_deleted: u64,
+    /// Removals skipped because the tag or manifest changed (pushed, pulled,
+    /// re-tagged) after it was decided on.
+    pub skipped_changed: u64,
+}
+
+/// The lifecycle jobs over the registry's stores.
+pub struct Lifecycle {
+    meta: Arc<dyn MetaStore>,
+    store: Arc<dyn LifecycleStore>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Arc<dyn Clock>,
+    pub namespaces: NamespaceRules,
+    /// Policies from the configuration file, applied by [`Lifecycle::sync_config_policies`].
+    config_policies: Vec<(String, Rules)>,
+    grace_ms: i64,
+    /// Runs and collections of this process take turns.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// How many repository names are read at a time.
+const REPO_BATCH: u32 = 500;
+/// How many removals one transaction applies.
+const REMOVAL_BATCH: usize = 500;
+
+impl Lifecycle {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        store: Arc<dyn LifecycleStore>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        config: &Config,
+    ) -> Result<Lifecycle, String> {
+        for (pattern, rules) in &config.retention.policies {
+            Policy::new(pattern, rules.clone()).map_err(|e| format!("retention.policies: {e}"))?;
+        }
+        Ok(Lifecycle {
+            meta,
+            store,
+            blobs,
+            clock,
+            namespaces: NamespaceRules::from_config(&config.lifecycle).map_err(|e| format!("lifecycle: {e}"))?,
+            config_policies: config
+                .retention
+                .policies
+                .iter()
+                .map(|(p, r)| (p.clone(), r.clone()))
+                .collect(),
+            grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn store(&self) -> &dyn LifecycleStore {
+        self.store.as_ref()
+    }
+
+    /// Makes the database's `config` policies those of the configuration file.
+    pub async fn sync_config_policies(&self) -> Result<()> {
+        let now = self.now_ms();
+        let records = self
+            .config_policies
+            .iter()
+            .map(|(pattern, rules)| PolicyRecord {
+                pattern: pattern.clone(),
+                rules_json: serde_json::to_string(rules).unwrap_or_default(),
+                source: "config".into(),
+                updated_by: "config".into(),
+                updated_ms: now,
+            })
+            .collect::<Vec<_>>();
+        let audit = Audit {
+            actor: "config".into(),
+            at_ms: now,
+        };
+        self.store.sync_config_policies(&records, &audit).await?;
+        Ok(())
+    }
+
+    pub async fn policies(&self) -> Result<Policies> {
+        Ok(Policies::from_records(&self.store.policies().await?))
+    }
+
+    /// Creates or replaces a policy (from the CLI or the admin API).
+    pub async fn set_policy(&self, pattern: &str, rules: Rules, actor: &str) -> Result<()> {
+        Policy::new(pattern, rules.clone()).map_err(LifecycleError::Invalid)?;
+        let now = self.now_ms();
+        let record = PolicyRecord {
+            pattern: pattern.to_string(),
+            rules_json: serde_json::to_string(&rules).unwrap_or_default(),
+            source: "api".into(),
+            updated_by: actor.to_string(),
+            updated_ms: now,
+        };
+        let audit = Audit {
+            actor: actor.to_string(),
+            at_ms: now,
+        };
+        self.store.put_policy(&record, &audit).await?;
+        Ok(())
+    }
+
+    pub async fn delete_policy(&self, pattern: &str, actor: &str) -> Result<bool> {
+        let audit = Audit {
+            actor: actor.to_string(),
+            at_ms: self.now_ms(),
+        };
+        Ok(self.store.delete_policy(pattern, &audit).await?)
+    }
+
+    /// The settings for one repository.
+    fn settings<'a>(&self, repo: &str, policies: &'a Policies, scope: Scope, now_ms: i64) -> Settings<'a> {
+        Settings {
+            now_ms,
+            suffix_rules: self.namespaces.suffix_rules(repo),
+            keep_latest: self.namespaces.keep_latest(repo),
+            policy: match scope {
+                Scope::Retention => policies.for_repository(repo),
+                Scope::Expiry => None,
+            },
+        }
+    }
+
+    /// Decides every repository matching `filter` and hands each plan to
+    /// `each`, deleting nothing.
+    pub async fn preview(
+        &self,
+        filter: Option<&Pattern>,
+        scope: Scope,
+        mut each: impl FnMut(&RepoPlan),
+    ) -> Result<RunSummary> {
+        self.for_each_plan(filter, scope, |_, plan| {
+            each(plan);
+            async { Ok(0) }
+        })
+        .await
+    }
+
+    /// Decides and applies, repository by repository, recording every removal
+    /// in the audit log as `actor` with its rule and reason.
+    pub async fn run(&self, filter: Option<&Pattern>, scope: Scope, actor: &str) -> Result<RunSummary> {
+        let _turn = self.busy.lock().await;
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        self.for_each_plan(filter, scope, |state, plan| {
+            let removals = plan.removals(&state);
+            let repo = plan.repo.clone();
+            let store = store.clone();
+            let clock = clock.clone();
+            let actor = actor.to_string();
+            async move {
+                let mut skipped = 0;
+                for batch in removals.chunks(REMOVAL_BATCH) {
+                    let audit = Audit {
+                        actor: actor.clone(),
+                        at_ms: clock.now_ms(),
+                    };
+                    let applied = store.remove(&repo, batch, &audit).await?;
+                    for (removal, done) in batch.iter().zip(applied) {
+                        if !done {
+                            skipped += 1;
+                            tracing::info!(repository = %repo, rule = %removal.rule, removal = ?removal.removal,
+                                "left in place: it changed after the plan was made");
+                        }
+                    }
+                }
+                Ok(skipped)
+            }
+        })
+        .await
+    }
+
+    async fn for_each_plan<F, Fut>(&self, filter: Option<&Pattern>, scope: Scope, mut apply: F) -> Result<RunSummary>
+    where
+        F: FnMut(berth_meta::lifecycle::RepoState, &RepoPlan) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        let policies = self.policies().await?;
+        let mut summary = RunSummary::default();
+        let mut after: Option<String> = None;
+        loop {
+            let names = self.meta.list_repositories(after.as_deref(), REPO_BATCH).await?;
+            let done = names.len() < REPO_BATCH as usize;
+            after = names.last().cloned();
+            for repo in names {
+                if filter.is_some_and(|f| !f.matches(&repo)) {
+                    continue;
+                }
+                let Some(state) = self.store.repository_state(&repo).await? else {
+                    continue;
+                };
+                let plan = plan::plan(&state, self.settings(&repo, &policies, scope, self.now_ms()));
+                summary.repositories += 1;
+                let deleted = plan.tags.iter().filter(|t| !t.keep).count() as u64;
+                summary.tags_deleted += deleted;
+                summary.tags_kept += plan.tags.len() as u64 - deleted;
+                summary.manifests_deleted += plan.manifests.len() as u64;
+                summary.skipped_changed += apply(state, &plan).await?;
+            }
+            if done {
+                return Ok(summary);
+            }
+        }
+    }
+
+    pub(crate) async fn take_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.busy.lock().await
+    }
+
+    /// The grace period of garbage collection.
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
+    }
+
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
+    }
+}

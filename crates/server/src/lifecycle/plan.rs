@@ -1,0 +1,821 @@
+//! The planner: given one repository's tags and manifests, the rules that
+//! apply to it and the time, which tags and manifests go, and why.
+//!
+//! It is a pure function of its inputs, so a preview and a run made at the
+//! same moment decide the same, and tests need no clock but a number.
+
+use std::collections::{HashMap, HashSet};
+
+use berth_meta::lifecycle::{ManifestState, PlannedRemoval, Removal, RepoState, TagState};
+use berth_oci::Digest;
+
+use super::policy::Policy;
+use super::tags::{signature_subject, suffix_rule, SuffixRule};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// What applies to one repository.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub now_ms: i64,
+    /// Whether `--ttl-`/`--idle-` suffixes are honoured here.
+    pub suffix_rules: bool,
+    /// Whether only the newest plain tag survives here.
+    pub keep_latest: bool,
+    /// The retention policy, when retention rules are part of this plan.
+    pub policy: Option<&'a Policy>,
+}
+
+/// What happens to one tag, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagDecision {
+    pub tag: TagState,
+    pub keep: bool,
+    /// The rule that decided: `ttl`, `idle`, `keep_latest`, `keep_last`,
+    /// `keep_days`, `keep_pulled_within`, `keep_patterns`, `keep_min`,
+    /// `retention`, `follows_subject` or `no_policy`.
+    pub rule: &'static str,
+    pub reason: String,
+    /// When the deciding rule stops keeping the tag (or, for a deletion,
+    /// when it became due), if that is a fixed time.
+    pub expires_ms: Option<i64>,
+}
+
+/// A manifest that goes, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestDeletion {
+    pub digest: Digest,
+    pub rule: &'static str,
+    pub reason: String,
+}
+
+/// Everything decided for one repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepoPlan {
+    pub repo: String,
+    pub tags: Vec<TagDecision>,
+    pub manifests: Vec<ManifestDeletion>,
+}
+
+/// One line of a preview: a tag kept or deleted, or a manifest deleted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Entry {
+    pub repository: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub digest: String,
+    /// `keep` or `delete`.
+    pub action: &'static str,
+    pub rule: &'static str,
+    pub reason: String,
+    /// Unix milliseconds when the deciding rule stops keeping it, if fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+impl RepoPlan {
+    /// The plan as preview lines: tags by name, then manifests deleted.
+    pub fn entries(&self, deleted_only: bool) -> Vec<Entry> {
+        let tags = self.tags.iter().filter(|t| !deleted_only || !t.keep).map(|t| Entry {
+            repository: self.repo.clone(),
+            tag: Some(t.tag.name.clone()),
+            digest: t.tag.digest.to_string(),
+            action: if t.keep { "keep" } else { "delete" },
+            rule: t.rule,
+            reason: t.reason.clone(),
+            expires_ms: t.expires_ms,
+        });
+        let manifests = self.manifests.iter().map(|m| Entry {
+            repository: self.repo.clone(),
+            tag: None,
+            digest: m.digest.to_string(),
+            action: "delete",
+            rule: m.rule,
+            reason: m.reason.clone(),
+            expires_ms: None,
+        });
+        tags.chain(manifests).collect()
+    }
+
+    /// The removals to apply, tags first, each manifest after whatever
+    /// listed it or was its subject, each with the state it was decided on.
+    pub fn removals(&self, state: &RepoState) -> Vec<PlannedRemoval> {
+        let mut out: Vec<PlannedRemoval> = self
+            .tags
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| PlannedRemoval {
+                removal: Removal::Tag {
+                    name: d.tag.name.clone(),
+                    digest: d.tag.digest.clone(),
+                    pushed_ms: d.tag.pushed_ms,
+                    last_pulled_ms: d.tag.last_pulled_ms,
+                },
+                rule: d.rule.to_string(),
+                reason: d.reason.clone(),
+            })
+            .collect();
+        let by_digest: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
+        let going: HashSet<&Digest> = self.manifests.iter().map(|m| &m.digest).collect();
+        // Parents (indexes listing it, its subject) that are going too.
+        let mut waits_for: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+        for m in &state.manifests {
+            for child in &m.children {
+                if going.contains(&m.digest) && going.contains(child) {
+                    waits_for.entry(child).or_default().push(&m.digest);
+                }
+            }
+            if let Some(subject) = &m.subject {
+                if going.contains(subject) && going.contains(&m.digest) {
+                    waits_for.entry(&m.digest).or_default().push(subject);
+                }
+            }
+        }
+        let mut emitted: HashSet<&Digest> = HashSet::new();
+        let mut pending: Vec<&ManifestDeletion> = self.manifests.iter().collect();
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for d in pending {
+                let ready = waits_for
+                    .get(&d.digest)
+                    .is_none_or(|parents| parents.iter().all(|p| emitted.contains(p)));
+                if !ready {
+                    rest.push(d);
+                    continue;
+                }
+                let Some(m) = by_digest.get(&d.digest) else {
+                    continue;
+                };
+                emitted.insert(&d.digest);
+                out.push(PlannedRemoval {
+                    removal: Removal::Manifest {
+                        digest: d.digest.clone(),
+                        pushed_ms: m.pushed_ms,
+                        last_pulled_ms: m.last_pulled_ms,
+                        untouched_since: (d.rule == "untagged").then_some(m.touched_ms + 1),
+                    },
+                    rule: d.rule.to_string(),
+                    reason: d.reason.clone(),
+                });
+            }
+            if rest.len() == before {
+                // A cycle cannot be pushed (digests would have to name each
+                // other); should stored data hold one anyway, stop here.
+                break;
+            }
+            pending = rest;
+        }
+        out
+    }
+}
+
+fn days(ms: i64) -> String {
+    let d = ms as f64 / DAY_MS as f64;
+    if d.abs() >= 10.0 {
+        format!("{d:.0}d")
+    } else {
+        format!("{d:.1}d")
+    }
+}
+
+fn window_text(window_ms: i64) -> String {
+    if window_ms % DAY_MS == 0 {
+        format!("{}d", window_ms / DAY_MS)
+    } else {
+        format!("{}h", window_ms / 3_600_000)
+    }
+}
+
+/// Decides one repository.
+pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
+    let now = settings.now_ms;
+    let manifests: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
+    let mut decided: Vec<TagDecision> = Vec::with_capacity(state.tags.len());
+    let mut signature_tags: Vec<(&TagState, Digest)> = Vec::new();
+    let mut plain: Vec<&TagState> = Vec::new();
+
+    for tag in &state.tags {
+        if let Some(subject) = signature_subject(&tag.name) {
+            signature_tags.push((tag, subject));
+            continue;
+        }
+        let rule = if settings.suffix_rules {
+            suffix_rule(&tag.name).ok().flatten()
+        } else {
+            None
+        };
+        match rule {
+            Some(rule) => decided.push(suffix_decision(tag, rule, manifests.get(&tag.digest).copied(), now)),
+            None => plain.push(tag),
+        }
+    }
+
+    // Newest first; on equal push times the greater name is the newer.
+    plain.sort_by(|a, b| b.pushed_ms.cmp(&a.pushed_ms).then_with(|| b.name.cmp(&a.name)));
+    if settings.keep_latest {
+        decided.extend(keep_latest(&plain));
+    } else {
+        match settings.policy {
+            Some(policy) if policy.rules.decides_tags() => decided.extend(retention(&plain, policy, now)),
+            Some(policy) => decided.extend(plain.iter().map(|t| TagDecision {
+                tag: (*t).clone(),
+                keep: true,
+                rule: "no_policy",
+                reason: format!("policy {} has no tag rules", policy.pattern),
+                expires_ms: None,
+            })),
+            None => decided.extend(plain.iter().map(|t| TagDecision {
+                tag: (*t).clone(),
+                keep: true,
+                rule: "no_policy",
+                reason: "no retention policy applies".into(),
+                expires_ms: None,
+            })),
+        }
+    }
+
+    let untagged_days = settings.policy.and_then(|p| p.rules.untagged);
+    let (tag_decisions, manifest_deletions) =
+        manifests_and_signatures(state, decided, &signature_tags, untagged_days, now);
+    RepoPlan {
+        repo: state.name.clone(),
+        tags: tag_decisions,
+        manifests: manifest_deletions,
+    }
+}
+
+fn suffix_decision(tag: &TagState, rule: SuffixRule, manifest: Option<&ManifestState>, now: i64) -> TagDecision {
+    let window = rule.window_ms();
+    let (since, what) = match rule {
+        SuffixRule::Ttl { .. } => (tag.pushed_ms, "pushed"),
+        SuffixRule::Idle { .. } => {
+            let pulled = tag
+                .last_pulled_ms
+                .into_iter()
+                .chain(manifest.and_then(|m| m.last_pulled_ms))
+                .max();
+            match pulled {
+                Some(p) if p > tag.pushed_ms => (p, "last pulled"),
+                _ => (tag.pushed_ms, "pushed"),
+            }
+        }
+    };
+    let expires = since.saturating_add(window);
+    let keep = now < expires;
+    let reason = if keep {
+        format!(
+            "--{}-{}: {what} {} ago, expires in {}",
+            rule.name(),
+            window_text(window),
+            days(now - since),
+            days(expires - now)
+        )
+    } else {
+        format!(
+            "--{}-{}: {what} {} ago, expired {} ago",
+            rule.name(),
+            window_text(window),
+            days(now - since),
+            days(now - expires)
+        )
+    };
+    TagDecision {
+        tag: tag.clone(),
+        keep,
+        rule: rule.name(),
+        reason,
+        expires_ms: Some(expires),
+    }
+}
+
+fn keep_latest(plain: &[&TagState]) -> Vec<TagDecision> {
+    let Some(newest) = plain.first() else {
+        return Vec::new();
+    };
+    plain
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TagDecision {
+            tag: (*t).clone(),
+            keep: i == 0,
+            rule: "keep_latest",
+            reason: if i == 0 {
+                "keep_latest: the most recently pushed plain tag".into()
+            } else {
+                format!("keep_latest: {} was pushed later", newest.name)
+            },
+            expires_ms: None,
+        })
+        .collect()
+}
+
+fn retention(plain: &[&TagState], policy: &Policy, now: i64) -> Vec<TagDecision> {
+    let rules = &policy.rules;
+    let mut out: Vec<TagDecision> = plain
+        .iter()
+        .enumerate()
+        .map(|(rank, t)| {
+            let tag = (*t).clone();
+            if let Some(p) = policy
+                .keep_patterns
+                .iter()
+                .zip(&rules.keep_patterns)
+                .find(|(m, _)| m.is_match(&t.name))
+            {
+                return TagDecision {
+                    tag,
+                    keep: true,
+                    rule: "keep_patterns",
+                    reason: format!("keep_patterns: matches {:?}", p.1),
+                    expires_ms: None,
+                };
+            }
+            if let Some(n) = rules.keep_last.filter(|n| rank < *n as usize) {
+                return TagDecision {
+                    tag,
+                    keep: true,
+                    rule: "keep_last",
+                    reason: format!("keep_last: number {} of the {n} most recent", rank + 1),
+                    expires_ms: None,
+                };
+            }
+            let pushed_until = rules.keep_days.map(|d| t.pushed_ms + i64::from(d) * DAY_MS);
+            let pulled_until = rules
+                .keep_pulled_within
+                .zip(t.last_pulled_ms)
+                .map(|(d, p)| p + i64::from(d) * DAY_MS);
+            let by_push = pushed_until.filter(|u| now < *u);
+            let by_pull = pulled_until.filter(|u| now < *u);
+            match (by_push, by_pull) {
+                (Some(u), pull) if pull.is_none_or(|p| u >= p) => TagDecision {
+                    tag,
+                    keep: true,
+                    rule: "keep_days",
+                    reason: format!(
+                        "keep_days: pushed {} ago, within {} days",
+                        days(now - t.pushed_ms),
+                        rules.keep_days.unwrap_or(0)
+                    ),
+                    expires_ms: Some(u),
+                },
+                (_, Some(u)) => TagDecision {
+                    tag,
+                    keep: true,
+                    rule: "keep_pulled_within",
+                    reason: format!(
+                        "keep_pulled_within: pulled {} ago, within {} days",
+                        days(now - t.last_pulled_ms.unwrap_or(now)),
+                        rules.keep_pulled_within.unwrap_or(0)
+                    ),
+                    expires_ms: Some(u),
+                },
+                _ => TagDecision {
+                    tag,
+                    keep: false,
+                    rule: "retention",
+                    reason: format!("policy {}: {}", policy.pattern, why_not_kept(t, rank, policy, now)),
+                    expires_ms: Some(now),
+                },
+            }
+        })
+        .collect();
+    // The floor: the most recent of the tags going are kept until N remain.
+    if let Some(min) = rules.keep_min {
+        let mut kept = out.iter().filter(|d| d.keep).count();
+        for d in out.iter_mut() {
+            if kept >= min as usize {
+                break;
+            }
+            if !d.keep {
+                d.keep = true;
+                d.rule = "keep_min";
+                d.reason = format!("keep_min: at least {min} tags stay");
+                d.expires_ms = None;
+                kept += 1;
+            }
+        }
+    }
+    out
+}
+
+fn why_not_kept(t: &TagState, rank: usize, policy: &Policy, now: i64) -> String {
+    let rules = &policy.rules;
+    let mut why = Vec::new();
+    if let Some(n) = rules.keep_last {
+        why.push(format!("number {} by push time, beyond keep_last {n}", rank + 1));
+    }
+    if let Some(d) = rules.keep_days {
+        why.push(format!("pushed {} ago, beyond keep_days {d}", days(now - t.pushed_ms)));
+    }
+    if let Some(d) = rules.keep_pulled_within {
+        match t.last_pulled_ms {
+            Some(p) => why.push(format!("pulled {} ago, beyond keep_pulled_within {d}", days(now - p))),
+            None => why.push(format!("never pulled (keep_pulled_within {d})")),
+        }
+    }
+    if !rules.keep_patterns.is_empty() {
+        why.push(format!("matches none of keep_patterns {:?}", rules.keep_patterns));
+    }
+    why.join("; ")
+}
+
+/// Which manifests survive the tag decisions, which signature tags follow
+/// their subject, and which manifests go with what.
+fn manifests_and_signatures(
+    state: &RepoState,
+    mut decided: Vec<TagDecision>,
+    signature_tags: &[(&TagState, Digest)],
+    untagged_days: Option<u32>,
+    now: i64,
+) -> (Vec<TagDecision>, Vec<ManifestDeletion>) {
+    let by_digest: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
+    let present: HashSet<&Digest> = by_digest.keys().copied().collect();
+    let tagged_before: HashSet<&Digest> = state.tags.iter().map(|t| &t.digest).collect();
+    let mut listed_by: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    for m in &state.manifests {
+        for c in &m.children {
+            listed_by.entry(c).or_default().push(&m.digest);
+        }
+        if let Some(s) = &m.subject {
+            referrers.entry(s).or_default().push(&m.digest);
+        }
+    }
+
+    // Roots: manifests with a tag that stays, and untagged top-level manifests
+    // that no untagged rule removes (those are the garbage collector's).
+    let mut untagged_deletions = Vec::new();
+    let kept: HashSet<Digest> = decided
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.tag.digest.clone())
+        .collect();
+    let mut roots: Vec<&Digest> = by_digest.keys().copied().filter(|d| kept.contains(*d)).collect();
+    for m in &state.manifests {
+        let top_level = !listed_by.contains_key(&m.digest) && m.subject.as_ref().is_none_or(|s| !present.contains(s));
+        if tagged_before.contains(&m.digest) || !top_level {
+            continue;
+        }
+        match untagged_days {
+            Some(d) if now - m.touched_ms >= i64::from(d) * DAY_MS => untagged_deletions.push(ManifestDeletion {
+                digest: m.digest.clone(),
+                rule: "untagged",
+                reason: format!("untagged for {}, beyond untagged {d} days", days(now - m.touched_ms)),
+            }),
+            _ => roots.push(&m.digest),
+        }
+    }
+
+    let mut alive: HashSet<&Digest> = HashSet::new();
+    let mut signature_kept = vec![false; signature_tags.len()];
+    loop {
+        let mut stack: Vec<&Digest> = roots.drain(..).collect();
+        while let Some(d) = stack.pop() {
+            if !present.contains(d) || !alive.insert(d) {
+                continue;
+            }
+            if let Some(m) = by_digest.get(d) {
+                stack.extend(m.children.iter());
+            }
+            if let Some(r) = referrers.get(d) {
+                stack.extend(r.iter().copied());
+            }
+        }
+        // A signature tag stays while its subject does; one whose subject was
+        // never here (or went earlier) is left to the garbage collector's grace.
+        let mut grew = false;
+        for (i, (tag, subject)) in signature_tags.iter().enumerate() {
+            if !signature_kept[i] && (alive.contains(subject) || !present.contains(subject)) {
+                signature_kept[i] = true;
+                roots.push(&tag.digest);
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+
+    for (i, (tag, subject)) in signature_tags.iter().enumerate() {
+        let keep = signature_kept[i];
+        decided.push(TagDecision {
+            tag: (*tag).clone(),
+            keep,
+            rule: "follows_subject",
+            reason: if keep {
+                format!("signature of {subject}, which stays")
+            } else {
+                format!("signature of {subject}, which is deleted")
+            },
+            expires_ms: None,
+        });
+    }
+
+    let untagged_going: HashSet<Digest> = untagged_deletions.iter().map(|d| d.digest.clone()).collect();
+    let mut deletions = untagged_deletions;
+    let tag_rule: HashMap<&Digest, (&'static str, &str)> = decided
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| (&d.tag.digest, (d.rule, d.tag.name.as_str())))
+        .collect();
+    for m in &state.manifests {
+        if alive.contains(&m.digest) || untagged_going.contains(&m.digest) {
+            continue;
+        }
+        let (rule, reason) = if let Some((rule, tag)) = tag_rule.get(&m.digest) {
+            (*rule, format!("its last tag {tag} is deleted"))
+        } else if let Some(parent) = listed_by.get(&m.digest).and_then(|p| p.first()) {
+            ("cascade", format!("the index {parent} that lists it is deleted"))
+        } else if let Some(subject) = &m.subject {
+            ("cascade", format!("its subject {subject} is deleted"))
+        } else {
+            continue;
+        };
+        deletions.push(ManifestDeletion {
+            digest: m.digest.clone(),
+            rule,
+            reason,
+        });
+    }
+    decided.sort_by(|a, b| a.tag.name.cmp(&b.tag.name));
+    (decided, deletions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::policy::Rules;
+
+    const NOW: i64 = 1_000 * DAY_MS;
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    fn manifest(n: u8) -> ManifestState {
+        ManifestState {
+            digest: d(n),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            artifact_type: None,
+            subject: None,
+            children: vec![],
+            provenance: "pushed".into(),
+            pushed_by: None,
+            pushed_ms: NOW - 100 * DAY_MS,
+            touched_ms: NOW - 100 * DAY_MS,
+            last_pulled_ms: None,
+            pull_count: 0,
+            platforms: vec![],
+            total_size: None,
+        }
+    }
+
+    fn tag(name: &str, n: u8, age_days: i64) -> TagState {
+        TagState {
+            name: name.into(),
+            digest: d(n),
+            pushed_ms: NOW - age_days * DAY_MS,
+            last_pulled_ms: None,
+            pull_count: 0,
+        }
+    }
+
+    fn settings(policy: Option<&Policy>) -> Settings<'_> {
+        Settings {
+            now_ms: NOW,
+            suffix_rules: true,
+            keep_latest: false,
+            policy,
+        }
+    }
+
+    fn kept(plan: &RepoPlan) -> Vec<&str> {
+        plan.tags
+            .iter()
+            .filter(|t| t.keep)
+            .map(|t| t.tag.name.as_str())
+            .collect()
+    }
+
+    fn repo(tags: Vec<TagState>, manifests: Vec<ManifestState>) -> RepoState {
+        RepoState {
+            name: "r".into(),
+            tags,
+            manifests,
+        }
+    }
+
+    fn policy(rules: Rules) -> Policy {
+        Policy::new("**", rules).unwrap()
+    }
+
+    #[test]
+    fn ttl_counts_from_the_push_and_idle_from_the_last_pull() {
+        let mut pulled = tag("b--idle-7d", 2, 30);
+        pulled.last_pulled_ms = Some(NOW - 2 * DAY_MS);
+        let state = repo(
+            vec![
+                tag("a--ttl-7d", 1, 8),
+                tag("c--ttl-7d", 1, 6),
+                pulled,
+                tag("d--idle-7d", 2, 8),
+            ],
+            vec![manifest(1), manifest(2)],
+        );
+        let plan = plan(&state, settings(None));
+        assert_eq!(kept(&plan), ["b--idle-7d", "c--ttl-7d"]);
+        let a = plan.tags.iter().find(|t| t.tag.name == "a--ttl-7d").unwrap();
+        assert_eq!(a.rule, "ttl");
+        assert_eq!(a.expires_ms, Some(NOW - DAY_MS));
+        assert!(plan.manifests.is_empty(), "both manifests keep a tag");
+    }
+
+    #[test]
+    fn a_pull_by_digest_resets_the_idle_clock() {
+        let mut m = manifest(1);
+        m.last_pulled_ms = Some(NOW - DAY_MS);
+        let state = repo(vec![tag("x--idle-7d", 1, 30)], vec![m]);
+        assert_eq!(kept(&plan(&state, settings(None))), ["x--idle-7d"]);
+    }
+
+    #[test]
+    fn suffixes_can_be_switched_off() {
+        let state = repo(vec![tag("a--ttl-1d", 1, 8)], vec![manifest(1)]);
+        let mut s = settings(None);
+        s.suffix_rules = false;
+        let plan = plan(&state, s);
+        assert_eq!(kept(&plan), ["a--ttl-1d"]);
+        assert_eq!(plan.tags[0].rule, "no_policy");
+    }
+
+    #[test]
+    fn keep_latest_keeps_only_the_newest_plain_tag() {
+        let state = repo(
+            vec![tag("old", 1, 3), tag("new", 2, 1), tag("x--ttl-7d", 1, 5)],
+            vec![manifest(1), manifest(2)],
+        );
+        let mut s = settings(None);
+        s.keep_latest = true;
+        let plan = plan(&state, s);
+        assert_eq!(kept(&plan), ["new", "x--ttl-7d"]);
+        assert!(plan.manifests.is_empty(), "manifest 1 keeps its ttl tag");
+    }
+
+    #[test]
+    fn no_policy_means_no_deletion() {
+        let state = repo(vec![tag("a", 1, 900)], vec![manifest(1), manifest(9)]);
+        let plan = plan(&state, settings(None));
+        assert_eq!(kept(&plan), ["a"]);
+        assert!(plan.manifests.is_empty());
+    }
+
+    #[test]
+    fn a_tag_survives_if_any_keep_rule_keeps_it() {
+        let mut pulled = tag("pulled", 4, 50);
+        pulled.last_pulled_ms = Some(NOW - 2 * DAY_MS);
+        let state = repo(
+            vec![
+                tag("newest", 1, 1),
+                tag("recent", 2, 5),
+                tag("v1.0", 3, 300),
+                pulled,
+                tag("stale", 5, 60),
+            ],
+            (1..=5).map(manifest).collect(),
+        );
+        let p = policy(Rules {
+            keep_last: Some(1),
+            keep_days: Some(10),
+            keep_pulled_within: Some(7),
+            keep_patterns: vec!["v*".into()],
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        let rule_of = |n: &str| plan.tags.iter().find(|t| t.tag.name == n).unwrap().rule;
+        assert_eq!(kept(&plan), ["newest", "pulled", "recent", "v1.0"]);
+        assert_eq!(rule_of("newest"), "keep_last");
+        assert_eq!(rule_of("recent"), "keep_days");
+        assert_eq!(rule_of("v1.0"), "keep_patterns");
+        assert_eq!(rule_of("pulled"), "keep_pulled_within");
+        assert_eq!(rule_of("stale"), "retention");
+        let stale = plan.tags.iter().find(|t| t.tag.name == "stale").unwrap();
+        assert!(stale.reason.contains("beyond keep_last 1"), "{}", stale.reason);
+        assert_eq!(plan.manifests.len(), 1);
+        assert_eq!(plan.manifests[0].digest, d(5));
+    }
+
+    #[test]
+    fn keep_min_is_a_floor_of_the_most_recent() {
+        let state = repo(
+            vec![tag("a", 1, 50), tag("b", 2, 40), tag("c", 3, 30)],
+            (1..=3).map(manifest).collect(),
+        );
+        let p = policy(Rules {
+            keep_days: Some(7),
+            keep_min: Some(2),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        assert_eq!(kept(&plan), ["b", "c"]);
+        assert_eq!(plan.tags.iter().find(|t| t.tag.name == "c").unwrap().rule, "keep_min");
+    }
+
+    #[test]
+    fn a_manifest_goes_only_with_its_last_tag() {
+        let state = repo(vec![tag("old", 1, 50), tag("keep", 1, 1)], vec![manifest(1)]);
+        let p = policy(Rules {
+            keep_days: Some(7),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        assert_eq!(kept(&plan), ["keep"]);
+        assert!(plan.manifests.is_empty());
+    }
+
+    #[test]
+    fn children_of_a_kept_index_stay_and_of_a_deleted_one_go() {
+        let mut kept_index = manifest(10);
+        kept_index.children = vec![d(1), d(2)];
+        let mut gone_index = manifest(20);
+        gone_index.children = vec![d(2), d(3)];
+        let state = repo(
+            vec![tag("new", 10, 1), tag("old", 20, 50)],
+            vec![kept_index, gone_index, manifest(1), manifest(2), manifest(3)],
+        );
+        let p = policy(Rules {
+            keep_days: Some(7),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        let going: Vec<&Digest> = plan.manifests.iter().map(|m| &m.digest).collect();
+        assert_eq!(going, [&d(20), &d(3)]);
+        let removals = plan.removals(&state);
+        let order: Vec<String> = removals
+            .iter()
+            .map(|r| match &r.removal {
+                Removal::Tag { name, .. } => name.clone(),
+                Removal::Manifest { digest, .. } => digest.to_string(),
+            })
+            .collect();
+        assert_eq!(order, ["old".to_string(), d(20).to_string(), d(3).to_string()]);
+    }
+
+    #[test]
+    fn signatures_live_exactly_as_long_as_their_subject() {
+        let hex = |n: u8| d(n).hex().to_string();
+        let mut referrer = manifest(30);
+        referrer.subject = Some(d(1));
+        let mut kept_referrer = manifest(31);
+        kept_referrer.subject = Some(d(2));
+        let state = repo(
+            vec![
+                tag("old", 1, 50),
+                tag("new", 2, 1),
+                tag(&format!("sha256-{}.sig", hex(1)), 40, 1),
+                tag(&format!("sha256-{}.sig", hex(2)), 41, 60),
+                tag(&format!("sha256-{}.att", hex(99)), 42, 60),
+            ],
+            vec![
+                manifest(1),
+                manifest(2),
+                referrer,
+                kept_referrer,
+                manifest(40),
+                manifest(41),
+                manifest(42),
+            ],
+        );
+        let p = policy(Rules {
+            keep_last: Some(1),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        let sig = |n: u8| format!("sha256-{}.sig", hex(n));
+        let att = format!("sha256-{}.att", hex(99));
+        let kept_sig = sig(2);
+        let mut expected = vec!["new", kept_sig.as_str(), att.as_str()];
+        expected.sort();
+        assert_eq!(kept(&plan), expected, "signature tags are not counted by keep_last");
+        let going: HashSet<Digest> = plan.manifests.iter().map(|m| m.digest.clone()).collect();
+        assert_eq!(going, HashSet::from([d(1), d(30), d(40)]));
+    }
+
+    #[test]
+    fn untagged_manifests_go_after_the_untagged_days() {
+        let mut old = manifest(1);
+        old.touched_ms = NOW - 10 * DAY_MS;
+        let mut young = manifest(2);
+        young.touched_ms = NOW - DAY_MS;
+        let state = repo(vec![], vec![old, young]);
+        let p = policy(Rules {
+            untagged: Some(7),
+            ..Rules::default()
+        });
+        let decided = plan(&state, settings(Some(&p)));
+        assert_eq!(decided.manifests.len(), 1);
+        assert_eq!(decided.manifests[0].digest, d(1));
+        assert_eq!(decided.manifests[0].rule, "untagged");
+        assert!(plan(&state, settings(None)).manifests.is_empty());
+    }
+}
