@@ -4,6 +4,7 @@
 use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
+use crate::lifecycle::{FileRemover, LifecycleStore, PlannedRemoval, Removal};
 use crate::{ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, UploadRecord};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -339,4 +340,262 @@ async fn grants_are_unique_and_found_by_subject(store: &dyn AccessStore) {
     let last = &store.audit_log(None, 1).await.unwrap()[0];
     assert_eq!(last.action, "grant.remove");
     assert_eq!(last.detail.as_deref(), Some("group:platform pull on **"));
+}
+
+/// Runs every lifecycle check; `meta` must be the same store as `lifecycle`.
+pub async fn run_lifecycle<S: MetaStore + LifecycleStore + AccessStore>(store: &S) {
+    removals_recheck_what_changed_since_the_plan(store).await;
+    collection_rechecks_inside_the_transaction(store).await;
+    a_failed_placement_records_nothing(store).await;
+    signature_tags_without_subject_are_found(store).await;
+}
+
+fn gc_audit(at_ms: i64) -> Audit {
+    Audit {
+        actor: "gc".into(),
+        at_ms,
+    }
+}
+
+fn tag_removal(name: &str, digest: &Digest, pushed_ms: i64, last_pulled_ms: Option<i64>) -> PlannedRemoval {
+    PlannedRemoval {
+        removal: Removal::Tag {
+            name: name.into(),
+            digest: digest.clone(),
+            pushed_ms,
+            last_pulled_ms,
+        },
+        rule: "test".into(),
+        reason: "a test removal".into(),
+    }
+}
+
+fn manifest_removal(digest: &Digest, pushed_ms: i64, untouched_since: Option<i64>) -> PlannedRemoval {
+    PlannedRemoval {
+        removal: Removal::Manifest {
+            digest: digest.clone(),
+            pushed_ms,
+            last_pulled_ms: None,
+            untouched_since,
+        },
+        rule: "test".into(),
+        reason: "a test removal".into(),
+    }
+}
+
+struct NoFiles;
+
+#[async_trait::async_trait]
+impl FileRemover for NoFiles {
+    async fn remove(&self, _: &[Digest]) -> std::result::Result<(), crate::BoxError> {
+        Ok(())
+    }
+}
+
+async fn removals_recheck_what_changed_since_the_plan<S: MetaStore + LifecycleStore + AccessStore>(store: &S) {
+    let repo = "lc/plan";
+    let child = manifest(r#"{"lc":"child"}"#, vec![], vec![], None);
+    let index = manifest(r#"{"lc":"index"}"#, vec![], vec![child.digest.clone()], None);
+    let pulled = manifest(r#"{"lc":"pulled"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &child, None, 10).await.unwrap();
+    store.put_manifest(repo, &index, Some("i"), 10).await.unwrap();
+    store.put_manifest(repo, &pulled, Some("p"), 10).await.unwrap();
+    let state = store.repository_state(repo).await.unwrap().unwrap();
+    assert_eq!(state.tags.len(), 2);
+    assert_eq!(
+        state
+            .manifests
+            .iter()
+            .find(|m| m.digest == index.digest)
+            .unwrap()
+            .children,
+        [child.digest.clone()]
+    );
+
+    // Pulled after the plan: the tag stays.
+    store
+        .record_pulls(&[PullRecord {
+            repo: repo.into(),
+            digest: pulled.digest.clone(),
+            tag: Some("p".into()),
+            count: 1,
+            last_ms: 20,
+        }])
+        .await
+        .unwrap();
+    // The child of a tagged index, and a manifest with a tag, stay.
+    let applied = store
+        .remove(
+            repo,
+            &[
+                tag_removal("p", &pulled.digest, 10, None),
+                manifest_removal(&child.digest, 10, None),
+                manifest_removal(&index.digest, 10, None),
+            ],
+            &gc_audit(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, [false, false, false]);
+
+    // Untagging the index first, in the same transaction, frees both, parent first.
+    let applied = store
+        .remove(
+            repo,
+            &[
+                tag_removal("i", &index.digest, 10, None),
+                manifest_removal(&index.digest, 10, None),
+                manifest_removal(&child.digest, 10, None),
+            ],
+            &gc_audit(40),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, true, true]);
+    let rows = store.audit_log(None, 10).await.unwrap();
+    assert!(rows
+        .iter()
+        .any(|r| r.action == "tag.delete" && r.target == "lc/plan:i" && r.actor == "gc"));
+    assert!(rows.iter().any(|r| r.action == "manifest.delete"
+        && r.target == format!("lc/plan@{}", child.digest)
+        && r.detail.as_deref().unwrap_or_default().contains("a test removal")));
+
+    // A manifest pushed again after the plan stays.
+    store.put_manifest(repo, &pulled, None, 50).await.unwrap();
+    store.delete_tag(repo, "p", 55).await.unwrap();
+    let applied = store
+        .remove(repo, &[manifest_removal(&pulled.digest, 10, None)], &gc_audit(60))
+        .await
+        .unwrap();
+    assert_eq!(applied, [false]);
+    // Untagged at 55: not untouched since before 55.
+    let applied = store
+        .remove(repo, &[manifest_removal(&pulled.digest, 50, Some(55))], &gc_audit(60))
+        .await
+        .unwrap();
+    assert_eq!(applied, [false]);
+    let removal = manifest_removal(&pulled.digest, 50, Some(56));
+    assert_eq!(
+        store.remove(repo, &[removal.clone()], &gc_audit(60)).await.unwrap(),
+        [false],
+        "pulled at 20"
+    );
+    let seen_pull = PlannedRemoval {
+        removal: Removal::Manifest {
+            digest: pulled.digest.clone(),
+            pushed_ms: 50,
+            last_pulled_ms: Some(20),
+            untouched_since: Some(56),
+        },
+        ..removal
+    };
+    assert_eq!(store.remove(repo, &[seen_pull], &gc_audit(60)).await.unwrap(), [true]);
+}
+
+async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStore>(store: &S) {
+    let repo = "lc/gc";
+    let used = Digest::sha256_of(b"lc used");
+    let loose = Digest::sha256_of(b"lc loose");
+    store.add_blob(repo, &used, 7, 100).await.unwrap();
+    store.add_blob(repo, &loose, 8, 100).await.unwrap();
+    let m = manifest(r#"{"lc":"gc"}"#, vec![used.clone()], vec![], None);
+    store.put_manifest(repo, &m, Some("t"), 100).await.unwrap();
+
+    // Only the loose blob's link is stale; nothing is unreferenced yet.
+    let stale = store.stale_links(200, None, 100).await.unwrap();
+    assert!(stale.iter().any(|l| l.digest == loose));
+    assert!(!stale.iter().any(|l| l.digest == used));
+    assert!(store.unreferenced_blobs(200, None, 100).await.unwrap().is_empty());
+    // Linked again before removal: the link stays.
+    store.link_blob(repo, &loose, 300).await.unwrap();
+    assert_eq!(store.remove_links(&stale, 200).await.unwrap(), 0);
+    assert_eq!(store.remove_links(&stale, 400).await.unwrap(), 1);
+    let candidates = store.unreferenced_blobs(400, None, 100).await.unwrap();
+    assert_eq!(candidates, [(loose.clone(), 8)]);
+    // Linked again after it was found: not removed.
+    store.link_blob(repo, &loose, 450).await.unwrap();
+    assert!(store
+        .remove_blobs(&[loose.clone()], 400, &NoFiles)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.remove_links(&stale, 500).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .remove_blobs(&[loose.clone(), used.clone()], 500, &NoFiles)
+            .await
+            .unwrap(),
+        [(loose.clone(), 8)]
+    );
+    assert_eq!(store.blob_size(&loose).await.unwrap(), None);
+
+    // Deleting the manifest starts the used blob's grace period then.
+    store.delete_manifest(repo, &m.digest, 1000).await.unwrap();
+    assert!(store.stale_links(1000, None, 100).await.unwrap().is_empty());
+    assert_eq!(store.stale_links(1001, None, 100).await.unwrap().len(), 1);
+
+    // Untagged manifests, after their grace.
+    let u = manifest(r#"{"lc":"untagged"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &u, None, 2000).await.unwrap();
+    assert!(!store
+        .untagged_manifests(2000, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.digest == u.digest));
+    assert!(store
+        .untagged_manifests(2001, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.digest == u.digest && x.repo == repo));
+}
+
+async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store: &S) {
+    let id = UploadId::new("lc-placement".into());
+    let now = 10;
+    store
+        .create_upload(&UploadRecord {
+            id: id.clone(),
+            repo: "lc/up".into(),
+            offset: 0,
+            hash_state: None,
+            started_ms: now,
+            updated_ms: now,
+        })
+        .await
+        .unwrap();
+    let d = Digest::sha256_of(b"lc placement");
+    let failed = store
+        .complete_upload(&id, "lc/up", &d, 3, now, Box::pin(async { Err("disk full".into()) }))
+        .await;
+    assert!(matches!(failed, Err(MetaError::Placement(_))));
+    assert_eq!(store.blob_size(&d).await.unwrap(), None);
+    assert!(
+        store.get_upload(&id).await.unwrap().is_some(),
+        "the session survives for a retry"
+    );
+    let ids = store.upload_ids().await.unwrap();
+    assert!(ids.contains(&"lc-placement".to_string()));
+}
+
+async fn signature_tags_without_subject_are_found<S: MetaStore + LifecycleStore>(store: &S) {
+    let repo = "lc/sig";
+    let subject = manifest(r#"{"lc":"subject"}"#, vec![], vec![], None);
+    let sig = manifest(r#"{"lc":"sig"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &subject, Some("v1"), 10).await.unwrap();
+    let tag = format!("sha256-{}.sig", subject.digest.hex());
+    store.put_manifest(repo, &sig, Some(&tag), 10).await.unwrap();
+    assert!(store.orphaned_signature_tags(100, 10).await.unwrap().is_empty());
+    store.delete_manifest(repo, &subject.digest, 20).await.unwrap();
+    let found = store.orphaned_signature_tags(100, 10).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].repo.as_str(), found[0].tag.name.as_str()),
+        (repo, tag.as_str())
+    );
+    assert!(
+        store.orphaned_signature_tags(10, 10).await.unwrap().is_empty(),
+        "pushed at 10, not before"
+    );
 }

@@ -673,6 +673,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lifecycle_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        crate::conformance::run_lifecycle(&meta).await;
+    }
+
+    #[tokio::test]
     async fn access_conformance() {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();

@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256, Sha512};
 use tempfile::TempDir;
 
+/// The test hook that offsets a `berth` process's clock by the milliseconds in a file.
+pub const CLOCK_OFFSET_ENV: &str = "BERTH_TEST_CLOCK_OFFSET_FILE";
+pub const DAY_MS: i64 = 86_400_000;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -182,6 +186,9 @@ impl TestApp {
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning berth");
         child
@@ -196,6 +203,41 @@ impl TestApp {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Starts a server with `toml` as its configuration and a clock that
+    /// [`TestApp::advance_clock`] moves forward (in the server and in
+    /// [`TestApp::cli`] commands alike), so no test waits for days.
+    pub fn start_with_clock(toml: &str) -> TestApp {
+        let data = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("creating a temp data dir");
+        let config = data.path().join("berth.toml");
+        std::fs::write(&config, toml).expect("writing the config file");
+        let offset = data.path().join("clock-offset");
+        std::fs::write(&offset, "0").expect("writing the clock offset");
+        let mut app = TestApp {
+            base: String::new(),
+            client: client(),
+            envs: vec![(CLOCK_OFFSET_ENV.to_string(), offset.display().to_string())],
+            data,
+            config: Some(config),
+            server: None,
+        };
+        app.launch();
+        app
+    }
+
+    /// Moves the clock of [`TestApp::start_with_clock`] forward by `ms`.
+    pub fn advance_clock(&self, ms: i64) {
+        let file = self.data.path().join("clock-offset");
+        let now: i64 = std::fs::read_to_string(&file)
+            .expect("the app was started with a movable clock")
+            .trim()
+            .parse()
+            .expect("clock offset");
+        std::fs::write(&file, (now + ms).to_string()).expect("writing the clock offset");
     }
 
     /// Starts a server with default settings.
