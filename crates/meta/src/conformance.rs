@@ -409,7 +409,7 @@ async fn removals_recheck_what_changed_since_the_plan<S: MetaStore + LifecycleSt
             .find(|m| m.digest == index.digest)
             .unwrap()
             .children,
-        [child.digest.clone()]
+        std::slice::from_ref(&child.digest)
     );
 
     // Pulled after the plan: the tag stays.
@@ -476,7 +476,7 @@ async fn removals_recheck_what_changed_since_the_plan<S: MetaStore + LifecycleSt
     assert_eq!(applied, [false]);
     let removal = manifest_removal(&pulled.digest, 50, Some(56));
     assert_eq!(
-        store.remove(repo, &[removal.clone()], &gc_audit(60)).await.unwrap(),
+        store.remove(repo, std::slice::from_ref(&removal), &gc_audit(60)).await.unwrap(),
         [false],
         "pulled at 20"
     );
@@ -515,7 +515,7 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
     // Linked again after it was found: not removed.
     store.link_blob(repo, &loose, 450).await.unwrap();
     assert!(store
-        .remove_blobs(&[loose.clone()], 400, &NoFiles)
+        .remove_blobs(std::slice::from_ref(&loose), 400, &NoFiles)
         .await
         .unwrap()
         .is_empty());

@@ -470,7 +470,7 @@ fn manifests_and_signatures(
     let mut alive: HashSet<&Digest> = HashSet::new();
     let mut signature_kept = vec![false; signature_tags.len()];
     loop {
-        let mut stack: Vec<&Digest> = roots.drain(..).collect();
+        let mut stack: Vec<&Digest> = std::mem::take(&mut roots);
         while let Some(d) = stack.pop() {
             if !present.contains(d) || !alive.insert(d) {
                 continue;
