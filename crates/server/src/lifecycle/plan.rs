@@ -217,7 +217,16 @@ pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
         decided.extend(keep_latest(&plain));
     } else {
         match settings.policy {
-            Some(policy) if policy.rules.decides_tags() => decided.extend(retention(&plain, policy, now)),
+            Some(policy) if policy.rules.decides_tags() => {
+                // A pull of the tag's digest is a pull of the image too.
+                let last_pull = |t: &TagState| {
+                    t.last_pulled_ms
+                        .into_iter()
+                        .chain(manifests.get(&t.digest).and_then(|m| m.last_pulled_ms))
+                        .max()
+                };
+                decided.extend(retention(&plain, policy, now, last_pull))
+            }
             Some(policy) => decided.extend(plain.iter().map(|t| TagDecision {
                 tag: (*t).clone(),
                 keep: true,
@@ -310,7 +319,12 @@ fn keep_latest(plain: &[&TagState]) -> Vec<TagDecision> {
         .collect()
 }
 
-fn retention(plain: &[&TagState], policy: &Policy, now: i64) -> Vec<TagDecision> {
+fn retention(
+    plain: &[&TagState],
+    policy: &Policy,
+    now: i64,
+    last_pull: impl Fn(&TagState) -> Option<i64>,
+) -> Vec<TagDecision> {
     let rules = &policy.rules;
     let mut out: Vec<TagDecision> = plain
         .iter()
@@ -343,7 +357,7 @@ fn retention(plain: &[&TagState], policy: &Policy, now: i64) -> Vec<TagDecision>
             let pushed_until = rules.keep_days.map(|d| t.pushed_ms + i64::from(d) * DAY_MS);
             let pulled_until = rules
                 .keep_pulled_within
-                .zip(t.last_pulled_ms)
+                .zip(last_pull(t))
                 .map(|(d, p)| p + i64::from(d) * DAY_MS);
             let by_push = pushed_until.filter(|u| now < *u);
             let by_pull = pulled_until.filter(|u| now < *u);
@@ -365,7 +379,7 @@ fn retention(plain: &[&TagState], policy: &Policy, now: i64) -> Vec<TagDecision>
                     rule: "keep_pulled_within",
                     reason: format!(
                         "keep_pulled_within: pulled {} ago, within {} days",
-                        days(now - t.last_pulled_ms.unwrap_or(now)),
+                        days(now - last_pull(t).unwrap_or(now)),
                         rules.keep_pulled_within.unwrap_or(0)
                     ),
                     expires_ms: Some(u),
@@ -374,7 +388,11 @@ fn retention(plain: &[&TagState], policy: &Policy, now: i64) -> Vec<TagDecision>
                     tag,
                     keep: false,
                     rule: "retention",
-                    reason: format!("policy {}: {}", policy.pattern, why_not_kept(t, rank, policy, now)),
+                    reason: format!(
+                        "policy {}: {}",
+                        policy.pattern,
+                        why_not_kept(t, last_pull(t), rank, policy, now)
+                    ),
                     expires_ms: Some(now),
                 },
             }
@@ -399,7 +417,7 @@ fn retention(plain: &[&TagState], policy: &Policy, now: i64) -> Vec<TagDecision>
     out
 }
 
-fn why_not_kept(t: &TagState, rank: usize, policy: &Policy, now: i64) -> String {
+fn why_not_kept(t: &TagState, last_pull: Option<i64>, rank: usize, policy: &Policy, now: i64) -> String {
     let rules = &policy.rules;
     let mut why = Vec::new();
     if let Some(n) = rules.keep_last {
@@ -409,7 +427,7 @@ fn why_not_kept(t: &TagState, rank: usize, policy: &Policy, now: i64) -> String 
         why.push(format!("pushed {} ago, beyond keep_days {d}", days(now - t.pushed_ms)));
     }
     if let Some(d) = rules.keep_pulled_within {
-        match t.last_pulled_ms {
+        match last_pull {
             Some(p) => why.push(format!("pulled {} ago, beyond keep_pulled_within {d}", days(now - p))),
             None => why.push(format!("never pulled (keep_pulled_within {d})")),
         }
@@ -703,6 +721,21 @@ mod tests {
         assert!(stale.reason.contains("beyond keep_last 1"), "{}", stale.reason);
         assert_eq!(plan.manifests.len(), 1);
         assert_eq!(plan.manifests[0].digest, d(5));
+    }
+
+    #[test]
+    fn a_pull_by_digest_counts_for_keep_pulled_within() {
+        let mut pulled = manifest(1);
+        pulled.last_pulled_ms = Some(NOW - DAY_MS);
+        let state = repo(vec![tag("a", 1, 50), tag("b", 2, 50)], vec![pulled, manifest(2)]);
+        let p = policy(Rules {
+            keep_pulled_within: Some(7),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        assert_eq!(kept(&plan), ["a"]);
+        let b = plan.tags.iter().find(|t| t.tag.name == "b").unwrap();
+        assert!(b.reason.contains("never pulled"), "{}", b.reason);
     }
 
     #[test]
