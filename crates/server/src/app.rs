@@ -20,7 +20,7 @@ use crate::auth::Auth;
 use crate::clock;
 use crate::config::AuthMode;
 use crate::config::Config;
-use crate::lifecycle::{Lifecycle, Scope};
+use crate::lifecycle::{Lifecycle, NamespaceRules, Scope};
 use crate::registry::{Limits, Registry};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,13 +40,15 @@ impl App {
         ensure_data_dir(dir)?;
         let (meta, blobs) = open_stores(dir).await?;
         let clock = clock::from_env();
-        let lifecycle = Lifecycle::new(meta.clone(), meta.clone(), blobs.clone(), clock.clone(), &config)
-            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
-            namespaces: lifecycle.namespaces.clone(),
+            namespaces: NamespaceRules::from_config(&config.lifecycle)
+                .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
         };
-        let registry = Registry::new(meta.clone(), blobs, clock, limits);
+        let registry = Registry::new(meta.clone(), blobs.clone(), clock.clone(), limits);
+        let lifecycle = Lifecycle::new(meta.clone(), meta.clone(), blobs, clock, &config)
+            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
+            .seeing_pulls_of(registry.pull_recorder());
         let auth = Auth::open(&config.auth, dir, meta).context("invalid auth configuration")?;
         Ok(App {
             registry,

@@ -61,6 +61,9 @@ impl Lifecycle {
     pub async fn collect_garbage(&self, dry_run: bool, mut progress: impl FnMut(&str)) -> Result<GcReport> {
         let _turn = self.take_turn().await;
         let started = Instant::now();
+        if let Some(pulls) = &self.pulls {
+            pulls.flush(self.meta.as_ref()).await?;
+        }
         let cutoff = self.now_ms().saturating_sub(self.grace_ms());
         let mut report = GcReport {
             dry_run,

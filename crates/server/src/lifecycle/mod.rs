@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::auth::access::Pattern;
 use crate::clock::Clock;
 use crate::config::{Config, InvalidSuffix, LifecycleConfig};
+use crate::registry::PullRecorder;
 
 pub use plan::{RepoPlan, Settings};
 pub use policy::{Policies, Policy, Rules};
@@ -139,6 +140,9 @@ pub struct Lifecycle {
     grace_ms: i64,
     /// Runs and collections of this process take turns.
     busy: tokio::sync::Mutex<()>,
+    /// Pulls the server holds in memory, written before each repository's
+    /// removals so that a pull just made keeps what it pulled.
+    pulls: Option<Arc<PullRecorder>>,
 }
 
 /// How many repository names are read at a time.
@@ -171,7 +175,14 @@ impl Lifecycle {
                 .collect(),
             grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             busy: tokio::sync::Mutex::new(()),
+            pulls: None,
         })
+    }
+
+    /// Has runs record the server's in-memory pulls before they remove anything.
+    pub fn seeing_pulls_of(mut self, pulls: Arc<PullRecorder>) -> Lifecycle {
+        self.pulls = Some(pulls);
+        self
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -275,7 +286,15 @@ impl Lifecycle {
             let store = store.clone();
             let clock = clock.clone();
             let actor = actor.to_string();
+            let pulls = self.pulls.clone();
+            let meta = self.meta.clone();
             async move {
+                if removals.is_empty() {
+                    return Ok(0);
+                }
+                if let Some(pulls) = pulls {
+                    pulls.flush(meta.as_ref()).await?;
+                }
                 let mut skipped = 0;
                 for batch in removals.chunks(REMOVAL_BATCH) {
                     let audit = Audit {

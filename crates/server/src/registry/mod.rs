@@ -19,6 +19,7 @@ use crate::clock::Clock;
 
 pub use blobs::ByteRange;
 pub use manifests::ManifestPage;
+pub use pulls::PullRecorder;
 pub use uploads::{ChunkRange, MountOrUpload, UploadProgress};
 
 /// Why a registry operation failed.
@@ -91,7 +92,7 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     limits: Limits,
     sessions: uploads::SessionLocks,
-    pulls: pulls::PullRecorder,
+    pulls: Arc<PullRecorder>,
 }
 
 impl Registry {
@@ -103,7 +104,7 @@ impl Registry {
             clock,
             limits,
             sessions: uploads::SessionLocks::default(),
-            pulls: pulls::PullRecorder::default(),
+            pulls: Arc::new(PullRecorder::default()),
         }
     }
 
@@ -111,6 +112,11 @@ impl Registry {
     /// (manifest, tag) records were written.
     pub async fn flush_pulls(&self) -> Result<usize> {
         Ok(self.pulls.flush(self.meta.as_ref()).await?)
+    }
+
+    /// The pulls gathered in memory, for jobs that must see them before deciding.
+    pub fn pull_recorder(&self) -> Arc<PullRecorder> {
+        self.pulls.clone()
     }
 
     /// The manifest size limit in bytes.
