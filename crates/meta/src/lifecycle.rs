@@ -152,8 +152,8 @@ pub trait LifecycleStore: Send + Sync + 'static {
     /// Removes the links that are still stale; returns how many went.
     async fn remove_links(&self, links: &[LinkKey], cutoff_ms: i64) -> Result<u64>;
 
-    /// Blobs no repository links and no manifest references, untouched since
-    /// before `cutoff_ms`, with their sizes, after `after` in digest order.
+    /// Blobs no manifest references, untouched and not linked since before
+    /// `cutoff_ms`, with their sizes, after `after` in digest order.
     async fn unreferenced_blobs(
         &self,
         cutoff_ms: i64,
@@ -161,7 +161,7 @@ pub trait LifecycleStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<(Digest, u64)>>;
 
-    /// Removes the records of those blobs that are still unreferenced and
+    /// Removes those blobs that are still collectable, with their links and
     /// their files (through `files`), in one transaction. Returns what went.
     async fn remove_blobs(
         &self,

@@ -366,7 +366,7 @@ impl LifecycleStore for SqliteMeta {
         let packed: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(digest, size)) FROM (SELECT b.digest, b.size FROM blobs b \
              WHERE b.digest > $1 AND b.touched_ms < $2 \
-             AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest) \
+             AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest) \
              ORDER BY b.digest LIMIT $3)",
         )
@@ -390,18 +390,27 @@ impl LifecycleStore for SqliteMeta {
         let mut tx = self.begin().await?;
         let mut removed = Vec::new();
         for digest in digests {
-            let size: Option<i64> = sqlx::query_scalar(
-                "DELETE FROM blobs WHERE digest = $1 AND touched_ms < $2 \
-                 AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = $1) \
-                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = $1) RETURNING size",
+            // Its links are all stale when nothing references it and none was
+            // made within the grace period; they go with it.
+            let collectable: Option<i64> = sqlx::query_scalar(
+                "SELECT size FROM blobs WHERE digest = $1 AND touched_ms < $2 \
+                 AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = $1 AND l.linked_ms >= $2) \
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = $1)",
             )
             .bind(digest.to_string())
             .bind(cutoff_ms)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(size) = size {
-                removed.push((digest.clone(), u64::try_from(size).unwrap_or(0)));
-            }
+            let Some(size) = collectable else { continue };
+            sqlx::query("DELETE FROM repo_blobs WHERE digest = $1")
+                .bind(digest.to_string())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM blobs WHERE digest = $1")
+                .bind(digest.to_string())
+                .execute(&mut *tx)
+                .await?;
+            removed.push((digest.clone(), u64::try_from(size).unwrap_or(0)));
         }
         let gone: Vec<Digest> = removed.iter().map(|(d, _)| d.clone()).collect();
         // Files go before the commit: should deleting them fail, the records

@@ -16,6 +16,9 @@ type Pulled = (String, Digest, Option<String>);
 pub struct PullRecorder {
     /// Pulls to their count and the latest pull time in ms.
     pending: Mutex<HashMap<Pulled, (u64, i64)>>,
+    /// Held while a flush writes, so a flush that finds nothing pending
+    /// returns only after the pulls another flush took are written.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl PullRecorder {
@@ -30,6 +33,7 @@ impl PullRecorder {
 
     /// Writes what was gathered; on failure it is kept for the next flush.
     pub async fn flush(&self, meta: &dyn MetaStore) -> berth_meta::Result<usize> {
+        let _writing = self.flushing.lock().await;
         let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if taken.is_empty() {
             return Ok(0);
