@@ -377,6 +377,7 @@ fn manifest_removal(digest: &Digest, pushed_ms: i64, untouched_since: Option<i64
             pushed_ms,
             last_pulled_ms: None,
             untouched_since,
+            collected: false,
         },
         rule: "test".into(),
         reason: "a test removal".into(),
@@ -486,6 +487,7 @@ async fn removals_recheck_what_changed_since_the_plan<S: MetaStore + LifecycleSt
             pushed_ms: 50,
             last_pulled_ms: Some(20),
             untouched_since: Some(56),
+            collected: false,
         },
         ..removal
     };
@@ -502,15 +504,15 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
     store.put_manifest(repo, &m, Some("t"), 100).await.unwrap();
 
     // Only the loose blob's link is stale, and only the loose blob collectable.
-    let stale = store.stale_links(200, None, 100).await.unwrap();
+    let stale = store.stale_links(200, None, 100, &[]).await.unwrap();
     assert!(stale.iter().any(|l| l.digest == loose));
     assert!(!stale.iter().any(|l| l.digest == used));
-    assert_eq!(store.unreferenced_blobs(200, None, 100).await.unwrap(), [(loose.clone(), 8)]);
+    assert_eq!(store.unreferenced_blobs(200, None, 100, &[]).await.unwrap(), [(loose.clone(), 8)]);
     // Linked again before removal: the link stays.
     store.link_blob(repo, &loose, 300).await.unwrap();
     assert_eq!(store.remove_links(&stale, 200).await.unwrap(), 0);
-    assert!(store.unreferenced_blobs(200, None, 100).await.unwrap().is_empty());
-    let candidates = store.unreferenced_blobs(400, None, 100).await.unwrap();
+    assert!(store.unreferenced_blobs(200, None, 100, &[]).await.unwrap().is_empty());
+    let candidates = store.unreferenced_blobs(400, None, 100, &[]).await.unwrap();
     assert_eq!(candidates, [(loose.clone(), 8)]);
     // Linked again after it was found: not removed.
     store.link_blob(repo, &loose, 450).await.unwrap();
@@ -531,20 +533,20 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
 
     // Deleting the manifest starts the used blob's grace period then.
     store.delete_manifest(repo, &m.digest, 1000).await.unwrap();
-    assert!(store.stale_links(1000, None, 100).await.unwrap().is_empty());
-    assert_eq!(store.stale_links(1001, None, 100).await.unwrap().len(), 1);
+    assert!(store.stale_links(1000, None, 100, &[]).await.unwrap().is_empty());
+    assert_eq!(store.stale_links(1001, None, 100, &[]).await.unwrap().len(), 1);
 
     // Untagged manifests, after their grace.
     let u = manifest(r#"{"lc":"untagged"}"#, vec![], vec![], None);
     store.put_manifest(repo, &u, None, 2000).await.unwrap();
     assert!(!store
-        .untagged_manifests(2000, None, 100)
+        .untagged_manifests(2000, None, 100, &[])
         .await
         .unwrap()
         .iter()
         .any(|x| x.digest == u.digest));
     assert!(store
-        .untagged_manifests(2001, None, 100)
+        .untagged_manifests(2001, None, 100, &[])
         .await
         .unwrap()
         .iter()

@@ -68,6 +68,10 @@ pub enum Removal {
         last_pulled_ms: Option<i64>,
         /// Also required: untagged and unreferenced since before this time.
         untouched_since: Option<i64>,
+        /// Removed as garbage: what it references was garbage with it, so
+        /// its blobs and dependents get no new grace period. Otherwise (a
+        /// rule deleted it) they start one now.
+        collected: bool,
     },
 }
 
@@ -112,9 +116,14 @@ pub struct UntaggedManifest {
 /// subject manifest is not in its repository.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrphanedSignatureTag {
+    pub repo_id: i64,
     pub repo: String,
     pub tag: TagState,
 }
+
+/// Manifests (repository id, digest) a dry run of garbage collection counts
+/// as removed: the queries treat them as gone.
+pub type Pretend<'a> = &'a [(i64, Digest)];
 
 /// Deletes blob files while the metadata store holds its write lock.
 #[async_trait]
@@ -146,8 +155,15 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn sync_config_policies(&self, policies: &[PolicyRecord], audit: &Audit) -> Result<()>;
 
     /// Links that no manifest of their repository references, unchanged since
-    /// before `cutoff_ms`, after `after` in key order.
-    async fn stale_links(&self, cutoff_ms: i64, after: Option<&LinkKey>, limit: u32) -> Result<Vec<LinkKey>>;
+    /// before `cutoff_ms`, after `after` in key order. References from `gone`
+    /// manifests do not count (here and in the next two queries).
+    async fn stale_links(
+        &self,
+        cutoff_ms: i64,
+        after: Option<&LinkKey>,
+        limit: u32,
+        gone: Pretend<'_>,
+    ) -> Result<Vec<LinkKey>>;
 
     /// Removes the links that are still stale; returns how many went.
     async fn remove_links(&self, links: &[LinkKey], cutoff_ms: i64) -> Result<u64>;
@@ -159,6 +175,7 @@ pub trait LifecycleStore: Send + Sync + 'static {
         cutoff_ms: i64,
         after: Option<&Digest>,
         limit: u32,
+        gone: Pretend<'_>,
     ) -> Result<Vec<(Digest, u64)>>;
 
     /// Removes those blobs that are still collectable, with their links and
@@ -178,9 +195,11 @@ pub trait LifecycleStore: Send + Sync + 'static {
         cutoff_ms: i64,
         after: Option<(i64, &Digest)>,
         limit: u32,
+        gone: Pretend<'_>,
     ) -> Result<Vec<UntaggedManifest>>;
 
-    /// Signature-schema tags pushed before `cutoff_ms` whose subject is gone.
+    /// Signature-schema tags whose subject is gone, where both the tag and its
+    /// manifest are untouched since before `cutoff_ms`.
     async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>>;
 
     /// Recorded blobs whose hex digest starts with `hex_prefix`, with sizes.

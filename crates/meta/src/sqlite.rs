@@ -161,21 +161,49 @@ impl SqliteMeta {
         Ok(true)
     }
 
-    /// Deletes a manifest with its tags and references. The blobs it
-    /// referenced start their garbage-collection grace period at `now_ms`.
+    /// Deletes a manifest with its tags and references. With `release`, what
+    /// it kept alive (its blobs and their links, its child manifests, its
+    /// referrers and signature-schema tags' manifests) starts its
+    /// garbage-collection grace period at `now_ms`.
     pub(crate) async fn remove_manifest_row(
         tx: &mut Transaction<'static, Sqlite>,
         repo_id: i64,
         digest: &Digest,
         now_ms: i64,
+        release: bool,
     ) -> Result<bool> {
         let digest = digest.to_string();
+        if release {
+            Self::release(tx, repo_id, &digest, now_ms).await?;
+        }
+        // Tags and references go with it through ON DELETE CASCADE.
+        let done = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(&digest)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn release(tx: &mut Transaction<'static, Sqlite>, repo_id: i64, digest: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE manifests SET touched_ms = MAX(touched_ms, $3) WHERE repo_id = $1 AND (subject = $2 \
+             OR digest IN (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 \
+                           AND child_kind = 'manifest') \
+             OR digest IN (SELECT manifest_digest FROM tags WHERE repo_id = $1 \
+                           AND name GLOB 'sha256-' || substr($2, 8) || '*'))",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query(
             "UPDATE blobs SET touched_ms = MAX(touched_ms, $3) WHERE digest IN \
              (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 AND child_kind = 'blob')",
         )
         .bind(repo_id)
-        .bind(&digest)
+        .bind(digest)
         .bind(now_ms)
         .execute(&mut **tx)
         .await?;
@@ -184,17 +212,11 @@ impl SqliteMeta {
              (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 AND child_kind = 'blob')",
         )
         .bind(repo_id)
-        .bind(&digest)
+        .bind(digest)
         .bind(now_ms)
         .execute(&mut **tx)
         .await?;
-        // Tags and references go with it through ON DELETE CASCADE.
-        let done = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
-            .bind(repo_id)
-            .bind(&digest)
-            .execute(&mut **tx)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(())
     }
 
     async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &str, now_ms: i64) -> Result<i64> {
@@ -421,7 +443,7 @@ impl MetaStore for SqliteMeta {
         let Some(repo_id) = Self::repo_id(&mut tx, repo).await? else {
             return Ok(false);
         };
-        let deleted = Self::remove_manifest_row(&mut tx, repo_id, digest, now_ms).await?;
+        let deleted = Self::remove_manifest_row(&mut tx, repo_id, digest, now_ms, true).await?;
         tx.commit().await?;
         Ok(deleted)
     }

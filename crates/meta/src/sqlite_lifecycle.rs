@@ -13,8 +13,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::access::Audit;
 use crate::lifecycle::{
-    FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Removal,
-    RepoState, TagState, UntaggedManifest,
+    FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Pretend,
+    Removal, RepoState, TagState, UntaggedManifest,
 };
 use crate::sqlite::digest_list;
 use crate::sqlite_access::write_audit;
@@ -44,6 +44,15 @@ fn u64_of(v: &Value) -> u64 {
 /// Rows packed as one JSON array of arrays: sqlx hands rows over one at a
 /// time between threads, which dominates reading a repository of thousands of tags.
 fn rows(json: &str) -> Result<Vec<Vec<Value>>> {
+    serde_json::from_str(json).map_err(|e| MetaError::Corrupt(format!("packed rows: {e}")))
+}
+
+/// What a dry run pretends is gone, as `repo_id|digest` strings for `json_each`.
+fn pretend_list(gone: Pretend<'_>) -> String {
+    serde_json::Value::from(gone.iter().map(|(id, d)| format!("{id}|{d}")).collect::<Vec<_>>()).to_string()
+}
+
+fn typed_rows<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>> {
     serde_json::from_str(json).map_err(|e| MetaError::Corrupt(format!("packed rows: {e}")))
 }
 
@@ -93,6 +102,7 @@ impl SqliteMeta {
                 pushed_ms,
                 last_pulled_ms,
                 untouched_since,
+                collected,
             } => {
                 let removable: Option<i64> = sqlx::query_scalar(
                     "SELECT 1 FROM manifests m WHERE m.repo_id = $1 AND m.digest = $2 \
@@ -110,7 +120,9 @@ impl SqliteMeta {
                 .bind(untouched_since)
                 .fetch_optional(&mut **tx)
                 .await?;
-                if removable.is_none() || !Self::remove_manifest_row(tx, repo_id, digest, audit.at_ms).await? {
+                if removable.is_none()
+                    || !Self::remove_manifest_row(tx, repo_id, digest, audit.at_ms, !collected).await?
+                {
                     return Ok(false);
                 }
                 write_audit(
@@ -162,45 +174,60 @@ impl LifecycleStore for SqliteMeta {
         .await?;
         conn.commit().await?;
 
-        let tags = rows(&tag_rows)?
-            .iter()
-            .map(|r| {
+        // Typed rows straight from the packed JSON: a repository of thousands
+        // of tags is read once per run, and generic JSON values cost more than the query.
+        type TagRow = (String, String, i64, Option<i64>, i64);
+        type ManifestRow = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            Option<i64>,
+            i64,
+            Option<String>,
+            Option<i64>,
+        );
+        let tags = typed_rows::<TagRow>(&tag_rows)?
+            .into_iter()
+            .map(|(name, digest, pushed_ms, last_pulled_ms, pull_count)| {
                 Ok(TagState {
-                    name: opt_str(cell(r, 0)).ok_or_else(|| corrupt("tag name"))?,
-                    digest: digest_of(cell(r, 1))?,
-                    pushed_ms: cell(r, 2).as_i64().unwrap_or(0),
-                    last_pulled_ms: cell(r, 3).as_i64(),
-                    pull_count: u64_of(cell(r, 4)),
+                    name,
+                    digest: parse_digest(&digest)?,
+                    pushed_ms,
+                    last_pulled_ms,
+                    pull_count: u64::try_from(pull_count).unwrap_or(0),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut children: std::collections::HashMap<String, Vec<Digest>> = std::collections::HashMap::new();
-        for r in rows(&child_rows)? {
-            let parent = opt_str(cell(&r, 0)).ok_or_else(|| corrupt("parent digest"))?;
-            children.entry(parent).or_default().push(digest_of(cell(&r, 1))?);
+        for (parent, child) in typed_rows::<(String, String)>(&child_rows)? {
+            children.entry(parent).or_default().push(parse_digest(&child)?);
         }
-        let manifests = rows(&manifest_rows)?
-            .iter()
+        let manifests = typed_rows::<ManifestRow>(&manifest_rows)?
+            .into_iter()
             .map(|r| {
-                let digest_text = opt_str(cell(r, 0)).ok_or_else(|| corrupt("manifest digest"))?;
-                let platforms = match cell(r, 10).as_str() {
+                let platforms = match &r.10 {
                     Some(json) => serde_json::from_str(json).unwrap_or_default(),
                     None => Vec::new(),
                 };
                 Ok(ManifestState {
-                    digest: parse_digest(&digest_text)?,
-                    media_type: opt_str(cell(r, 1)).unwrap_or_default(),
-                    artifact_type: opt_str(cell(r, 2)),
-                    subject: cell(r, 3).as_str().map(parse_digest).transpose()?,
-                    children: children.remove(&digest_text).unwrap_or_default(),
-                    provenance: opt_str(cell(r, 4)).unwrap_or_default(),
-                    pushed_by: opt_str(cell(r, 5)),
-                    pushed_ms: cell(r, 6).as_i64().unwrap_or(0),
-                    touched_ms: cell(r, 7).as_i64().unwrap_or(0),
-                    last_pulled_ms: cell(r, 8).as_i64(),
-                    pull_count: u64_of(cell(r, 9)),
+                    digest: parse_digest(&r.0)?,
+                    children: children.remove(&r.0).unwrap_or_default(),
+                    media_type: r.1,
+                    artifact_type: r.2,
+                    subject: r.3.as_deref().map(parse_digest).transpose()?,
+                    provenance: r.4,
+                    pushed_by: r.5,
+                    pushed_ms: r.6,
+                    touched_ms: r.7,
+                    last_pulled_ms: r.8,
+                    pull_count: u64::try_from(r.9).unwrap_or(0),
                     platforms,
-                    total_size: cell(r, 11).as_i64().and_then(|n| u64::try_from(n).ok()),
+                    total_size: r.11.and_then(|n| u64::try_from(n).ok()),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -310,7 +337,13 @@ impl LifecycleStore for SqliteMeta {
         Ok(())
     }
 
-    async fn stale_links(&self, cutoff_ms: i64, after: Option<&LinkKey>, limit: u32) -> Result<Vec<LinkKey>> {
+    async fn stale_links(
+        &self,
+        cutoff_ms: i64,
+        after: Option<&LinkKey>,
+        limit: u32,
+        gone: Pretend<'_>,
+    ) -> Result<Vec<LinkKey>> {
         let (after_repo, after_digest) = match after {
             Some(k) => (k.repo_id, k.digest.to_string()),
             None => (i64::MIN, String::new()),
@@ -318,13 +351,15 @@ impl LifecycleStore for SqliteMeta {
         let packed: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(repo_id, digest)) FROM (SELECT l.repo_id, l.digest FROM repo_blobs l \
              WHERE (l.repo_id, l.digest) > ($1, $2) AND l.linked_ms < $3 \
-             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = l.digest AND r.repo_id = l.repo_id) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = l.digest AND r.repo_id = l.repo_id \
+                             AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT value FROM json_each($5))) \
              ORDER BY l.repo_id, l.digest LIMIT $4)",
         )
         .bind(after_repo)
         .bind(after_digest)
         .bind(cutoff_ms)
         .bind(i64::from(limit))
+        .bind(pretend_list(gone))
         .fetch_one(&self.reader)
         .await?;
         rows(&packed)?
@@ -362,17 +397,20 @@ impl LifecycleStore for SqliteMeta {
         cutoff_ms: i64,
         after: Option<&Digest>,
         limit: u32,
+        gone: Pretend<'_>,
     ) -> Result<Vec<(Digest, u64)>> {
         let packed: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(digest, size)) FROM (SELECT b.digest, b.size FROM blobs b \
              WHERE b.digest > $1 AND b.touched_ms < $2 \
              AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
-             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest \
+                             AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT value FROM json_each($4))) \
              ORDER BY b.digest LIMIT $3)",
         )
         .bind(after.map(|d| d.to_string()).unwrap_or_default())
         .bind(cutoff_ms)
         .bind(i64::from(limit))
+        .bind(pretend_list(gone))
         .fetch_one(&self.reader)
         .await?;
         rows(&packed)?
@@ -425,6 +463,7 @@ impl LifecycleStore for SqliteMeta {
         cutoff_ms: i64,
         after: Option<(i64, &Digest)>,
         limit: u32,
+        gone: Pretend<'_>,
     ) -> Result<Vec<UntaggedManifest>> {
         let (after_repo, after_digest) = match after {
             Some((id, d)) => (id, d.to_string()),
@@ -435,17 +474,21 @@ impl LifecycleStore for SqliteMeta {
              (SELECT m.repo_id, r.name, m.digest, m.pushed_ms, m.last_pulled_ms, m.touched_ms FROM manifests m \
               JOIN repositories r ON r.id = m.repo_id \
               WHERE (m.repo_id, m.digest) > ($1, $2) AND m.touched_ms < $3 \
+              AND m.repo_id || '|' || m.digest NOT IN (SELECT value FROM json_each($5)) \
               AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = m.repo_id AND t.manifest_digest = m.digest) \
               AND NOT EXISTS (SELECT 1 FROM manifest_refs p WHERE p.repo_id = m.repo_id AND p.child_digest = m.digest \
-                              AND p.child_kind = 'manifest') \
+                              AND p.child_kind = 'manifest' \
+                              AND p.repo_id || '|' || p.manifest_digest NOT IN (SELECT value FROM json_each($5))) \
               AND (m.subject IS NULL OR NOT EXISTS \
-                   (SELECT 1 FROM manifests s WHERE s.repo_id = m.repo_id AND s.digest = m.subject)) \
+                   (SELECT 1 FROM manifests s WHERE s.repo_id = m.repo_id AND s.digest = m.subject \
+                    AND s.repo_id || '|' || s.digest NOT IN (SELECT value FROM json_each($5)))) \
               ORDER BY m.repo_id, m.digest LIMIT $4)",
         )
         .bind(after_repo)
         .bind(after_digest)
         .bind(cutoff_ms)
         .bind(i64::from(limit))
+        .bind(pretend_list(gone))
         .fetch_one(&self.reader)
         .await?;
         rows(&packed)?
@@ -465,10 +508,12 @@ impl LifecycleStore for SqliteMeta {
 
     async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>> {
         let packed: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(repo, name, manifest_digest, pushed_ms, last_pulled_ms, pull_count)) \
-             FROM (SELECT r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, t.last_pulled_ms, t.pull_count \
-              FROM tags t JOIN repositories r ON r.id = t.repo_id \
-              WHERE t.name GLOB 'sha256-*' AND t.pushed_ms < $1 \
+            "SELECT json_group_array(json_array(repo, name, manifest_digest, pushed_ms, last_pulled_ms, pull_count, \
+              repo_id)) \
+             FROM (SELECT r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, t.last_pulled_ms, t.pull_count, \
+              t.repo_id FROM tags t JOIN repositories r ON r.id = t.repo_id \
+              JOIN manifests sig ON sig.repo_id = t.repo_id AND sig.digest = t.manifest_digest \
+              WHERE t.name GLOB 'sha256-*' AND t.pushed_ms < $1 AND sig.touched_ms < $1 \
               AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = t.repo_id \
                               AND m.digest = 'sha256:' || substr(t.name, 8, 64)) \
               ORDER BY r.name, t.name LIMIT $2)",
@@ -481,6 +526,7 @@ impl LifecycleStore for SqliteMeta {
             .iter()
             .map(|r| {
                 Ok(OrphanedSignatureTag {
+                    repo_id: cell(r, 6).as_i64().ok_or_else(|| corrupt("repository id"))?,
                     repo: opt_str(cell(r, 0)).ok_or_else(|| corrupt("repository name"))?,
                     tag: TagState {
                         name: opt_str(cell(r, 1)).ok_or_else(|| corrupt("tag name"))?,

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -93,7 +94,12 @@ struct PatternQuery {
     pattern: String,
 }
 
-async fn delete_policy(State(app): State<Arc<App>>, Admin(actor): Admin, Query(q): Query<PatternQuery>) -> ApiResult {
+async fn delete_policy(
+    State(app): State<Arc<App>>,
+    Admin(actor): Admin,
+    q: Result<Query<PatternQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     if app.lifecycle.delete_policy(&q.pattern, &actor).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -111,7 +117,8 @@ struct RunQuery {
     deleted_only: bool,
 }
 
-async fn preview(State(app): State<Arc<App>>, _: Admin, Query(q): Query<RunQuery>) -> ApiResult {
+async fn preview(State(app): State<Arc<App>>, _: Admin, q: Result<Query<RunQuery>, QueryRejection>) -> ApiResult {
+    let q = query(q)?;
     let filter = pattern_param(q.repo.as_deref())?;
     app.registry.flush_pulls().await?;
     let mut entries = Vec::new();
@@ -124,7 +131,12 @@ async fn preview(State(app): State<Arc<App>>, _: Admin, Query(q): Query<RunQuery
     Ok(Json(json!({ "summary": summary, "entries": entries })).into_response())
 }
 
-async fn run(State(app): State<Arc<App>>, Admin(actor): Admin, Query(q): Query<RunQuery>) -> ApiResult {
+async fn run(
+    State(app): State<Arc<App>>,
+    Admin(actor): Admin,
+    q: Result<Query<RunQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     let filter = pattern_param(q.repo.as_deref())?;
     app.registry.flush_pulls().await?;
     let summary = app.lifecycle.run(filter.as_ref(), Scope::Retention, &actor).await?;
@@ -137,7 +149,12 @@ struct GcQuery {
     dry_run: bool,
 }
 
-async fn collect_garbage(State(app): State<Arc<App>>, _: Admin, Query(q): Query<GcQuery>) -> ApiResult {
+async fn collect_garbage(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    q: Result<Query<GcQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     let report = app
         .lifecycle
         .collect_garbage(q.dry_run, |line| tracing::info!("gc: {line}"))
@@ -261,6 +278,18 @@ fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
         .unwrap_or(0))
 }
 
+/// Where a row key sorts in a repository's listing: tags by name, then the
+/// untagged `@digest` rows (a tag never starts with `@`).
+fn row_order(key: &str) -> (bool, &str) {
+    (key.starts_with('@'), key)
+}
+
+/// The query string, with a JSON `INVALID_REQUEST` instead of axum's plain-text rejection.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("query string: {}", e.body_text())))
+}
+
 /// One image of the inventory.
 struct Row<'a> {
     key: String,
@@ -351,8 +380,9 @@ pub async fn inventory(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<InventoryQuery>,
+    q: Result<Query<InventoryQuery>, QueryRejection>,
 ) -> ApiResult {
+    let q = query(q)?;
     let peer = peer.ip();
     let reader = reader(&app, &headers, peer).await?;
     let limit = q.n.unwrap_or(INVENTORY_PAGE).clamp(1, INVENTORY_MAX_PAGE) as usize;
@@ -403,7 +433,7 @@ pub async fn inventory(
                 },
             );
             for row in rows(&state, &plan) {
-                if resume.is_some_and(|after| row.key.as_str() <= after) {
+                if resume.is_some_and(|after| row_order(&row.key) <= row_order(after)) {
                     continue;
                 }
                 if q.provenance.as_ref().is_some_and(|p| *p != row.manifest.provenance) {

@@ -24,6 +24,9 @@ use super::{Lifecycle, Result};
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// A dry run that counted too many manifests to keep simulating their
+    /// removal: the blob and link counts leave out what those free.
+    pub approximate: bool,
     pub signature_tags_removed: u64,
     pub manifests_removed: u64,
     pub links_removed: u64,
@@ -37,6 +40,8 @@ pub struct GcReport {
 
 /// How many candidates one transaction handles.
 const BATCH: u32 = 500;
+/// Most manifests a dry run pretends are gone when it counts blobs and links.
+const PRETEND_MAX: usize = 10_000;
 
 /// Deletes blob files through the blob store.
 pub(crate) struct StoreFiles<'a>(pub &'a dyn BlobStore);
@@ -74,11 +79,21 @@ impl Lifecycle {
             at_ms: self.now_ms(),
         };
 
+        // What a dry run counts as removed, so that later phases see what the
+        // real run would leave.
+        let mut gone: Vec<(i64, Digest)> = Vec::new();
+
         // 1. Signature-schema tags whose subject is gone, with their manifests.
         let orphaned = self.store().orphaned_signature_tags(cutoff, u32::MAX).await?;
         for o in &orphaned {
             if dry_run {
                 report.signature_tags_removed += 1;
+                if !orphaned.iter().any(|other| other.tag.name != o.tag.name && other.tag.digest == o.tag.digest)
+                    && !gone.contains(&(o.repo_id, o.tag.digest.clone()))
+                {
+                    report.manifests_removed += 1;
+                    gone.push((o.repo_id, o.tag.digest.clone()));
+                }
                 continue;
             }
             let mut removals = vec![PlannedRemoval {
@@ -99,6 +114,7 @@ impl Lifecycle {
                         pushed_ms: facts.pushed_ms,
                         last_pulled_ms: facts.last_pulled_ms,
                         untouched_since: None,
+                        collected: true,
                     },
                     rule: "follows_subject".into(),
                     reason: "signature of a manifest that is gone".into(),
@@ -122,7 +138,7 @@ impl Lifecycle {
             loop {
                 let batch = self
                     .store()
-                    .untagged_manifests(cutoff, after.as_ref().map(|(id, d)| (*id, d)), BATCH)
+                    .untagged_manifests(cutoff, after.as_ref().map(|(id, d)| (*id, d)), BATCH, &gone)
                     .await?;
                 let Some(last) = batch.last() else { break };
                 after = Some((last.repo_id, last.digest.clone()));
@@ -134,7 +150,9 @@ impl Lifecycle {
                         .is_none_or(|p| p.rules.untagged.is_none())
                 });
                 if dry_run {
-                    removed_this_pass += mine.count() as u64;
+                    let before = gone.len();
+                    gone.extend(mine.map(|m| (m.repo_id, m.digest)));
+                    removed_this_pass += (gone.len() - before) as u64;
                 } else {
                     let mut by_repo: Vec<(String, Vec<PlannedRemoval>)> = Vec::new();
                     for m in mine {
@@ -144,6 +162,7 @@ impl Lifecycle {
                                 pushed_ms: m.pushed_ms,
                                 last_pulled_ms: m.last_pulled_ms,
                                 untouched_since: Some(cutoff),
+                                collected: true,
                             },
                             rule: "gc".into(),
                             reason: "untagged and unreferenced for longer than the grace period".into(),
@@ -163,16 +182,20 @@ impl Lifecycle {
                 }
             }
             report.manifests_removed += removed_this_pass;
-            if dry_run || removed_this_pass == 0 {
+            if removed_this_pass == 0 {
                 break;
             }
         }
         progress(&format!("untagged manifests: {}", report.manifests_removed));
+        if gone.len() > PRETEND_MAX {
+            report.approximate = true;
+            gone.clear();
+        }
 
         // 3. Links no manifest of their repository uses.
         let mut after: Option<LinkKey> = None;
         loop {
-            let batch = self.store().stale_links(cutoff, after.as_ref(), BATCH).await?;
+            let batch = self.store().stale_links(cutoff, after.as_ref(), BATCH, &gone).await?;
             let Some(last) = batch.last() else { break };
             after = Some(last.clone());
             report.links_removed += if dry_run {
@@ -190,7 +213,10 @@ impl Lifecycle {
         let files = StoreFiles(self.blobs().as_ref());
         let mut after: Option<Digest> = None;
         loop {
-            let batch = self.store().unreferenced_blobs(cutoff, after.as_ref(), BATCH).await?;
+            let batch = self
+                .store()
+                .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
+                .await?;
             let Some((last, _)) = batch.last() else { break };
             after = Some(last.clone());
             let removed = if dry_run {
@@ -249,11 +275,11 @@ impl Lifecycle {
         ));
 
         // 6. Upload files without a session (the session row went, the file stayed).
+        // Files first: a session created after its file was listed is then
+        // among the sessions read next.
+        let files = self.blobs().list_uploads().await?;
         let sessions: HashSet<String> = self.store().upload_ids().await?.into_iter().collect();
-        let stray: Vec<UploadId> = self
-            .blobs()
-            .list_uploads()
-            .await?
+        let stray: Vec<UploadId> = files
             .into_iter()
             .filter(|f| f.modified_ms < cutoff && !sessions.contains(f.key.as_str()))
             .map(|f| f.key)

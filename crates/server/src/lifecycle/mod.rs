@@ -19,6 +19,7 @@ use berth_meta::access::Audit;
 use berth_meta::lifecycle::{LifecycleStore, PolicyRecord};
 use berth_meta::{MetaError, MetaStore};
 use berth_storage::BlobStore;
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::auth::access::Pattern;
@@ -147,6 +148,8 @@ pub struct Lifecycle {
 
 /// How many repository names are read at a time.
 const REPO_BATCH: u32 = 500;
+/// How many repositories are read ahead of the one being decided.
+const PREFETCH: usize = 4;
 /// How many removals one transaction applies.
 const REMOVAL_BATCH: usize = 500;
 
@@ -328,13 +331,19 @@ impl Lifecycle {
             let names = self.meta.list_repositories(after.as_deref(), REPO_BATCH).await?;
             let done = names.len() < REPO_BATCH as usize;
             after = names.last().cloned();
-            for repo in names {
-                if filter.is_some_and(|f| !f.matches(&repo)) {
-                    continue;
-                }
-                let Some(state) = self.store.repository_state(&repo).await? else {
+            // The next repositories are read while this one is decided and applied.
+            let wanted = names.into_iter().filter(|repo| filter.is_none_or(|f| f.matches(repo)));
+            let mut states = futures::stream::iter(wanted)
+                .map(|repo| {
+                    let store = self.store.clone();
+                    async move { store.repository_state(&repo).await }
+                })
+                .buffered(PREFETCH);
+            while let Some(state) = states.next().await {
+                let Some(state) = state? else {
                     continue;
                 };
+                let repo = state.name.clone();
                 let plan = plan::plan(&state, self.settings(&repo, &policies, scope, self.now_ms()));
                 summary.repositories += 1;
                 let deleted = plan.tags.iter().filter(|t| !t.keep).count() as u64;

@@ -154,6 +154,7 @@ impl RepoPlan {
                         pushed_ms: m.pushed_ms,
                         last_pulled_ms: m.last_pulled_ms,
                         untouched_since: (d.rule == "untagged").then_some(m.touched_ms + 1),
+                        collected: false,
                     },
                     rule: d.rule.to_string(),
                     reason: d.reason.clone(),

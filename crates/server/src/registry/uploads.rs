@@ -93,7 +93,6 @@ impl Registry {
     /// Opens a new, empty upload session in `repo`.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadProgress> {
         let id = UploadId::new(uuid::Uuid::new_v4().to_string());
-        self.blobs.start_upload(&id).await?;
         let now = self.now_ms();
         let record = UploadRecord {
             id: id.clone(),
@@ -103,8 +102,11 @@ impl Registry {
             started_ms: now,
             updated_ms: now,
         };
-        if let Err(e) = self.meta.create_upload(&record).await {
-            let _ = self.blobs.cancel_upload(&id).await;
+        // The session row first: a file without one is what the garbage
+        // collector removes as left over from a crash.
+        self.meta.create_upload(&record).await?;
+        if let Err(e) = self.blobs.start_upload(&id).await {
+            let _ = self.meta.delete_upload(&id).await;
             return Err(e.into());
         }
         Ok(UploadProgress { id, offset: 0 })
