@@ -4,7 +4,7 @@
 use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
-use crate::lifecycle::{FileRemover, LifecycleStore, PlannedRemoval, Removal};
+use crate::lifecycle::{FileRemover, LifecycleStore, PlannedRemoval, Removal, UnusedBlob};
 use crate::{ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, UploadRecord};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -498,22 +498,39 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
     let repo = "lc/gc";
     let used = Digest::sha256_of(b"lc used");
     let loose = Digest::sha256_of(b"lc loose");
+    let shared = Digest::sha256_of(b"lc shared");
     store.add_blob(repo, &used, 7, 100).await.unwrap();
     store.add_blob(repo, &loose, 8, 100).await.unwrap();
+    store.add_blob(repo, &shared, 9, 100).await.unwrap();
+    store.add_blob("lc/other", &shared, 9, 100).await.unwrap();
     let m = manifest(r#"{"lc":"gc"}"#, vec![used.clone()], vec![], None);
     store.put_manifest(repo, &m, Some("t"), 100).await.unwrap();
+    let elsewhere = manifest(r#"{"lc":"elsewhere"}"#, vec![shared.clone()], vec![], None);
+    store.put_manifest("lc/other", &elsewhere, Some("t"), 100).await.unwrap();
 
-    // Only the loose blob's link is stale, and only the loose blob collectable.
+    // A stale link is one of a blob used elsewhere; the loose blob's link goes with the blob.
     let stale = store.stale_links(200, None, 100, &[]).await.unwrap();
-    assert!(stale.iter().any(|l| l.digest == loose));
-    assert!(!stale.iter().any(|l| l.digest == used));
-    assert_eq!(store.unreferenced_blobs(200, None, 100, &[]).await.unwrap(), [(loose.clone(), 8)]);
+    assert_eq!(stale.iter().map(|l| &l.digest).collect::<Vec<_>>(), [&shared]);
+    let unused = |digest: &Digest, size, links| UnusedBlob {
+        digest: digest.clone(),
+        size,
+        links,
+    };
+    assert_eq!(
+        store.unreferenced_blobs(200, None, 100, &[]).await.unwrap(),
+        [unused(&loose, 8, 1)]
+    );
     // Linked again before removal: the link stays.
-    store.link_blob(repo, &loose, 300).await.unwrap();
+    store.link_blob(repo, &shared, 300).await.unwrap();
     assert_eq!(store.remove_links(&stale, 200).await.unwrap(), 0);
+    assert_eq!(store.remove_links(&stale, 400).await.unwrap(), 1);
+    assert_eq!(store.linked_blob_size(repo, &shared).await.unwrap(), None);
+    assert_eq!(store.linked_blob_size("lc/other", &shared).await.unwrap(), Some(9));
+
+    store.link_blob(repo, &loose, 300).await.unwrap();
     assert!(store.unreferenced_blobs(200, None, 100, &[]).await.unwrap().is_empty());
     let candidates = store.unreferenced_blobs(400, None, 100, &[]).await.unwrap();
-    assert_eq!(candidates, [(loose.clone(), 8)]);
+    assert_eq!(candidates, [unused(&loose, 8, 1)]);
     // Linked again after it was found: not removed.
     store.link_blob(repo, &loose, 450).await.unwrap();
     assert!(store
@@ -526,15 +543,16 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
             .remove_blobs(&[loose.clone(), used.clone()], 500, &NoFiles)
             .await
             .unwrap(),
-        [(loose.clone(), 8)]
+        [unused(&loose, 8, 1)]
     );
     assert_eq!(store.blob_size(&loose).await.unwrap(), None);
     assert_eq!(store.linked_blob_size(repo, &loose).await.unwrap(), None, "its link went with it");
 
     // Deleting the manifest starts the used blob's grace period then.
     store.delete_manifest(repo, &m.digest, 1000).await.unwrap();
-    assert!(store.stale_links(1000, None, 100, &[]).await.unwrap().is_empty());
-    assert_eq!(store.stale_links(1001, None, 100, &[]).await.unwrap().len(), 1);
+    let unused_at = |cutoff| async move { store.unreferenced_blobs(cutoff, None, 100, &[]).await.unwrap() };
+    assert!(!unused_at(1000).await.iter().any(|b| b.digest == used));
+    assert!(unused_at(1001).await.iter().any(|b| b.digest == used));
 
     // Untagged manifests, after their grace.
     let u = manifest(r#"{"lc":"untagged"}"#, vec![], vec![], None);
@@ -545,12 +563,37 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
         .unwrap()
         .iter()
         .any(|x| x.digest == u.digest));
-    assert!(store
-        .untagged_manifests(2001, None, 100, &[])
+    let found = store.untagged_manifests(2001, None, 100, &[]).await.unwrap();
+    let u_found = found
+        .iter()
+        .find(|x| x.digest == u.digest && x.repo == repo)
+        .expect("the untagged manifest is a candidate");
+
+    // A dry run pretends what it counted is gone: not counted twice, and
+    // what only it referenced counts as unreferenced.
+    let pretend = [(u_found.repo_id, u.digest.clone())];
+    assert!(!store
+        .untagged_manifests(2001, None, 100, &pretend)
         .await
         .unwrap()
         .iter()
-        .any(|x| x.digest == u.digest && x.repo == repo));
+        .any(|x| x.digest == u.digest));
+    store.delete_tag("lc/other", "t", 1500).await.unwrap();
+    let elsewhere_found = store
+        .untagged_manifests(2001, None, 100, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.digest == elsewhere.digest)
+        .expect("elsewhere is untagged now");
+    let blobs_if_gone = |gone: Vec<(i64, Digest)>| async move {
+        store.unreferenced_blobs(2001, None, 100, &gone).await.unwrap()
+    };
+    assert!(!blobs_if_gone(vec![]).await.iter().any(|b| b.digest == shared));
+    assert!(blobs_if_gone(vec![(elsewhere_found.repo_id, elsewhere.digest.clone())])
+        .await
+        .iter()
+        .any(|b| b.digest == shared));
 }
 
 async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store: &S) {

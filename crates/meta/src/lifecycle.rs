@@ -101,6 +101,14 @@ pub struct LinkKey {
     pub digest: Digest,
 }
 
+/// A blob garbage collection may remove, with the links that go with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnusedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub links: u64,
+}
+
 /// An untagged manifest that nothing in its repository references.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UntaggedManifest {
@@ -155,8 +163,10 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn sync_config_policies(&self, policies: &[PolicyRecord], audit: &Audit) -> Result<()>;
 
     /// Links that no manifest of their repository references, unchanged since
-    /// before `cutoff_ms`, after `after` in key order. References from `gone`
-    /// manifests do not count (here and in the next two queries).
+    /// before `cutoff_ms`, of blobs that manifests elsewhere still reference
+    /// (the links of a blob nothing references go with the blob), after
+    /// `after` in key order. References from `gone` manifests do not count
+    /// (here and in the next two queries).
     async fn stale_links(
         &self,
         cutoff_ms: i64,
@@ -169,23 +179,19 @@ pub trait LifecycleStore: Send + Sync + 'static {
     async fn remove_links(&self, links: &[LinkKey], cutoff_ms: i64) -> Result<u64>;
 
     /// Blobs no manifest references, untouched and not linked since before
-    /// `cutoff_ms`, with their sizes, after `after` in digest order.
+    /// `cutoff_ms`, after `after` in digest order.
     async fn unreferenced_blobs(
         &self,
         cutoff_ms: i64,
         after: Option<&Digest>,
         limit: u32,
         gone: Pretend<'_>,
-    ) -> Result<Vec<(Digest, u64)>>;
+    ) -> Result<Vec<UnusedBlob>>;
 
     /// Removes those blobs that are still collectable, with their links and
     /// their files (through `files`), in one transaction. Returns what went.
-    async fn remove_blobs(
-        &self,
-        digests: &[Digest],
-        cutoff_ms: i64,
-        files: &dyn FileRemover,
-    ) -> Result<Vec<(Digest, u64)>>;
+    async fn remove_blobs(&self, digests: &[Digest], cutoff_ms: i64, files: &dyn FileRemover)
+        -> Result<Vec<UnusedBlob>>;
 
     /// Untagged manifests that nothing in their repository references (an
     /// index listing them, a living subject), untouched since before

@@ -14,7 +14,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::access::Audit;
 use crate::lifecycle::{
     FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Pretend,
-    Removal, RepoState, TagState, UntaggedManifest,
+    Removal, RepoState, TagState, UnusedBlob, UntaggedManifest,
 };
 use crate::sqlite::digest_list;
 use crate::sqlite_access::write_audit;
@@ -50,6 +50,19 @@ fn rows(json: &str) -> Result<Vec<Vec<Value>>> {
 /// What a dry run pretends is gone, as `repo_id|digest` strings for `json_each`.
 fn pretend_list(gone: Pretend<'_>) -> String {
     serde_json::Value::from(gone.iter().map(|(id, d)| format!("{id}|{d}")).collect::<Vec<_>>()).to_string()
+}
+
+fn unused_blobs(packed: &str) -> Result<Vec<UnusedBlob>> {
+    typed_rows::<(String, i64, i64)>(packed)?
+        .into_iter()
+        .map(|(digest, size, links)| {
+            Ok(UnusedBlob {
+                digest: parse_digest(&digest)?,
+                size: u64::try_from(size).unwrap_or(0),
+                links: u64::try_from(links).unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 fn typed_rows<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>> {
@@ -353,6 +366,8 @@ impl LifecycleStore for SqliteMeta {
              WHERE (l.repo_id, l.digest) > ($1, $2) AND l.linked_ms < $3 \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = l.digest AND r.repo_id = l.repo_id \
                              AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT value FROM json_each($5))) \
+             AND EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = l.digest \
+                         AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT value FROM json_each($5))) \
              ORDER BY l.repo_id, l.digest LIMIT $4)",
         )
         .bind(after_repo)
@@ -398,9 +413,10 @@ impl LifecycleStore for SqliteMeta {
         after: Option<&Digest>,
         limit: u32,
         gone: Pretend<'_>,
-    ) -> Result<Vec<(Digest, u64)>> {
+    ) -> Result<Vec<UnusedBlob>> {
         let packed: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(digest, size)) FROM (SELECT b.digest, b.size FROM blobs b \
+            "SELECT json_group_array(json_array(digest, size, links)) FROM (SELECT b.digest, b.size, \
+             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links FROM blobs b \
              WHERE b.digest > $1 AND b.touched_ms < $2 \
              AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest \
@@ -413,10 +429,7 @@ impl LifecycleStore for SqliteMeta {
         .bind(pretend_list(gone))
         .fetch_one(&self.reader)
         .await?;
-        rows(&packed)?
-            .iter()
-            .map(|r| Ok((digest_of(cell(r, 0))?, u64_of(cell(r, 1)))))
-            .collect()
+        unused_blobs(&packed)
     }
 
     async fn remove_blobs(
@@ -424,33 +437,32 @@ impl LifecycleStore for SqliteMeta {
         digests: &[Digest],
         cutoff_ms: i64,
         files: &dyn FileRemover,
-    ) -> Result<Vec<(Digest, u64)>> {
+    ) -> Result<Vec<UnusedBlob>> {
         let mut tx = self.begin().await?;
-        let mut removed = Vec::new();
-        for digest in digests {
-            // Its links are all stale when nothing references it and none was
-            // made within the grace period; they go with it.
-            let collectable: Option<i64> = sqlx::query_scalar(
-                "SELECT size FROM blobs WHERE digest = $1 AND touched_ms < $2 \
-                 AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = $1 AND l.linked_ms >= $2) \
-                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = $1)",
-            )
-            .bind(digest.to_string())
-            .bind(cutoff_ms)
-            .fetch_optional(&mut *tx)
+        // Its links are all stale when nothing references it and none was
+        // made within the grace period; they go with it.
+        let collectable: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(digest, size, \
+             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest))) FROM blobs b \
+             WHERE digest IN (SELECT value FROM json_each($1)) AND touched_ms < $2 \
+             AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest)",
+        )
+        .bind(digest_list(digests))
+        .bind(cutoff_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        let removed = unused_blobs(&collectable)?;
+        let gone: Vec<Digest> = removed.iter().map(|b| b.digest.clone()).collect();
+        let gone_list = digest_list(&gone);
+        sqlx::query("DELETE FROM repo_blobs WHERE digest IN (SELECT value FROM json_each($1))")
+            .bind(&gone_list)
+            .execute(&mut *tx)
             .await?;
-            let Some(size) = collectable else { continue };
-            sqlx::query("DELETE FROM repo_blobs WHERE digest = $1")
-                .bind(digest.to_string())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM blobs WHERE digest = $1")
-                .bind(digest.to_string())
-                .execute(&mut *tx)
-                .await?;
-            removed.push((digest.clone(), u64::try_from(size).unwrap_or(0)));
-        }
-        let gone: Vec<Digest> = removed.iter().map(|(d, _)| d.clone()).collect();
+        sqlx::query("DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each($1))")
+            .bind(&gone_list)
+            .execute(&mut *tx)
+            .await?;
         // Files go before the commit: should deleting them fail, the records
         // stay and the next run tries again.
         files.remove(&gone).await.map_err(MetaError::Placement)?;

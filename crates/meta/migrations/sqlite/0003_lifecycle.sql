@@ -15,9 +15,6 @@ ALTER TABLE manifests ADD COLUMN platforms TEXT;
 -- The manifest, its blobs and (for an index) its children's totals, in bytes.
 ALTER TABLE manifests ADD COLUMN total_size BIGINT;
 
-CREATE INDEX blobs_by_touched ON blobs(touched_ms);
-CREATE INDEX manifests_by_touched ON manifests(touched_ms);
-
 -- Retention policies by repository pattern; `**` is the global default.
 CREATE TABLE retention_policies (
     pattern     TEXT PRIMARY KEY,

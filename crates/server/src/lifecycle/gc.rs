@@ -16,6 +16,7 @@ use berth_meta::lifecycle::{FileRemover, LinkKey, PlannedRemoval, Removal};
 use berth_meta::BoxError;
 use berth_oci::{Algorithm, Digest, UploadId};
 use berth_storage::BlobStore;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{Lifecycle, Result};
@@ -40,6 +41,8 @@ pub struct GcReport {
 
 /// How many candidates one transaction handles.
 const BATCH: u32 = 500;
+/// Blob files deleted at once.
+const FILE_DELETES_IN_FLIGHT: usize = 16;
 /// Most manifests a dry run pretends are gone when it counts blobs and links.
 const PRETEND_MAX: usize = 10_000;
 
@@ -49,9 +52,12 @@ pub(crate) struct StoreFiles<'a>(pub &'a dyn BlobStore);
 #[async_trait]
 impl FileRemover for StoreFiles<'_> {
     async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), BoxError> {
-        for digest in digests {
-            self.0.delete(digest).await?;
-        }
+        // Deleted a few at a time: the write lock is held meanwhile.
+        let deletes: Vec<_> = digests.iter().map(|d| self.0.delete(d)).collect();
+        futures::stream::iter(deletes)
+            .buffer_unordered(FILE_DELETES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 }
@@ -207,7 +213,7 @@ impl Lifecycle {
                 break;
             }
         }
-        progress(&format!("unused blob links: {}", report.links_removed));
+        progress(&format!("unused links of blobs still in use: {}", report.links_removed));
 
         // 4. Blobs nothing links or references.
         let files = StoreFiles(self.blobs().as_ref());
@@ -217,23 +223,24 @@ impl Lifecycle {
                 .store()
                 .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
                 .await?;
-            let Some((last, _)) = batch.last() else { break };
-            after = Some(last.clone());
+            let Some(last) = batch.last() else { break };
+            after = Some(last.digest.clone());
             let removed = if dry_run {
                 batch.clone()
             } else {
-                let digests: Vec<Digest> = batch.iter().map(|(d, _)| d.clone()).collect();
+                let digests: Vec<Digest> = batch.iter().map(|b| b.digest.clone()).collect();
                 self.store().remove_blobs(&digests, cutoff, &files).await?
             };
             report.blobs_removed += removed.len() as u64;
-            report.bytes_reclaimed += removed.iter().map(|(_, size)| size).sum::<u64>();
+            report.bytes_reclaimed += removed.iter().map(|b| b.size).sum::<u64>();
+            report.links_removed += removed.iter().map(|b| b.links).sum::<u64>();
             if batch.len() < BATCH as usize {
                 break;
             }
         }
         progress(&format!(
-            "unreferenced blobs: {} ({} bytes)",
-            report.blobs_removed, report.bytes_reclaimed
+            "unreferenced blobs: {} ({} bytes), all links: {}",
+            report.blobs_removed, report.bytes_reclaimed, report.links_removed
         ));
 
         // 5. Files the database does not know (left by a crash), past the grace period.
