@@ -477,7 +477,10 @@ async fn removals_recheck_what_changed_since_the_plan<S: MetaStore + LifecycleSt
     assert_eq!(applied, [false]);
     let removal = manifest_removal(&pulled.digest, 50, Some(56));
     assert_eq!(
-        store.remove(repo, std::slice::from_ref(&removal), &gc_audit(60)).await.unwrap(),
+        store
+            .remove(repo, std::slice::from_ref(&removal), &gc_audit(60))
+            .await
+            .unwrap(),
         [false],
         "pulled at 20"
     );
@@ -506,7 +509,10 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
     let m = manifest(r#"{"lc":"gc"}"#, vec![used.clone()], vec![], None);
     store.put_manifest(repo, &m, Some("t"), 100).await.unwrap();
     let elsewhere = manifest(r#"{"lc":"elsewhere"}"#, vec![shared.clone()], vec![], None);
-    store.put_manifest("lc/other", &elsewhere, Some("t"), 100).await.unwrap();
+    store
+        .put_manifest("lc/other", &elsewhere, Some("t"), 100)
+        .await
+        .unwrap();
 
     // A stale link is one of a blob used elsewhere; the loose blob's link goes with the blob.
     let stale = store.stale_links(200, None, 100, &[]).await.unwrap();
@@ -546,7 +552,11 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
         [unused(&loose, 8, 1)]
     );
     assert_eq!(store.blob_size(&loose).await.unwrap(), None);
-    assert_eq!(store.linked_blob_size(repo, &loose).await.unwrap(), None, "its link went with it");
+    assert_eq!(
+        store.linked_blob_size(repo, &loose).await.unwrap(),
+        None,
+        "its link went with it"
+    );
 
     // Deleting the manifest starts the used blob's grace period then.
     store.delete_manifest(repo, &m.digest, 1000).await.unwrap();
@@ -586,9 +596,8 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
         .into_iter()
         .find(|x| x.digest == elsewhere.digest)
         .expect("elsewhere is untagged now");
-    let blobs_if_gone = |gone: Vec<(i64, Digest)>| async move {
-        store.unreferenced_blobs(2001, None, 100, &gone).await.unwrap()
-    };
+    let blobs_if_gone =
+        |gone: Vec<(i64, Digest)>| async move { store.unreferenced_blobs(2001, None, 100, &gone).await.unwrap() };
     assert!(!blobs_if_gone(vec![]).await.iter().any(|b| b.digest == shared));
     assert!(blobs_if_gone(vec![(elsewhere_found.repo_id, elsewhere.digest.clone())])
         .await

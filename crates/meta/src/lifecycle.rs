@@ -190,8 +190,12 @@ pub trait LifecycleStore: Send + Sync + 'static {
 
     /// Removes those blobs that are still collectable, with their links and
     /// their files (through `files`), in one transaction. Returns what went.
-    async fn remove_blobs(&self, digests: &[Digest], cutoff_ms: i64, files: &dyn FileRemover)
-        -> Result<Vec<UnusedBlob>>;
+    async fn remove_blobs(
+        &self,
+        digests: &[Digest],
+        cutoff_ms: i64,
+        files: &dyn FileRemover,
+    ) -> Result<Vec<UnusedBlob>>;
 
     /// Untagged manifests that nothing in their repository references (an
     /// index listing them, a living subject), untouched since before

@@ -14,7 +14,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::access::Audit;
 use crate::lifecycle::{
     FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Pretend,
-    Removal, RepoState, TagState, UnusedBlob, UntaggedManifest,
+    Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::sqlite::digest_list;
 use crate::sqlite_access::write_audit;

@@ -94,7 +94,9 @@ impl Lifecycle {
         for o in &orphaned {
             if dry_run {
                 report.signature_tags_removed += 1;
-                if !orphaned.iter().any(|other| other.tag.name != o.tag.name && other.tag.digest == o.tag.digest)
+                if !orphaned
+                    .iter()
+                    .any(|other| other.tag.name != o.tag.name && other.tag.digest == o.tag.digest)
                     && !gone.contains(&(o.repo_id, o.tag.digest.clone()))
                 {
                     report.manifests_removed += 1;
