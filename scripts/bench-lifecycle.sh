@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# Lifecycle at scale (issue 6): retention preview and run, garbage collection
+# and fsck over 1,000,000 tags in 1,000 repositories in the default setup (blob
+# files plus one SQLite database), and the latency of tag listing while GC runs.
+# A benchmark, not a test: neither `cargo test` nor CI runs it.
+#
+#   scripts/bench-lifecycle.sh [--no-build] [--keep] [--repos N] [--tags N]
+#
+#   --no-build    use the existing release binaries (default: cargo build --release
+#                 -p berth-server -p berth-bench-seed)
+#   --keep        keep the data dir afterwards (its path is printed), e.g. to profile a step
+#   --repos N     repositories to seed (default 1000)
+#   --tags N      tags per repository (default 1000); the policy keeps the newest half
+#
+# Steps, in this order, each under /usr/bin/time -v (wall time, max RSS):
+#   seed             berth-bench-seed: per repository one shared layer and, per tag,
+#                    a config blob and an OCI image manifest (rows and blob files)
+#   preview          berth retention set '**' --keep-last TAGS/2, then
+#                    berth retention preview > /dev/null (a decision per tag)
+#   preview-deleted  berth retention preview --deleted-only > /dev/null
+#   run              berth retention run (deletes half the tags, their manifests)
+#   tags/list        berth serve with scheduled jobs off; wrk GETs
+#                    /v2/<random repo>/tags/list?n=100, each connection pausing
+#                    WRK_DELAY_MS between requests: once alone (the baseline), then
+#                    for exactly as long as
+#   gc               BERTH_GC__GRACE_SECS=0 berth gc --json runs on the same data dir
+#   fsck             berth fsck --json, after the server stopped (must find no problem)
+#
+# Results go to bench-results/lifecycle/ (git-ignored):
+#   <step>.time             /usr/bin/time -v of the step
+#   <step>.out, <step>.err  its stdout (unless sent to /dev/null) and stderr
+#   wrk-baseline.txt, wrk-gc.txt   wrk --latency output (RESULT line: percentiles in µs)
+#   serve.log, run-info.txt, summary.md (also printed at the end)
+#
+# Targets: preview < 10 s, gc < 60 s, tags/list p99 < 5 ms while gc runs.
+# A full run takes about 15 minutes and needs about 6 GiB of disk; keep the
+# machine otherwise idle. Environment:
+#   BERTH_BIN       berth binary (default target/release/berth)
+#   SEED_BIN        seeder binary (default target/release/berth-bench-seed)
+#   BENCH_TMPDIR    where to make the data dir (default target/, on the repository's disk)
+#   WRK_SECS        length of the baseline wrk run (default 20)
+#   WRK_CONNS       wrk connections, on one thread (default 4)
+#   WRK_DELAY_MS    pause of each connection between its requests (default 2)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+OUT="$ROOT/bench-results/lifecycle"
+LUA="$ROOT/scripts/lib/bench-tags-list.lua"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+log() { printf '\n### [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf 'bench-lifecycle.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+
+ARGS="$*"
+build=1 keep=0 repos=1000 tags=1000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-build) build=0 ;;
+    --keep) keep=1 ;;
+    --repos) repos=$2; shift ;;
+    --tags) tags=$2; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+  shift
+done
+WRK_SECS=${WRK_SECS:-20}
+WRK_CONNS=${WRK_CONNS:-4}
+WRK_DELAY_MS=${WRK_DELAY_MS:-2}
+keep_last=$((tags / 2))
+
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
+  case ":$PATH:" in
+    *":${CARGO_HOME:-$HOME/.cargo}/bin:"*) ;;
+    *) export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" ;;
+  esac
+fi
+[ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
+for c in wrk curl jq python3 sha256sum; do
+  command -v "$c" >/dev/null 2>&1 || die "'$c' not found (scripts/install-deps.sh installs wrk, curl and jq)"
+done
+
+# ---------------------------------------------------------------- build
+BERTH_BIN=${BERTH_BIN:-${CARGO_TARGET_DIR:-target}/release/berth}
+SEED_BIN=${SEED_BIN:-${CARGO_TARGET_DIR:-target}/release/berth-bench-seed}
+if [ "$build" = 1 ]; then
+  log "cargo build --release -p berth-server -p berth-bench-seed"
+  cargo build --release -p berth-server -p berth-bench-seed
+fi
+[ -x "$BERTH_BIN" ] || die "$BERTH_BIN not found or not executable (build it, or drop --no-build)"
+[ -x "$SEED_BIN" ] || die "$SEED_BIN not found or not executable (build it, or drop --no-build)"
+
+# ---------------------------------------------------------------- temp dir, port
+base=${BENCH_TMPDIR:-$ROOT/target}
+mkdir -p "$base"
+T=$(mktemp -d "$base/berth-bench-lifecycle.XXXXXX")
+DATA="$T/data"
+SERVER_PID='' WRK_PID=''
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+  local rc=$?
+  local p
+  for p in "$WRK_PID" "$SERVER_PID"; do
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+      kill -TERM "$p" 2>/dev/null || true
+      wait "$p" 2>/dev/null || true
+    fi
+  done
+  if [ "$keep" = 1 ]; then
+    echo "bench-lifecycle.sh: data dir kept: $DATA" >&2
+  else
+    rm -rf "$T"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL="http://127.0.0.1:$PORT"
+
+avail_gib=$(($(df -Pk "$T" | awk 'NR==2 {print $4}') / 1024 / 1024))
+need_gib=$((repos * tags * 6 / 1000000 + 1))
+[ "$avail_gib" -ge "$need_gib" ] || die "only ${avail_gib} GiB free under $T; this run needs about ${need_gib} GiB"
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+{
+  echo "date:        $(date -Iseconds)"
+  echo "commit:      $(git rev-parse -q --verify HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (dirty)')"
+  echo "command:     scripts/bench-lifecycle.sh $ARGS"
+  echo "dataset:     $repos repositories x $tags tags; keep-last $keep_last"
+  echo "berth:       $BERTH_BIN (built $(stat -c %y "$BERTH_BIN"))"
+  echo "wrk:         -t1 -c$WRK_CONNS, ${WRK_DELAY_MS} ms pause per connection, baseline ${WRK_SECS} s"
+  echo "cpu:         $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
+  echo "memory:      $(free -g | awk '/^Mem:/ {print $2}') GiB"
+  echo "kernel:      $(uname -r)"
+  echo "sqlite3:     bundled with sqlx (libsqlite3-sys $(awk '/^name = "libsqlite3-sys"/ {getline; print $3}' Cargo.lock | tr -d '"'))"
+  echo "data dir:    $DATA ($(df -PT "$T" | awk 'NR==2 {print $2 " on " $1}'))"
+  echo "loadavg:     $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
+} >"$OUT/run-info.txt"
+cat "$OUT/run-info.txt"
+
+# ---------------------------------------------------------------- helpers
+# timed STEP STDOUT CMD...: runs CMD under time -v; its stdout goes to STDOUT,
+# its stderr to STEP.err. Fails the benchmark when CMD fails.
+timed() {
+  local step=$1 stdout=$2
+  shift 2
+  log "$step: ${*#"$ROOT/"}"
+  echo "$step: loadavg before $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
+  if ! /usr/bin/time -v -o "$OUT/$step.time" "$@" >"$stdout" 2>"$OUT/$step.err"; then
+    tail -n 20 "$OUT/$step.err" >&2
+    die "$step failed (see $OUT/$step.err)"
+  fi
+  printf '%s: %s s, max RSS %s MiB\n' "$step" "$(wall_s "$step")" "$(rss_mib "$step")"
+}
+# Wall time of a step in seconds, from "Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02.34".
+wall_s() {
+  awk -F': ' '/Elapsed \(wall clock\)/ {
+    n = split($2, p, ":"); s = 0
+    for (i = 1; i <= n; i++) s = s * 60 + p[i]
+    printf "%.2f", s
+  }' "$OUT/$1.time"
+}
+rss_mib() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$OUT/$1.time"; }
+# A field of wrk's RESULT line (written by the Lua script).
+wrk_field() { sed -n "s/^RESULT .*\\b$2=\\([0-9]*\\).*/\\1/p" "$OUT/$1"; }
+# The paced tags/list load, for as long as -dSECONDS says (env execs wrk, so $! is wrk's pid).
+wrk_cmd=(env BENCH_REPOS="$repos" BENCH_DELAY_MS="$WRK_DELAY_MS"
+  wrk -t1 -c"$WRK_CONNS" --timeout 10s --latency -s "$LUA" "$URL")
+
+# ---------------------------------------------------------------- seed
+timed seed "$OUT/seed.out" "$SEED_BIN" --data-dir "$DATA" --repos "$repos" --tags "$tags"
+cat "$OUT/seed.out"
+log "sync (the seed's dirty pages must not be written back during the measurements)"
+sync
+{
+  echo "database:    $(du -m "$DATA"/berth.db* | awk '{s += $1} END {print s}') MiB after seeding"
+  echo "blob files:  $(find "$DATA/blobs" -type f | wc -l) after seeding"
+} | tee -a "$OUT/run-info.txt"
+
+# ---------------------------------------------------------------- retention
+log "berth retention set '**' --keep-last $keep_last"
+"$BERTH_BIN" retention set '**' --keep-last "$keep_last" --data-dir "$DATA"
+timed preview /dev/null "$BERTH_BIN" retention preview --data-dir "$DATA"
+cat "$OUT/preview.err"
+timed preview-deleted /dev/null "$BERTH_BIN" retention preview --deleted-only --data-dir "$DATA"
+timed run "$OUT/run.out" "$BERTH_BIN" retention run --data-dir "$DATA"
+cat "$OUT/run.err"
+
+# ---------------------------------------------------------------- serve, tags/list, gc
+log "berth serve on $URL (scheduled jobs off)"
+BERTH_GC__INTERVAL_SECS=0 BERTH_RETENTION__INTERVAL_SECS=0 BERTH_LIFECYCLE__EXPIRY_INTERVAL_SECS=0 \
+  "$BERTH_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" >"$OUT/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 600); do
+  kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$OUT/serve.log" >&2; die "berth serve exited at start"; }
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/v2/")" = 200 ] && break
+  sleep 0.1
+done
+
+# The seed as a client sees it: a page of tags, and a manifest whose bytes hash to its digest.
+listed=$(curl -sf "$URL/v2/bench/r0000/tags/list?n=100" | jq '.tags | length')
+[ "$listed" = "$((keep_last < 100 ? keep_last : 100))" ] || die "tags/list of bench/r0000 gave $listed tags"
+first=$(curl -sf "$URL/v2/bench/r0000/tags/list?n=1" | jq -r '.tags[0]')
+curl -sf -D "$T/headers" -o "$T/manifest" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  "$URL/v2/bench/r0000/manifests/$first"
+said=$(awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}' "$T/headers" | tr -d '\r')
+[ "$said" = "sha256:$(sha256sum <"$T/manifest" | cut -d' ' -f1)" ] || die "manifest bench/r0000:$first does not hash to $said"
+
+log "tags/list warm-up (5 s)"
+"${wrk_cmd[@]}" -d5s >"$OUT/wrk-warmup.txt"
+log "tags/list baseline, no gc (${WRK_SECS} s)"
+echo "wrk-baseline: loadavg before $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
+"${wrk_cmd[@]}" -d"$WRK_SECS"s >"$OUT/wrk-baseline.txt"
+grep -E 'Latency|Requests/sec|RESULT' "$OUT/wrk-baseline.txt"
+
+log "tags/list while gc runs"
+"${wrk_cmd[@]}" -d3600s >"$OUT/wrk-gc.txt" &
+WRK_PID=$!
+sleep 0.2
+timed gc "$OUT/gc.out" env BERTH_GC__GRACE_SECS=0 "$BERTH_BIN" gc --json --data-dir "$DATA"
+# wrk prints its statistics when interrupted.
+kill -INT "$WRK_PID"
+wait "$WRK_PID" || true
+WRK_PID=
+cat "$OUT/gc.err" "$OUT/gc.out"
+grep -E 'Latency|Requests/sec|RESULT' "$OUT/wrk-gc.txt"
+
+server_hwm_mib=$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status")
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=
+
+# ---------------------------------------------------------------- fsck
+timed fsck "$OUT/fsck.out" "$BERTH_BIN" fsck --json --data-dir "$DATA"
+problems=$(jq '.problems | length' "$OUT/fsck.out")
+echo "fsck: $(jq -c '{blobs_checked, files_checked, problems: (.problems | length)}' "$OUT/fsck.out")"
+[ "$problems" = 0 ] || die "fsck found $problems problems (see $OUT/fsck.out)"
+
+# ---------------------------------------------------------------- summary
+met() { awk -v v="$1" -v t="$2" 'BEGIN {print (v < t ? "yes" : "**no**")}'; }
+row() {  # row STEP LABEL TARGET_TEXT TARGET_SECONDS
+  local w
+  w=$(wall_s "$1")
+  printf '| %s | %s | %s | %s | %s |\n' "$2" "$w" "$(rss_mib "$1")" "${3:--}" \
+    "$([ -n "${4:-}" ] && met "$w" "$4" || echo -)"
+}
+us_to_ms() { awk '{printf "%.2f", $1 / 1000}'; }
+lat_row() {  # lat_row FILE LABEL
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" \
+    "$(wrk_field "$1" requests)" \
+    "$(awk -v n="$(wrk_field "$1" requests)" -v us="$(wrk_field "$1" duration_us)" 'BEGIN {printf "%.0f", n / us * 1e6}')" \
+    "$(wrk_field "$1" p50_us | us_to_ms)" "$(wrk_field "$1" p90_us | us_to_ms)" \
+    "$(wrk_field "$1" p99_us | us_to_ms)" "$(wrk_field "$1" p999_us | us_to_ms)" \
+    "$(wrk_field "$1" max_us | us_to_ms)" \
+    "$(($(wrk_field "$1" errors) + $(wrk_field "$1" non2xx)))"
+}
+gc_p99_ms=$(wrk_field wrk-gc.txt p99_us | us_to_ms)
+{
+  echo "## Lifecycle at scale: $repos repositories x $tags tags"
+  echo
+  echo "| step | wall (s) | max RSS (MiB) | target | met |"
+  echo "|---|---:|---:|---|---|"
+  row seed "seed (berth-bench-seed)"
+  row preview "retention preview ($((repos * tags)) decisions)" "< 10 s" 10
+  row preview-deleted "retention preview --deleted-only" "< 10 s" 10
+  row run "retention run" ""
+  row gc "gc (grace 0, while serving tags/list)" "< 60 s" 60
+  row fsck "fsck" ""
+  echo
+  echo "tags/list?n=100 on random repositories, wrk -t1 -c$WRK_CONNS, ${WRK_DELAY_MS} ms pause per connection (ms):"
+  echo
+  echo "| load | requests | req/s | p50 | p90 | p99 | p99.9 | max | errors |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  lat_row wrk-baseline.txt "no gc"
+  lat_row wrk-gc.txt "during gc"
+  echo
+  echo "p99 during gc: $gc_p99_ms ms (target < 5 ms: $(met "$gc_p99_ms" 5)); the during-gc window is" \
+    "$(wrk_field wrk-gc.txt duration_us | awk '{printf "%.1f", $1 / 1e6}') s against a gc wall time of $(wall_s gc) s;" \
+    "server peak RSS ${server_hwm_mib} MiB"
+  echo
+  echo "- seed: $(cat "$OUT/seed.out")"
+  echo "- preview: $(tail -n 1 "$OUT/preview.err")"
+  echo "- run: $(tail -n 1 "$OUT/run.err")"
+  echo "- gc: $(cat "$OUT/gc.out")"
+  echo "- fsck: $(jq -c '{blobs_checked, files_checked, problems: (.problems | length)}' "$OUT/fsck.out")"
+} >"$OUT/summary.md"
+log "summary (bench-results/lifecycle/summary.md)"
+cat "$OUT/summary.md"
