@@ -82,7 +82,10 @@ impl SqliteMeta {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             // 8 MiB of page cache per connection.
-            .pragma("cache_size", "-8000");
+            .pragma("cache_size", "-8000")
+            // Pages read through a memory map instead of a copy per read: scans
+            // of a large registry (garbage collection, retention) read a lot.
+            .pragma("mmap_size", "1073741824");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -186,15 +189,31 @@ impl SqliteMeta {
     }
 
     async fn release(tx: &mut Transaction<'static, Sqlite>, repo_id: i64, digest: &str, now_ms: i64) -> Result<()> {
+        // One statement per kind of dependent, each answered from an index.
+        let signature_tags = format!("sha256-{}", digest.strip_prefix("sha256:").unwrap_or(digest));
+        sqlx::query("UPDATE manifests SET touched_ms = MAX(touched_ms, $3) WHERE repo_id = $1 AND subject = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query(
-            "UPDATE manifests SET touched_ms = MAX(touched_ms, $3) WHERE repo_id = $1 AND (subject = $2 \
-             OR digest IN (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 \
-                           AND child_kind = 'manifest') \
-             OR digest IN (SELECT manifest_digest FROM tags WHERE repo_id = $1 \
-                           AND name GLOB 'sha256-' || substr($2, 8) || '*'))",
+            "UPDATE manifests SET touched_ms = MAX(touched_ms, $3) WHERE repo_id = $1 AND digest IN \
+             (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 \
+              AND child_kind = 'manifest')",
         )
         .bind(repo_id)
         .bind(digest)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        // `sha256-<hex>` and `sha256-<hex>.sig|.att|.sbom`, as a range of the tag index.
+        sqlx::query(
+            "UPDATE manifests SET touched_ms = MAX(touched_ms, $3) WHERE repo_id = $1 AND digest IN \
+             (SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name >= $2 AND name < $2 || '/')",
+        )
+        .bind(repo_id)
+        .bind(&signature_tags)
         .bind(now_ms)
         .execute(&mut **tx)
         .await?;
