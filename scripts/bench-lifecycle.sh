@@ -12,7 +12,12 @@
 #   --repos N     repositories to seed (default 1000)
 #   --tags N      tags per repository (default 1000); the policy keeps the newest half
 #
-# Steps, in this order, each under /usr/bin/time -v (wall time, max RSS):
+# Both binaries are copied into the temp dir first, so that a build in the same
+# target/ during the run cannot swap them between steps.
+#
+# Steps, in this order, each under /usr/bin/time -v (wall time, max RSS) while
+# /proc is polled for the peak anonymous RSS (max RSS also counts the pages of
+# the database file that SQLite maps into memory):
 #   seed             berth-bench-seed: per repository one shared layer and, per tag,
 #                    a config blob and an OCI image manifest (rows and blob files)
 #   preview          berth retention set '**' --keep-last TAGS/2, then
@@ -28,7 +33,8 @@
 #
 # Results go to bench-results/lifecycle/ (git-ignored):
 #   <step>.time             /usr/bin/time -v of the step
-#   <step>.out, <step>.err  its stdout (unless sent to /dev/null) and stderr
+#   <step>.out, <step>.err  its stdout (unless sent to /dev/null) and its stderr, each
+#                           line prefixed with the time it arrived (gc's phases)
 #   wrk-baseline.txt, wrk-gc.txt   wrk --latency output (RESULT line: percentiles in µs)
 #   serve.log, run-info.txt, summary.md (also printed at the end)
 #
@@ -118,6 +124,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Private copies: a concurrent `cargo build` replaces target/release/berth in place.
+mkdir -p "$T/bin"
+cp "$BERTH_BIN" "$T/bin/berth"
+cp "$SEED_BIN" "$T/bin/berth-bench-seed"
+BERTH_BUILT=$(stat -c %y "$BERTH_BIN")
+BERTH_BIN="$T/bin/berth"
+SEED_BIN="$T/bin/berth-bench-seed"
+
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
 
@@ -132,7 +146,7 @@ mkdir -p "$OUT"
   echo "commit:      $(git rev-parse -q --verify HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (dirty)')"
   echo "command:     scripts/bench-lifecycle.sh $ARGS"
   echo "dataset:     $repos repositories x $tags tags; keep-last $keep_last"
-  echo "berth:       $BERTH_BIN (built $(stat -c %y "$BERTH_BIN"))"
+  echo "berth:       built $BERTH_BUILT, sha256 $(sha256sum <"$BERTH_BIN" | cut -c1-16)"
   echo "wrk:         -t1 -c$WRK_CONNS, ${WRK_DELAY_MS} ms pause per connection, baseline ${WRK_SECS} s"
   echo "cpu:         $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
   echo "memory:      $(free -g | awk '/^Mem:/ {print $2}') GiB"
@@ -144,18 +158,36 @@ mkdir -p "$OUT"
 cat "$OUT/run-info.txt"
 
 # ---------------------------------------------------------------- helpers
+stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%T.%3N)" "$line"; done; }
 # timed STEP STDOUT CMD...: runs CMD under time -v; its stdout goes to STDOUT,
-# its stderr to STEP.err. Fails the benchmark when CMD fails.
+# its stderr (time-stamped) to STEP.err, its peak RssAnon (KiB) to STEP.anon.
+# Fails the benchmark when CMD fails.
 timed() {
   local step=$1 stdout=$2
   shift 2
-  log "$step: ${*#"$ROOT/"}"
+  log "$step: ${*#"$T/bin/"}"
   echo "$step: loadavg before $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
-  if ! /usr/bin/time -v -o "$OUT/$step.time" "$@" >"$stdout" 2>"$OUT/$step.err"; then
+  (
+    set -o pipefail
+    /usr/bin/time -v -o "$OUT/$step.time" "$@" 2>&1 >"$stdout" | stamp >"$OUT/$step.err"
+  ) &
+  local sub=$! timer='' cmd='' anon=0 kb
+  while kill -0 "$sub" 2>/dev/null; do
+    [ -n "$timer" ] || timer=$(pgrep -P "$sub" -x time || true)
+    [ -n "$cmd" ] || [ -z "$timer" ] || cmd=$(pgrep -P "$timer" || true)
+    if [ -n "$cmd" ]; then
+      kb=$(awk '/^RssAnon:/ {print $2}' "/proc/$cmd/status" 2>/dev/null || true)
+      if [ -n "$kb" ] && [ "$kb" -gt "$anon" ]; then anon=$kb; fi
+    fi
+    sleep 0.2
+  done
+  echo "$anon" >"$OUT/$step.anon"
+  if ! wait "$sub"; then
     tail -n 20 "$OUT/$step.err" >&2
     die "$step failed (see $OUT/$step.err)"
   fi
-  printf '%s: %s s, max RSS %s MiB\n' "$step" "$(wall_s "$step")" "$(rss_mib "$step")"
+  printf '%s: %s s, max RSS %s MiB, peak anonymous RSS %s MiB\n' "$step" "$(wall_s "$step")" "$(rss_mib "$step")" \
+    "$(anon_mib "$step")"
 }
 # Wall time of a step in seconds, from "Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02.34".
 wall_s() {
@@ -166,6 +198,7 @@ wall_s() {
   }' "$OUT/$1.time"
 }
 rss_mib() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$OUT/$1.time"; }
+anon_mib() { awk '{printf "%.0f", $1 / 1024}' "$OUT/$1.anon"; }
 # A field of wrk's RESULT line (written by the Lua script).
 wrk_field() { sed -n "s/^RESULT .*\\b$2=\\([0-9]*\\).*/\\1/p" "$OUT/$1"; }
 # The paced tags/list load, for as long as -dSECONDS says (env execs wrk, so $! is wrk's pid).
@@ -231,6 +264,7 @@ cat "$OUT/gc.err" "$OUT/gc.out"
 grep -E 'Latency|Requests/sec|RESULT' "$OUT/wrk-gc.txt"
 
 server_hwm_mib=$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status")
+server_anon_mib=$(awk '/^RssAnon/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status")
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=
@@ -246,7 +280,7 @@ met() { awk -v v="$1" -v t="$2" 'BEGIN {print (v < t ? "yes" : "**no**")}'; }
 row() {  # row STEP LABEL TARGET_TEXT TARGET_SECONDS
   local w
   w=$(wall_s "$1")
-  printf '| %s | %s | %s | %s | %s |\n' "$2" "$w" "$(rss_mib "$1")" "${3:--}" \
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$2" "$w" "$(rss_mib "$1")" "$(anon_mib "$1")" "${3:--}" \
     "$([ -n "${4:-}" ] && met "$w" "$4" || echo -)"
 }
 us_to_ms() { awk '{printf "%.2f", $1 / 1000}'; }
@@ -263,8 +297,8 @@ gc_p99_ms=$(wrk_field wrk-gc.txt p99_us | us_to_ms)
 {
   echo "## Lifecycle at scale: $repos repositories x $tags tags"
   echo
-  echo "| step | wall (s) | max RSS (MiB) | target | met |"
-  echo "|---|---:|---:|---|---|"
+  echo "| step | wall (s) | max RSS (MiB) | peak anon RSS (MiB) | target | met |"
+  echo "|---|---:|---:|---:|---|---|"
   row seed "seed (berth-bench-seed)"
   row preview "retention preview ($((repos * tags)) decisions)" "< 10 s" 10
   row preview-deleted "retention preview --deleted-only" "< 10 s" 10
@@ -281,11 +315,13 @@ gc_p99_ms=$(wrk_field wrk-gc.txt p99_us | us_to_ms)
   echo
   echo "p99 during gc: $gc_p99_ms ms (target < 5 ms: $(met "$gc_p99_ms" 5)); the during-gc window is" \
     "$(wrk_field wrk-gc.txt duration_us | awk '{printf "%.1f", $1 / 1e6}') s against a gc wall time of $(wall_s gc) s;" \
-    "server peak RSS ${server_hwm_mib} MiB"
+    "server peak RSS ${server_hwm_mib} MiB (anonymous at the end ${server_anon_mib} MiB)"
   echo
   echo "- seed: $(cat "$OUT/seed.out")"
-  echo "- preview: $(tail -n 1 "$OUT/preview.err")"
-  echo "- run: $(tail -n 1 "$OUT/run.err")"
+  echo "- preview: $(tail -n 1 "$OUT/preview.err" | cut -d' ' -f2-)"
+  echo "- run: $(tail -n 1 "$OUT/run.err" | cut -d' ' -f2-)"
+  echo "- gc phases (time each ended):"
+  sed 's/^/  - /' "$OUT/gc.err"
   echo "- gc: $(cat "$OUT/gc.out")"
   echo "- fsck: $(jq -c '{blobs_checked, files_checked, problems: (.problems | length)}' "$OUT/fsck.out")"
 } >"$OUT/summary.md"
