@@ -39,7 +39,7 @@
 #   serve.log, run-info.txt, summary.md (also printed at the end)
 #
 # Targets: preview < 10 s, gc < 60 s, tags/list p99 < 5 ms while gc runs.
-# A full run takes about 15 minutes and needs about 6 GiB of disk; keep the
+# A full run takes 12 to 15 minutes and needs about 6 GiB of disk; keep the
 # machine otherwise idle. Environment:
 #   BERTH_BIN       berth binary (default target/release/berth)
 #   SEED_BIN        seeder binary (default target/release/berth-bench-seed)
