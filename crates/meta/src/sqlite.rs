@@ -727,6 +727,72 @@ mod tests {
         crate::conformance::run_access(&meta).await;
     }
 
+    /// A database written by an earlier release keeps its blobs and links when
+    /// 0005 rebuilds those tables, and its foreign keys still hold.
+    #[tokio::test]
+    async fn upgrading_from_0004_keeps_blobs_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let all = sqlx::migrate!("./migrations/sqlite");
+        let up_to_0004 = sqlx::migrate::Migrator {
+            migrations: all.migrations.iter().filter(|m| m.version <= 4).cloned().collect(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let d = Digest::sha256_of(b"kept");
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            up_to_0004.run(&pool).await.unwrap();
+            sqlx::query("INSERT INTO repositories (id, name, created_ms) VALUES (7, 'a/b', 1)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES ($1, 5, 2, 3)")
+                .bind(d.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES (7, $1, 4)")
+                .bind(d.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let meta = SqliteMeta::open(&path).await.unwrap();
+        assert_eq!(meta.linked_blob_size("a/b", &d).await.unwrap(), Some(5));
+        let (touched, linked): (i64, i64) =
+            sqlx::query_as("SELECT b.touched_ms, l.linked_ms FROM blobs b JOIN repo_blobs l USING (digest)")
+                .fetch_one(&meta.reader)
+                .await
+                .unwrap();
+        assert_eq!((touched, linked), (3, 4));
+        let rebuilt: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID' ORDER BY name",
+        )
+        .fetch_all(&meta.reader)
+        .await
+        .unwrap();
+        assert_eq!(rebuilt, ["blobs", "repo_blobs"]);
+        let violations = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&meta.reader)
+            .await
+            .unwrap();
+        assert!(violations.is_empty());
+        // The link's foreign key still points at the rebuilt blobs table.
+        let orphan = sqlx::query("INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES (7, 'sha256:none', 1)")
+            .execute(&meta.writer)
+            .await;
+        assert!(orphan.is_err());
+    }
+
     #[tokio::test]
     async fn reopening_keeps_data_and_migrations_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
