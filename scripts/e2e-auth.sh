@@ -47,89 +47,27 @@
 set -euo pipefail
 shopt -s inherit_errexit   # errors inside $(...) count too
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
-
-VERBOSE=0
-KEEP=${E2E_KEEP:-0}
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    -v|--verbose) VERBOSE=1; shift ;;
-    -k|--keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "e2e-auth: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BERTH_BIN=${BERTH_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/berth}
-DOCKER_CLI=${DOCKER_CLI:-/usr/bin/docker}
 EXT_SERVICE=$REPO_ROOT/tests/external-auth/service.py
 
-# ---------------------------------------------------------------- tools ----
-missing=()
-for t in curl jq python3 skopeo podman dockerd tar gzip sha256sum cmp timeout base64 stat head mktemp; do
-  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
-done
-if [[ ! -x $DOCKER_CLI ]]; then
-  if command -v docker >/dev/null 2>&1; then DOCKER_CLI=$(command -v docker); else missing+=("docker (client)"); fi
-fi
-if [[ ${#missing[@]} -gt 0 ]]; then
-  echo "e2e-auth: ERROR: required tools not found on PATH: ${missing[*]}" >&2
-  echo "e2e-auth: install them first (scripts/install-deps.sh)" >&2
-  echo "E2E-AUTH: 0 passed, 1 failed, 0 skipped"
-  exit 1
-fi
-
-# ------------------------------------------------------------- temp dir ----
-T=$(mktemp -d "${TMPDIR:-/tmp}/berth-e2e-auth.XXXXXX")
-mkdir -p "$T/logs" "$T/state" "$T/tmp" "$T/work" "$T/auth" "$T/home"
-BERTH_PID=""
-EXT_PID=""
-DOCKERD_PID=""
-
-# The step runner and its counters, step helpers, stop_pid, free_port, the OCI
-# layout builders and the dockerd start: shared with scripts/e2e.sh.
+# Options, tools, the temp dir and its exit trap, starting berth, the step
+# runner and its helpers, OCI layouts, podman, dockerd and the summary: shared
+# with scripts/e2e.sh and scripts/e2e-lifecycle.sh.
 E2E_NAME=e2e-auth
 E2E_LABEL=E2E-AUTH
 # shellcheck source=lib/e2e-common.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/lib/e2e-common.sh"
+parse_args "$@"
 
-cleanup() {
-  local rc=$?
-  set +e
-  stop_pid "$DOCKERD_PID" dockerd 20
-  stop_pid "$BERTH_PID" berth 10
-  stop_pid "$EXT_PID" external-auth 5
-  if command -v findmnt >/dev/null 2>&1; then
-    findmnt -rn -o TARGET | grep -F "$T/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-  fi
-  if [[ $KEEP == 1 ]]; then
-    echo "e2e-auth: kept temp dir $T" >&2
-  else
-    rm -rf "$T" 2>/dev/null || { chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"; }
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+require_tools --docker-cli "scripts/install-deps.sh" \
+  curl jq python3 skopeo podman dockerd tar gzip sha256sum cmp timeout base64 stat head mktemp
 
-setup_fail() {
-  echo "FAIL 0 setup: $*"
-  echo "E2E-AUTH: 0 passed, 1 failed, 0 skipped"
-  exit 1
-}
-
-# wait_for_line FILE REGEX PID SECONDS: prints the first match of REGEX (grep
-# -oE) in FILE once it appears; fails when PID exits or time runs out.
-wait_for_line() {
-  local file=$1 re=$2 pid=$3 secs=$4 i m
-  for ((i = 0; i < secs * 10; i++)); do
-    m=$({ grep -oE "$re" "$file" 2>/dev/null || true; } | head -n 1)
-    if [[ -n $m ]]; then echo "$m"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+make_temp_dir
+mkdir -p "$T/auth" "$T/home"
+stop_on_exit DOCKERD_PID dockerd 20
+stop_on_exit BERTH_PID berth 10
+stop_on_exit EXT_PID external-auth 5
 
 # ------------------------------------------------------ secrets and users ----
 # Random per run; every secret goes into $T/state/secrets ("label<TAB>value")
@@ -158,10 +96,8 @@ EXT_URL=$(wait_for_line "$T/external-auth.log" 'http://127\.0\.0\.1:[0-9]+' "$EX
 echo "e2e-auth: external validation service at $EXT_URL"
 
 # ---------------------------------------------------------------- berth ----
-[[ -x $BERTH_BIN ]] || setup_fail "Berth binary not found or not executable: $BERTH_BIN (cargo build -p berth-server, or set BERTH_BIN)"
-DATA=$T/data
-CFG=$T/berth.toml
-mkdir -p "$DATA"
+# VALIDATION_SERVICE_URL is configuration too: the caller's stays out.
+berth_setup -u VALIDATION_SERVICE_URL
 cat > "$CFG" <<EOF
 [auth]
 mode = "token"
@@ -174,61 +110,18 @@ window_secs = 60
 [auth.external]
 url = "$EXT_URL"
 EOF
-# Berth reads BERTH_* (and VALIDATION_SERVICE_URL) as configuration
-# overrides: keep the caller's out of its environment. It logs at debug level,
-# so that the check of its log for credentials (step 8.1) covers every line it
-# may write.
-BERTH_ENV=(env -u VALIDATION_SERVICE_URL -u RUST_LOG)
-while read -r v; do BERTH_ENV+=(-u "$v"); done < <(compgen -e | grep '^BERTH_' || true)
-B() { # the berth CLI on the server's data dir
-  run_tool 60 berth "${BERTH_ENV[@]}" "$BERTH_BIN" "$@" --config "$CFG" --data-dir "$DATA"
-}
-
-echo "e2e-auth: starting $BERTH_BIN serve --config $CFG --listen 127.0.0.1:0 --data-dir $DATA"
-"${BERTH_ENV[@]}" RUST_LOG=debug "$BERTH_BIN" serve --config "$CFG" --listen 127.0.0.1:0 --data-dir "$DATA" \
-  > "$T/berth.log" 2>&1 < /dev/null &
-BERTH_PID=$!
-REG=$(wait_for_line "$T/berth.log" 'listening on 127\.0\.0\.1:[0-9]+' "$BERTH_PID" 30) || {
-  tail -n 40 "$T/berth.log" | sed 's/^/     | /'
-  setup_fail "berth did not log 'listening on 127.0.0.1:PORT' within 30 s"
-}
-REG=${REG#listening on }
-URL=http://$REG
-code=""
-for ((i = 0; i < 100; i++)); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/v2/" || true)
-  [[ $code == 401 ]] && break
-  sleep 0.1
-done
-[[ $code == 401 ]] || setup_fail "GET $URL/v2/ answered ${code:-nothing}, expected 401 (auth.mode = token)"
+# Debug level, so that the check of the server's log for credentials (step
+# 8.1) covers every line it may write.
+start_berth 401 "auth.mode = token" RUST_LOG=debug
 echo "e2e-auth: registry ready at $URL (token auth; image names use $REG)"
 
 # Client environment: nothing of the machine's own client configuration or
 # stored credentials (HOME, auth files, registries.conf) may take part.
 export HOME=$T/home
 unset XDG_CONFIG_HOME XDG_RUNTIME_DIR DOCKER_CONFIG DOCKER_HOST
-export TMPDIR=$T/tmp
-export REGISTRY_AUTH_FILE=$T/auth/default.json   # stays empty: the default identity is anonymous
-printf '{"auths":{}}\n' > "$REGISTRY_AUTH_FILE"
-printf 'unqualified-search-registries = []\n' > "$T/registries.conf"
-export CONTAINERS_REGISTRIES_CONF=$T/registries.conf
-printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$T/policy.json"
+client_env "$T/auth/default.json"   # stays empty: the default identity is anonymous
 
 # --------------------------------------------------------- step helpers ----
-# must_fail WHAT REGEX [--stdin INPUT] CMD...: CMD must fail and its output
-# match REGEX (ERE, case-insensitive); prints its last line.
-must_fail() {
-  local what=$1 re=$2 out rc=0 input=""
-  shift 2
-  if [[ $1 == --stdin ]]; then input=$2; shift 2; fi
-  out=$(mktemp "$T/work/fail.XXXXXX")
-  timeout 120 "$@" > "$out" 2>&1 <<<"$input" || rc=$?
-  cat "$out"
-  [[ $rc != 0 ]] || fail "$what succeeded; it must be refused"
-  [[ $rc != 124 ]] || fail "$what timed out (120 s) instead of being refused"
-  grep -Eiq "$re" "$out" || fail "$what failed (exit $rc) but its output does not match /$re/"
-  echo "refused as expected (exit $rc): $(last_line "$out")"
-}
 DENIED_RE='denied|unauthori[sz]ed|forbidden'
 
 # token_req CREDS SCOPE... : GET /v2/token (CREDS login:password, or "" for
@@ -277,33 +170,10 @@ expect_v2() { # expected-"STATUS CODE" METHOD PATH TOKEN [curl args...]
   expect_eq "$got" "$want" "$1 $2"
 }
 
-# An OCI layout with a fresh random image; records its digests as state NAME_*.
-build_layout() { # name
-  local L=$T/layout-$1 d
-  mkdir -p "$L"
-  d=$(make_image "$L" amd64 "" 2 "auth-$1")
-  write_layout_index "$L" "$(jq -c 'del(.platform, .config)' <<<"$d")" v1
-  st_set "$1_manifest" "$(jq -r .digest <<<"$d")"
-  st_set "$1_layers" "$(jq -r '.layers[].digest' "$L/blobs/sha256/$(jq -r '.digest|ltrimstr("sha256:")' <<<"$d")" | tr '\n' ' ')"
-}
-# The registry serves REF with exactly the manifest bytes of DIGEST (read with CREDS).
-check_manifest() { # ref digest creds-args...
-  local ref=$1 want=$2 out
-  shift 2
-  out=$(mktemp "$T/work/raw.XXXXXX")
-  SK inspect --raw --tls-verify=false "$@" "docker://$REG/$ref" > "$out"
-  expect_eq "sha256:$(sha_of "$out")" "$want" "sha256 of the manifest served for $ref"
-}
-push_layout() { # layout-name ref creds-args...
-  local name=$1 ref=$2
-  shift 2
-  SK copy --preserve-digests --dest-tls-verify=false "$@" "oci:$T/layout-$name:v1" "docker://$REG/$ref"
-}
-
 # ============================================================ local user ====
 step_layouts() {
   local n
-  for n in app robot dev pub; do build_layout "$n"; echo "$n: $(st "${n}_manifest")"; done
+  for n in app robot dev pub; do build_layout "$n" 2 "auth-$n"; echo "$n: $(st "${n}_manifest")"; done
 }
 
 step_alice_create() {
@@ -329,7 +199,7 @@ step_alice_login() {
 
 step_alice_push() {
   push_layout app team/app:1 --dest-creds "alice:$ALICE_PW"
-  check_manifest team/app:1 "$(st app_manifest)" --creds "alice:$ALICE_PW"
+  check_remote_manifest team/app:1 "$(st app_manifest)" --creds "alice:$ALICE_PW"
   # the credentials skopeo login stored work as well
   SK list-tags --tls-verify=false --authfile "$T/auth/alice.json" "docker://$REG/team/app" | tee "$T/work/tags.json"
   expect_eq "$(jq -c .Tags "$T/work/tags.json")" '["1"]' "skopeo list-tags team/app (with the login's authfile)"
@@ -368,7 +238,7 @@ step_robot_push() {
   secret "the robot token ci" "$tok"
   st_set robot_token "$tok"
   push_layout robot team/robot:1 --dest-creds "anything:$tok"
-  check_manifest team/robot:1 "$(st robot_manifest)" --creds "someone-else:$tok"
+  check_remote_manifest team/robot:1 "$(st robot_manifest)" --creds "someone-else:$tok"
   # team/* is one path component: team/deep/robot is not covered
   must_fail "the robot's push to team/deep/robot" "$DENIED_RE" \
     skopeo --insecure-policy copy --dest-tls-verify=false --dest-creds "anything:$tok" \
@@ -393,7 +263,7 @@ step_bob_push() {
   B grant add group:dev 'dev/**' push
   echo "$BOB_TOKEN" | SK login --tls-verify=false --authfile "$T/auth/bob.json" -u bob --password-stdin "$REG"
   push_layout dev dev/app:1 --dest-creds "bob:$BOB_TOKEN"
-  check_manifest dev/app:1 "$(st dev_manifest)" --creds "bob:$BOB_TOKEN"
+  check_remote_manifest dev/app:1 "$(st dev_manifest)" --creds "bob:$BOB_TOKEN"
   # the id and the email are accepted as the login name too
   token_of "1001:$BOB_TOKEN" repository:dev/app:pull >/dev/null
   token_of "bob@example.com:$BOB_TOKEN" repository:dev/app:pull >/dev/null
@@ -434,13 +304,13 @@ step_bob_wrong_login() {
 step_admin_push_public() {
   echo "$ADMIN_PW" | B user add admin --admin
   push_layout pub public/base:1 --dest-creds "admin:$ADMIN_PW"
-  check_manifest public/base:1 "$(st pub_manifest)" --creds "admin:$ADMIN_PW"
+  check_remote_manifest public/base:1 "$(st pub_manifest)" --creds "admin:$ADMIN_PW"
 }
 
 step_anon_pull_public() {
   SK copy --preserve-digests --src-tls-verify=false --src-no-creds "docker://$REG/public/base:1" "oci:$T/out-pub:1"
   compare_layouts "$T/layout-pub" "$T/out-pub" "$(st pub_manifest)"
-  check_manifest public/base:1 "$(st pub_manifest)" --no-creds
+  check_remote_manifest public/base:1 "$(st pub_manifest)" --no-creds
   local tok
   tok=$(token_of "" repository:public/base:pull)
   expect_v2 "200 -" GET /v2/public/base/manifests/1 "$tok" -H "Accept: $MT_MANIFEST"
@@ -469,26 +339,11 @@ step_catalog_filtered() {
 }
 
 # =============================================================== podman ====
-PODMAN=(podman --root "$T/podman/root" --runroot "$T/podman/run" --storage-driver vfs
-        --cgroup-manager cgroupfs --events-backend file --tmpdir "$T/podman/tmp")
-PM() { run_tool 180 podman "${PODMAN[@]}" "$@"; }
 PODMAN_AUTH=$T/auth/podman.json
 
 step_podman_start() {
-  mkdir -p "$T/podman/root" "$T/podman/run" "$T/podman/tmp"
-  if ! timeout 60 "${PODMAN[@]}" info > "$T/work/podman-info.out" 2>&1; then
-    cat "$T/work/podman-info.out"
-    skip_here "podman cannot run on this machine: $(last_line "$T/work/podman-info.out")"
-  fi
-  local ctx=$T/podman-ctx
-  mkdir -p "$ctx"
-  echo "hello from podman, berth e2e-auth $$ $RANDOM" > "$ctx/hello.txt"
-  printf 'FROM scratch\nCOPY hello.txt /\n' > "$ctx/Containerfile"
-  if ! timeout 120 "${PODMAN[@]}" build --network none --pull=never -t "$REG/team/podman:1" \
-        -f "$ctx/Containerfile" "$ctx" > "$T/work/podman-build.out" 2>&1; then
-    cat "$T/work/podman-build.out"
-    skip_here "podman build does not work on this machine: $(last_line "$T/work/podman-build.out")"
-  fi
+  podman_runs
+  podman_build "$REG/team/podman:1"
   PM image inspect --format '{{.Id}}' "$REG/team/podman:1" > "$T/state/podman_id"
   touch "$T/state/podman_up"
 }
@@ -505,7 +360,7 @@ step_podman_push_pull() {
   PM push --tls-verify=false --authfile "$PODMAN_AUTH" --digestfile "$T/work/podman.digest" "$REG/team/podman:1"
   d=$(cat "$T/work/podman.digest")
   echo "podman pushed $d"
-  check_manifest team/podman:1 "$d" --creds "alice:$ALICE_PW"
+  check_remote_manifest team/podman:1 "$d" --creds "alice:$ALICE_PW"
   PM rmi "$REG/team/podman:1"
   PM pull --tls-verify=false --authfile "$PODMAN_AUTH" --signature-policy "$T/policy.json" "$REG/team/podman:1"
   expect_eq "$(PM image inspect --format '{{.Id}}' "$REG/team/podman:1")" "$id" "podman image id after push/rmi/pull"
@@ -544,17 +399,15 @@ step_docker_login() {
 }
 
 step_docker_push_pull() {
-  local ctx=$T/docker-ctx id d
-  mkdir -p "$ctx"
-  echo "hello from docker, berth e2e-auth $$ $RANDOM" > "$ctx/hello.txt"
-  printf 'FROM scratch\nCOPY hello.txt /\n' > "$ctx/Dockerfile"
-  DK build -t "$REG/team/docker:1" "$ctx"
+  local id d
+  scratch_context docker Dockerfile
+  DK build -t "$REG/team/docker:1" "$T/docker-ctx"
   id=$(DK image inspect --format '{{.Id}}' "$REG/team/docker:1")
   st_set docker_id "$id"
   DK push "$REG/team/docker:1" | tee "$T/work/docker-push.out"
   d=$({ grep -oE 'digest: sha256:[0-9a-f]{64}' "$T/work/docker-push.out" || true; } | tail -n 1 | cut -d' ' -f2)
   [[ -n $d ]] || fail "no digest in the output of docker push"
-  check_manifest team/docker:1 "$d" --creds "alice:$ALICE_PW"
+  check_remote_manifest team/docker:1 "$d" --creds "alice:$ALICE_PW"
   DK rmi "$REG/team/docker:1"
   DK pull "$REG/team/docker:1"
   expect_eq "$(DK image inspect --format '{{.Id}}' "$REG/team/docker:1")" "$id" "docker image id after push/rmi/pull"
@@ -705,8 +558,6 @@ if [[ $GROUP_BROKEN == 0 ]]; then
 fi
 
 begin_client docker
-mkdir -p "$T/docker/config"
-export DOCKER_HOST=unix://$T/docker/docker.sock DOCKER_BUILDKIT=0 DOCKER_CONFIG=$T/docker/config
 start_dockerd
 step 6.1 "dockerd starts (own data root, vfs, no bridge/iptables)" step_docker_ready
 if [[ $GROUP_BROKEN == 0 ]]; then
@@ -739,16 +590,4 @@ begin_client secrets
 step 8.1 "the server's log contains no password or token used above" step_log_secrets
 
 # ============================================================== summary ====
-echo "== results per group"
-for c in "${CLIENTS[@]}"; do echo "CLIENT $c: ${CLIENT_RESULT[$c]}"; done
-if [[ $FAILED -gt 0 ]]; then
-  echo "e2e-auth: step logs are in $T/logs (kept only with --keep / E2E_KEEP=1)"
-  if ! kill -0 "$BERTH_PID" 2>/dev/null; then
-    rc=0; wait "$BERTH_PID" || rc=$?
-    echo "e2e-auth: berth is no longer running (it exited with status $rc during the test)"
-  fi
-  echo "e2e-auth: last lines of berth's log:"
-  tail -n 40 "$T/berth.log" | cut -c 1-400 | sed 's/^/     | /'
-fi
-echo "E2E-AUTH: $PASSED passed, $FAILED failed, $SKIPPED skipped"
-[[ $FAILED -eq 0 ]]
+finish group

@@ -60,87 +60,27 @@
 set -euo pipefail
 shopt -s inherit_errexit   # errors inside $(...) count too
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
-
-VERBOSE=0
-KEEP=${E2E_KEEP:-0}
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    -v|--verbose) VERBOSE=1; shift ;;
-    -k|--keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "e2e-lifecycle: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BERTH_BIN=${BERTH_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/berth}
 
-# ---------------------------------------------------------------- tools ----
-missing=()
-for t in curl jq skopeo podman tar gzip sha256sum cmp timeout date stat head mktemp; do
-  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  echo "e2e-lifecycle: ERROR: required tools not found on PATH: ${missing[*]}" >&2
-  echo "e2e-lifecycle: install them first (scripts/install-deps.sh)" >&2
-  echo "E2E-LIFECYCLE: 0 passed, 1 failed, 0 skipped"
-  exit 1
-fi
-
-# ------------------------------------------------------------- temp dir ----
-T=$(mktemp -d "${TMPDIR:-/tmp}/berth-e2e-lifecycle.XXXXXX")
-mkdir -p "$T/logs" "$T/state" "$T/tmp" "$T/work"
-BERTH_PID=""
-
-# The step runner and its counters, step helpers, stop_pid and the OCI layout
-# builders: shared with scripts/e2e.sh and scripts/e2e-auth.sh.
+# Options, tools, the temp dir and its exit trap, starting berth, the step
+# runner and its helpers, OCI layouts, podman and the summary: shared with
+# scripts/e2e.sh and scripts/e2e-auth.sh.
 E2E_NAME=e2e-lifecycle
 E2E_LABEL=E2E-LIFECYCLE
 # shellcheck source=lib/e2e-common.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/lib/e2e-common.sh"
+parse_args "$@"
 
-cleanup() {
-  local rc=$?
-  set +e
-  stop_pid "$BERTH_PID" berth 10
-  if command -v findmnt >/dev/null 2>&1; then
-    findmnt -rn -o TARGET | grep -F "$T/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-  fi
-  if [[ $KEEP == 1 ]]; then
-    echo "e2e-lifecycle: kept temp dir $T" >&2
-  else
-    rm -rf "$T" 2>/dev/null || { chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"; }
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+require_tools "scripts/install-deps.sh" \
+  curl jq skopeo podman tar gzip sha256sum cmp timeout date stat head mktemp
 
-setup_fail() {
-  echo "FAIL 0 setup: $*"
-  echo "E2E-LIFECYCLE: 0 passed, 1 failed, 0 skipped"
-  exit 1
-}
-
-# wait_for_line FILE REGEX PID SECONDS: prints the first match of REGEX (grep
-# -oE) in FILE once it appears; fails when PID exits or time runs out.
-wait_for_line() {
-  local file=$1 re=$2 pid=$3 secs=$4 i m
-  for ((i = 0; i < secs * 10; i++)); do
-    m=$({ grep -oE "$re" "$file" 2>/dev/null || true; } | head -n 1)
-    if [[ -n $m ]]; then echo "$m"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+make_temp_dir
+stop_on_exit BERTH_PID berth 10
 
 # ---------------------------------------------------------------- berth ----
-[[ -x $BERTH_BIN ]] || setup_fail "Berth binary not found or not executable: $BERTH_BIN (cargo build -p berth-server, or set BERTH_BIN)"
-DATA=$T/data
-CFG=$T/berth.toml
 CLOCK=$T/clock   # milliseconds added to the clock of the server and the CLI
-mkdir -p "$DATA"
+berth_setup "BERTH_TEST_CLOCK_OFFSET_FILE=$CLOCK"
 echo 0 > "$CLOCK"
 cat > "$CFG" <<EOF
 # Every lifecycle job is run by hand with the berth CLI.
@@ -153,42 +93,10 @@ interval_secs = 0
 [lifecycle]
 expiry_interval_secs = 0
 EOF
-# Berth reads BERTH_* variables as configuration overrides: keep the caller's
-# (BERTH_BIN among them) out of its environment; add only the clock offset.
-BERTH_ENV=(env -u RUST_LOG)
-while read -r v; do BERTH_ENV+=(-u "$v"); done < <(compgen -e | grep '^BERTH_' || true)
-BERTH_ENV+=("BERTH_TEST_CLOCK_OFFSET_FILE=$CLOCK")
-B() { # the berth CLI on the server's data dir, on the same clock
-  run_tool 60 berth "${BERTH_ENV[@]}" "$BERTH_BIN" "$@" --config "$CFG" --data-dir "$DATA"
-}
-
-echo "e2e-lifecycle: starting $BERTH_BIN serve --config $CFG --listen 127.0.0.1:0 --data-dir $DATA"
-"${BERTH_ENV[@]}" "$BERTH_BIN" serve --config "$CFG" --listen 127.0.0.1:0 --data-dir "$DATA" \
-  > "$T/berth.log" 2>&1 < /dev/null &
-BERTH_PID=$!
-REG=$(wait_for_line "$T/berth.log" 'listening on 127\.0\.0\.1:[0-9]+' "$BERTH_PID" 30) || {
-  tail -n 40 "$T/berth.log" | sed 's/^/     | /'
-  setup_fail "berth did not log 'listening on 127.0.0.1:PORT' within 30 s"
-}
-REG=${REG#listening on }
-URL=http://$REG
-code=""
-for ((i = 0; i < 100; i++)); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/v2/" || true)
-  [[ $code == 200 ]] && break
-  sleep 0.1
-done
-[[ $code == 200 ]] || setup_fail "GET $URL/v2/ answered ${code:-nothing}, expected 200"
+start_berth 200
 echo "e2e-lifecycle: registry ready at $URL (image names use $REG; clock offset file $CLOCK)"
 
-# Client environment, as in scripts/e2e.sh: temp files under $T, nothing of the
-# machine's registries.conf or stored credentials.
-export TMPDIR=$T/tmp
-export REGISTRY_AUTH_FILE=$T/auth.json
-printf '{"auths":{}}\n' > "$REGISTRY_AUTH_FILE"
-printf 'unqualified-search-registries = []\n' > "$T/registries.conf"
-export CONTAINERS_REGISTRIES_CONF=$T/registries.conf
-printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$T/policy.json"
+client_env "$T/auth.json"
 
 # --------------------------------------------------------- step helpers ----
 HOUR=3600000
@@ -244,14 +152,6 @@ manifest_code() { # repo reference
   http_code GET "$URL/v2/$1/manifests/$2" -H "Accept: $MT_MANIFEST, $MT_INDEX"
 }
 
-# The registry's manifest for REF must be exactly the bytes of DIGEST.
-check_remote_manifest() { # ref expected-digest
-  local out
-  out=$(mktemp "$T/work/raw.XXXXXX")
-  SK inspect --raw --tls-verify=false "docker://$REG/$1" > "$out" \
-    || fail "skopeo inspect --raw docker://$REG/$1 failed"
-  expect_eq "sha256:$(sha_of "$out")" "$2" "sha256 of the manifest bytes served for $1"
-}
 # HEAD /v2/REPO/manifests/REF must answer DIGEST (a HEAD is not a pull: it
 # leaves the idle clock of a tag alone).
 check_head_digest() { # repo reference expected-digest
@@ -259,11 +159,6 @@ check_head_digest() { # repo reference expected-digest
   got=$(curl -sSf --max-time 30 -I -H "Accept: $MT_MANIFEST, $MT_INDEX" "$URL/v2/$1/manifests/$2" \
     | tr -d '\r' | sed -nE 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *//p')
   expect_eq "$got" "$3" "Docker-Content-Digest of HEAD /v2/$1/manifests/$2"
-}
-push_layout() { # layout-name repo:tag [skopeo copy args]
-  local name=$1 ref=$2
-  shift 2
-  SK copy --preserve-digests --dest-tls-verify=false "$@" "oci:$T/layout-$name:v1" "docker://$REG/$ref"
 }
 
 # gc_json NAME [--dry-run]: berth gc --json, the report kept as $T/work/gc-NAME.json
@@ -325,27 +220,10 @@ inventory() { # query-string -> the JSON answer of GET /v1/images?QUERY (kept as
 inventory_row() { inventory "repository=$1" | jq -c --arg t "$2" '.images[] | select(.tag == $t)'; }
 
 # ------------------------------------------------------------- layouts ----
-# An OCI layout with a fresh random image (NLAYERS layers); state NAME_*:
-# manifest, config, layers, blobs (config + layers).
-build_layout() { # name nlayers
-  local L=$T/layout-$1 d
-  mkdir -p "$L"
-  d=$(make_image "$L" amd64 "" "$2" "lc-$1")
-  write_layout_index "$L" "$(jq -c 'del(.platform, .config)' <<<"$d")" v1
-  layout_state "$1" "$(jq -r .digest <<<"$d")"
-}
-layout_state() { # name manifest-digest
-  local m=$T/layout-$1/blobs/sha256/${2#sha256:}
-  st_set "$1_manifest" "$2"
-  st_set "$1_config" "$(jq -r .config.digest "$m")"
-  st_set "$1_layers" "$(jq -r '.layers[].digest' "$m" | tr '\n' ' ')"
-  st_set "$1_blobs" "$(jq -r '.config.digest, .layers[].digest' "$m" | tr '\n' ' ')"
-}
-
 # An image that reuses the layers of other layouts' images and adds one new
 # layer: the layer files are copied, the config lists their diff_ids.
 build_reusing() { # name source-name...
-  local name=$1 L=$T/layout-$1 src m c layers="[]" l cfg cfgd cfgs man mand mans
+  local name=$1 L=$T/layout-$1 src m c layers="[]" l d
   shift
   mkdir -p "$L/blobs/sha256"
   for src in "$@"; do
@@ -357,53 +235,17 @@ build_reusing() { # name source-name...
   done
   l=$(make_layer "$L" "lc-$name-new")
   layers=$(jq -c --argjson l "$l" '. + [$l]' <<<"$layers")
-  cfg=$(mktemp "$T/work/cfg.XXXXXX")
-  jq -cjn --argjson layers "$layers" --arg p "lc-$name" '
-    {created: "2024-01-01T00:00:00Z", architecture: "amd64", os: "linux",
-     config: {Env: ["PATH=/"], Labels: {"org.example.e2e": $p}},
-     rootfs: {type: "layers", diff_ids: [$layers[].diffid]},
-     history: [$layers[] | {created: "2024-01-01T00:00:00Z", created_by: "berth e2e-lifecycle.sh"}]}' > "$cfg"
-  cfgs=$(stat -c %s "$cfg")
-  cfgd=$(add_blob "$L" "$cfg")
-  man=$(mktemp "$T/work/man.XXXXXX")
-  jq -cjn --arg mt "$MT_MANIFEST" --arg cmt "$MT_CONFIG" --arg cd "sha256:$cfgd" --argjson cs "$cfgs" \
-    --argjson layers "$layers" --arg p "lc-$name" '
-    {schemaVersion: 2, mediaType: $mt,
-     config: {mediaType: $cmt, digest: $cd, size: $cs},
-     layers: [$layers[].desc],
-     annotations: {"org.opencontainers.image.title": $p}}' > "$man"
-  mans=$(stat -c %s "$man")
-  mand=$(add_blob "$L" "$man")
-  write_layout_index "$L" "$(jq -cn --arg mt "$MT_MANIFEST" --arg d "sha256:$mand" --argjson s "$mans" \
-    '{mediaType: $mt, digest: $d, size: $s}')" v1
-  layout_state "$name" "sha256:$mand"
-}
-
-# An OCI image index over linux/amd64 + linux/arm64/v8 (one layer each), as
-# scripts/e2e.sh builds it.
-build_multi() {
-  local M=$T/layout-multi a b idx idxd idxs
-  mkdir -p "$M"
-  a=$(make_image "$M" amd64 "" 1 lc-multi-amd64)
-  b=$(make_image "$M" arm64 v8 1 lc-multi-arm64)
-  idx=$(mktemp "$T/work/idx.XXXXXX")
-  jq -cjn --arg mt "$MT_INDEX" --argjson a "$a" --argjson b "$b" \
-    '{schemaVersion: 2, mediaType: $mt, manifests: [$a, $b | del(.config)]}' > "$idx"
-  idxs=$(stat -c %s "$idx")
-  idxd=$(add_blob "$M" "$idx")
-  write_layout_index "$M" "$(jq -cn --arg mt "$MT_INDEX" --arg d "sha256:$idxd" --argjson s "$idxs" \
-    '{mediaType: $mt, digest: $d, size: $s}')" v1
-  st_set multi_index "sha256:$idxd"
-  st_set multi_amd64_manifest "$(jq -r .digest <<<"$a")"
-  st_set multi_arm64_manifest "$(jq -r .digest <<<"$b")"
+  d=$(image_of_layers "$L" amd64 "" "lc-$name" "$layers")
+  write_layout_index "$L" "$(jq -c 'del(.platform, .config)' <<<"$d")" v1
+  layout_state "$name" "$(jq -r .digest <<<"$d")"
 }
 
 # ============================================================== pushes =====
 step_layouts() {
   local n f
-  build_layout v1 2
-  for n in pr main stale sig; do build_layout "$n" 1; done
-  build_multi
+  build_layout v1 2 lc-v1
+  for n in pr main stale sig; do build_layout "$n" 1 "lc-$n"; done
+  build_multi lc-multi
   for f in "$T"/layout-*/blobs/sha256/*; do
     expect_eq "$(sha_of "$f")" "$(basename "$f")" "blob file $f"
   done
@@ -447,18 +289,14 @@ step_push_multi() {
 }
 
 step_invalid_suffix() {
-  local out=$T/work/invalid.out rc=0 before body code
+  local before body code
   before=$(tags_of lc/app)
-  # the image is v1's: its blobs are stored and used already, only the manifest PUT can fail
-  timeout 120 skopeo --insecure-policy copy --preserve-digests --dest-tls-verify=false \
-    "oci:$T/layout-v1:v1" "docker://$REG/lc/app:x--ttl-0h" > "$out" 2>&1 || rc=$?
-  cat "$out"
-  [[ $rc != 0 ]] || fail "skopeo push to lc/app:x--ttl-0h succeeded; a --ttl-0h suffix must be refused"
-  [[ $rc != 124 ]] || fail "skopeo push to lc/app:x--ttl-0h timed out (120 s) instead of being refused"
-  # skopeo shows the registry's error: "manifest invalid: <Berth's message naming the tag>"
-  grep -Eiq 'manifest invalid: .*x--ttl-0h' "$out" \
-    || fail "skopeo's error does not say 'manifest invalid: ...' with a message naming the tag x--ttl-0h"
-  echo "refused as expected (exit $rc): $(last_line "$out")"
+  # the image is v1's: its blobs are stored and used already, only the manifest
+  # PUT can fail; skopeo shows the registry's error: "manifest invalid:
+  # <Berth's message naming the tag>"
+  must_fail "skopeo push to lc/app:x--ttl-0h (a --ttl-0h suffix)" 'manifest invalid: .*x--ttl-0h' \
+    skopeo --insecure-policy copy --preserve-digests --dest-tls-verify=false \
+    "oci:$T/layout-v1:v1" "docker://$REG/lc/app:x--ttl-0h"
   # the exact answer, for a window beyond 365d
   body=$(mktemp "$T/work/put.XXXXXX")
   code=$(curl -sS --max-time 30 -o "$body" -w '%{http_code}' -X PUT -H "Content-Type: $MT_MANIFEST" \
@@ -472,16 +310,8 @@ step_invalid_suffix() {
 }
 
 # ============================================================== podman =====
-PODMAN=(podman --root "$T/podman/root" --runroot "$T/podman/run" --storage-driver vfs
-        --cgroup-manager cgroupfs --events-backend file --tmpdir "$T/podman/tmp")
-PM() { run_tool 180 podman "${PODMAN[@]}" "$@"; }
-
 step_podman_start() {
-  mkdir -p "$T/podman/root" "$T/podman/run" "$T/podman/tmp"
-  if ! timeout 60 "${PODMAN[@]}" info > "$T/work/podman-info.out" 2>&1; then
-    cat "$T/work/podman-info.out"
-    skip_here "podman cannot run on this machine: $(last_line "$T/work/podman-info.out")"
-  fi
+  podman_runs
   touch "$T/state/podman_up"
 }
 
@@ -903,16 +733,4 @@ step 9.2 "GET /v1/images?repository=lc/app: one row per tag, pull counts, pages 
 step 9.3 "GET /v1/images?expiring_before= (RFC 3339, Unix seconds) returns only ttl/idle tags" step_inventory_expiring
 
 # ============================================================== summary ====
-echo "== results per group"
-for c in "${CLIENTS[@]}"; do echo "CLIENT $c: ${CLIENT_RESULT[$c]}"; done
-if [[ $FAILED -gt 0 ]]; then
-  echo "e2e-lifecycle: step logs are in $T/logs (kept only with --keep / E2E_KEEP=1)"
-  if ! kill -0 "$BERTH_PID" 2>/dev/null; then
-    rc=0; wait "$BERTH_PID" || rc=$?
-    echo "e2e-lifecycle: berth is no longer running (it exited with status $rc during the test)"
-  fi
-  echo "e2e-lifecycle: last lines of berth's log:"
-  tail -n 40 "$T/berth.log" | cut -c 1-400 | sed 's/^/     | /'
-fi
-echo "E2E-LIFECYCLE: $PASSED passed, $FAILED failed, $SKIPPED skipped"
-[[ $FAILED -eq 0 ]]
+finish group

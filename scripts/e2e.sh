@@ -28,81 +28,28 @@
 set -euo pipefail
 shopt -s inherit_errexit   # errors inside $(...) count too
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
-
-URL=""
-VERBOSE=0
-KEEP=${E2E_KEEP:-0}
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --url) [[ $# -ge 2 ]] || { echo "e2e: --url needs a value" >&2; exit 2; }; URL=$2; shift 2 ;;
-    --url=*) URL=${1#--url=}; shift ;;
-    -v|--verbose) VERBOSE=1; shift ;;
-    -k|--keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "e2e: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BERTH_BIN=${BERTH_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/berth}
-DOCKER_CLI=${DOCKER_CLI:-/usr/bin/docker}
 
-# ---------------------------------------------------------------- tools ----
-missing=()
-for t in curl jq skopeo podman dockerd containerd ctr tar gzip sha256sum cmp timeout stat head mktemp; do
-  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
-done
-if [[ ! -x $DOCKER_CLI ]]; then
-  if command -v docker >/dev/null 2>&1; then DOCKER_CLI=$(command -v docker); else missing+=("docker (client)"); fi
-fi
-if [[ ${#missing[@]} -gt 0 ]]; then
-  echo "e2e: ERROR: required tools not found on PATH: ${missing[*]}" >&2
-  echo "e2e: install them first (Debian packages: skopeo, podman, docker.io, containerd, jq, curl)" >&2
-  echo "E2E: 0 passed, 1 failed, 0 skipped"
-  exit 1
-fi
-
-# ------------------------------------------------------------- temp dir ----
-T=$(mktemp -d "${TMPDIR:-/tmp}/berth-e2e.XXXXXX")
-mkdir -p "$T/logs" "$T/state" "$T/tmp" "$T/work"
-BERTH_PID=""
-DOCKERD_PID=""
-CONTAINERD_PID=""
-
-# The step runner and its counters, step helpers, stop_pid, free_port, the OCI
-# layout builders and the dockerd start: shared with scripts/e2e-auth.sh.
+# Options, tools, the temp dir and its exit trap, the step runner and its
+# helpers, OCI layouts, podman, dockerd and the summary: shared with
+# scripts/e2e-auth.sh and scripts/e2e-lifecycle.sh.
 E2E_NAME=e2e
 E2E_LABEL=E2E
+E2E_URL_OPTION=1
 # shellcheck source=lib/e2e-common.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/lib/e2e-common.sh"
+parse_args "$@"
 
-cleanup() {
-  local rc=$?
-  set +e
-  stop_pid "$DOCKERD_PID" dockerd 20
-  stop_pid "$CONTAINERD_PID" containerd 10
-  stop_pid "$BERTH_PID" berth 10
-  # Nothing here should leave mounts behind (vfs everywhere), but be safe.
-  if command -v findmnt >/dev/null 2>&1; then
-    findmnt -rn -o TARGET | grep -F "$T/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-  fi
-  if [[ $KEEP == 1 ]]; then
-    echo "e2e: kept temp dir $T" >&2
-  else
-    rm -rf "$T" 2>/dev/null || { chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"; }
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+require_tools --docker-cli "Debian packages: skopeo, podman, docker.io, containerd, jq, curl" \
+  curl jq skopeo podman dockerd containerd ctr tar gzip sha256sum cmp timeout stat head mktemp
+
+make_temp_dir
+stop_on_exit DOCKERD_PID dockerd 20
+stop_on_exit CONTAINERD_PID containerd 10
+stop_on_exit BERTH_PID berth 10
 
 # ------------------------------------------------------------- registry ----
-setup_fail() {
-  echo "FAIL 0 setup: $*"
-  echo "E2E: 0 passed, 1 failed, 0 skipped"
-  exit 1
-}
-
 if [[ -n $URL ]]; then
   URL=${URL%/}
   case $URL in
@@ -143,58 +90,22 @@ if [[ $ready != 1 ]]; then
 fi
 echo "e2e: registry ready at $URL (image names use $REG)"
 
-# Client environment (set only now: the registry under test must not see it;
-# e.g. the reference registry reads REGISTRY_* variables as its config).
-# Keep the clients' temp files under $T too (skopeo/podman big-file temp dirs).
-export TMPDIR=$T/tmp
-# Isolate the containers/image clients from the machine's configuration.
-export REGISTRY_AUTH_FILE=$T/auth.json   # podman insists that it exists
-printf '{"auths":{}}\n' > "$REGISTRY_AUTH_FILE"
-printf 'unqualified-search-registries = []\n' > "$T/registries.conf"
-export CONTAINERS_REGISTRIES_CONF=$T/registries.conf
-printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$T/policy.json"
+client_env "$T/auth.json"
 
 
 # =============================================================== skopeo ====
 step_build_layouts() {
-  local L=$T/layout-single M=$T/layout-multi d
-  mkdir -p "$L" "$M"
+  local L=$T/layout-single M=$T/layout-multi f
   # single-arch image: config + 2 random gzip tar layers + OCI manifest
-  d=$(make_image "$L" amd64 "" 2 single)
-  write_layout_index "$L" "$(jq -c 'del(.platform, .config)' <<<"$d")" v1
-  st_set single_manifest "$(jq -r .digest <<<"$d")"
-  st_set single_config "$(jq -r .config <<<"$d")"
-  st_set single_layers "$(jq -r '.layers[].digest' "$L/blobs/sha256/$(jq -r '.digest|ltrimstr("sha256:")' <<<"$d")" | tr '\n' ' ')"
+  build_layout single 2 single
   # multi-arch: OCI image index over linux/amd64 + linux/arm64/v8
-  local a b idx idxd idxs
-  a=$(make_image "$M" amd64 "" 1 multi-amd64)
-  b=$(make_image "$M" arm64 v8 1 multi-arm64)
-  idx=$(mktemp "$T/work/idx.XXXXXX")
-  jq -cjn --arg mt "$MT_INDEX" --argjson a "$a" --argjson b "$b" \
-    '{schemaVersion: 2, mediaType: $mt, manifests: [$a, $b | del(.config)]}' > "$idx"
-  idxs=$(stat -c %s "$idx")
-  idxd=$(add_blob "$M" "$idx")
-  write_layout_index "$M" "$(jq -cn --arg mt "$MT_INDEX" --arg d "sha256:$idxd" --argjson s "$idxs" '{mediaType: $mt, digest: $d, size: $s}')" v1
-  st_set multi_index "sha256:$idxd"
-  st_set multi_amd64_manifest "$(jq -r .digest <<<"$a")"
-  st_set multi_amd64_config "$(jq -r .config <<<"$a")"
-  st_set multi_arm64_manifest "$(jq -r .digest <<<"$b")"
-  st_set multi_arm64_config "$(jq -r .config <<<"$b")"
+  build_multi multi
   # sanity: every blob file is named by its digest
   for f in "$L"/blobs/sha256/* "$M"/blobs/sha256/*; do
     expect_eq "$(sha_of "$f")" "$(basename "$f")" "blob file $f"
   done
   echo "single: $(st single_manifest) ($(find "$L/blobs/sha256" -type f | wc -l) blobs)"
   echo "multi:  $(st multi_index) ($(find "$M/blobs/sha256" -type f | wc -l) blobs)"
-}
-
-# The registry's manifest for REF must be exactly the bytes of DIGEST.
-check_remote_manifest() { # ref expected-digest
-  local out
-  out=$(mktemp "$T/work/raw.XXXXXX")
-  SK inspect --raw --tls-verify=false "docker://$REG/$1" > "$out" \
-    || fail "skopeo inspect --raw docker://$REG/$1 failed"
-  expect_eq "sha256:$(sha_of "$out")" "$2" "sha256 of the manifest bytes served for $1"
 }
 
 step_skopeo_push_single() {
@@ -300,16 +211,8 @@ step 1.7 "copy e2e/single:v1 -> e2e/other:v1 inside the registry (cross-repo mou
 step 1.8 "delete e2e/other:v1, manifest gone, e2e/single untouched" step_skopeo_delete
 
 # =============================================================== podman ====
-PODMAN=(podman --root "$T/podman/root" --runroot "$T/podman/run" --storage-driver vfs
-        --cgroup-manager cgroupfs --events-backend file --tmpdir "$T/podman/tmp")
-PM() { run_tool 180 podman "${PODMAN[@]}" "$@"; }
-
 step_podman_start() {
-  mkdir -p "$T/podman/root" "$T/podman/run" "$T/podman/tmp"
-  if ! timeout 60 "${PODMAN[@]}" info > "$T/work/podman-info.out" 2>&1; then
-    cat "$T/work/podman-info.out"
-    skip_here "podman cannot run on this machine: $(last_line "$T/work/podman-info.out")"
-  fi
+  podman_runs
   PM images
 }
 
@@ -343,15 +246,7 @@ step_podman_roundtrip() {
 }
 
 step_podman_build() {
-  local ctx=$T/podman-ctx
-  mkdir -p "$ctx"
-  echo "hello from podman, berth e2e $$ $RANDOM" > "$ctx/hello.txt"
-  printf 'FROM scratch\nCOPY hello.txt /\n' > "$ctx/Containerfile"
-  if ! timeout 120 "${PODMAN[@]}" build --network none --pull=never -t "$REG/e2e/podman-built:v1" \
-        -f "$ctx/Containerfile" "$ctx" > "$T/work/podman-build.out" 2>&1; then
-    cat "$T/work/podman-build.out"
-    skip_here "podman build does not work on this machine: $(last_line "$T/work/podman-build.out")"
-  fi
+  podman_build "$REG/e2e/podman-built:v1"
   cat "$T/work/podman-build.out"
   PM image inspect --format '{{.Id}}' "$REG/e2e/podman-built:v1" > "$T/state/podman_built_id"
 }
@@ -390,11 +285,8 @@ fi
 
 # =============================================================== docker ====
 step_docker_build() {
-  local ctx=$T/docker-ctx
-  mkdir -p "$ctx"
-  echo "hello from docker, berth e2e $$ $RANDOM" > "$ctx/hello.txt"
-  printf 'FROM scratch\nCOPY hello.txt /\n' > "$ctx/Dockerfile"
-  DK build -t "$REG/team/app:main" "$ctx"
+  scratch_context docker Dockerfile
+  DK build -t "$REG/team/app:main" "$T/docker-ctx"
   DK image inspect --format '{{.Id}}' "$REG/team/app:main" > "$T/state/docker_app_id"
   echo "built $(st docker_app_id)"
 }
@@ -457,7 +349,6 @@ step_docker_pull_multi() {
 }
 
 begin_client docker
-export DOCKER_HOST=unix://$T/docker/docker.sock DOCKER_BUILDKIT=0 DOCKER_CONFIG=$T/docker/config
 start_dockerd
 step 3.1 "dockerd starts (own data root, vfs, no bridge/iptables)" step_docker_ready
 if [[ $GROUP_BROKEN == 0 ]]; then
@@ -579,17 +470,12 @@ EOF
 }
 
 step_ctr_ready() {
-  local i pid
+  local pid
   pid=$(st containerd_pid)
-  for ((i = 0; i < 300; i++)); do
-    if timeout 10 ctr --address "$CTRD_SOCK" version > "$T/work/ctr-version.out" 2>&1; then
-      { grep -E 'Version|Revision' "$T/work/ctr-version.out" || true; } | head -n 4
-      return 0
-    fi
-    # a zombie (exited, not yet reaped by the main shell) counts as gone
-    [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || break
-    sleep 0.1
-  done
+  if wait_ready "$pid" "$T/work/ctr-version.out" ctr --address "$CTRD_SOCK" version; then
+    { grep -E 'Version|Revision' "$T/work/ctr-version.out" || true; } | head -n 4
+    return 0
+  fi
   tail -n 20 "$CTRD/containerd.log"
   skip_here "containerd could not start on this machine: $({ grep -E 'level=(fatal|error)' "$CTRD/containerd.log" || tail -n 1 "$CTRD/containerd.log"; } | tail -n 1)"
 }
@@ -756,20 +642,4 @@ stop_pid "$CONTAINERD_PID" containerd 10   # if it did not start (5.1 skipped) o
 CONTAINERD_PID=""
 
 # ============================================================== summary ====
-echo "== results per client"
-for c in "${CLIENTS[@]}"; do echo "CLIENT $c: ${CLIENT_RESULT[$c]}"; done
-if [[ $FAILED -gt 0 ]]; then
-  echo "e2e: step logs are in $T/logs (kept only with --keep / E2E_KEEP=1)"
-  if [[ -n $BERTH_PID ]] && ! kill -0 "$BERTH_PID" 2>/dev/null; then
-    rc=0; wait "$BERTH_PID" || rc=$?
-    echo "e2e: berth is no longer running (it exited with status $rc during the test)"
-    BERTH_PID=""
-    ended_early=1
-  fi
-  if [[ ( -n $BERTH_PID || -n ${ended_early:-} ) && -s $T/berth.log ]]; then
-    echo "e2e: last lines of berth's log:"
-    tail -n 40 "$T/berth.log" | cut -c 1-400 | sed 's/^/     | /'
-  fi
-fi
-echo "E2E: $PASSED passed, $FAILED failed, $SKIPPED skipped"
-[[ $FAILED -eq 0 ]]
+finish client
