@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use berth_oci::Digest;
 
 use crate::access::Audit;
-use crate::{BoxError, Result};
+use crate::{BoxError, MetaStore, Result};
 
 /// A tag as the lifecycle rules see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,9 +139,10 @@ pub trait FileRemover: Send + Sync {
     async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), BoxError>;
 }
 
-/// The lifecycle jobs' view of the metadata store.
+/// The lifecycle jobs' view of the metadata store: the registry's, plus the
+/// whole-repository reads and re-checked removals they need.
 #[async_trait]
-pub trait LifecycleStore: Send + Sync + 'static {
+pub trait LifecycleStore: MetaStore {
     /// Every tag and manifest of `repo`, or `None` when it does not exist.
     async fn repository_state(&self, repo: &str) -> Result<Option<RepoState>>;
 

@@ -8,7 +8,6 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use berth_oci::Digest;
-use serde_json::Value;
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::access::Audit;
@@ -16,35 +15,12 @@ use crate::lifecycle::{
     FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Pretend,
     Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
-use crate::sqlite::digest_list;
+use crate::sqlite::{digest_list, to_u64};
 use crate::sqlite_access::write_audit;
 use crate::{MetaError, Result, SqliteMeta};
 
-fn corrupt(what: &str) -> MetaError {
-    MetaError::Corrupt(format!("unexpected {what} in a lifecycle query"))
-}
-
-fn digest_of(v: &Value) -> Result<Digest> {
-    let s = v.as_str().ok_or_else(|| corrupt("digest"))?;
-    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
 fn parse_digest(s: &str) -> Result<Digest> {
     Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
-fn opt_str(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_string)
-}
-
-fn u64_of(v: &Value) -> u64 {
-    v.as_i64().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
-}
-
-/// Rows packed as one JSON array of arrays: sqlx hands rows over one at a
-/// time between threads, which dominates reading a repository of thousands of tags.
-fn rows(json: &str) -> Result<Vec<Vec<Value>>> {
-    serde_json::from_str(json).map_err(|e| MetaError::Corrupt(format!("packed rows: {e}")))
 }
 
 /// What a dry run pretends is gone, as `repo_id|digest` strings for `json_each`.
@@ -58,19 +34,18 @@ fn unused_blobs(packed: &str) -> Result<Vec<UnusedBlob>> {
         .map(|(digest, size, links)| {
             Ok(UnusedBlob {
                 digest: parse_digest(&digest)?,
-                size: u64::try_from(size).unwrap_or(0),
-                links: u64::try_from(links).unwrap_or(0),
+                size: to_u64(size),
+                links: to_u64(links),
             })
         })
         .collect()
 }
 
+/// Rows packed by the query as one JSON array of arrays, read straight into
+/// tuples: sqlx hands rows over one at a time between threads, which dominates
+/// reading a repository of thousands of tags.
 fn typed_rows<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>> {
     serde_json::from_str(json).map_err(|e| MetaError::Corrupt(format!("packed rows: {e}")))
-}
-
-fn cell(row: &[Value], i: usize) -> &Value {
-    row.get(i).unwrap_or(&Value::Null)
 }
 
 impl SqliteMeta {
@@ -212,7 +187,7 @@ impl LifecycleStore for SqliteMeta {
                     digest: parse_digest(&digest)?,
                     pushed_ms,
                     last_pulled_ms,
-                    pull_count: u64::try_from(pull_count).unwrap_or(0),
+                    pull_count: to_u64(pull_count),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -238,7 +213,7 @@ impl LifecycleStore for SqliteMeta {
                     pushed_ms: r.6,
                     touched_ms: r.7,
                     last_pulled_ms: r.8,
-                    pull_count: u64::try_from(r.9).unwrap_or(0),
+                    pull_count: to_u64(r.9),
                     platforms,
                     total_size: r.11.and_then(|n| u64::try_from(n).ok()),
                 })
@@ -377,12 +352,12 @@ impl LifecycleStore for SqliteMeta {
         .bind(pretend_list(gone))
         .fetch_one(&self.reader)
         .await?;
-        rows(&packed)?
-            .iter()
-            .map(|r| {
+        typed_rows::<(i64, String)>(&packed)?
+            .into_iter()
+            .map(|(repo_id, digest)| {
                 Ok(LinkKey {
-                    repo_id: cell(r, 0).as_i64().ok_or_else(|| corrupt("repository id"))?,
-                    digest: digest_of(cell(r, 1))?,
+                    repo_id,
+                    digest: parse_digest(&digest)?,
                 })
             })
             .collect()
@@ -503,16 +478,16 @@ impl LifecycleStore for SqliteMeta {
         .bind(pretend_list(gone))
         .fetch_one(&self.reader)
         .await?;
-        rows(&packed)?
-            .iter()
-            .map(|r| {
+        typed_rows::<(i64, String, String, i64, Option<i64>, i64)>(&packed)?
+            .into_iter()
+            .map(|(repo_id, repo, digest, pushed_ms, last_pulled_ms, touched_ms)| {
                 Ok(UntaggedManifest {
-                    repo_id: cell(r, 0).as_i64().ok_or_else(|| corrupt("repository id"))?,
-                    repo: opt_str(cell(r, 1)).ok_or_else(|| corrupt("repository name"))?,
-                    digest: digest_of(cell(r, 2))?,
-                    pushed_ms: cell(r, 3).as_i64().unwrap_or(0),
-                    last_pulled_ms: cell(r, 4).as_i64(),
-                    touched_ms: cell(r, 5).as_i64().unwrap_or(0),
+                    repo_id,
+                    repo,
+                    digest: parse_digest(&digest)?,
+                    pushed_ms,
+                    last_pulled_ms,
+                    touched_ms,
                 })
             })
             .collect()
@@ -534,18 +509,18 @@ impl LifecycleStore for SqliteMeta {
         .bind(i64::from(limit))
         .fetch_one(&self.reader)
         .await?;
-        rows(&packed)?
-            .iter()
-            .map(|r| {
+        typed_rows::<(String, String, String, i64, Option<i64>, i64, i64)>(&packed)?
+            .into_iter()
+            .map(|(repo, name, digest, pushed_ms, last_pulled_ms, pull_count, repo_id)| {
                 Ok(OrphanedSignatureTag {
-                    repo_id: cell(r, 6).as_i64().ok_or_else(|| corrupt("repository id"))?,
-                    repo: opt_str(cell(r, 0)).ok_or_else(|| corrupt("repository name"))?,
+                    repo_id,
+                    repo,
                     tag: TagState {
-                        name: opt_str(cell(r, 1)).ok_or_else(|| corrupt("tag name"))?,
-                        digest: digest_of(cell(r, 2))?,
-                        pushed_ms: cell(r, 3).as_i64().unwrap_or(0),
-                        last_pulled_ms: cell(r, 4).as_i64(),
-                        pull_count: u64_of(cell(r, 5)),
+                        name,
+                        digest: parse_digest(&digest)?,
+                        pushed_ms,
+                        last_pulled_ms,
+                        pull_count: to_u64(pull_count),
                     },
                 })
             })
@@ -564,9 +539,9 @@ impl LifecycleStore for SqliteMeta {
         .bind(high)
         .fetch_one(&self.reader)
         .await?;
-        rows(&packed)?
-            .iter()
-            .map(|r| Ok((digest_of(cell(r, 0))?, u64_of(cell(r, 1)))))
+        typed_rows::<(String, i64)>(&packed)?
+            .into_iter()
+            .map(|(digest, size)| Ok((parse_digest(&digest)?, to_u64(size))))
             .collect()
     }
 

@@ -46,7 +46,7 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
         };
         let registry = Registry::new(meta.clone(), blobs.clone(), clock.clone(), limits);
-        let lifecycle = Lifecycle::new(meta.clone(), meta.clone(), blobs, clock, &config)
+        let lifecycle = Lifecycle::new(meta.clone(), blobs, clock, &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder());
         let auth = Auth::open(&config.auth, dir, meta).context("invalid auth configuration")?;
@@ -187,10 +187,6 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
         every(secs, move || {
             let app = app.clone();
             async move {
-                // Pulls still in memory count as pulls for idle and keep_pulled_within.
-                if let Err(e) = app.registry.flush_pulls().await {
-                    tracing::warn!(error = %e, "recording pulls before a lifecycle run failed");
-                }
                 match app.lifecycle.run(None, scope, actor).await {
                     Ok(s) if s.tags_deleted + s.manifests_deleted > 0 => tracing::info!(
                         job = actor,

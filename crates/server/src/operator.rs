@@ -227,7 +227,7 @@ async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
     let (meta, blobs) = open_stores(&config.data_dir).await?;
-    let lifecycle = Lifecycle::new(meta.clone(), meta, blobs, clock::from_env(), &config)
+    let lifecycle = Lifecycle::new(meta, blobs, clock::from_env(), &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
     lifecycle.sync_config_policies().await?;
     Ok(lifecycle)

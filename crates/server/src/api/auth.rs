@@ -123,6 +123,12 @@ fn challenge(auth: &Auth, headers: &HeaderMap, needs: &Needs, bad_token: bool, d
     error.with_header(header::WWW_AUTHENTICATE, value)
 }
 
+/// The 401 for a bad token on an endpoint outside `/v2/` that lists across
+/// repositories (the inventory): it asks for the catalog scope, as `/v2/_catalog` does.
+pub(super) fn catalog_challenge(auth: &Auth, headers: &HeaderMap) -> ApiError {
+    challenge(auth, headers, &Needs::Catalog, true, false)
+}
+
 /// The token of an `Authorization: Bearer` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = header_str(headers, "authorization")?;

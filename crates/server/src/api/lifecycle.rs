@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::admin::{parse_body, Admin};
-use super::auth::{basic_credentials, bearer};
+use super::auth::{basic_credentials, bearer, catalog_challenge};
 use super::ApiError;
 use crate::app::App;
 use crate::auth::access::{Action, Pattern};
@@ -120,7 +120,6 @@ struct RunQuery {
 async fn preview(State(app): State<Arc<App>>, _: Admin, q: Result<Query<RunQuery>, QueryRejection>) -> ApiResult {
     let q = query(q)?;
     let filter = pattern_param(q.repo.as_deref())?;
-    app.registry.flush_pulls().await?;
     let mut entries = Vec::new();
     let summary = app
         .lifecycle
@@ -138,7 +137,6 @@ async fn run(
 ) -> ApiResult {
     let q = query(q)?;
     let filter = pattern_param(q.repo.as_deref())?;
-    app.registry.flush_pulls().await?;
     let summary = app.lifecycle.run(filter.as_ref(), Scope::Retention, &actor).await?;
     Ok(Json(json!({ "summary": summary })).into_response())
 }
@@ -186,7 +184,7 @@ async fn reader(app: &App, headers: &HeaderMap, peer: IpAddr) -> Result<Reader, 
     }
     if let Some(token) = bearer(headers) {
         let Some(claims) = auth.verify(token) else {
-            return Err(inventory_challenge(app, headers, "invalid_token"));
+            return Err(catalog_challenge(&app.auth, headers));
         };
         if claims.adm {
             return Ok(Reader::Everything);
@@ -211,25 +209,6 @@ async fn reader(app: &App, headers: &HeaderMap, peer: IpAddr) -> Result<Reader, 
     Ok(Reader::Pullable(Box::new(move |repo| {
         perms.allowed(repo).contains(Action::Pull)
     })))
-}
-
-fn inventory_challenge(app: &App, headers: &HeaderMap, error: &str) -> ApiError {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let realm = app
-        .auth
-        .realm
-        .clone()
-        .unwrap_or_else(|| format!("http://{host}/v2/token"));
-    ApiError::new(ErrorCode::Unauthorized, ErrorCode::Unauthorized.default_message()).with_header(
-        header::WWW_AUTHENTICATE,
-        format!(
-            "Bearer realm=\"{realm}\",service=\"{}\",scope=\"registry:catalog:*\",error=\"{error}\"",
-            app.auth.service
-        ),
-    )
 }
 
 #[derive(Deserialize)]

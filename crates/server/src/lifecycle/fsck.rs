@@ -145,7 +145,7 @@ impl Lifecycle {
         for id in sessions.iter().filter(|s| !with_files.contains(s.as_str())) {
             let Some(upload) = UploadId::parse(id) else { continue };
             if repair {
-                self.meta.delete_upload(&upload).await?;
+                self.store.delete_upload(&upload).await?;
             }
             report.problems.push(Problem::SessionWithoutFile {
                 upload: id.clone(),

@@ -72,9 +72,7 @@ impl Lifecycle {
     pub async fn collect_garbage(&self, dry_run: bool, mut progress: impl FnMut(&str)) -> Result<GcReport> {
         let _turn = self.take_turn().await;
         let started = Instant::now();
-        if let Some(pulls) = &self.pulls {
-            pulls.flush(self.meta.as_ref()).await?;
-        }
+        self.flush_pulls().await?;
         let cutoff = self.now_ms().saturating_sub(self.grace_ms());
         let mut report = GcReport {
             dry_run,
@@ -115,7 +113,7 @@ impl Lifecycle {
                 reason: "signature tag of a manifest that is gone".into(),
             }];
             // The signature manifest goes too, unless something else keeps it.
-            if let Some(facts) = self.meta.manifest_facts(&o.repo, &o.tag.digest).await? {
+            if let Some(facts) = self.store.manifest_facts(&o.repo, &o.tag.digest).await? {
                 removals.push(PlannedRemoval {
                     removal: Removal::Manifest {
                         digest: o.tag.digest.clone(),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use berth_meta::access::Audit;
 use berth_meta::lifecycle::{LifecycleStore, PolicyRecord};
-use berth_meta::{MetaError, MetaStore};
+use berth_meta::MetaError;
 use berth_storage::BlobStore;
 use futures::StreamExt;
 use serde::Serialize;
@@ -131,7 +131,6 @@ pub struct RunSummary {
 
 /// The lifecycle jobs over the registry's stores.
 pub struct Lifecycle {
-    meta: Arc<dyn MetaStore>,
     store: Arc<dyn LifecycleStore>,
     blobs: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
@@ -155,7 +154,6 @@ const REMOVAL_BATCH: usize = 500;
 
 impl Lifecycle {
     pub fn new(
-        meta: Arc<dyn MetaStore>,
         store: Arc<dyn LifecycleStore>,
         blobs: Arc<dyn BlobStore>,
         clock: Arc<dyn Clock>,
@@ -165,7 +163,6 @@ impl Lifecycle {
             Policy::new(pattern, rules.clone()).map_err(|e| format!("retention.policies: {e}"))?;
         }
         Ok(Lifecycle {
-            meta,
             store,
             blobs,
             clock,
@@ -186,6 +183,15 @@ impl Lifecycle {
     pub fn seeing_pulls_of(mut self, pulls: Arc<PullRecorder>) -> Lifecycle {
         self.pulls = Some(pulls);
         self
+    }
+
+    /// Writes the pulls held in memory, so that a decision sees every pull made
+    /// before it.
+    async fn flush_pulls(&self) -> Result<()> {
+        if let Some(pulls) = &self.pulls {
+            pulls.flush(self.store.as_ref()).await?;
+        }
+        Ok(())
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -270,6 +276,7 @@ impl Lifecycle {
         scope: Scope,
         mut each: impl FnMut(&RepoPlan),
     ) -> Result<RunSummary> {
+        self.flush_pulls().await?;
         self.for_each_plan(filter, scope, |_, plan| {
             each(plan);
             async { Ok(0) }
@@ -281,6 +288,10 @@ impl Lifecycle {
     /// in the audit log as `actor` with its rule and reason.
     pub async fn run(&self, filter: Option<&Pattern>, scope: Scope, actor: &str) -> Result<RunSummary> {
         let _turn = self.busy.lock().await;
+        // Pulls made before the plan keep what they pulled in the plan itself;
+        // those made while it is decided are written before each repository's
+        // removals, which re-check them.
+        self.flush_pulls().await?;
         let store = self.store.clone();
         let clock = self.clock.clone();
         self.for_each_plan(filter, scope, |state, plan| {
@@ -290,13 +301,12 @@ impl Lifecycle {
             let clock = clock.clone();
             let actor = actor.to_string();
             let pulls = self.pulls.clone();
-            let meta = self.meta.clone();
             async move {
                 if removals.is_empty() {
                     return Ok(0);
                 }
                 if let Some(pulls) = pulls {
-                    pulls.flush(meta.as_ref()).await?;
+                    pulls.flush(store.as_ref()).await?;
                 }
                 let mut skipped = 0;
                 for batch in removals.chunks(REMOVAL_BATCH) {
@@ -328,7 +338,7 @@ impl Lifecycle {
         let mut summary = RunSummary::default();
         let mut after: Option<String> = None;
         loop {
-            let names = self.meta.list_repositories(after.as_deref(), REPO_BATCH).await?;
+            let names = self.store.list_repositories(after.as_deref(), REPO_BATCH).await?;
             let done = names.len() < REPO_BATCH as usize;
             after = names.last().cloned();
             // The next repositories are read while this one is decided and applied.

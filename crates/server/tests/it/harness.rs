@@ -156,23 +156,32 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Starts a server with `toml` as its configuration file (written into the
-    /// data directory) and extra environment variables.
-    pub fn start_with_config(toml: &str, envs: &[(&str, &str)]) -> TestApp {
+    /// A server not started yet, over a new temporary data dir holding `toml`
+    /// as its configuration file when there is one.
+    fn prepare(toml: Option<&str>, envs: &[(&str, &str)]) -> TestApp {
         let data = tempfile::Builder::new()
             .prefix("berth-it-")
             .tempdir()
             .expect("creating a temp data dir");
-        let config = data.path().join("berth.toml");
-        std::fs::write(&config, toml).expect("writing the config file");
-        let mut app = TestApp {
+        let config = toml.map(|toml| {
+            let config = data.path().join("berth.toml");
+            std::fs::write(&config, toml).expect("writing the config file");
+            config
+        });
+        TestApp {
             base: String::new(),
             client: client(),
             data,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            config: Some(config),
+            config,
             server: None,
-        };
+        }
+    }
+
+    /// Starts a server with `toml` as its configuration file (written into the
+    /// data directory) and extra environment variables.
+    pub fn start_with_config(toml: &str, envs: &[(&str, &str)]) -> TestApp {
+        let mut app = TestApp::prepare(Some(toml), envs);
         app.launch();
         app
     }
@@ -209,22 +218,11 @@ impl TestApp {
     /// [`TestApp::advance_clock`] moves forward (in the server and in
     /// [`TestApp::cli`] commands alike), so no test waits for days.
     pub fn start_with_clock(toml: &str) -> TestApp {
-        let data = tempfile::Builder::new()
-            .prefix("berth-it-")
-            .tempdir()
-            .expect("creating a temp data dir");
-        let config = data.path().join("berth.toml");
-        std::fs::write(&config, toml).expect("writing the config file");
-        let offset = data.path().join("clock-offset");
+        let mut app = TestApp::prepare(Some(toml), &[]);
+        let offset = app.data.path().join("clock-offset");
         std::fs::write(&offset, "0").expect("writing the clock offset");
-        let mut app = TestApp {
-            base: String::new(),
-            client: client(),
-            envs: vec![(CLOCK_OFFSET_ENV.to_string(), offset.display().to_string())],
-            data,
-            config: Some(config),
-            server: None,
-        };
+        app.envs
+            .push((CLOCK_OFFSET_ENV.to_string(), offset.display().to_string()));
         app.launch();
         app
     }
@@ -247,18 +245,7 @@ impl TestApp {
 
     /// Starts a server with extra environment variables (such as `BERTH_UPLOADS__STALE_AFTER_SECS`).
     pub fn start_with_env(envs: &[(&str, &str)]) -> TestApp {
-        let data = tempfile::Builder::new()
-            .prefix("berth-it-")
-            .tempdir()
-            .expect("creating a temp data dir");
-        let mut app = TestApp {
-            base: String::new(),
-            client: client(),
-            data,
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            config: None,
-            server: None,
-        };
+        let mut app = TestApp::prepare(None, envs);
         app.launch();
         app
     }
@@ -373,6 +360,43 @@ impl TestApp {
         let image = Image::random(layers);
         image.push(&self.client, &self.base, repo, tag).await;
         image
+    }
+
+    /// Pushes the blobs of `image` and its manifest by digest (no tag).
+    pub async fn push_untagged(&self, repo: &str, image: &Image) {
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            self.push_blob(repo, blob).await;
+        }
+        self.push_manifest(repo, &image.digest, OCI_MANIFEST, &image.manifest)
+            .await;
+    }
+
+    /// Pushes `children` by digest and an OCI index over them under `tag`, the
+    /// i-th child with the i-th of `platforms`; returns the index's bytes.
+    pub async fn push_index(&self, repo: &str, tag: &str, children: &[Image], platforms: &[Value]) -> Vec<u8> {
+        for child in children {
+            self.push_untagged(repo, child).await;
+        }
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": children.iter().zip(platforms).map(|(c, p)| {
+                let mut d = c.descriptor();
+                d["platform"] = p.clone();
+                d
+            }).collect::<Vec<_>>(),
+        }))
+        .expect("index JSON");
+        self.push_manifest(repo, tag, OCI_INDEX, &index).await;
+        index
+    }
+
+    /// The newest entries of the audit log (the test servers run without auth).
+    pub async fn audit(&self) -> Vec<Value> {
+        let resp = self.get("/api/v1/audit?limit=1000").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.expect("audit JSON");
+        body["entries"].as_array().expect("entries").clone()
     }
 
     /// Pushes `body` as a manifest and asserts it was created; returns its digest.

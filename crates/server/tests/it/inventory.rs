@@ -153,28 +153,12 @@ async fn an_index_row_lists_its_platforms_and_counts_its_children() {
     let app = TestApp::start();
     let repo = "team/multi";
     let children = [Image::random(1), Image::random(2)];
-    for child in &children {
-        for blob in std::iter::once(&child.config).chain(&child.layers) {
-            app.push_blob(repo, blob).await;
-        }
-        app.push_manifest(repo, &child.digest, OCI_MANIFEST, &child.manifest)
-            .await;
-    }
     let platforms = [
         json!({"os": "linux", "architecture": "amd64"}),
         json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
     ];
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": children.iter().zip(platforms).map(|(c, p)| {
-            let mut d = c.descriptor();
-            d["platform"] = p;
-            d
-        }).collect::<Vec<_>>(),
-    }))
-    .unwrap();
-    let digest = app.push_manifest(repo, "multi", OCI_INDEX, &index).await;
+    let index = app.push_index(repo, "multi", &children, &platforms).await;
+    let digest = sha256(&index);
 
     let body = inventory(&app, &format!("/v1/images?repository={repo}")).await;
     // The children are part of the index, not images of their own.

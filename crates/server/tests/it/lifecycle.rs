@@ -89,11 +89,6 @@ fn entry<'a>(entries: &'a [Value], tag: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no preview entry for {tag}: {entries:?}"))
 }
 
-async fn audit(app: &TestApp) -> Vec<Value> {
-    let body: Value = app.get("/api/v1/audit").await.json().await.expect("audit JSON");
-    body["entries"].as_array().cloned().unwrap_or_default()
-}
-
 #[tokio::test]
 async fn ttl_tags_expire_when_their_window_has_passed() {
     let app = TestApp::start_with_clock(MANUAL);
@@ -128,7 +123,7 @@ async fn ttl_tags_expire_when_their_window_has_passed() {
         "the manifest stays while another tag names it"
     );
 
-    let rows = audit(&app).await;
+    let rows = app.audit().await;
     let expired = rows
         .iter()
         .find(|r| r["action"] == "tag.delete" && r["target"] == "team/app:main--ttl-7d")
@@ -264,7 +259,7 @@ async fn retention_keeps_what_any_rule_keeps_and_explains_every_decision() {
 
     run_retention(&app);
     assert_eq!(tags(&app, "team/app").await, ["build-1", "build-5", "latest", "v1.0"]);
-    let rows = audit(&app).await;
+    let rows = app.audit().await;
     for gone in &planned {
         let row = rows
             .iter()
@@ -360,7 +355,7 @@ async fn policies_are_managed_by_cli_and_api_and_may_come_from_the_config() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let (ok, _, _) = app.cli(&["retention", "delete", "team/*"], "");
     assert!(!ok, "deleting a missing policy is an error");
-    let rows = audit(&app).await;
+    let rows = app.audit().await;
     assert!(rows
         .iter()
         .any(|r| r["action"] == "retention.set" && r["target"] == "policy:team/*"));
@@ -506,7 +501,7 @@ async fn scheduled_runs_apply_config_policies() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let rows = audit(&app).await;
+    let rows = app.audit().await;
     assert!(rows
         .iter()
         .any(|r| r["actor"] == "lifecycle:retention" && r["target"] == "r:a"));

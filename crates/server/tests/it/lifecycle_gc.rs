@@ -210,37 +210,15 @@ async fn delete_manifest(app: &TestApp, repo: &str, reference: &str) {
     assert_eq!(resp.status(), StatusCode::ACCEPTED, "DELETE {repo}:{reference}");
 }
 
-/// Pushes the blobs of `image` and its manifest by digest (no tag).
-async fn push_untagged(app: &TestApp, repo: &str, image: &Image) {
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        app.push_blob(repo, blob).await;
-    }
-    app.push_manifest(repo, &image.digest, OCI_MANIFEST, &image.manifest)
-        .await;
-}
-
 /// Pushes two one-layer images by digest and an index over them (under
 /// `tag`); returns the index's bytes and the children.
 async fn push_index(app: &TestApp, repo: &str, tag: &str) -> (Vec<u8>, Vec<Image>) {
     let children = vec![Image::random(1), Image::random(1)];
-    for child in &children {
-        push_untagged(app, repo, child).await;
-    }
     let platforms = [
         json!({"os": "linux", "architecture": "amd64"}),
         json!({"os": "linux", "architecture": "arm64"}),
     ];
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": children.iter().zip(platforms).map(|(c, p)| {
-            let mut d = c.descriptor();
-            d["platform"] = p;
-            d
-        }).collect::<Vec<_>>(),
-    }))
-    .expect("index JSON");
-    app.push_manifest(repo, tag, OCI_INDEX, &index).await;
+    let index = app.push_index(repo, tag, &children, &platforms).await;
     (index, children)
 }
 
@@ -340,7 +318,7 @@ async fn untagged_manifests_and_the_children_of_an_untagged_index_go_after_the_g
     // Moving the tag leaves `old` untagged.
     let new = app.push_image(repo, "v1", 1).await;
     let loose = Image::random(1);
-    push_untagged(&app, repo, &loose).await;
+    app.push_untagged(repo, &loose).await;
     let (index, children) = push_index(&app, repo, "multi").await;
     let index_digest = sha256(&index);
 
@@ -447,13 +425,6 @@ async fn push_signature(app: &TestApp, repo: &str, subject: &Image) -> (String, 
 }
 
 /// The audit log, newest first.
-async fn audit(app: &TestApp) -> Vec<Value> {
-    let resp = app.get("/api/v1/audit?limit=1000").await;
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.expect("audit JSON");
-    body["entries"].as_array().expect("entries").clone()
-}
-
 /// The `detail` of an audit entry as JSON (it may be stored as text).
 fn detail_of(entry: &Value) -> Value {
     match &entry["detail"] {
@@ -494,7 +465,7 @@ async fn signatures_and_referrers_of_a_deleted_manifest_go_after_the_grace_perio
     assert_pullable(&app, repo, "other", &other).await;
 
     // Each removal is in the audit log, by the collector, with its rule.
-    let entries = audit(&app).await;
+    let entries = app.audit().await;
     let by_gc: Vec<(String, String)> = entries
         .iter()
         .filter(|e| e["actor"] == "gc")
