@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod fs;
+pub mod s3;
 
 use std::io;
 use std::ops::Range;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use fs::FsBlobStore;
+pub use s3::{S3BlobStore, S3Config};
 
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -35,6 +37,13 @@ pub enum StorageError {
     Body(io::Error),
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
+    /// The object store refused or failed a request; the message names the
+    /// operation, the object, the bucket and the endpoint, never credentials.
+    #[error("object store request failed: {0}")]
+    Backend(String),
+    /// The store's configuration cannot work (found when the store is opened).
+    #[error("invalid blob store configuration: {0}")]
+    Config(String),
 }
 
 /// A file the blob store holds, as a listing finds it.
@@ -52,7 +61,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The blob's size, or `None` when the store does not hold it.
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError>;
 
-    /// The blob's bytes, or the bytes in `range` of it.
+    /// The blob's bytes, or the bytes in `range` of it; a range is clipped to
+    /// the blob, so one that starts at or past its end yields no bytes.
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream, StorageError>;
 
     /// Removes the blob; removing a missing blob is not an error.
@@ -83,4 +93,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every upload session's bytes, by session id.
     async fn list_uploads(&self) -> Result<Vec<StoredFile<UploadId>>, StorageError>;
+
+    /// A URL from which a client can fetch the blob's bytes directly for a
+    /// limited time, or `None` when the backend cannot hand one out (the
+    /// caller then serves the bytes itself). The URL does not prove that the
+    /// blob exists: the caller has checked that.
+    async fn download_url(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        let _ = digest;
+        Ok(None)
+    }
 }
