@@ -2,13 +2,16 @@
 //! tags, referrers and upload sessions.
 //!
 //! The [`MetaStore`] trait is what the registry layer uses; [`SqliteMeta`] is
-//! the embedded backend. The store enforces referential facts (a manifest's
-//! blobs must be linked to its repository) inside its transactions, but knows
-//! no OCI parsing rules.
+//! the embedded backend and [`PgMeta`] the one that replicas share. The store
+//! enforces referential facts (a manifest's blobs must be linked to its
+//! repository) inside its transactions, but knows no OCI parsing rules.
 
 pub mod access;
 pub mod conformance;
 pub mod lifecycle;
+mod postgres;
+mod postgres_access;
+mod postgres_lifecycle;
 mod sqlite;
 mod sqlite_access;
 mod sqlite_lifecycle;
@@ -21,6 +24,7 @@ use berth_oci::{Digest, UploadId};
 
 pub use access::AccessStore;
 pub use lifecycle::LifecycleStore;
+pub use postgres::{PgMeta, PgOptions};
 pub use sqlite::SqliteMeta;
 
 /// What can go wrong in the metadata store.

@@ -1,0 +1,1379 @@
+//! The scale-out metadata backend: PostgreSQL, shared by every replica.
+//!
+//! SQLite has one writer at a time, so its backend gets "re-check inside the
+//! deleting transaction" and "place the blob file inside the write
+//! transaction" for free. Here several replicas write at once, each statement
+//! in READ COMMITTED, so those guarantees are rebuilt with locks:
+//!
+//! - **Advisory locks on what a push relies on.** A transaction that makes
+//!   something a reason to keep a blob, manifest or tag takes a *shared*
+//!   transaction-scoped advisory lock on its key first: `add_blob`,
+//!   `link_blob` and `complete_upload` on the blob (the upload holds it
+//!   while its bytes are placed), `put_manifest` on every blob and child
+//!   manifest it references, on its own digest and on the tag it moves. A
+//!   transaction that deletes one of them after re-checking that it is unused
+//!   (garbage collection, retention, fsck, the delete API) takes the
+//!   *exclusive* lock on it first, and holds it while the blob files go
+//!   (`FileRemover`). Pushes of the same blob never wait for each other; a
+//!   push and a removal of the same thing run one after the other.
+//! - **Checks after the lock.** A READ COMMITTED statement sees everything
+//!   committed before it started, and a lock is released only after its
+//!   transaction's commit is visible. So the statements after the lock see the
+//!   other side's outcome: the collector's re-check sees the push's reference
+//!   or new `touched_ms` and keeps the blob, or the push finds the blob or link
+//!   gone (`complete_upload` then records its own freshly placed bytes,
+//!   `link_blob` answers `None`, `put_manifest` fails with
+//!   `MissingReference`). The lock is never taken in the same statement as a
+//!   check, because that statement's snapshot would predate the wait.
+//! - **No deadlocks between locks.** Every transaction takes all its advisory
+//!   locks in one statement, in sorted key order, before it changes any row.
+//!   Row locks can still form a cycle (two pull flushes, a pull flush and a
+//!   removal touching the same rows in other orders); PostgreSQL then aborts
+//!   one transaction, and the transactions that only touch the database run
+//!   again ([`retrying`]).
+//! - **Row locks for counters.** Pull counts are added with `x = x + n`, which
+//!   PostgreSQL serializes per row, and upload progress moves with
+//!   `WHERE byte_offset = $from`, which a concurrent mover makes fail after
+//!   it waits for the row. Removals re-check "not pulled since the plan" with
+//!   `SELECT … FOR UPDATE`, so a pull flush either lands before the re-check
+//!   (and the manifest stays) or waits and then finds it gone.
+//!
+//! Keys are 64-bit FNV-1a hashes of what is locked (a blob's digest; a
+//! manifest's or tag's repository and name), passed as the two-`int4` form of
+//! the advisory lock functions, whose key space is apart from the single
+//! `bigint` one that sqlx's migrator and other tools use. A collision only
+//! makes two unrelated operations wait for each other. The hash must not change
+//! between releases: replicas of two versions run side by side in a rolling
+//! upgrade.
+//!
+//! Migrations run on connect, under sqlx's own advisory lock
+//! (`Migrator::locking`), so replicas starting together apply them once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, UploadId};
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::{
+    ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoredManifest,
+    TagFacts, UploadRecord,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connection pool settings of the PostgreSQL backend, as the server's
+/// configuration file spells them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgOptions {
+    /// Most connections this process keeps open.
+    pub max_connections: u32,
+    /// Connections kept open even when idle.
+    pub min_connections: u32,
+    /// How long a request waits for a free connection before it fails.
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+/// Metadata in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgMeta {
+    pub(crate) pool: PgPool,
+}
+
+pub(crate) type PgTx = Transaction<'static, Postgres>;
+
+pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+pub(crate) fn digest_strings(digests: &[Digest]) -> Vec<String> {
+    digests.iter().map(Digest::to_string).collect()
+}
+
+/// The 64-bit FNV-1a hash: simple enough to never change between releases.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+}
+
+/// An advisory lock key (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct LockKey(i32, i32);
+
+impl LockKey {
+    fn of(kind: &str, parts: &[&str]) -> LockKey {
+        // A zero byte ends each part, so ("a/b", "c") and ("a", "b/c") differ.
+        let mut bytes = Vec::with_capacity(64);
+        for part in std::iter::once(kind).chain(parts.iter().copied()) {
+            bytes.extend_from_slice(part.as_bytes());
+            bytes.push(0);
+        }
+        let [a, b, c, d, e, f, g, h] = fnv1a(&bytes).to_be_bytes();
+        LockKey(i32::from_be_bytes([a, b, c, d]), i32::from_be_bytes([e, f, g, h]))
+    }
+
+    /// A blob, in every repository: removing it also removes all its links.
+    pub(crate) fn blob(digest: &str) -> LockKey {
+        LockKey::of("blob", &[digest])
+    }
+
+    pub(crate) fn manifest(repo: &str, digest: &str) -> LockKey {
+        LockKey::of("manifest", &[repo, digest])
+    }
+
+    pub(crate) fn tag(repo: &str, tag: &str) -> LockKey {
+        LockKey::of("tag", &[repo, tag])
+    }
+
+    /// The set of retention policies, so two replicas syncing their
+    /// configuration at start do not both write the same changes.
+    pub(crate) fn policies() -> LockKey {
+        LockKey::of("retention policies", &[])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    /// Keeps the thing: any number of holders.
+    Shared,
+    /// Removes the thing: waits for every holder.
+    Exclusive,
+}
+
+/// Takes advisory locks on `keys` until the transaction ends, in sorted order
+/// and in one statement, so two transactions never wait for each other's keys
+/// in a cycle.
+pub(crate) async fn lock(tx: &mut PgTx, mut keys: Vec<LockKey>, mode: LockMode) -> Result<()> {
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (high, low): (Vec<i32>, Vec<i32>) = keys.into_iter().map(|k| (k.0, k.1)).unzip();
+    // unnest yields the arrays in order, and each row's call waits for its lock.
+    let sql = match mode {
+        LockMode::Shared => {
+            "SELECT pg_advisory_xact_lock_shared(k.high, k.low) FROM unnest($1::int4[], $2::int4[]) AS k(high, low)"
+        }
+        LockMode::Exclusive => {
+            "SELECT pg_advisory_xact_lock(k.high, k.low) FROM unnest($1::int4[], $2::int4[]) AS k(high, low)"
+        }
+    };
+    sqlx::query(sql).bind(high).bind(low).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Times a transaction is tried when PostgreSQL aborts it to break a deadlock.
+const ATTEMPTS: u32 = 5;
+
+/// Whether PostgreSQL aborted the transaction to let another one through, so
+/// that running it again may succeed: deadlock_detected, serialization_failure.
+fn is_transient(e: &MetaError) -> bool {
+    match e {
+        MetaError::Db(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
+/// Runs a transaction again when PostgreSQL aborted it to break a deadlock.
+/// Only for transactions whose every effect is in the database (or, like
+/// deleting files that are already gone, harmless to repeat).
+pub(crate) async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tried = 1;
+    loop {
+        match attempt().await {
+            Err(e) if tried < ATTEMPTS && is_transient(&e) => {
+                tracing::debug!(what, tried, error = %e, "transaction aborted by PostgreSQL; running it again");
+                tried += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+fn stored_manifest(row: &PgRow) -> Result<StoredManifest> {
+    Ok(StoredManifest {
+        digest: parse_digest(row.try_get("digest")?)?,
+        media_type: row.try_get("media_type")?,
+        body: row.try_get("body")?,
+    })
+}
+
+fn upload_record(row: &PgRow) -> Result<UploadRecord> {
+    let id: String = row.try_get("id")?;
+    Ok(UploadRecord {
+        id: UploadId::parse(&id).ok_or_else(|| MetaError::Corrupt(format!("upload id {id:?}")))?,
+        repo: row.try_get("repo")?,
+        offset: to_u64(row.try_get("byte_offset")?),
+        hash_state: row.try_get("hash_state")?,
+        started_ms: row.try_get("started_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+// The statements of the registry's hot paths, named so that the test of their
+// plans runs exactly these.
+pub(crate) const REPOSITORY_EXISTS: &str = "SELECT id FROM repositories WHERE name = $1";
+pub(crate) const LINKED_BLOB_SIZE: &str = "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+     WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
+pub(crate) const BLOB_SIZE: &str = "SELECT size FROM blobs WHERE digest = $1";
+pub(crate) const LINKED_AMONG: &str = "SELECT digest FROM repo_blobs WHERE repo_id = $1 AND digest = ANY($2)";
+pub(crate) const MANIFESTS_AMONG: &str = "SELECT digest FROM manifests WHERE repo_id = $1 AND digest = ANY($2)";
+pub(crate) const MANIFEST_BY_DIGEST: &str = "SELECT digest, media_type, body FROM manifests \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
+pub(crate) const MANIFEST_BY_TAG: &str = "SELECT m.digest, m.media_type, m.body FROM tags t \
+     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+     WHERE t.repo_id = (SELECT id FROM repositories WHERE name = $1) AND t.name = $2";
+pub(crate) const LIST_TAGS: &str = "SELECT name FROM tags \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name > $2 ORDER BY name LIMIT $3";
+pub(crate) const REFERRERS: &str = "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 \
+     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest";
+pub(crate) const MANIFEST_FACTS: &str = "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count \
+     FROM manifests WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
+pub(crate) const TAG_FACTS: &str = "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name = $2";
+pub(crate) const GET_UPLOAD: &str =
+    "SELECT id, repo, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
+pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
+     WHERE id = $4 AND byte_offset = $5";
+pub(crate) const REPOSITORY_IDS: &str = "SELECT id, name FROM repositories WHERE name = ANY($1)";
+pub(crate) const RECORD_MANIFEST_PULLS: &str = "UPDATE manifests m SET pull_count = m.pull_count + p.count, \
+     last_pulled_ms = GREATEST(m.last_pulled_ms, p.last_ms) \
+     FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[]) AS p(repo_id, digest, count, last_ms) \
+     WHERE m.repo_id = p.repo_id AND m.digest = p.digest";
+// Only while the tag still names the pulled manifest.
+pub(crate) const RECORD_TAG_PULLS: &str = "UPDATE tags t SET pull_count = t.pull_count + p.count, \
+     last_pulled_ms = GREATEST(t.last_pulled_ms, p.last_ms) \
+     FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS p(repo_id, name, digest, count, last_ms) \
+     WHERE t.repo_id = p.repo_id AND t.name = p.name AND t.manifest_digest = p.digest";
+
+impl PgMeta {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`)
+    /// and applies migrations.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?, options).await
+    }
+
+    /// Connects with explicit connection options and applies migrations.
+    pub async fn connect_with(connect: PgConnectOptions, options: PgOptions) -> Result<Self> {
+        // On a connection of its own, closed afterwards: sqlx holds a session
+        // lock while migrating and does not release it when a migration fails,
+        // and a connection of the serving pool would carry that lock on.
+        let migrating = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
+        let migrated = MIGRATOR.run(&migrating).await;
+        migrating.close().await;
+        migrated?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(options.min_connections.min(options.max_connections))
+            .acquire_timeout(Duration::from_secs(options.acquire_timeout_secs))
+            .connect_with(connect)
+            .await?;
+        Ok(PgMeta { pool })
+    }
+
+    pub(crate) async fn repo_id(tx: &mut PgTx, repo: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(REPOSITORY_EXISTS)
+            .bind(repo)
+            .fetch_optional(&mut **tx)
+            .await?)
+    }
+
+    async fn ensure_repo(tx: &mut PgTx, repo: &str, now_ms: i64) -> Result<i64> {
+        if let Some(id) = Self::repo_id(tx, repo).await? {
+            return Ok(id);
+        }
+        // Read first and insert only when missing: every conflicting insert
+        // would use up an id. A first push elsewhere may insert it in between;
+        // DO NOTHING waits for that one and the next statement sees its row.
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO repositories (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(repo)
+        .bind(now_ms)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match inserted {
+            Some(id) => Ok(id),
+            None => Self::repo_id(tx, repo)
+                .await?
+                .ok_or_else(|| MetaError::Corrupt(format!("repository {repo:?} vanished while being created"))),
+        }
+    }
+
+    /// Records the blob and its link to `repo`; the caller holds the blob's lock.
+    async fn record_blob(tx: &mut PgTx, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
+        let repo_id = Self::ensure_repo(tx, repo, now_ms).await?;
+        // Storing or linking a blob again restarts its garbage-collection grace period.
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (digest) DO UPDATE SET touched_ms = GREATEST(blobs.touched_ms, excluded.touched_ms)",
+        )
+        .bind(digest.to_string())
+        .bind(to_i64(size))
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET linked_ms = GREATEST(repo_blobs.linked_ms, excluded.linked_ms)",
+        )
+        .bind(repo_id)
+        .bind(digest.to_string())
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a tag; the manifest it named counts as untagged from `now_ms`.
+    pub(crate) async fn remove_tag_row(tx: &mut PgTx, repo_id: i64, tag: &str, now_ms: i64) -> Result<bool> {
+        let digest: Option<String> =
+            sqlx::query_scalar("DELETE FROM tags WHERE repo_id = $1 AND name = $2 RETURNING manifest_digest")
+                .bind(repo_id)
+                .bind(tag)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let Some(digest) = digest else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE manifests SET touched_ms = GREATEST(touched_ms, $3) WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        Ok(true)
+    }
+
+    /// Deletes a manifest with its tags and references. With `release`, what
+    /// it kept alive (its blobs and their links, its child manifests, its
+    /// referrers and signature-schema tags' manifests) starts its
+    /// garbage-collection grace period at `now_ms`.
+    pub(crate) async fn remove_manifest_row(
+        tx: &mut PgTx,
+        repo_id: i64,
+        digest: &Digest,
+        now_ms: i64,
+        release: bool,
+    ) -> Result<bool> {
+        let digest = digest.to_string();
+        if release {
+            Self::release(tx, repo_id, &digest, now_ms).await?;
+        }
+        // Tags and references go with it through ON DELETE CASCADE.
+        let done = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(&digest)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn release(tx: &mut PgTx, repo_id: i64, digest: &str, now_ms: i64) -> Result<()> {
+        // One statement per kind of dependent, each answered from an index.
+        let signature_tags = format!("sha256-{}", digest.strip_prefix("sha256:").unwrap_or(digest));
+        let statements: [(&str, &str); 5] = [
+            (
+                "UPDATE manifests SET touched_ms = GREATEST(touched_ms, $3) WHERE repo_id = $1 AND subject = $2",
+                digest,
+            ),
+            (
+                "UPDATE manifests SET touched_ms = GREATEST(touched_ms, $3) WHERE repo_id = $1 AND digest IN \
+                 (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 \
+                  AND child_kind = 'manifest')",
+                digest,
+            ),
+            // `sha256-<hex>` and `sha256-<hex>.sig|.att|.sbom`, as a range of the tag index.
+            (
+                "UPDATE manifests SET touched_ms = GREATEST(touched_ms, $3) WHERE repo_id = $1 AND digest IN \
+                 (SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name >= $2 AND name < ($2 || '/'))",
+                &signature_tags,
+            ),
+            (
+                "UPDATE blobs SET touched_ms = GREATEST(touched_ms, $3) WHERE digest IN \
+                 (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 \
+                  AND child_kind = 'blob')",
+                digest,
+            ),
+            (
+                "UPDATE repo_blobs SET linked_ms = GREATEST(linked_ms, $3) WHERE repo_id = $1 AND digest IN \
+                 (SELECT child_digest FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2 \
+                  AND child_kind = 'blob')",
+                digest,
+            ),
+        ];
+        for (sql, key) in statements {
+            sqlx::query(sql)
+                .bind(repo_id)
+                .bind(key)
+                .bind(now_ms)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn link_blob_once(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
+        let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
+            .bind(digest.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        Self::record_blob(&mut tx, repo, digest, to_u64(size), now_ms).await?;
+        tx.commit().await?;
+        Ok(Some(to_u64(size)))
+    }
+
+    async fn put_manifest_once(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
+        let digest = m.digest.to_string();
+        let blobs = digest_strings(&m.blobs);
+        let children = digest_strings(&m.children);
+        let mut tx = self.pool.begin().await?;
+        // What this push relies on (its blobs and children) and what it
+        // changes that a removal re-checks (its own row and the tag).
+        let mut keys: Vec<LockKey> = blobs.iter().map(|b| LockKey::blob(b)).collect();
+        keys.extend(children.iter().map(|c| LockKey::manifest(repo, c)));
+        keys.push(LockKey::manifest(repo, &digest));
+        keys.extend(tag.map(|t| LockKey::tag(repo, t)));
+        lock(&mut tx, keys, LockMode::Shared).await?;
+
+        let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
+        let linked: HashSet<String> = sqlx::query_scalar(LINKED_AMONG)
+            .bind(repo_id)
+            .bind(&blobs)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some(missing) = m.blobs.iter().zip(&blobs).find(|(_, s)| !linked.contains(*s)) {
+            return Err(MetaError::MissingReference(missing.0.clone()));
+        }
+        let present: HashSet<String> = sqlx::query_scalar(MANIFESTS_AMONG)
+            .bind(repo_id)
+            .bind(&children)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some(missing) = m.children.iter().zip(&children).find(|(_, s)| !present.contains(*s)) {
+            return Err(MetaError::MissingReference(missing.0.clone()));
+        }
+        // What the inventory shows as the image's size: the manifest, its blobs
+        // and, for an index, what its children add up to.
+        let children_total: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(total_size), 0)::BIGINT FROM manifests WHERE repo_id = $1 AND digest = ANY($2)",
+        )
+        .bind(repo_id)
+        .bind(&children)
+        .fetch_one(&mut *tx)
+        .await?;
+        let total = to_i64(m.body.len() as u64)
+            .saturating_add(to_i64(m.blob_bytes))
+            .saturating_add(children_total);
+        let platforms = (!m.platforms.is_empty()).then_some(&m.platforms);
+        let inserted = sqlx::query(
+            "INSERT INTO manifests \
+             (repo_id, digest, media_type, artifact_type, subject, annotations, size, body, pushed_ms, pushed_by, \
+              touched_ms, platforms, total_size, provenance) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11, $12, $13) ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(&digest)
+        .bind(&m.media_type)
+        .bind(&m.artifact_type)
+        .bind(m.subject.as_ref().map(|s| s.to_string()))
+        .bind(&m.annotations_json)
+        .bind(to_i64(m.body.len() as u64))
+        .bind(&m.body)
+        .bind(now_ms)
+        .bind(&m.pushed_by)
+        .bind(platforms)
+        .bind(total)
+        .bind(&m.provenance)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() > 0 {
+            let kinds: Vec<&str> = std::iter::repeat_n("blob", blobs.len())
+                .chain(std::iter::repeat_n("manifest", children.len()))
+                .collect();
+            let refs: Vec<&str> = blobs.iter().chain(&children).map(String::as_str).collect();
+            sqlx::query(
+                "INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest, child_kind) \
+                 SELECT $1, $2, r.child, r.kind FROM unnest($3::text[], $4::text[]) AS r(child, kind) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(repo_id)
+            .bind(&digest)
+            .bind(refs)
+            .bind(kinds)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            // A push of the same manifest again is a push: lifecycle rules and
+            // a retention run in progress see it as new.
+            sqlx::query(
+                "UPDATE manifests SET pushed_ms = $3, touched_ms = $3, pushed_by = COALESCE($4, pushed_by) \
+                 WHERE repo_id = $1 AND digest = $2",
+            )
+            .bind(repo_id)
+            .bind(&digest)
+            .bind(now_ms)
+            .bind(&m.pushed_by)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(tag) = tag {
+            // The manifest the tag leaves is untagged from now on, as far as
+            // the garbage collector's grace period is concerned.
+            sqlx::query(
+                "UPDATE manifests SET touched_ms = $3 WHERE repo_id = $1 AND digest = \
+                 (SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest <> $4)",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(now_ms)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, \
+                 pushed_ms = excluded.pushed_ms",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(&digest)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_manifest_once(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let Some(repo_id) = Self::repo_id(&mut tx, repo).await? else {
+            return Ok(false);
+        };
+        // An index pushed at the same time either sees it gone or is committed first.
+        lock(
+            &mut tx,
+            vec![LockKey::manifest(repo, &digest.to_string())],
+            LockMode::Exclusive,
+        )
+        .await?;
+        let deleted = Self::remove_manifest_row(&mut tx, repo_id, digest, now_ms, true).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn record_pulls_once(&self, manifests: &PullSums, tags: &PullSums) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(RECORD_MANIFEST_PULLS)
+            .bind(&manifests.repo_ids)
+            .bind(&manifests.digests)
+            .bind(&manifests.counts)
+            .bind(&manifests.last_ms)
+            .execute(&mut *tx)
+            .await?;
+        if !tags.repo_ids.is_empty() {
+            sqlx::query(RECORD_TAG_PULLS)
+                .bind(&tags.repo_ids)
+                .bind(&tags.tags)
+                .bind(&tags.digests)
+                .bind(&tags.counts)
+                .bind(&tags.last_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Pulls summed per manifest (or per tag), in key order, as columns for `unnest`.
+#[derive(Debug, Default)]
+struct PullSums {
+    repo_ids: Vec<i64>,
+    tags: Vec<String>,
+    digests: Vec<String>,
+    counts: Vec<i64>,
+    last_ms: Vec<i64>,
+}
+
+impl PullSums {
+    /// One row per key: `UPDATE … FROM` applies only one of several rows that
+    /// match the same target row.
+    fn of<'a>(keyed: impl Iterator<Item = ((i64, &'a str, String), &'a PullRecord)>) -> PullSums {
+        let mut sums: BTreeMap<(i64, &str, String), (i64, i64)> = BTreeMap::new();
+        for (key, p) in keyed {
+            let sum = sums.entry(key).or_insert((0, p.last_ms));
+            sum.0 = sum.0.saturating_add(to_i64(p.count));
+            sum.1 = sum.1.max(p.last_ms);
+        }
+        let mut out = PullSums::default();
+        for ((repo_id, tag, digest), (count, last_ms)) in sums {
+            out.repo_ids.push(repo_id);
+            out.tags.push(tag.to_string());
+            out.digests.push(digest);
+            out.counts.push(count);
+            out.last_ms.push(last_ms);
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl MetaStore for PgMeta {
+    async fn repository_exists(&self, repo: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(REPOSITORY_EXISTS)
+            .bind(repo)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(LINKED_BLOB_SIZE)
+            .bind(repo)
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(size.map(to_u64))
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(size.map(to_u64))
+    }
+
+    async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
+        retrying("add_blob", move || async move {
+            let mut tx = self.pool.begin().await?;
+            lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
+            Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+            tx.commit().await?;
+            Ok::<_, MetaError>(())
+        })
+        .await
+    }
+
+    async fn link_blob(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<Option<u64>> {
+        retrying("link_blob", move || self.link_blob_once(repo, digest, now_ms)).await
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // A manifest pushed at the same time either sees the link gone or is committed first.
+        lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Exclusive).await?;
+        let done = sqlx::query(
+            "DELETE FROM repo_blobs WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_manifest(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
+        retrying("put_manifest", move || self.put_manifest_once(repo, m, tag, now_ms)).await
+    }
+
+    async fn manifest_by_digest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(MANIFEST_BY_DIGEST)
+            .bind(repo)
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored_manifest).transpose()
+    }
+
+    async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(MANIFEST_BY_TAG)
+            .bind(repo)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored_manifest).transpose()
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool> {
+        retrying("delete_manifest", move || {
+            self.delete_manifest_once(repo, digest, now_ms)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str, now_ms: i64) -> Result<bool> {
+        retrying("delete_tag", move || async move {
+            let mut tx = self.pool.begin().await?;
+            let Some(repo_id) = Self::repo_id(&mut tx, repo).await? else {
+                return Ok(false);
+            };
+            let deleted = Self::remove_tag_row(&mut tx, repo_id, tag, now_ms).await?;
+            tx.commit().await?;
+            Ok::<_, MetaError>(deleted)
+        })
+        .await
+    }
+
+    async fn list_tags(&self, repo: &str, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(LIST_TAGS)
+            .bind(repo)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+                .bind(last.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.name FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id \
+             WHERE l.digest = $1 ORDER BY r.name LIMIT $2",
+        )
+        .bind(digest.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(REFERRERS)
+            .bind(repo)
+            .bind(subject.to_string())
+            .bind(artifact_type)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Referrer {
+                    digest: parse_digest(row.try_get("digest")?)?,
+                    media_type: row.try_get("media_type")?,
+                    size: to_u64(row.try_get("size")?),
+                    artifact_type: row.try_get("artifact_type")?,
+                    annotations_json: row.try_get("annotations")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_pulls(&self, pulls: &[PullRecord]) -> Result<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        // Repository ids first (they never change), so that the updates join
+        // nothing but their own table: with a join, the plan a prepared
+        // statement settles on hashes the whole repositories table.
+        let names: Vec<&str> = pulls.iter().map(|p| p.repo.as_str()).collect();
+        let ids: HashMap<String, i64> = sqlx::query_as::<_, (i64, String)>(REPOSITORY_IDS)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        // Pulls of repositories that are gone are skipped. Summed and sorted,
+        // so that concurrent flushes from several replicas mostly lock the
+        // same rows in the same order.
+        let known = pulls.iter().filter_map(|p| Some((*ids.get(&p.repo)?, p)));
+        let manifests = PullSums::of(known.clone().map(|(id, p)| ((id, "", p.digest.to_string()), p)));
+        let tags = PullSums::of(known.filter_map(|(id, p)| Some(((id, p.tag.as_deref()?, p.digest.to_string()), p))));
+        if manifests.repo_ids.is_empty() {
+            return Ok(());
+        }
+        let (manifests, tags) = (&manifests, &tags);
+        retrying("record_pulls", move || self.record_pulls_once(manifests, tags)).await
+    }
+
+    async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>> {
+        let row = sqlx::query(MANIFEST_FACTS)
+            .bind(repo)
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(ManifestFacts {
+                provenance: r.try_get("provenance")?,
+                pushed_by: r.try_get("pushed_by")?,
+                pushed_ms: r.try_get("pushed_ms")?,
+                last_pulled_ms: r.try_get("last_pulled_ms")?,
+                pull_count: to_u64(r.try_get("pull_count")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn tag_facts(&self, repo: &str, tag: &str) -> Result<Option<TagFacts>> {
+        let row = sqlx::query(TAG_FACTS)
+            .bind(repo)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(TagFacts {
+                digest: parse_digest(r.try_get("manifest_digest")?)?,
+                pushed_ms: r.try_get("pushed_ms")?,
+                last_pulled_ms: r.try_get("last_pulled_ms")?,
+                pull_count: to_u64(r.try_get("pull_count")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO uploads (id, repo, byte_offset, hash_state, started_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(u.id.as_str())
+        .bind(&u.repo)
+        .bind(to_i64(u.offset))
+        .bind(&u.hash_state)
+        .bind(u.started_ms)
+        .bind(u.updated_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_upload(&self, id: &UploadId) -> Result<Option<UploadRecord>> {
+        let row = sqlx::query(GET_UPLOAD)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(upload_record).transpose()
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &UploadId,
+        from_offset: u64,
+        to_offset: u64,
+        hash_state: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        // A concurrent mover holds the row until it commits; this statement
+        // then re-reads the row, finds another offset, and changes nothing.
+        let done = sqlx::query(ADVANCE_UPLOAD)
+            .bind(to_i64(to_offset))
+            .bind(hash_state)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .bind(to_i64(from_offset))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn complete_upload(
+        &self,
+        id: &UploadId,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        now_ms: i64,
+        place: Placement<'_>,
+    ) -> Result<()> {
+        // The blob's lock is held from before the bytes are placed until the
+        // record is committed, so garbage collection never deletes the file
+        // found or put in place here (it takes the same lock exclusively).
+        // Not retried: the placement runs once.
+        let mut tx = self.pool.begin().await?;
+        lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
+        place.await.map_err(MetaError::Placement)?;
+        Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, repo, byte_offset, hash_state, started_ms, updated_ms FROM uploads \
+             WHERE updated_ms < $1 ORDER BY updated_ms LIMIT $2",
+        )
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(upload_record).collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Fresh databases on the PostgreSQL server the tests are pointed at.
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use sqlx::{Connection, PgConnection};
+
+    use super::{PgMeta, PgOptions};
+
+    /// The server URL from `BERTH_TEST_POSTGRES_URL`; `None` (after saying so)
+    /// when unset, unless `BERTH_TEST_REQUIRE_SERVICES=1` makes that a failure.
+    pub(crate) fn server_url() -> Option<String> {
+        match std::env::var("BERTH_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("BERTH_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => panic!(
+                "BERTH_TEST_REQUIRE_SERVICES=1 but BERTH_TEST_POSTGRES_URL is not set: start a server \
+                 (pg_test_start in scripts/lib/postgres.sh) and export its URL"
+            ),
+            _ => {
+                eprintln!(
+                    "skipped: set BERTH_TEST_POSTGRES_URL (postgres://USER@HOST:PORT/DB) to run the PostgreSQL tests"
+                );
+                None
+            }
+        }
+    }
+
+    /// `url` with its database name replaced by `name`.
+    pub(crate) fn with_database(url: &str, name: &str) -> String {
+        let (main, query) = match url.split_once('?') {
+            Some((main, query)) => (main, Some(query)),
+            None => (url, None),
+        };
+        let authority = main.find("://").map_or(0, |i| i + 3);
+        let base = match main[authority..].find('/') {
+            Some(i) => &main[..authority + i],
+            None => main,
+        };
+        match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        }
+    }
+
+    /// A database of its own for one test, dropped when this is.
+    pub(crate) struct TestDb {
+        server: String,
+        name: String,
+        pub(crate) url: String,
+    }
+
+    impl TestDb {
+        pub(crate) async fn create() -> Option<TestDb> {
+            static SEQ: AtomicU32 = AtomicU32::new(0);
+            let server = server_url()?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                "berth_t_{}_{}_{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed),
+                nanos
+            );
+            let mut admin = PgConnection::connect(&server)
+                .await
+                .expect("connect to BERTH_TEST_POSTGRES_URL");
+            // A natural-language collation where the server has ICU, so the
+            // tests notice an ordering that depends on the database's locale.
+            let icu = format!(
+                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            );
+            if sqlx::query(&icu).execute(&mut admin).await.is_err() {
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create a test database");
+            }
+            admin.close().await.ok();
+            let url = with_database(&server, &name);
+            Some(TestDb { server, name, url })
+        }
+
+        pub(crate) async fn meta(&self) -> PgMeta {
+            PgMeta::connect(&self.url, PgOptions::default())
+                .await
+                .expect("connect to the test database")
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            // Drop runs outside async code (and also when the test panicked):
+            // a thread with a runtime of its own does the dropping.
+            let server = self.server.clone();
+            let name = self.name.clone();
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    let mut admin = PgConnection::connect(&server).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await?;
+                    admin.close().await
+                })?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("could not drop test database {}", self.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{with_database, TestDb};
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_all(&db.meta().await).await;
+    }
+
+    #[tokio::test]
+    async fn lifecycle_conformance() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_lifecycle(&db.meta().await).await;
+    }
+
+    #[tokio::test]
+    async fn access_conformance() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_access(&db.meta().await).await;
+    }
+
+    /// Replicas starting together against a fresh database all come up, and
+    /// the schema is migrated once.
+    #[tokio::test]
+    async fn replicas_starting_together_migrate_once() {
+        let Some(db) = TestDb::create().await else { return };
+        let mut starting = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = db.url.clone();
+            starting.spawn(async move { PgMeta::connect(&url, PgOptions::default()).await });
+        }
+        let mut replicas = Vec::new();
+        while let Some(started) = starting.join_next().await {
+            replicas.push(started.expect("the task ran").expect("every replica connects"));
+        }
+        let history: Vec<(i64, bool)> =
+            sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&replicas[0].pool)
+                .await
+                .unwrap();
+        let expected: Vec<(i64, bool)> = MIGRATOR.iter().map(|m| (m.version, true)).collect();
+        assert_eq!(history, expected);
+        // The replicas share one database.
+        let d = Digest::sha256_of(b"shared");
+        replicas[1].add_blob("r/shared", &d, 6, 1).await.unwrap();
+        assert_eq!(replicas[3].linked_blob_size("r/shared", &d).await.unwrap(), Some(6));
+        // A restart finds nothing to do.
+        let again = PgMeta::connect(&db.url, PgOptions::default()).await.unwrap();
+        assert_eq!(again.blob_size(&d).await.unwrap(), Some(6));
+    }
+
+    /// Two transactions that lock the same rows in opposite orders: PostgreSQL
+    /// aborts one, which runs again once the other is through.
+    #[tokio::test]
+    async fn deadlocked_transactions_run_again() {
+        let Some(db) = TestDb::create().await else { return };
+        let meta = db.meta().await;
+        for id in ["dl-a", "dl-b"] {
+            meta.create_upload(&UploadRecord {
+                id: UploadId::new(id.into()),
+                repo: "r/dl".into(),
+                offset: 0,
+                hash_state: None,
+                started_ms: 1,
+                updated_ms: 1,
+            })
+            .await
+            .unwrap();
+        }
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let bump = |first: &'static str, second: &'static str| {
+            let (meta, attempts) = (&meta, &attempts);
+            retrying("test", move || async move {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut tx = meta.pool.begin().await?;
+                for (i, id) in [first, second].into_iter().enumerate() {
+                    sqlx::query("UPDATE uploads SET byte_offset = byte_offset + 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if i == 0 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+                tx.commit().await?;
+                Ok::<_, MetaError>(())
+            })
+        };
+        let (a, b) = tokio::join!(bump("dl-a", "dl-b"), bump("dl-b", "dl-a"));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(attempts.into_inner(), 3, "the aborted one ran twice");
+        for id in ["dl-a", "dl-b"] {
+            let upload = meta.get_upload(&UploadId::new(id.into())).await.unwrap().unwrap();
+            assert_eq!(upload.offset, 2, "both transactions counted once");
+        }
+    }
+
+    #[test]
+    fn options_have_defaults_and_reject_unknown_keys() {
+        let options: PgOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(options, PgOptions::default());
+        let options: PgOptions = serde_json::from_str(r#"{"max_connections": 40}"#).unwrap();
+        assert_eq!((options.max_connections, options.min_connections), (40, 1));
+        assert!(serde_json::from_str::<PgOptions>(r#"{"max_conections": 40}"#).is_err());
+    }
+
+    #[test]
+    fn test_databases_replace_the_database_of_the_url() {
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5432/postgres", "t1"),
+            "postgres://u@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "t1"),
+            "postgres://u:p@h/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:1", "t1"), "postgres://h:1/t1");
+    }
+
+    #[test]
+    fn lock_keys_are_stable_and_kinds_apart() {
+        // Replicas of different releases must agree on keys: FNV-1a's own test vectors.
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        let hash = fnv1a(b"blob\0sha256:0000\0");
+        assert_eq!(
+            LockKey::blob("sha256:0000"),
+            LockKey((hash >> 32) as u32 as i32, hash as u32 as i32)
+        );
+        let d = "sha256:0000";
+        assert_ne!(LockKey::blob(d), LockKey::manifest("r", d));
+        assert_ne!(LockKey::manifest("a/b", "c"), LockKey::manifest("a", "b/c"));
+        assert_ne!(LockKey::tag("r", "t"), LockKey::manifest("r", "t"));
+    }
+
+    /// The statements of the registry's hot paths find their rows through
+    /// indexes, with the planner's own choice (parameters known) and with the
+    /// generic plan a prepared statement falls back to after a few runs.
+    #[tokio::test]
+    async fn hot_paths_use_indexes() {
+        let Some(db) = TestDb::create().await else { return };
+        let meta = db.meta().await;
+        seed_thousands(&meta).await;
+        let mut conn = meta.pool.acquire().await.unwrap();
+        let repo = "'team/app-7'";
+        let manifest = format!("'{}'", Digest::sha256_of(b"m7"));
+        let subject = format!("'{}'", Digest::sha256_of(b"m7"));
+        let blob = format!("'{}'", Digest::sha256_of(b"b7"));
+        let blobs = format!("ARRAY[{blob}, '{}']", Digest::sha256_of(b"b507"));
+        // EXECUTE takes no sub-selects among its parameters.
+        let repo_id: i64 = sqlx::query_scalar(REPOSITORY_EXISTS)
+            .bind("team/app-7")
+            .fetch_one(&meta.pool)
+            .await
+            .unwrap();
+        let repo_id = repo_id.to_string();
+        let cases: Vec<(&str, &str, Vec<String>)> = vec![
+            ("repository exists", REPOSITORY_EXISTS, vec![repo.into()]),
+            ("manifest by tag", MANIFEST_BY_TAG, vec![repo.into(), "'v7'".into()]),
+            (
+                "manifest by digest",
+                MANIFEST_BY_DIGEST,
+                vec![repo.into(), manifest.clone()],
+            ),
+            ("tags list", LIST_TAGS, vec![repo.into(), "''".into(), "100".into()]),
+            (
+                "tags list, next page",
+                LIST_TAGS,
+                vec![repo.into(), "'v5'".into(), "100".into()],
+            ),
+            ("linked blob size", LINKED_BLOB_SIZE, vec![repo.into(), blob.clone()]),
+            ("blob size", BLOB_SIZE, vec![blob.clone()]),
+            ("links of a push", LINKED_AMONG, vec![repo_id.clone(), blobs.clone()]),
+            (
+                "children of a push",
+                MANIFESTS_AMONG,
+                vec![repo_id.clone(), format!("ARRAY[{manifest}]")],
+            ),
+            (
+                "referrers",
+                REFERRERS,
+                vec![repo.into(), subject.clone(), "NULL".into()],
+            ),
+            (
+                "referrers by type",
+                REFERRERS,
+                vec![repo.into(), subject, "'application/example'".into()],
+            ),
+            ("manifest facts", MANIFEST_FACTS, vec![repo.into(), manifest.clone()]),
+            ("tag facts", TAG_FACTS, vec![repo.into(), "'v7'".into()]),
+            ("upload", GET_UPLOAD, vec!["'upload-7'".into()]),
+            (
+                "upload advance",
+                ADVANCE_UPLOAD,
+                vec!["20".into(), "NULL".into(), "5".into(), "'upload-7'".into(), "10".into()],
+            ),
+            (
+                "repository ids",
+                REPOSITORY_IDS,
+                vec!["ARRAY['team/app-7', 'team/app-8']".into()],
+            ),
+            (
+                "manifest pulls",
+                RECORD_MANIFEST_PULLS,
+                vec![
+                    format!("ARRAY[{repo_id}]"),
+                    format!("ARRAY[{manifest}]"),
+                    "ARRAY[1]".into(),
+                    "ARRAY[5]".into(),
+                ],
+            ),
+            (
+                "tag pulls",
+                RECORD_TAG_PULLS,
+                vec![
+                    format!("ARRAY[{repo_id}]"),
+                    "ARRAY['v7']".into(),
+                    format!("ARRAY[{manifest}]"),
+                    "ARRAY[1]".into(),
+                    "ARRAY[5]".into(),
+                ],
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (i, (name, sql, args)) in cases.iter().enumerate() {
+            sqlx::raw_sql(&format!("PREPARE hot{i} AS {sql}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            for mode in ["force_custom_plan", "force_generic_plan"] {
+                sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE hot{i}({})", args.join(", ")))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .unwrap();
+                let plan = lines.join("\n");
+                eprintln!("-- {name} ({mode}):\n{plan}\n");
+                if plan.contains("Seq Scan") {
+                    failures.push(format!("{name} ({mode}) scans a whole table:\n{plan}"));
+                }
+                // A repository's rows picked out of a scan of every repository's.
+                if lines.iter().any(|l| l.contains("Filter:") && l.contains("repo_id")) {
+                    failures.push(format!(
+                        "{name} ({mode}) filters by repository after the index:\n{plan}"
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    /// 5,000 repositories, 500 of them with 20,000 tags, manifests, blobs,
+    /// links and references between them, a referrer for every tenth
+    /// manifest, and 5,000 uploads.
+    async fn seed_thousands(meta: &PgMeta) {
+        sqlx::raw_sql(
+            "INSERT INTO repositories (name, created_ms) SELECT 'team/app-' || i, 0 FROM generate_series(0, 4999) i;
+             INSERT INTO blobs (digest, size, created_ms, touched_ms)
+               SELECT 'sha256:' || encode(sha256(('b' || i)::bytea), 'hex'), i, 0, 0 FROM generate_series(0, 19999) i;
+             INSERT INTO repo_blobs (repo_id, digest, linked_ms)
+               SELECT r.id, 'sha256:' || encode(sha256(('b' || i)::bytea), 'hex'), 0
+               FROM generate_series(0, 19999) i JOIN repositories r ON r.name = 'team/app-' || (i % 500);
+             INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, size, body, pushed_ms,
+                                    touched_ms, total_size)
+               SELECT r.id, 'sha256:' || encode(sha256(('m' || i)::bytea), 'hex'),
+                      'application/vnd.oci.image.manifest.v1+json',
+                      CASE WHEN i % 10 = 0 THEN 'application/example' END,
+                      CASE WHEN i % 10 = 0 THEN 'sha256:' || encode(sha256(('m' || (i + 500))::bytea), 'hex') END,
+                      2, '\\x7b7d'::bytea, 0, 0, 2
+               FROM generate_series(0, 19999) i JOIN repositories r ON r.name = 'team/app-' || (i % 500);
+             INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest, child_kind)
+               SELECT r.id, 'sha256:' || encode(sha256(('m' || i)::bytea), 'hex'),
+                      'sha256:' || encode(sha256(('b' || i)::bytea), 'hex'), 'blob'
+               FROM generate_series(0, 19999) i JOIN repositories r ON r.name = 'team/app-' || (i % 500);
+             INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms)
+               SELECT r.id, 'v' || i, 'sha256:' || encode(sha256(('m' || i)::bytea), 'hex'), 0
+               FROM generate_series(0, 19999) i JOIN repositories r ON r.name = 'team/app-' || (i % 500);
+             INSERT INTO uploads (id, repo, byte_offset, started_ms, updated_ms)
+               SELECT 'upload-' || i, 'team/app-' || (i % 500), 10, i, i FROM generate_series(0, 4999) i;
+             ANALYZE;",
+        )
+        .execute(&meta.pool)
+        .await
+        .unwrap();
+    }
+}
