@@ -1,10 +1,16 @@
 //! The behaviour every [`MetaStore`] backend must show; each backend's tests
 //! call [`run_all`] on a fresh, empty store.
 
+use std::collections::HashSet;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::Mutex;
+use std::task::Poll;
+
 use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
-use crate::lifecycle::{FileRemover, LifecycleStore, PlannedRemoval, Removal, UnusedBlob};
+use crate::lifecycle::{FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
 use crate::{ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, UploadRecord};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -652,4 +658,508 @@ async fn signature_tags_without_subject_are_found<S: MetaStore + LifecycleStore>
         store.orphaned_signature_tags(10, 10).await.unwrap().is_empty(),
         "pushed at 10, not before"
     );
+}
+
+// ---------------------------------------------------------------- races ----
+//
+// A push and a removal of the same thing, started together, each on a
+// connection of its own, many rounds with slightly shifted starts. Whichever
+// commits first, what the push was told it stored must still be there.
+
+/// When the things the collector removes were last pushed or linked.
+const OLD_MS: i64 = 100;
+/// The collector's cutoff: what was last touched before it is a candidate.
+const CUTOFF_MS: i64 = 500;
+/// When the racing push happens.
+const NOW_MS: i64 = 1000;
+
+/// Runs every race check, `rounds` times each; `store` must be fresh.
+pub async fn run_races<S: LifecycleStore>(store: &S, rounds: u32) {
+    upload_racing_blob_collection(store, rounds).await;
+    mount_racing_blob_collection(store, rounds).await;
+    manifest_racing_blob_collection(store, rounds).await;
+    manifest_racing_link_collection(store, rounds).await;
+    index_racing_child_removal(store, rounds).await;
+    tag_push_racing_tag_removal(store, rounds).await;
+    concurrent_pulls_add_up(store).await;
+    concurrent_advances_let_one_through(store).await;
+}
+
+/// Polls both futures until both are done, so their database work overlaps.
+async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (pin!(a), pin!(b));
+    let (mut out_a, mut out_b) = (None, None);
+    poll_fn(|cx| {
+        if out_a.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                out_a = Some(v);
+            }
+        }
+        if out_b.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                out_b = Some(v);
+            }
+        }
+        match (out_a.take(), out_b.take()) {
+            (Some(a), Some(b)) => Poll::Ready((a, b)),
+            (a, b) => {
+                (out_a, out_b) = (a, b);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Polls all futures until all are done.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                if let Poll::Ready(v) = future.as_mut().poll(cx) {
+                    *output = Some(v);
+                }
+            }
+        }
+        if outputs.iter().all(Option::is_some) {
+            Poll::Ready(outputs.iter_mut().filter_map(Option::take).collect())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Lets the other futures of a join run first, `turns` times.
+async fn pause(turns: u32) {
+    for _ in 0..turns {
+        let mut yielded = false;
+        poll_fn(|cx| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// The blob store in these races: which blob files exist.
+#[derive(Default)]
+struct BlobFiles(Mutex<HashSet<Digest>>);
+
+impl BlobFiles {
+    fn place(&self, digest: &Digest) {
+        self.0.lock().expect("blob files").insert(digest.clone());
+    }
+
+    fn has(&self, digest: &Digest) -> bool {
+        self.0.lock().expect("blob files").contains(digest)
+    }
+}
+
+#[async_trait::async_trait]
+impl FileRemover for BlobFiles {
+    async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), crate::BoxError> {
+        // Deleting files takes a while; a push may be waiting meanwhile.
+        pause(2).await;
+        let mut files = self.0.lock().expect("blob files");
+        for d in digests {
+            files.remove(d);
+        }
+        Ok(())
+    }
+}
+
+/// Which side committed first, over the rounds of one race.
+#[derive(Default)]
+struct Tally {
+    push_first: u32,
+    removal_first: u32,
+}
+
+impl Tally {
+    fn count(&mut self, removal_won: bool) {
+        if removal_won {
+            self.removal_first += 1;
+        } else {
+            self.push_first += 1;
+        }
+    }
+
+    fn report(&self, race: &str) {
+        eprintln!(
+            "race {race}: the push committed first in {} rounds, the removal in {}",
+            self.push_first, self.removal_first
+        );
+    }
+}
+
+/// Starts of the two sides, shifted a little differently each round.
+fn shifts(round: u32) -> (u32, u32) {
+    (round % 3, (round / 3) % 3)
+}
+
+/// The blob is recorded, linked to `repo`, and its file is in place.
+async fn assert_blob_kept<S: MetaStore + ?Sized>(store: &S, files: &BlobFiles, repo: &str, d: &Digest, race: &str) {
+    assert!(store.blob_size(d).await.unwrap().is_some(), "{race}: blob record gone");
+    assert!(
+        store.linked_blob_size(repo, d).await.unwrap().is_some(),
+        "{race}: link gone"
+    );
+    assert!(files.has(d), "{race}: acknowledged, but its file was deleted");
+}
+
+async fn upload_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
+    let files = BlobFiles::default();
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("upload round {round}");
+        let repo = format!("race/upload-{round}");
+        let d = Digest::sha256_of(race.as_bytes());
+        // An old copy of the blob that nothing uses: the collector's candidate.
+        store.add_blob(&repo, &d, 4, OLD_MS).await.unwrap();
+        files.place(&d);
+        let id = UploadId::new(format!("race-upload-{round}"));
+        store
+            .create_upload(&UploadRecord {
+                id: id.clone(),
+                repo: repo.clone(),
+                offset: 4,
+                hash_state: None,
+                started_ms: NOW_MS,
+                updated_ms: NOW_MS,
+            })
+            .await
+            .unwrap();
+        let (push_shift, gc_shift) = shifts(round);
+        let place = Box::pin(async {
+            pause(1).await;
+            files.place(&d);
+            Ok::<_, crate::BoxError>(())
+        });
+        let push = async {
+            pause(push_shift).await;
+            store.complete_upload(&id, &repo, &d, 4, NOW_MS, place).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store.remove_blobs(std::slice::from_ref(&d), CUTOFF_MS, &files).await
+        };
+        let (pushed, collected) = join2(push, collect).await;
+        pushed.unwrap_or_else(|e| panic!("{race}: the upload must complete either way: {e}"));
+        let collected = collected.unwrap_or_else(|e| panic!("{race}: collection failed: {e}"));
+        assert_blob_kept(store, &files, &repo, &d, &race).await;
+        assert!(store.get_upload(&id).await.unwrap().is_none());
+        tally.count(!collected.is_empty());
+    }
+    tally.report("complete_upload vs remove_blobs");
+}
+
+async fn mount_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
+    let files = BlobFiles::default();
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("mount round {round}");
+        let d = Digest::sha256_of(race.as_bytes());
+        let to = format!("race/mount-to-{round}");
+        store
+            .add_blob(&format!("race/mount-from-{round}"), &d, 5, OLD_MS)
+            .await
+            .unwrap();
+        files.place(&d);
+        let (push_shift, gc_shift) = shifts(round);
+        let push = async {
+            pause(push_shift).await;
+            store.link_blob(&to, &d, NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store.remove_blobs(std::slice::from_ref(&d), CUTOFF_MS, &files).await
+        };
+        let (linked, collected) = join2(push, collect).await;
+        let collected = collected.unwrap_or_else(|e| panic!("{race}: collection failed: {e}"));
+        match linked.unwrap_or_else(|e| panic!("{race}: mount failed: {e}")) {
+            Some(size) => {
+                assert_eq!(size, 5);
+                assert!(collected.is_empty(), "{race}: mounted a blob the collector removed");
+                assert_blob_kept(store, &files, &to, &d, &race).await;
+            }
+            None => {
+                assert_eq!(collected.len(), 1, "{race}: nothing to mount, yet nothing collected");
+                assert_eq!(store.blob_size(&d).await.unwrap(), None);
+            }
+        }
+        tally.count(!collected.is_empty());
+    }
+    tally.report("link_blob vs remove_blobs");
+}
+
+async fn manifest_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
+    let files = BlobFiles::default();
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("manifest round {round}");
+        let repo = format!("race/manifest-{round}");
+        let layer = Digest::sha256_of(race.as_bytes());
+        store.add_blob(&repo, &layer, 6, OLD_MS).await.unwrap();
+        files.place(&layer);
+        let m = manifest(&format!("{{\"race\":\"{race}\"}}"), vec![layer.clone()], vec![], None);
+        let (push_shift, gc_shift) = shifts(round);
+        let push = async {
+            pause(push_shift).await;
+            store.put_manifest(&repo, &m, Some("latest"), NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store
+                .remove_blobs(std::slice::from_ref(&layer), CUTOFF_MS, &files)
+                .await
+        };
+        let (pushed, collected) = join2(push, collect).await;
+        let collected = collected.unwrap_or_else(|e| panic!("{race}: collection failed: {e}"));
+        match pushed {
+            Ok(()) => {
+                assert!(
+                    collected.is_empty(),
+                    "{race}: pushed a manifest whose blob was collected"
+                );
+                assert_blob_kept(store, &files, &repo, &layer, &race).await;
+                assert!(store.manifest_by_tag(&repo, "latest").await.unwrap().is_some());
+            }
+            Err(MetaError::MissingReference(d)) => {
+                assert_eq!(d, layer);
+                assert_eq!(collected.len(), 1, "{race}: refused, yet the blob is there");
+                assert_eq!(store.blob_size(&layer).await.unwrap(), None);
+            }
+            Err(e) => panic!("{race}: push failed: {e}"),
+        }
+        tally.count(!collected.is_empty());
+    }
+    tally.report("put_manifest vs remove_blobs");
+}
+
+async fn manifest_racing_link_collection<S: LifecycleStore>(store: &S, rounds: u32) {
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("link round {round}");
+        let repo = format!("race/link-{round}");
+        let layer = Digest::sha256_of(race.as_bytes());
+        // Used by a manifest elsewhere, linked here long ago: a stale link.
+        let elsewhere = format!("race/link-user-{round}");
+        store.add_blob(&elsewhere, &layer, 7, OLD_MS).await.unwrap();
+        let user = manifest(&format!("{{\"user\":\"{race}\"}}"), vec![layer.clone()], vec![], None);
+        store.put_manifest(&elsewhere, &user, Some("t"), OLD_MS).await.unwrap();
+        store.add_blob(&repo, &layer, 7, OLD_MS).await.unwrap();
+        let stale: Vec<LinkKey> = store
+            .stale_links(CUTOFF_MS, None, 100_000, &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.digest == layer)
+            .collect();
+        assert_eq!(stale.len(), 1, "{race}: the link is stale");
+        let m = manifest(&format!("{{\"race\":\"{race}\"}}"), vec![layer.clone()], vec![], None);
+        let (push_shift, gc_shift) = shifts(round);
+        let push = async {
+            pause(push_shift).await;
+            store.put_manifest(&repo, &m, Some("latest"), NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store.remove_links(&stale, CUTOFF_MS).await
+        };
+        let (pushed, removed) = join2(push, collect).await;
+        let removed = removed.unwrap_or_else(|e| panic!("{race}: link removal failed: {e}"));
+        match pushed {
+            Ok(()) => {
+                assert_eq!(removed, 0, "{race}: pushed a manifest whose link was removed");
+                assert_eq!(store.linked_blob_size(&repo, &layer).await.unwrap(), Some(7));
+            }
+            Err(MetaError::MissingReference(_)) => {
+                assert_eq!(removed, 1, "{race}: refused, yet the link is there");
+                assert_eq!(store.linked_blob_size(&repo, &layer).await.unwrap(), None);
+            }
+            Err(e) => panic!("{race}: push failed: {e}"),
+        }
+        tally.count(removed > 0);
+    }
+    tally.report("put_manifest vs remove_links");
+}
+
+async fn index_racing_child_removal<S: LifecycleStore>(store: &S, rounds: u32) {
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("index round {round}");
+        let repo = format!("race/index-{round}");
+        let child = manifest(&format!("{{\"child\":\"{race}\"}}"), vec![], vec![], None);
+        store.put_manifest(&repo, &child, None, OLD_MS).await.unwrap();
+        let index = manifest(
+            &format!("{{\"index\":\"{race}\"}}"),
+            vec![],
+            vec![child.digest.clone()],
+            None,
+        );
+        let removal = PlannedRemoval {
+            removal: Removal::Manifest {
+                digest: child.digest.clone(),
+                pushed_ms: OLD_MS,
+                last_pulled_ms: None,
+                untouched_since: Some(CUTOFF_MS),
+                collected: true,
+            },
+            rule: "gc".into(),
+            reason: "untagged".into(),
+        };
+        let (push_shift, gc_shift) = shifts(round);
+        let push = async {
+            pause(push_shift).await;
+            store.put_manifest(&repo, &index, Some("multi"), NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store
+                .remove(&repo, std::slice::from_ref(&removal), &gc_audit(NOW_MS))
+                .await
+        };
+        let (pushed, applied) = join2(push, collect).await;
+        let applied = applied.unwrap_or_else(|e| panic!("{race}: removal failed: {e}"));
+        match pushed {
+            Ok(()) => {
+                assert_eq!(applied, [false], "{race}: pushed an index whose child was removed");
+                assert!(store.manifest_by_digest(&repo, &child.digest).await.unwrap().is_some());
+            }
+            Err(MetaError::MissingReference(d)) => {
+                assert_eq!(d, child.digest);
+                assert_eq!(applied, [true], "{race}: refused, yet the child is there");
+            }
+            Err(e) => panic!("{race}: push failed: {e}"),
+        }
+        tally.count(applied == [true]);
+    }
+    tally.report("put_manifest of an index vs removal of its child");
+}
+
+async fn tag_push_racing_tag_removal<S: LifecycleStore>(store: &S, rounds: u32) {
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("tag round {round}");
+        let repo = format!("race/tag-{round}");
+        let m = manifest(&format!("{{\"tag\":\"{race}\"}}"), vec![], vec![], None);
+        store.put_manifest(&repo, &m, Some("t"), OLD_MS).await.unwrap();
+        let (push_shift, gc_shift) = shifts(round);
+        let push = async {
+            pause(push_shift).await;
+            store.put_manifest(&repo, &m, Some("t"), NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store
+                .remove(&repo, &[tag_removal("t", &m.digest, OLD_MS, None)], &gc_audit(NOW_MS))
+                .await
+        };
+        let (pushed, applied) = join2(push, collect).await;
+        pushed.unwrap_or_else(|e| panic!("{race}: push failed: {e}"));
+        let applied = applied.unwrap_or_else(|e| panic!("{race}: removal failed: {e}"));
+        let tag = store.tag_facts(&repo, "t").await.unwrap();
+        assert_eq!(
+            tag.map(|t| (t.digest, t.pushed_ms)),
+            Some((m.digest.clone(), NOW_MS)),
+            "{race}: the pushed tag is gone"
+        );
+        tally.count(applied == [true]);
+    }
+    tally.report("put_manifest of a tag vs its removal");
+}
+
+async fn concurrent_pulls_add_up<S: LifecycleStore>(store: &S) {
+    let repo = "race/pulls";
+    let m = manifest(r#"{"race":"pulls"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &m, Some("t"), OLD_MS).await.unwrap();
+    let flushes: u32 = 16;
+    let digest = &m.digest;
+    let pulls: Vec<_> = (0..flushes)
+        .map(|i| async move {
+            let record = PullRecord {
+                repo: repo.into(),
+                digest: digest.clone(),
+                tag: Some("t".into()),
+                count: 2,
+                last_ms: NOW_MS + i64::from(i),
+            };
+            pause(i % 3).await;
+            store.record_pulls(&[record.clone(), record]).await
+        })
+        .collect();
+    for flushed in join_all(pulls).await {
+        flushed.unwrap();
+    }
+    let facts = store.manifest_facts(repo, &m.digest).await.unwrap().unwrap();
+    assert_eq!(
+        (facts.pull_count, facts.last_pulled_ms),
+        (u64::from(flushes) * 4, Some(NOW_MS + i64::from(flushes) - 1))
+    );
+    let tag = store.tag_facts(repo, "t").await.unwrap().unwrap();
+    assert_eq!(tag.pull_count, u64::from(flushes) * 4);
+}
+
+async fn concurrent_advances_let_one_through<S: LifecycleStore>(store: &S) {
+    let id = UploadId::new("race-advance".into());
+    store
+        .create_upload(&UploadRecord {
+            id: id.clone(),
+            repo: "race/advance".into(),
+            offset: 0,
+            hash_state: None,
+            started_ms: OLD_MS,
+            updated_ms: OLD_MS,
+        })
+        .await
+        .unwrap();
+    for step in 0..8u64 {
+        let from = step * 10;
+        let movers: Vec<_> = (0..8u32)
+            .map(|i| {
+                let id = &id;
+                async move {
+                    pause(i % 3).await;
+                    let state = [u8::try_from(i).unwrap_or(0)];
+                    store
+                        .advance_upload(id, from, from + 10, Some(&state[..]), NOW_MS)
+                        .await
+                        .map(|moved| moved.then_some(i))
+                }
+            })
+            .collect();
+        let winners: Vec<u32> = join_all(movers)
+            .await
+            .into_iter()
+            .filter_map(|moved| moved.unwrap())
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one request moves the upload from {from}");
+        let now = store.get_upload(&id).await.unwrap().unwrap();
+        assert_eq!(now.offset, from + 10);
+        let winner = u8::try_from(winners[0]).unwrap_or(0);
+        assert_eq!(
+            now.hash_state.as_deref(),
+            Some(&[winner][..]),
+            "the winner's hash state"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The races on the embedded backend, where its single writer serializes them.
+    #[tokio::test]
+    async fn sqlite_races() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        super::run_races(&meta, 12).await;
+    }
 }

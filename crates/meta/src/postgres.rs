@@ -1108,6 +1108,12 @@ mod tests {
         crate::conformance::run_access(&db.meta().await).await;
     }
 
+    #[tokio::test]
+    async fn pushes_racing_removals_keep_what_was_acknowledged() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_races(&db.meta().await, 40).await;
+    }
+
     /// Replicas starting together against a fresh database all come up, and
     /// the schema is migrated once.
     #[tokio::test]
