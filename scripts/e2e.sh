@@ -615,7 +615,8 @@ step_ctr_import_push() {
   check_served e2e/containerd-new v1 "$man"
   for f in "$L"/blobs/sha256/*; do
     [[ sha256:$(basename "$f") != "$man" ]] || continue
-    curl -sSf --max-time 30 -o "$T/work/served.blob" "$URL/v2/e2e/containerd-new/blobs/sha256:$(basename "$f")"
+    # -L: a registry may redirect blob downloads to its store.
+    curl -sSfL --max-time 30 -o "$T/work/served.blob" "$URL/v2/e2e/containerd-new/blobs/sha256:$(basename "$f")"
     cmp "$T/work/served.blob" "$f" || fail "GET /v2/e2e/containerd-new/blobs/sha256:$(basename "$f") differs from the blob ctr pushed"
   done
   note "containerd uploaded the blobs with $(ctr_requests "$out" | grep -c '^POST /v2/e2e/containerd-new/blobs/uploads/' || true) POST," \

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{HeaderName, Request};
-use berth_meta::SqliteMeta;
+use berth_meta::{AccessStore, LifecycleStore, PgMeta, PgOptions, SqliteMeta};
+use berth_storage::s3::S3BlobStore;
 use berth_storage::{BlobStore, FsBlobStore};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -19,7 +20,7 @@ use tracing::Level;
 use crate::auth::Auth;
 use crate::clock;
 use crate::config::AuthMode;
-use crate::config::Config;
+use crate::config::{Config, MetaBackend, StorageBackend};
 use crate::lifecycle::{Lifecycle, NamespaceRules, Scope};
 use crate::registry::{Limits, Registry};
 
@@ -38,14 +39,17 @@ impl App {
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
         ensure_data_dir(dir)?;
-        let (meta, blobs) = open_stores(dir).await?;
+        let (meta, blobs) = open_stores(&config).await?;
         let clock = clock::from_env();
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
             namespaces: NamespaceRules::from_config(&config.lifecycle)
                 .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
         };
-        let registry = Registry::new(meta.clone(), blobs.clone(), clock.clone(), limits);
+        let mut registry = Registry::new(meta.clone(), blobs.clone(), clock.clone(), limits);
+        if config.storage.redirect {
+            registry = registry.redirecting_downloads();
+        }
         let lifecycle = Lifecycle::new(meta.clone(), blobs, clock, &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder());
@@ -64,21 +68,69 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
-/// The stores of the data directory.
-pub async fn open_stores(dir: &Path) -> anyhow::Result<(Arc<SqliteMeta>, Arc<dyn BlobStore>)> {
-    let blobs =
-        FsBlobStore::open(dir).with_context(|| format!("the data directory {} is not writable", dir.display()))?;
-    let meta = open_meta(dir).await?;
-    Ok((Arc::new(meta), Arc::new(blobs)))
+/// Everything the registry, auth and the lifecycle jobs need of the metadata
+/// store, as one object: each backend implements all of it.
+pub trait Meta: LifecycleStore + AccessStore {}
+
+impl<T: LifecycleStore + AccessStore> Meta for T {}
+
+/// The stores the configuration names.
+pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<dyn BlobStore>)> {
+    let blobs: Arc<dyn BlobStore> = match config.storage.backend {
+        StorageBackend::Filesystem => {
+            let dir = &config.data_dir;
+            Arc::new(
+                FsBlobStore::open(dir)
+                    .with_context(|| format!("the data directory {} is not writable", dir.display()))?,
+            )
+        }
+        StorageBackend::S3 => {
+            let s3 = config
+                .storage
+                .s3
+                .as_ref()
+                .context("storage.backend = \"s3\" needs a [storage.s3] section (bucket, endpoint, ...)")?;
+            Arc::new(
+                S3BlobStore::open(s3)
+                    .await
+                    .with_context(|| format!("cannot use the S3 bucket {:?}", s3.bucket))?,
+            )
+        }
+    };
+    if config.storage.redirect && config.storage.backend == StorageBackend::Filesystem {
+        anyhow::bail!("storage.redirect needs a store clients can download from directly (storage.backend = \"s3\")");
+    }
+    Ok((open_meta(config).await?, blobs))
 }
 
-/// The metadata database of the data directory (used by the server and the
+/// The metadata store the configuration names (used by the server and the
 /// operator subcommands alike).
-pub async fn open_meta(dir: &Path) -> anyhow::Result<SqliteMeta> {
-    let db = dir.join("berth.db");
-    SqliteMeta::open(&db)
-        .await
-        .with_context(|| format!("cannot open the metadata database {}", db.display()))
+pub async fn open_meta(config: &Config) -> anyhow::Result<Arc<dyn Meta>> {
+    match config.meta.backend {
+        MetaBackend::Sqlite => {
+            let db = config.data_dir.join("berth.db");
+            let meta = SqliteMeta::open(&db)
+                .await
+                .with_context(|| format!("cannot open the metadata database {}", db.display()))?;
+            Ok(Arc::new(meta))
+        }
+        MetaBackend::Postgres => {
+            let url = config
+                .meta
+                .url
+                .as_deref()
+                .context("meta.backend = \"postgres\" needs meta.url = \"postgres://...\"")?;
+            let options = PgOptions {
+                max_connections: config.meta.max_connections,
+                min_connections: config.meta.min_connections,
+                acquire_timeout_secs: config.meta.acquire_timeout_secs,
+            };
+            let meta = PgMeta::connect(url, options)
+                .await
+                .with_context(|| format!("cannot use the PostgreSQL database {}", config.meta.redacted_url()))?;
+            Ok(Arc::new(meta))
+        }
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM, then drains open requests.

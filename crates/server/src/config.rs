@@ -25,6 +25,71 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub retention: RetentionConfig,
     pub gc: GcConfig,
+    pub storage: StorageConfig,
+    pub meta: MetaConfig,
+}
+
+/// Where blob bytes live. See `docs/scale-out.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `filesystem` (under the data directory) or `s3`.
+    pub backend: StorageBackend,
+    /// Answer blob downloads with a 307 to a presigned URL of the store, so
+    /// that clients fetch the bytes from it directly (S3 only).
+    pub redirect: bool,
+    /// The bucket of the `s3` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<berth_storage::s3::S3Config>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Filesystem,
+    S3,
+}
+
+/// Where every fact but blob bytes lives. See `docs/scale-out.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    /// `sqlite` (a file in the data directory) or `postgres`.
+    pub backend: MetaBackend,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` for the `postgres` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Most connections to PostgreSQL this process keeps open.
+    pub max_connections: u32,
+    /// Connections to PostgreSQL kept open even when idle.
+    pub min_connections: u32,
+    /// How long a request waits for a free connection before it fails.
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetaBackend {
+    Sqlite,
+    Postgres,
+}
+
+impl MetaConfig {
+    /// The PostgreSQL URL with any password replaced, for messages and logs.
+    pub fn redacted_url(&self) -> String {
+        let Some(url) = &self.url else {
+            return "(no meta.url)".into();
+        };
+        match reqwest::Url::parse(url) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                // Only fails for URLs that cannot have a password, and this one has one.
+                let _ = parsed.set_password(Some("REDACTED"));
+                parsed.to_string()
+            }
+            Ok(parsed) => parsed.to_string(),
+            Err(_) => "(unparsable meta.url)".into(),
+        }
+    }
 }
 
 /// Tag-suffix rules and keep-latest mode. See `docs/lifecycle.md`.
@@ -290,6 +355,18 @@ impl Default for Config {
                 grace_secs: 24 * 3600,
                 interval_secs: 3600,
             },
+            storage: StorageConfig {
+                backend: StorageBackend::Filesystem,
+                redirect: false,
+                s3: None,
+            },
+            meta: MetaConfig {
+                backend: MetaBackend::Sqlite,
+                url: None,
+                max_connections: 16,
+                min_connections: 1,
+                acquire_timeout_secs: 10,
+            },
         }
     }
 }
@@ -305,7 +382,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 9] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "log",
@@ -315,6 +392,8 @@ const TOP_LEVEL_KEYS: [&str; 9] = [
     "lifecycle",
     "retention",
     "gc",
+    "storage",
+    "meta",
 ];
 
 /// The variable other tools use to name an external token validation service.

@@ -3,11 +3,11 @@
 //! the admin API, recorded in the audit log as `cli:USER`.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
 
 use anyhow::Context;
-use berth_meta::{AccessStore, SqliteMeta};
 
-use crate::app::{ensure_data_dir, open_meta, open_stores};
+use crate::app::{ensure_data_dir, open_meta, open_stores, Meta};
 use crate::auth::access::Pattern;
 use crate::auth::manage;
 use crate::auth::rfc3339;
@@ -24,10 +24,10 @@ fn load(args: &StoreArgs) -> anyhow::Result<Config> {
     Ok(Config::load(args.config.as_deref(), overrides)?)
 }
 
-async fn open(args: &StoreArgs) -> anyhow::Result<SqliteMeta> {
+async fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn Meta>> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
-    open_meta(&config.data_dir).await
+    open_meta(&config).await
 }
 
 /// `cli:` and the operating-system user running the command.
@@ -103,20 +103,20 @@ pub async fn user(args: StoreArgs, command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { name, admin } => {
             let password = read_password()?;
-            manage::create_user(&store, &name, &password, admin, &actor).await?;
+            manage::create_user(store.as_ref(), &name, &password, admin, &actor).await?;
             eprintln!("user {name} added{}", if admin { " (administrator)" } else { "" });
         }
         UserCommand::Passwd { name } => {
             let password = read_password()?;
-            manage::set_password(&store, &name, &password, &actor).await?;
+            manage::set_password(store.as_ref(), &name, &password, &actor).await?;
             eprintln!("password of {name} changed");
         }
         UserCommand::Disable { name } => {
-            manage::set_disabled(&store, &name, true, &actor).await?;
+            manage::set_disabled(store.as_ref(), &name, true, &actor).await?;
             eprintln!("user {name} disabled");
         }
         UserCommand::Enable { name } => {
-            manage::set_disabled(&store, &name, false, &actor).await?;
+            manage::set_disabled(store.as_ref(), &name, false, &actor).await?;
             eprintln!("user {name} enabled");
         }
         UserCommand::List => {
@@ -140,7 +140,7 @@ pub async fn token(args: StoreArgs, command: TokenCommand) -> anyhow::Result<()>
     let actor = actor();
     match command {
         TokenCommand::Create { name, grants, expires } => {
-            let token = manage::create_token(&store, &name, &grants, expires.as_deref(), &actor).await?;
+            let token = manage::create_token(store.as_ref(), &name, &grants, expires.as_deref(), &actor).await?;
             eprintln!("token {name} created; it is shown this once, use it as the password with any login name:");
             println!("{token}");
         }
@@ -175,7 +175,7 @@ pub async fn token(args: StoreArgs, command: TokenCommand) -> anyhow::Result<()>
             }
         }
         TokenCommand::Revoke { name } => {
-            manage::revoke_token(&store, &name, &actor).await?;
+            manage::revoke_token(store.as_ref(), &name, &actor).await?;
             eprintln!("token {name} revoked");
         }
     }
@@ -187,7 +187,7 @@ pub async fn grant(args: StoreArgs, command: GrantCommand) -> anyhow::Result<()>
     let actor = actor();
     match command {
         GrantCommand::Add { subject, pattern, role } => {
-            let id = manage::add_grant(&store, &subject, &pattern, &role, &actor).await?;
+            let id = manage::add_grant(store.as_ref(), &subject, &pattern, &role, &actor).await?;
             println!("{id}");
             eprintln!("grant {id}: {subject} {role} on {pattern}");
         }
@@ -199,7 +199,7 @@ pub async fn grant(args: StoreArgs, command: GrantCommand) -> anyhow::Result<()>
             }
         }
         GrantCommand::Remove { id } => {
-            manage::remove_grant(&store, id, &actor).await?;
+            manage::remove_grant(store.as_ref(), id, &actor).await?;
             eprintln!("grant {id} removed");
         }
     }
@@ -226,7 +226,7 @@ pub async fn audit(args: StoreArgs, limit: u32) -> anyhow::Result<()> {
 async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
-    let (meta, blobs) = open_stores(&config.data_dir).await?;
+    let (meta, blobs) = open_stores(&config).await?;
     let lifecycle = Lifecycle::new(meta, blobs, clock::from_env(), &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
     lifecycle.sync_config_policies().await?;

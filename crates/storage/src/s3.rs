@@ -37,7 +37,7 @@ use object_store::{
     ClientConfigKey, GetOptions, GetRange, GetResult, MultipartUpload, ObjectMeta, ObjectStore, PutPayload,
     PutPayloadMut,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::{BlobStore, ByteStream, StorageError, StoredFile};
@@ -73,7 +73,9 @@ fn default_presign_expiry_secs() -> u64 {
 /// AWS tools do (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 /// `AWS_SESSION_TOKEN`, `AWS_REGION`, web identity, an instance profile);
 /// what is set here wins over the environment.
-#[derive(Clone, Deserialize)]
+// Serialize only so that the server's configuration can carry it through its
+// layered loader; it is never printed (see the Debug impl).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct S3Config {
     /// The service URL (`https://minio.example:9000`); absent means AWS S3.
     #[serde(default)]

@@ -41,6 +41,12 @@ pub async fn get_blob(registry: &Registry, repo: RepoName, digest: Digest, head:
         set_header(&mut headers, header::CONTENT_LENGTH, &size.to_string());
         return Ok(empty(StatusCode::OK, headers));
     }
+    if let Some(url) = registry.blob_download_url(&repo, &digest).await? {
+        // The client repeats the request, Range included, at the store.
+        set_header(&mut headers, header::LOCATION, &url);
+        set_header(&mut headers, header::CONTENT_LENGTH, "0");
+        return Ok(empty(StatusCode::TEMPORARY_REDIRECT, headers));
+    }
     let wanted = super::header_str(req.headers(), "range").and_then(parse_range);
     let blob = registry.open_blob(&repo, &digest, wanted).await?;
     let status = match &blob.range {

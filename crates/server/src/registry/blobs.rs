@@ -45,6 +45,16 @@ impl Registry {
             .ok_or(RegistryError::BlobUnknown)
     }
 
+    /// Where the client may download a blob linked to `repo` straight from
+    /// the blob store, when downloads are redirected and the store can say.
+    pub async fn blob_download_url(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        if !self.redirect_downloads {
+            return Ok(None);
+        }
+        self.stat_blob(repo, digest).await?;
+        Ok(self.blobs.download_url(digest).await?)
+    }
+
     /// Opens a blob linked to `repo`, or the requested byte range of it.
     pub async fn open_blob(&self, repo: &RepoName, digest: &Digest, wanted: Option<ByteRange>) -> Result<BlobContent> {
         let size = self.stat_blob(repo, digest).await?;

@@ -93,6 +93,8 @@ pub struct Registry {
     limits: Limits,
     sessions: uploads::SessionLocks,
     pulls: Arc<PullRecorder>,
+    /// Whether blob downloads are sent to the store's own URLs.
+    redirect_downloads: bool,
 }
 
 impl Registry {
@@ -105,7 +107,15 @@ impl Registry {
             limits,
             sessions: uploads::SessionLocks::default(),
             pulls: Arc::new(PullRecorder::default()),
+            redirect_downloads: false,
         }
+    }
+
+    /// Has blob downloads answered with a redirect to the blob store's own
+    /// (presigned) URL where the store has one.
+    pub fn redirecting_downloads(mut self) -> Self {
+        self.redirect_downloads = true;
+        self
     }
 
     /// Writes the pulls gathered since the last call; returns how many
