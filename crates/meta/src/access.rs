@@ -142,4 +142,12 @@ pub trait AccessStore: Send + Sync + 'static {
 
     /// Audit entries newest first, with ids below `before` when given.
     async fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>>;
+
+    /// The secret stored under `name`, storing `candidate` first when there
+    /// is none, so that every process sharing the store ends up with the
+    /// same one (the token signing key of replicas). `None` when the store
+    /// keeps no secrets (the embedded store, whose key is a file).
+    async fn shared_secret(&self, _name: &str, _candidate: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 }

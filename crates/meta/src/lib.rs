@@ -139,6 +139,25 @@ pub struct UploadRecord {
     pub updated_ms: i64,
 }
 
+/// Held while this process runs a periodic job (garbage collection, retention,
+/// expiry, upload purge); every other process sharing the store is refused
+/// the same job until it is dropped, or until this process dies.
+pub struct JobLease {
+    _held: Box<dyn std::any::Any + Send>,
+}
+
+impl JobLease {
+    /// A lease whose hold ends when `held` is dropped.
+    pub fn holding(held: impl std::any::Any + Send) -> JobLease {
+        JobLease { _held: Box::new(held) }
+    }
+
+    /// A lease of a store no other process shares.
+    pub fn sole() -> JobLease {
+        JobLease::holding(())
+    }
+}
+
 /// The metadata store the registry core talks to.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -226,4 +245,11 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Sessions not touched since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>>;
+
+    /// Leads the periodic job named `job` among the processes sharing this
+    /// store, or `None` while another one leads it. A store only one process
+    /// uses (the embedded SQLite file) always grants it.
+    async fn lead_job(&self, _job: &str) -> Result<Option<JobLease>> {
+        Ok(Some(JobLease::sole()))
+    }
 }

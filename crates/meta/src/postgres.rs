@@ -62,8 +62,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::{
-    ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoredManifest,
-    TagFacts, UploadRecord,
+    JobLease, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result,
+    StoredManifest, TagFacts, UploadRecord,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -151,6 +151,12 @@ impl LockKey {
 
     pub(crate) fn tag(repo: &str, tag: &str) -> LockKey {
         LockKey::of("tag", &[repo, tag])
+    }
+
+    /// A periodic job, held for the whole run by the replica that leads it
+    /// (a session lock, unlike the others).
+    pub(crate) fn job(name: &str) -> LockKey {
+        LockKey::of("job", &[name])
     }
 
     /// The set of retention policies, so two replicas syncing their
@@ -966,6 +972,35 @@ impl MetaStore for PgMeta {
         .await?;
         rows.iter().map(upload_record).collect()
     }
+
+    async fn lead_job(&self, job: &str) -> Result<Option<JobLease>> {
+        // A session lock on a connection of its own, out of the pool: it is
+        // released when the lease drops that connection, and by the server
+        // when the connection dies with its process. Keepalives bound how
+        // long a replica that vanished without closing its socket (a lost
+        // host) keeps the lead: about 30 + 3 × 10 seconds.
+        let mut conn = self.pool.acquire().await?.detach();
+        for setting in [
+            "SET tcp_keepalives_idle = 30",
+            "SET tcp_keepalives_interval = 10",
+            "SET tcp_keepalives_count = 3",
+        ] {
+            sqlx::query(setting).execute(&mut conn).await?;
+        }
+        let key = LockKey::job(job);
+        let led: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(key.0)
+            .bind(key.1)
+            .fetch_one(&mut conn)
+            .await?;
+        if led {
+            Ok(Some(JobLease::holding(conn)))
+        } else {
+            // Only this process's resources are at stake; the answer is known.
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1089,6 +1124,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{with_database, TestDb};
     use super::*;
+    use crate::AccessStore;
 
     #[tokio::test]
     async fn conformance() {
@@ -1112,6 +1148,53 @@ mod tests {
     async fn pushes_racing_removals_keep_what_was_acknowledged() {
         let Some(db) = TestDb::create().await else { return };
         crate::conformance::run_races(&db.meta().await, 40).await;
+    }
+
+    /// One replica at a time leads a periodic job; the lead passes on when the
+    /// leader lets go, and leading one job does not block another.
+    #[tokio::test]
+    async fn one_replica_at_a_time_leads_a_job() {
+        let Some(db) = TestDb::create().await else { return };
+        let a = db.meta().await;
+        let b = PgMeta::connect(&db.url, PgOptions::default())
+            .await
+            .expect("second replica");
+        let lease = a.lead_job("gc").await.unwrap().expect("the first asker leads");
+        assert!(
+            b.lead_job("gc").await.unwrap().is_none(),
+            "a second replica must not lead gc"
+        );
+        assert!(
+            a.lead_job("gc").await.unwrap().is_none(),
+            "nor another task of the leader"
+        );
+        let other = b.lead_job("retention").await.unwrap().expect("another job is free");
+        drop(lease);
+        // The lock goes with the lease's connection, which closes in the background.
+        let mut led = None;
+        for _ in 0..100 {
+            led = b.lead_job("gc").await.unwrap();
+            if led.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(led.is_some(), "the lead passes on once the leader lets go");
+        drop(other);
+    }
+
+    /// Replicas agree on a shared secret: the first one stored wins.
+    #[tokio::test]
+    async fn the_first_stored_secret_is_everyones() {
+        let Some(db) = TestDb::create().await else { return };
+        let a = db.meta().await;
+        let b = PgMeta::connect(&db.url, PgOptions::default())
+            .await
+            .expect("second replica");
+        let first = AccessStore::shared_secret(&a, "token-key", "from-a").await.unwrap();
+        let second = AccessStore::shared_secret(&b, "token-key", "from-b").await.unwrap();
+        assert_eq!(first.as_deref(), Some("from-a"));
+        assert_eq!(second.as_deref(), Some("from-a"));
     }
 
     /// Replicas starting together against a fresh database all come up, and

@@ -330,4 +330,21 @@ impl AccessStore for PgMeta {
             })
             .collect()
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> Result<Option<String>> {
+        // The first replica to ask stores its candidate; the rest read it.
+        sqlx::query(
+            "INSERT INTO secrets (name, value, created_ms) \
+             VALUES ($1, $2, (extract(epoch FROM now()) * 1000)::bigint) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(stored))
+    }
 }

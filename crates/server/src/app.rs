@@ -36,9 +36,8 @@ pub struct App {
 
 impl App {
     /// Opens the stores named by `config`.
-    pub async fn open(config: Config) -> anyhow::Result<Self> {
-        let dir = &config.data_dir;
-        ensure_data_dir(dir)?;
+    pub async fn open(mut config: Config) -> anyhow::Result<Self> {
+        ensure_data_dir(&config.data_dir)?;
         let (meta, blobs) = open_stores(&config).await?;
         let clock = clock::from_env();
         let limits = Limits {
@@ -53,7 +52,8 @@ impl App {
         let lifecycle = Lifecycle::new(meta.clone(), blobs, clock, &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder());
-        let auth = Auth::open(&config.auth, dir, meta).context("invalid auth configuration")?;
+        share_token_key(&mut config, meta.as_ref()).await?;
+        let auth = Auth::open(&config.auth, &config.data_dir, meta).context("invalid auth configuration")?;
         Ok(App {
             registry,
             auth,
@@ -61,6 +61,28 @@ impl App {
             config,
         })
     }
+}
+
+/// Name of the token signing key in a store that keeps shared secrets.
+const TOKEN_KEY_SECRET: &str = "token-signing-key";
+
+/// Gives replicas sharing a database one token signing key, so a token issued
+/// by any of them is accepted by all, unless the configuration names a key.
+async fn share_token_key(config: &mut Config, meta: &dyn Meta) -> anyhow::Result<()> {
+    let token = &config.auth.token;
+    if config.auth.mode != AuthMode::Token || token.key.is_some() || token.key_file.is_some() {
+        return Ok(());
+    }
+    let mut candidate = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut candidate);
+    let shared = meta
+        .shared_secret(TOKEN_KEY_SECRET, &hex::encode(candidate))
+        .await
+        .context("reading the shared token signing key")?;
+    if let Some(key) = shared {
+        config.auth.token.key = Some(key);
+    }
+    Ok(())
 }
 
 /// Creates the data directory when it is missing.
@@ -220,6 +242,18 @@ where
     });
 }
 
+/// Runs `job` when this process leads `name` among the replicas sharing the
+/// metadata store; otherwise another replica runs it now, and this turn is skipped.
+async fn when_leading<Fut: std::future::Future<Output = ()>>(app: &App, name: &str, job: Fut) {
+    match app.lifecycle.store().lead_job(name).await {
+        Ok(Some(_lease)) => job.await,
+        Ok(None) => tracing::debug!(job = name, "another replica runs this job now"),
+        Err(e) => {
+            tracing::warn!(job = name, error = %e, "cannot tell whether another replica runs this job; will retry")
+        }
+    }
+}
+
 /// Tag expiry, retention and garbage collection on their schedules.
 fn spawn_lifecycle_jobs(app: Arc<App>) {
     let rules = [
@@ -239,38 +273,44 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
         every(secs, move || {
             let app = app.clone();
             async move {
-                match app.lifecycle.run(None, scope, actor).await {
-                    Ok(s) if s.tags_deleted + s.manifests_deleted > 0 => tracing::info!(
-                        job = actor,
-                        tags_deleted = s.tags_deleted,
-                        manifests_deleted = s.manifests_deleted,
-                        skipped_changed = s.skipped_changed,
-                        "lifecycle run done"
-                    ),
-                    Ok(_) => tracing::debug!(job = actor, "lifecycle run found nothing to delete"),
-                    Err(e) => tracing::warn!(job = actor, error = %e, "lifecycle run failed; will retry"),
-                }
+                when_leading(&app, actor, async {
+                    match app.lifecycle.run(None, scope, actor).await {
+                        Ok(s) if s.tags_deleted + s.manifests_deleted > 0 => tracing::info!(
+                            job = actor,
+                            tags_deleted = s.tags_deleted,
+                            manifests_deleted = s.manifests_deleted,
+                            skipped_changed = s.skipped_changed,
+                            "lifecycle run done"
+                        ),
+                        Ok(_) => tracing::debug!(job = actor, "lifecycle run found nothing to delete"),
+                        Err(e) => tracing::warn!(job = actor, error = %e, "lifecycle run failed; will retry"),
+                    }
+                })
+                .await;
             }
         });
     }
     every(app.config.gc.interval_secs, move || {
         let app = app.clone();
         async move {
-            match app
-                .lifecycle
-                .collect_garbage(false, |line| tracing::debug!("gc: {line}"))
-                .await
-            {
-                Ok(r) => tracing::info!(
-                    blobs_removed = r.blobs_removed,
-                    bytes_reclaimed = r.bytes_reclaimed,
-                    manifests_removed = r.manifests_removed,
-                    orphan_files_removed = r.orphan_files_removed,
-                    elapsed_ms = r.elapsed_ms,
-                    "garbage collection done"
-                ),
-                Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
-            }
+            when_leading(&app, "gc", async {
+                match app
+                    .lifecycle
+                    .collect_garbage(false, |line| tracing::debug!("gc: {line}"))
+                    .await
+                {
+                    Ok(r) => tracing::info!(
+                        blobs_removed = r.blobs_removed,
+                        bytes_reclaimed = r.bytes_reclaimed,
+                        manifests_removed = r.manifests_removed,
+                        orphan_files_removed = r.orphan_files_removed,
+                        elapsed_ms = r.elapsed_ms,
+                        "garbage collection done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
+                }
+            })
+            .await;
         }
     });
 }
@@ -287,11 +327,14 @@ fn spawn_upload_purge(app: Arc<App>) {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            match app.registry.purge_stale_uploads(max_age_ms).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "purged stale upload sessions"),
-                Err(e) => tracing::warn!(error = %e, "purging stale upload sessions failed"),
-            }
+            when_leading(&app, "upload-purge", async {
+                match app.registry.purge_stale_uploads(max_age_ms).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "purged stale upload sessions"),
+                    Err(e) => tracing::warn!(error = %e, "purging stale upload sessions failed"),
+                }
+            })
+            .await;
         }
     });
 }
