@@ -430,17 +430,22 @@ impl LifecycleStore for SqliteMeta {
         let removed = unused_blobs(&collectable)?;
         let gone: Vec<Digest> = removed.iter().map(|b| b.digest.clone()).collect();
         let gone_list = digest_list(&gone);
-        sqlx::query("DELETE FROM repo_blobs WHERE digest IN (SELECT value FROM json_each($1))")
-            .bind(&gone_list)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each($1))")
-            .bind(&gone_list)
-            .execute(&mut *tx)
-            .await?;
-        // Files go before the commit: should deleting them fail, the records
+        let records = async {
+            sqlx::query("DELETE FROM repo_blobs WHERE digest IN (SELECT value FROM json_each($1))")
+                .bind(&gone_list)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each($1))")
+                .bind(&gone_list)
+                .execute(&mut *tx)
+                .await?;
+            Ok::<_, MetaError>(())
+        };
+        // Files go before the commit, while the database deletes the records
+        // (each waits on its own I/O): should deleting them fail, the records
         // stay and the next run tries again.
-        files.remove(&gone).await.map_err(MetaError::Placement)?;
+        let files = async { files.remove(&gone).await.map_err(MetaError::Placement) };
+        tokio::try_join!(records, files)?;
         tx.commit().await?;
         Ok(removed)
     }
