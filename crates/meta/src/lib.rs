@@ -15,6 +15,7 @@ mod postgres_lifecycle;
 mod sqlite;
 mod sqlite_access;
 mod sqlite_lifecycle;
+pub mod transfer;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +42,19 @@ pub enum MetaError {
     /// The blob-store step run inside a transaction failed; the transaction was rolled back.
     #[error("blob store: {0}")]
     Placement(BoxError),
+}
+
+impl MetaError {
+    /// Whether the database could not be reached or had no connection free,
+    /// rather than refusing the request: worth retrying once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Db(
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        )
+    }
 }
 
 /// Any error of a blob-store step the metadata store runs inside its transaction.
@@ -251,5 +265,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// uses (the embedded SQLite file) always grants it.
     async fn lead_job(&self, _job: &str) -> Result<Option<JobLease>> {
         Ok(Some(JobLease::sole()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_or_exhausted_database_is_unavailable() {
+        assert!(MetaError::Db(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(MetaError::Db(sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into())).is_unavailable());
+        assert!(!MetaError::Db(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!MetaError::Corrupt("x".into()).is_unavailable());
     }
 }

@@ -7,6 +7,7 @@
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_oci::{EndpointError, ErrorCode, NameError};
+use berth_storage::StorageError;
 use serde_json::json;
 
 use crate::registry::RegistryError;
@@ -57,6 +58,19 @@ impl ApiError {
         self
     }
 
+    /// A 503 for a store that failed or could not be reached: clients retry
+    /// it, and nothing was changed (each write is one transaction, and blob
+    /// bytes become visible only when recorded).
+    pub(super) fn unavailable(what: &str, err: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %err, "the {what} is unavailable");
+        ApiError::new(
+            ErrorCode::Unknown,
+            format!("the registry's {what} is unavailable; retry later"),
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .with_header(header::RETRY_AFTER, "5".to_string())
+    }
+
     pub(super) fn internal(err: &dyn std::error::Error) -> Self {
         tracing::error!(error = %err, "internal error");
         ApiError::new(ErrorCode::Unknown, ErrorCode::Unknown.default_message())
@@ -104,7 +118,9 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorCode::ManifestBlobUnknown, message).with_detail(json!({ "digest": digest }))
             }
             R::NameUnknown => ApiError::new(ErrorCode::NameUnknown, message),
+            R::Storage(ref inner @ StorageError::Backend(_)) => ApiError::unavailable("blob store", inner),
             R::Storage(ref inner) => ApiError::internal(inner),
+            R::Meta(ref inner) if inner.is_unavailable() => ApiError::unavailable("metadata database", inner),
             R::Meta(ref inner) => ApiError::internal(inner),
         }
     }
@@ -127,5 +143,34 @@ impl From<EndpointError> for ApiError {
             EndpointError::Reference(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
             EndpointError::UploadId => ApiError::new(ErrorCode::BlobUploadUnknown, message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_meta::MetaError;
+
+    use super::*;
+
+    fn status_of(e: RegistryError) -> (StatusCode, Option<String>) {
+        let response = ApiError::from(e).into_response();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (response.status(), retry)
+    }
+
+    #[test]
+    fn an_unreachable_store_is_a_503_to_retry_and_other_store_errors_a_500() {
+        // Which database errors count as unavailable is tested in berth-meta.
+        let failing_bucket = RegistryError::Storage(StorageError::Backend("GET blobs/x: connection refused".into()));
+        assert_eq!(
+            status_of(failing_bucket),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("5".into()))
+        );
+        let damaged = RegistryError::Meta(MetaError::Corrupt("bad digest".into()));
+        assert_eq!(status_of(damaged), (StatusCode::INTERNAL_SERVER_ERROR, None));
     }
 }
