@@ -45,7 +45,15 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/api/v1", admin::router().merge(lifecycle::admin_router()))
         .route("/v1/images", get(lifecycle::inventory))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readiness))
         .with_state(app)
+}
+
+/// `GET /readyz`: 200 when the metadata database and the blob store answer,
+/// else 503 (see `ApiError`'s store errors); `/healthz` only says the process runs.
+async fn readiness(State(app): State<Arc<App>>) -> ApiResult {
+    app.registry.check_stores().await?;
+    Ok("ready".into_response())
 }
 
 /// The `Range` header value of an upload session holding `offset` bytes.

@@ -45,6 +45,15 @@ impl Registry {
             .ok_or(RegistryError::BlobUnknown)
     }
 
+    /// Reaches both stores with a request that changes nothing, so a load
+    /// balancer can leave out a replica that cannot serve.
+    pub async fn check_stores(&self) -> Result<()> {
+        self.meta.list_repositories(None, 1).await?;
+        // Any digest does: a missing blob is an answer, an unreachable store is not.
+        self.blobs.stat(&Digest::sha256_of(b"berth readiness probe")).await?;
+        Ok(())
+    }
+
     /// Where the client may download a blob linked to `repo` straight from
     /// the blob store, when downloads are redirected and the store can say.
     pub async fn blob_download_url(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
