@@ -98,6 +98,12 @@ impl<T: LifecycleStore + AccessStore> Meta for T {}
 
 /// The stores the configuration names.
 pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<dyn BlobStore>)> {
+    let blobs = open_blobs(config).await?;
+    Ok((open_meta(config).await?, blobs))
+}
+
+/// The blob store the configuration names (used by the server and `berth migrate`).
+pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let blobs: Arc<dyn BlobStore> = match config.storage.backend {
         StorageBackend::Filesystem => {
             let dir = &config.data_dir;
@@ -122,7 +128,7 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<
     if config.storage.redirect && config.storage.backend == StorageBackend::Filesystem {
         anyhow::bail!("storage.redirect needs a store clients can download from directly (storage.backend = \"s3\")");
     }
-    Ok((open_meta(config).await?, blobs))
+    Ok(blobs)
 }
 
 /// The metadata store the configuration names (used by the server and the

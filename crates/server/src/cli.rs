@@ -78,6 +78,43 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Move an embedded installation (SQLite and blob files in a data
+    /// directory) into the scale-out stores (PostgreSQL, S3) of a configuration.
+    ///
+    /// Stop `berth serve` and every other berth command on the data directory
+    /// first: migrate locks its database for the whole run and refuses to
+    /// start while another process has it open. Blobs are copied first, each
+    /// verified against its digest while it streams; then every table in
+    /// key order. Run it again after an interruption: blobs already in the
+    /// target are skipped and rows that already match are not written again.
+    /// The target database must be empty or hold an earlier run's copy of
+    /// this source: migrate never merges two registries.
+    /// Upload sessions in flight are not moved (clients restart them).
+    /// Exits non-zero when anything could not be copied.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Data directory of the embedded installation (holding berth.db and blobs/).
+    #[arg(long, value_name = "DATA_DIR")]
+    pub from: PathBuf,
+    /// Configuration file of the scale-out installation (meta.backend =
+    /// "postgres" with meta.url, and its [storage]); BERTH_* variables apply
+    /// as they do to `berth serve`.
+    #[arg(long, value_name = "CONFIG_FILE")]
+    pub to: PathBuf,
+    /// Also re-read and re-hash the blobs the target already holds, replacing
+    /// any that do not match. Without it, a blob of the recorded size in the
+    /// target counts as copied.
+    #[arg(long)]
+    pub verify_existing: bool,
+    /// Blobs copied at the same time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

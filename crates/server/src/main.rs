@@ -7,6 +7,7 @@ mod cli;
 mod clock;
 mod config;
 mod lifecycle;
+mod migrate;
 mod operator;
 mod registry;
 mod telemetry;
@@ -51,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => operator_runtime()?.block_on(operator::fsck(store, verify, repair, json)),
         Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
+        Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
     }
 }
 
