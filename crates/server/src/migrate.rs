@@ -285,7 +285,7 @@ async fn copy_blobs(
     }
     let b = &summary.blobs;
     phase.finish(format!(
-        "{} blobs: {} copied ({} bytes), {} already there, {} failed",
+        "{} in all: {} copied ({} bytes), {} already there, {} failed",
         b.total, b.copied, b.copied_bytes, b.already_present, b.failed
     ));
     Ok(())
@@ -362,7 +362,9 @@ async fn move_blob(
             match problem {
                 None => return Ok(Outcome::Present { verified: true }),
                 Some(problem) => {
-                    tracing::warn!(%digest, problem, "the target's copy of the blob is damaged; copying it again");
+                    progress.note(&format!(
+                        "blob {digest}: the target's copy is damaged ({problem}); copying it again"
+                    ));
                     progress.settle(0);
                     to.delete(&digest).await?;
                     replaced = true;
@@ -370,7 +372,9 @@ async fn move_blob(
             }
         }
         Some(have) => {
-            tracing::warn!(%digest, have, size, "the target's copy of the blob has the wrong size; copying it again");
+            progress.note(&format!(
+                "blob {digest}: the target's copy holds {have} bytes, not {size}; copying it again"
+            ));
             to.delete(&digest).await?;
             replaced = true;
         }
@@ -440,6 +444,11 @@ impl Counted {
             bar: bar.clone(),
             shown: Arc::new(Mutex::new(0)),
         }
+    }
+
+    /// A line for people, above the progress bar.
+    fn note(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("migrate: {line}"));
     }
 
     fn inc(&self, n: u64) {
