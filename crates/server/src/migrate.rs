@@ -24,7 +24,7 @@
 //! streams bytes, shows progress and reports.
 
 use std::io::{self, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -89,7 +89,7 @@ struct NotCopied {
 /// The report of a run, printed at the end (as JSON with `--json`).
 #[derive(Debug, Serialize)]
 struct Summary {
-    source: PathBuf,
+    source: String,
     target_database: String,
     target_blobs: String,
     /// False when anything could not be copied.
@@ -153,7 +153,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     }
 
     let mut summary = Summary {
-        source: args.from.clone(),
+        source: args.from.display().to_string(),
         target_database: config.meta.redacted_url(),
         target_blobs: describe_blobs(&config),
         ok: false,
@@ -605,7 +605,7 @@ fn print_summary(s: &Summary) {
     println!(
         "migrate {verdict} in {:.1} s: {} -> {} and {}",
         s.elapsed_ms as f64 / 1000.0,
-        s.source.display(),
+        s.source,
         s.target_database,
         s.target_blobs
     );
@@ -633,5 +633,66 @@ fn print_summary(s: &Summary) {
             format!(" (tags {})", m.tags.join(", "))
         };
         println!("  LEFT OUT {}@{}{tags}: {}", m.repository, m.digest, m.reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams `chunks` through a [`Verifying`] for the blob `expected` of
+    /// `size` bytes; returns the bytes passed on and the problem found.
+    async fn verify(chunks: &[&[u8]], expected: &[u8], size: u64) -> (Vec<u8>, Option<String>) {
+        let items: Vec<io::Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let check = Arc::new(Mutex::new(Check::default()));
+        let bar = ProgressBar::hidden();
+        let mut stream = Verifying::new(
+            Box::pin(futures::stream::iter(items)),
+            &Digest::sha256_of(expected),
+            size,
+            check.clone(),
+            Counted::new(&bar),
+        );
+        let mut passed = Vec::new();
+        let mut errors = 0;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => passed.extend_from_slice(&chunk),
+                Err(_) => errors += 1,
+            }
+        }
+        let problem = lock(&check).problem.take();
+        assert_eq!(errors, usize::from(problem.is_some()), "one error ends a bad stream");
+        (passed, problem)
+    }
+
+    #[tokio::test]
+    async fn only_the_right_bytes_get_through_without_an_error() {
+        let blob = b"hello blob";
+        let (passed, problem) = verify(&[b"hello", b" blob"], blob, 10).await;
+        assert_eq!((passed.as_slice(), problem), (&blob[..], None));
+
+        let (_, problem) = verify(&[b"hello", b" BLOB"], blob, 10).await;
+        assert!(problem.unwrap().contains("damaged"));
+        let (_, problem) = verify(&[b"hello"], blob, 10).await;
+        assert!(problem.unwrap().contains("holds 5 bytes"));
+        // A longer file is cut off as soon as it passes the recorded size.
+        let (passed, problem) = verify(&[b"hello blob", b"and more"], blob, 10).await;
+        assert_eq!(passed, blob);
+        assert!(problem.unwrap().contains("more than"));
+    }
+
+    #[test]
+    fn a_settled_blob_shows_exactly_its_size() {
+        let bar = ProgressBar::hidden();
+        bar.set_length(100);
+        let first = Counted::new(&bar);
+        first.inc(30);
+        first.settle(0);
+        assert_eq!(bar.position(), 0, "an abandoned attempt is taken off");
+        let second = Counted::new(&bar);
+        second.inc(10);
+        second.settle(40);
+        assert_eq!(bar.position(), 40);
     }
 }
