@@ -17,6 +17,7 @@ mod lifecycle;
 mod lifecycle_gc;
 mod listing;
 mod manifests;
+mod migrate;
 mod mount;
 mod referrers;
 mod uploads;
