@@ -1,12 +1,13 @@
 //! The command line: `--version`, start-up failures that must end in a clear
 //! message and a non-zero exit (never a panic), and configuration sources.
+//! Each server runs on the stores of the run's mode (see [`Stores`]).
 
 use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::harness::{berth_command, client, spawn_server, wait_timeout, Image, OCI_MANIFEST};
+use crate::harness::{berth_command, client, scaleout, spawn_server, wait_timeout, Image, Stores, OCI_MANIFEST};
 
 /// Runs a command that is expected to exit by itself; returns (status, stdout, stderr).
 fn run_to_exit(mut cmd: Command) -> (ExitStatus, String, String) {
@@ -32,9 +33,11 @@ fn run_to_exit(mut cmd: Command) -> (ExitStatus, String, String) {
     (status, out.join().unwrap(), err.join().unwrap())
 }
 
-fn serve(data_dir: &std::path::Path) -> Command {
+/// `berth serve --data-dir DATA_DIR` on `stores`.
+fn serve(data_dir: &std::path::Path, stores: &Stores) -> Command {
     let mut cmd = berth_command();
     cmd.arg("serve").arg("--data-dir").arg(data_dir);
+    stores.apply(&mut cmd);
     cmd
 }
 
@@ -63,10 +66,11 @@ fn version_prints_the_version() {
 
 #[test]
 fn a_taken_port_is_a_clear_error() {
+    let stores = Stores::fresh();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve(dir.path());
+    let mut cmd = serve(dir.path(), &stores);
     cmd.arg("--listen").arg(&addr);
     let (status, _, stderr) = run_to_exit(cmd);
     assert_clean_failure(status, &stderr, "cannot listen");
@@ -75,11 +79,12 @@ fn a_taken_port_is_a_clear_error() {
 
 #[test]
 fn a_data_dir_under_a_regular_file_is_a_clear_error() {
+    let stores = Stores::fresh();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     let data = file.join("data");
-    let mut cmd = serve(&data);
+    let mut cmd = serve(&data, &stores);
     cmd.arg("--listen").arg("127.0.0.1:0");
     let (status, _, stderr) = run_to_exit(cmd);
     assert_clean_failure(status, &stderr, "data directory");
@@ -91,8 +96,9 @@ fn a_data_dir_under_a_regular_file_is_a_clear_error() {
 
 #[test]
 fn a_data_dir_in_proc_is_a_clear_error() {
+    let stores = Stores::fresh();
     let data = std::path::Path::new("/proc/berth-it-cannot-exist/data");
-    let mut cmd = serve(data);
+    let mut cmd = serve(data, &stores);
     cmd.arg("--listen").arg("127.0.0.1:0");
     let (status, _, stderr) = run_to_exit(cmd);
     assert_clean_failure(status, &stderr, "data directory");
@@ -102,8 +108,10 @@ fn a_data_dir_in_proc_is_a_clear_error() {
 #[test]
 fn a_missing_or_bad_config_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
+    let stores = Stores::fresh();
     let mut cmd = berth_command();
     cmd.arg("serve").arg("--config").arg(dir.path().join("missing.toml"));
+    stores.apply(&mut cmd);
     let (status, _, stderr) = run_to_exit(cmd);
     assert_clean_failure(status, &stderr, "missing.toml");
 
@@ -111,6 +119,7 @@ fn a_missing_or_bad_config_file_is_a_clear_error() {
     std::fs::write(&bad, "lisen = \"127.0.0.1:0\"\n").unwrap();
     let mut cmd = berth_command();
     cmd.arg("serve").arg("--config").arg(&bad);
+    stores.apply(&mut cmd);
     let (status, _, stderr) = run_to_exit(cmd);
     assert_clean_failure(status, &stderr, "lisen");
 }
@@ -125,11 +134,18 @@ async fn a_config_file_is_honoured() {
         data.to_string_lossy()
     );
     std::fs::write(&config, toml).unwrap();
+    let stores = Stores::fresh();
     let mut cmd = berth_command();
     cmd.arg("serve").arg("--config").arg(&config);
+    stores.apply(&mut cmd);
     let server = spawn_server(cmd).unwrap_or_else(|f| panic!("berth did not start: {f:?}"));
     assert!(server.addr.starts_with("127.0.0.1:"), "{}", server.addr);
-    assert!(data.join("berth.db").exists(), "the data dir from the file is used");
+    assert!(data.is_dir(), "the data dir from the file is made");
+    if scaleout() {
+        assert!(!data.join("berth.db").exists(), "scale-out keeps no SQLite file");
+    } else {
+        assert!(data.join("berth.db").exists(), "the data dir from the file is used");
+    }
 
     // The manifest limit from the file applies.
     let http = client();
@@ -152,9 +168,10 @@ async fn a_config_file_is_honoured() {
 
 #[tokio::test]
 async fn berth_listen_from_the_environment_is_honoured() {
+    let stores = Stores::fresh();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve(dir.path());
+    let mut cmd = serve(dir.path(), &stores);
     cmd.env("BERTH_LISTEN", format!("127.0.0.1:{port}"));
     let server = spawn_server(cmd).unwrap_or_else(|f| panic!("berth did not start: {f:?}"));
     assert_eq!(server.addr, format!("127.0.0.1:{port}"));
@@ -164,8 +181,9 @@ async fn berth_listen_from_the_environment_is_honoured() {
 
 #[tokio::test]
 async fn the_listen_flag_beats_the_environment() {
+    let stores = Stores::fresh();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve(dir.path());
+    let mut cmd = serve(dir.path(), &stores);
     cmd.env("BERTH_LISTEN", "not an address")
         .arg("--listen")
         .arg("127.0.0.1:0");
@@ -176,8 +194,9 @@ async fn the_listen_flag_beats_the_environment() {
 
 #[test]
 fn sigterm_stops_the_server_cleanly() {
+    let stores = Stores::fresh();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve(dir.path());
+    let mut cmd = serve(dir.path(), &stores);
     cmd.arg("--listen").arg("127.0.0.1:0");
     let mut server = spawn_server(cmd).unwrap_or_else(|f| panic!("berth did not start: {f:?}"));
     let pid = server.child.id().to_string();
@@ -199,8 +218,9 @@ fn sigterm_stops_the_server_cleanly() {
 
 #[tokio::test]
 async fn foreign_berth_variables_are_ignored_but_misspelt_settings_are_not() {
+    let stores = Stores::fresh();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve(dir.path());
+    let mut cmd = serve(dir.path(), &stores);
     cmd.env("BERTH_BIN", "/some/tool/setting")
         .arg("--listen")
         .arg("127.0.0.1:0");
@@ -209,7 +229,7 @@ async fn foreign_berth_variables_are_ignored_but_misspelt_settings_are_not() {
     assert_eq!(resp.status(), 200);
     drop(server);
 
-    let mut cmd = serve(dir.path());
+    let mut cmd = serve(dir.path(), &stores);
     cmd.env("BERTH_UPLOADS__STALE_AFTR_SECS", "5")
         .arg("--listen")
         .arg("127.0.0.1:0");

@@ -8,9 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::harness::{
-    files_under, header, random_bytes, resolve, sha256, sha512, with_query, Image, TestApp, OCI_MANIFEST,
-};
+use crate::harness::{header, random_bytes, resolve, sha256, sha512, with_query, Image, TestApp, OCI_MANIFEST};
 
 /// A manifest the server answered 201 to.
 struct AckedManifest {
@@ -207,29 +205,21 @@ async fn acknowledged_pushes_survive_sigkill() {
 
     // No half-written blob is visible: every blob file holds what its name says.
     // Upload session files under uploads/ may be partial.
-    let blob_files = files_under(&app.data_dir().join("blobs"));
-    assert!(!blob_files.is_empty());
-    for path in &blob_files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let algorithm = path
-            .parent()
-            .and_then(|p| p.parent())
-            .and_then(|p| p.file_name())
-            .unwrap();
-        let bytes = std::fs::read(path).unwrap();
-        let actual = match algorithm.to_str().unwrap() {
+    let blob_keys = app.stored_keys("blobs").await;
+    assert!(!blob_keys.is_empty());
+    for key in &blob_keys {
+        // blobs/<algorithm>/<fan-out>/<hex>
+        let parts: Vec<&str> = key.split('/').collect();
+        assert_eq!(parts.len(), 4, "unexpected blob file {key}");
+        let (algorithm, fan_out, name) = (parts[1], parts[2], parts[3]);
+        let bytes = app.read_stored(key).await.unwrap_or_else(|| panic!("{key} vanished"));
+        let actual = match algorithm {
             "sha256" => sha256(&bytes),
             "sha512" => sha512(&bytes),
-            other => panic!("unexpected blob file {} (algorithm dir {other})", path.display()),
+            other => panic!("unexpected blob file {key} (algorithm dir {other})"),
         };
-        assert_eq!(
-            actual.split_once(':').unwrap().1,
-            name,
-            "{} holds other bytes",
-            path.display()
-        );
-        let fan_out = path.parent().unwrap().file_name().unwrap().to_string_lossy();
-        assert_eq!(fan_out, &name[..2], "{} is in the wrong directory", path.display());
+        assert_eq!(actual.split_once(':').unwrap().1, name, "{key} holds other bytes");
+        assert_eq!(fan_out, &name[..2], "{key} is in the wrong directory");
     }
 
     // The restarted server takes new pushes into the same repositories.

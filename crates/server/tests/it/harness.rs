@@ -1,20 +1,37 @@
 //! The test harness: a real `berth` process on `127.0.0.1:0` over a temporary
 //! data directory, and helpers that speak the distribution API to it.
 //!
-//! Tests only go through the socket; nothing here reaches into the server's
-//! crates, so what is tested is what a client sees.
+//! Tests go through the socket; nothing here reaches into the server's
+//! crates, so what is tested is what a client sees. Where a test must look
+//! at (or damage) the blob store itself, the `stored_*` helpers of
+//! [`TestApp`] do it on the store's own layout, with a plain S3 client or the
+//! file system.
+//!
+//! `BERTH_IT_BACKEND` picks the stores of every server: `embedded` (the
+//! default: files and SQLite in the data directory) or `scaleout`: a
+//! PostgreSQL database and an S3 bucket of its own per [`TestApp`], on the
+//! servers that `BERTH_TEST_POSTGRES_URL` and `BERTH_TEST_S3_*` name
+//! (`scripts/test` starts them).
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore as _, PutPayload};
 use rand::RngCore;
 use reqwest::header::HeaderMap;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256, Sha512};
+use sqlx::{Connection as _, PgConnection};
 use tempfile::TempDir;
 
 /// The test hook that offsets a `berth` process's clock by the milliseconds in a file.
@@ -144,7 +161,8 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-/// A `berth serve` process on a free port over its own temporary data dir.
+/// A `berth serve` process on a free port over its own temporary data dir
+/// (and, in scale-out mode, its own database and S3 bucket).
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`; changes on restart.
     pub base: String,
@@ -153,6 +171,9 @@ pub struct TestApp {
     envs: Vec<(String, String)>,
     config: Option<PathBuf>,
     server: Option<Server>,
+    /// Declared after `server`: fields drop in order, so the server is
+    /// stopped before its database and objects are removed.
+    stores: Stores,
 }
 
 impl TestApp {
@@ -168,13 +189,21 @@ impl TestApp {
             std::fs::write(&config, toml).expect("writing the config file");
             config
         });
+        let stores = Stores::fresh();
+        // The test's own variables come last, so they win.
+        let envs = stores
+            .envs()
+            .into_iter()
+            .chain(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
         TestApp {
             base: String::new(),
             client: client(),
             data,
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            envs,
             config,
             server: None,
+            stores,
         }
     }
 
@@ -272,9 +301,121 @@ impl TestApp {
         }
     }
 
-    /// The data directory the server runs over.
+    /// The data directory the server runs over (in scale-out mode it holds
+    /// only the configuration, the clock offset and the token key).
     pub fn data_dir(&self) -> &Path {
         self.data.path()
+    }
+
+    /// Every file (object) under `dir` of the blob store, as keys relative to
+    /// the store's root, such as `blobs/sha256/ab/ab12…`. Both backends use
+    /// the same layout: `blobs/<alg>/<2 hex>/<hex>` for blobs and
+    /// `uploads/<id>` (a file, or an S3 folder of segments) for upload sessions.
+    pub async fn stored_keys(&self, dir: &str) -> Vec<String> {
+        let mut keys: Vec<String> = match self.stores.objects() {
+            Some(objects) => objects.keys(dir).await,
+            None => {
+                let root = self.data.path();
+                files_under(&root.join(dir))
+                    .into_iter()
+                    .map(|path| {
+                        let relative = path.strip_prefix(root).expect("a file under the data dir");
+                        let parts: Vec<_> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+                        parts.join("/")
+                    })
+                    .collect()
+            }
+        };
+        keys.sort();
+        keys
+    }
+
+    /// The bytes of the blob store's `key`, or `None` when it has no such key.
+    pub async fn read_stored(&self, key: &str) -> Option<Vec<u8>> {
+        match self.stores.objects() {
+            Some(objects) => objects.read(key).await,
+            None => match std::fs::read(self.data.path().join(key)) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("reading {key} in the data dir: {e}"),
+            },
+        }
+    }
+
+    /// Writes `bytes` to the blob store's `key` behind the server's back.
+    pub async fn write_stored(&self, key: &str, bytes: &[u8]) {
+        match self.stores.objects() {
+            Some(objects) => objects.write(key, bytes).await,
+            None => {
+                let path = self.data.path().join(key);
+                std::fs::create_dir_all(path.parent().expect("a key has a folder")).expect("creating the folder");
+                std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            }
+        }
+    }
+
+    /// Removes the blob store's `key` behind the server's back; panics when
+    /// there is no such key.
+    pub async fn remove_stored(&self, key: &str) {
+        assert!(self.read_stored(key).await.is_some(), "the blob store has no {key}");
+        match self.stores.objects() {
+            Some(objects) => objects.remove(key).await,
+            None => std::fs::remove_file(self.data.path().join(key)).expect("removing a file"),
+        }
+    }
+
+    /// The digests of the blobs the blob store holds, whatever the database
+    /// says. A file that is not where its name puts it is listed by its key,
+    /// so it shows in any comparison with a set of digests.
+    pub async fn stored_blobs(&self) -> BTreeSet<String> {
+        self.stored_keys("blobs")
+            .await
+            .into_iter()
+            .map(|key| blob_key_digest(&key).unwrap_or(key))
+            .collect()
+    }
+
+    /// The bytes the blob store holds under `digest`.
+    pub async fn stored_blob(&self, digest: &str) -> Option<Vec<u8>> {
+        self.read_stored(&blob_key(digest)).await
+    }
+
+    /// Places `bytes` in the blob store as the blob `digest`, without the
+    /// database knowing: what a crash between storing a blob and recording it
+    /// leaves behind.
+    pub async fn put_stored_blob(&self, digest: &str, bytes: &[u8]) {
+        self.write_stored(&blob_key(digest), bytes).await;
+    }
+
+    /// Deletes the blob `digest` from the blob store behind the database's
+    /// back; panics when the store does not hold it.
+    pub async fn remove_stored_blob(&self, digest: &str) {
+        self.remove_stored(&blob_key(digest)).await;
+    }
+
+    /// Places upload bytes for the session `id` in the blob store, as a
+    /// session whose database record is gone leaves them.
+    pub async fn put_stray_upload(&self, id: &str, bytes: &[u8]) {
+        if self.stores.objects().is_some() {
+            // The S3 store's session: a marker, and a segment per append named
+            // by its offset (crates/storage/src/s3.rs).
+            self.write_stored(&format!("uploads/{id}/started"), b"").await;
+            self.write_stored(&format!("uploads/{id}/{:020}", 0), bytes).await;
+        } else {
+            self.write_stored(&format!("uploads/{id}"), bytes).await;
+        }
+    }
+
+    /// The ids of the upload sessions whose bytes the blob store holds.
+    pub async fn stored_uploads(&self) -> BTreeSet<String> {
+        self.stored_keys("uploads")
+            .await
+            .iter()
+            .filter_map(|key| key.strip_prefix("uploads/")?.split('/').next())
+            // The filesystem store's write probe.
+            .filter(|id| !id.starts_with('.'))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Everything the server has logged so far.
@@ -419,6 +560,370 @@ impl TestApp {
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
         self.resolve(header(&resp, "location"))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Backends.
+
+/// The variable that picks the stores of every test server.
+pub const BACKEND_ENV: &str = "BERTH_IT_BACKEND";
+
+/// Whether this run's servers keep their state in S3 and PostgreSQL
+/// (`BERTH_IT_BACKEND=scaleout`) rather than in their data directory
+/// (`embedded`, the default).
+pub fn scaleout() -> bool {
+    static MODE: OnceLock<bool> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var(BACKEND_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("embedded") => false,
+        Ok("scaleout") => true,
+        Ok(other) => panic!("{BACKEND_ENV}={other:?}: expected \"embedded\" (the default) or \"scaleout\""),
+    })
+}
+
+/// The servers of a scale-out run, from the variables that
+/// `scripts/lib/postgres.sh` (`pg_test_start`) and `scripts/lib/s3.sh`
+/// (`s3_start`) export.
+struct Services {
+    postgres_url: String,
+    s3_endpoint: String,
+    s3_access_key: String,
+    s3_secret_key: String,
+    s3_region: String,
+}
+
+fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let required = [
+            "BERTH_TEST_POSTGRES_URL",
+            "BERTH_TEST_S3_ENDPOINT",
+            "BERTH_TEST_S3_ACCESS_KEY",
+            "BERTH_TEST_S3_SECRET_KEY",
+        ];
+        let missing: Vec<&str> = required.into_iter().filter(|name| var(name).is_none()).collect();
+        assert!(
+            missing.is_empty(),
+            "{BACKEND_ENV}=scaleout runs every test server on PostgreSQL and S3, but {} not set: \
+             start the servers with pg_test_start (scripts/lib/postgres.sh) and s3_start (scripts/lib/s3.sh), \
+             which export them, or run scripts/test",
+            missing.join(", ")
+        );
+        let get = |name: &str| var(name).expect("checked above");
+        Services {
+            postgres_url: get("BERTH_TEST_POSTGRES_URL"),
+            s3_endpoint: get("BERTH_TEST_S3_ENDPOINT"),
+            s3_access_key: get("BERTH_TEST_S3_ACCESS_KEY"),
+            s3_secret_key: get("BERTH_TEST_S3_SECRET_KEY"),
+            s3_region: var("BERTH_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        }
+    })
+}
+
+/// The key prefix of the objects in a bucket of a server's own.
+/// Short: s3s-fs fails a multipart upload when bucket and key together are
+/// longer than about 135 bytes, and a sha256 blob key adds 81 to this.
+pub const S3_PREFIX: &str = "it";
+
+/// Where one test server keeps its blobs and metadata.
+pub enum Stores {
+    /// Files and SQLite in the server's data directory.
+    Embedded,
+    /// A PostgreSQL database and an S3 bucket of its own (objects under
+    /// [`S3_PREFIX`]), both removed when this is dropped.
+    ///
+    /// A bucket rather than a prefix in the shared `BERTH_TEST_S3_BUCKET`:
+    /// s3s-fs answers a LIST by walking its whole bucket directory, empty
+    /// folders of finished tests included, and a GC or fsck run lists each of
+    /// the 256 blob folders, so in a shared bucket one run took tens of
+    /// seconds late in the suite.
+    ScaleOut { database: String, bucket: String },
+}
+
+impl Stores {
+    /// The stores of a new server in this run's mode: in scale-out mode a new,
+    /// empty database and bucket.
+    pub fn fresh() -> Stores {
+        if scaleout() {
+            Stores::scale_out()
+        } else {
+            Stores::Embedded
+        }
+    }
+
+    /// A new, empty PostgreSQL database and S3 bucket, whatever the run's
+    /// mode; panics when the servers are not configured.
+    pub fn scale_out() -> Stores {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let tag = hex::encode(random_bytes(4));
+        let database = format!(
+            "berth_it_{}_{}_{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let bucket = format!("berth-it-{tag}");
+        let server = services().postgres_url.clone();
+        let (name, new_bucket) = (database.clone(), bucket.clone());
+        on_own_runtime(async move {
+            let mut admin = PgConnection::connect(&server)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to BERTH_TEST_POSTGRES_URL {server}: {e}"));
+            // A natural-language collation where the server has ICU (as the
+            // meta crate's tests do), so an order that depends on the
+            // database's locale shows.
+            let icu = format!(
+                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            );
+            if sqlx::query(&icu).execute(&mut admin).await.is_err() {
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("creating the test database {name}: {e}"));
+            }
+            admin.close().await.ok();
+            // Fails when the bucket exists: no two servers share one.
+            bucket_request(&new_bucket, reqwest::Method::PUT)
+                .await
+                .unwrap_or_else(|e| panic!("creating the test bucket: {e}"));
+        });
+        Stores::ScaleOut { database, bucket }
+    }
+
+    /// The database's name, in scale-out.
+    fn database(&self) -> Option<&str> {
+        match self {
+            Stores::Embedded => None,
+            Stores::ScaleOut { database, .. } => Some(database),
+        }
+    }
+
+    /// Where the objects are, in scale-out.
+    fn objects(&self) -> Option<Objects> {
+        match self {
+            Stores::Embedded => None,
+            Stores::ScaleOut { bucket, .. } => Some(Objects {
+                bucket: bucket.clone(),
+                prefix: S3_PREFIX.to_string(),
+            }),
+        }
+    }
+
+    /// The `BERTH_*` variables that point a `berth` process at these stores.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        let (Some(database), Some(objects)) = (self.database(), self.objects()) else {
+            return Vec::new();
+        };
+        let s = services();
+        [
+            ("BERTH_STORAGE__BACKEND", "s3".to_string()),
+            ("BERTH_STORAGE__S3__ENDPOINT", s.s3_endpoint.clone()),
+            ("BERTH_STORAGE__S3__BUCKET", objects.bucket),
+            ("BERTH_STORAGE__S3__REGION", s.s3_region.clone()),
+            ("BERTH_STORAGE__S3__ACCESS_KEY_ID", s.s3_access_key.clone()),
+            ("BERTH_STORAGE__S3__SECRET_ACCESS_KEY", s.s3_secret_key.clone()),
+            ("BERTH_STORAGE__S3__ALLOW_HTTP", "true".to_string()),
+            ("BERTH_STORAGE__S3__PREFIX", objects.prefix),
+            ("BERTH_META__BACKEND", "postgres".to_string()),
+            ("BERTH_META__URL", with_database(&s.postgres_url, database)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Applies [`Stores::envs`] to a command.
+    pub fn apply(&self, cmd: &mut Command) {
+        for (k, v) in self.envs() {
+            cmd.env(k, v);
+        }
+    }
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        let (Some(database), Some(objects)) = (self.database(), self.objects()) else {
+            return;
+        };
+        let server = services().postgres_url.clone();
+        let name = database.to_string();
+        // Never panics: a panic in a drop during a failed test's unwinding
+        // would abort the whole run.
+        let cleaned = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&server).await.map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| format!("dropping {name}: {e}"))?;
+                admin.close().await.ok();
+                // A bucket must be empty to be deleted.
+                let s3 = s3_client(&objects.bucket);
+                let keys = s3.list(None).map_ok(|meta| meta.location).boxed();
+                s3.delete_stream(keys)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| format!("emptying the test bucket {}: {e}", objects.bucket))?;
+                bucket_request(&objects.bucket, reqwest::Method::DELETE).await
+            })
+        })
+        .join();
+        match cleaned {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: cleaning up the test stores failed: {e}"),
+            Err(_) => eprintln!("warning: cleaning up the test stores panicked"),
+        }
+    }
+}
+
+/// The objects of one test server: a prefix in a bucket.
+struct Objects {
+    bucket: String,
+    prefix: String,
+}
+
+impl Objects {
+    /// The object of the blob store's `key`.
+    fn path(&self, key: &str) -> ObjectPath {
+        let prefix = &self.prefix;
+        ObjectPath::parse(format!("{prefix}/{key}")).unwrap_or_else(|e| panic!("{prefix}/{key}: {e}"))
+    }
+
+    /// The keys under `dir`, relative to the prefix.
+    async fn keys(&self, dir: &str) -> Vec<String> {
+        let (bucket, prefix) = (&self.bucket, &self.prefix);
+        let objects: Vec<_> = s3_client(bucket)
+            .list(Some(&self.path(dir)))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("listing {prefix}/{dir} in the test bucket {bucket}: {e}"));
+        objects
+            .into_iter()
+            .map(|meta| {
+                let key = meta.location.to_string();
+                key.strip_prefix(&format!("{prefix}/"))
+                    .unwrap_or_else(|| panic!("{key} is not under {prefix}/"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    async fn read(&self, key: &str) -> Option<Vec<u8>> {
+        let path = self.path(key);
+        match s3_client(&self.bucket).get(&path).await {
+            Ok(got) => Some(got.bytes().await.expect("reading an S3 object").to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("reading {path} in the test bucket {}: {e}", self.bucket),
+        }
+    }
+
+    async fn write(&self, key: &str, bytes: &[u8]) {
+        let path = self.path(key);
+        s3_client(&self.bucket)
+            .put(&path, PutPayload::from(bytes.to_vec()))
+            .await
+            .unwrap_or_else(|e| panic!("writing {path} in the test bucket {}: {e}", self.bucket));
+    }
+
+    async fn remove(&self, key: &str) {
+        let path = self.path(key);
+        s3_client(&self.bucket)
+            .delete(&path)
+            .await
+            .unwrap_or_else(|e| panic!("deleting {path} in the test bucket {}: {e}", self.bucket));
+    }
+}
+
+/// Runs `work` on a runtime of its own in a thread of its own, so that sync
+/// code can use the async clients whether or not a test's runtime runs on
+/// the calling thread; a panic in `work` is a panic here.
+fn on_own_runtime<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("building a tokio runtime")
+            .block_on(work)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A client of the test bucket `bucket` (made per use: a client's
+/// connections belong to the runtime that opened them).
+fn s3_client(bucket: &str) -> AmazonS3 {
+    let s = services();
+    // new(), not from_env(): only what the test servers say applies.
+    AmazonS3Builder::new()
+        .with_endpoint(&s.s3_endpoint)
+        .with_bucket_name(bucket)
+        .with_region(&s.s3_region)
+        .with_access_key_id(&s.s3_access_key)
+        .with_secret_access_key(&s.s3_secret_key)
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .expect("an S3 client of the test bucket")
+}
+
+/// Sends `method` to the bucket itself (`PUT` is CreateBucket, `DELETE`
+/// DeleteBucket), signed as a presigned URL: object_store has no bucket
+/// operations, but signs any path, the empty one included.
+async fn bucket_request(bucket: &str, method: reqwest::Method) -> Result<(), String> {
+    use object_store::signer::Signer as _;
+    let url = s3_client(bucket)
+        .signed_url(method.clone(), &ObjectPath::default(), Duration::from_secs(300))
+        .await
+        .map_err(|e| format!("signing {method} of bucket {bucket}: {e}"))?;
+    let resp = reqwest::Client::new()
+        .request(method.clone(), url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("{method} of bucket {bucket}: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let body = resp.text().await.unwrap_or_default();
+        Err(format!("{method} of bucket {bucket}: {status} {body}"))
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (url, None),
+    };
+    let authority = main.find("://").map_or(0, |i| i + 3);
+    let base = match main[authority..].find('/') {
+        Some(i) => &main[..authority + i],
+        None => main,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// The blob store's key of the blob `digest` (`blobs/<alg>/<2 hex>/<hex>`).
+pub fn blob_key(digest: &str) -> String {
+    let (algorithm, hex) = digest
+        .split_once(':')
+        .unwrap_or_else(|| panic!("{digest:?} is not a digest"));
+    format!("blobs/{algorithm}/{}/{hex}", &hex[..2])
+}
+
+/// The digest a blob key names, when the key follows the layout.
+pub fn blob_key_digest(key: &str) -> Option<String> {
+    let mut parts = key.strip_prefix("blobs/")?.split('/');
+    let (algorithm, fan_out, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && hex.len() > 2 && hex.starts_with(fan_out) && fan_out.len() == 2)
+        .then(|| format!("{algorithm}:{hex}"))
 }
 
 /// A client that never follows redirects, so every status is seen as sent.

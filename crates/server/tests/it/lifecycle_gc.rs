@@ -4,7 +4,6 @@
 //! schedule, and pushes racing the collector.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,18 +104,9 @@ fn problems<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// The digests of the blob files on disk.
-fn blob_files(app: &TestApp) -> BTreeSet<String> {
-    files_under(&app.data_dir().join("blobs").join("sha256"))
-        .iter()
-        .map(|p| format!("sha256:{}", p.file_name().expect("file name").to_string_lossy()))
-        .collect()
-}
-
-/// Where the blob store keeps a blob.
-fn blob_path(app: &TestApp, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-    app.data_dir().join("blobs").join("sha256").join(&hex[..2]).join(hex)
+/// Whether the blob store holds the blob `digest` and bytes of the upload `id`.
+async fn stores_both(app: &TestApp, digest: &str, id: &str) -> bool {
+    app.stored_blobs().await.contains(digest) && app.stored_uploads().await.contains(id)
 }
 
 /// The config and layer digests of an image.
@@ -238,13 +228,13 @@ async fn gc_waits_out_the_grace_period_then_removes_exactly_the_unreferenced_blo
         .chain(&gone.layers[1..])
         .map(|b| b.len() as u64)
         .sum();
-    let before = blob_files(&app);
+    let before = app.stored_blobs().await;
     assert!(unique.is_subset(&before));
 
     // Within the grace period nothing goes, dry run or not.
     assert_nothing_removed(&collect(&app, true).await);
     assert_nothing_removed(&collect(&app, false).await);
-    assert_eq!(blob_files(&app), before);
+    assert_eq!(app.stored_blobs().await, before);
     for digest in &unique {
         // Unlinking happens with the collection, not with the manifest delete.
         assert_eq!(app.head(&format!("/v2/{repo}/blobs/{digest}")).await.status(), 200);
@@ -254,7 +244,7 @@ async fn gc_waits_out_the_grace_period_then_removes_exactly_the_unreferenced_blo
     let dry = collect(&app, true).await;
     assert_eq!(dry["links_removed"], 3, "{dry}");
     assert_eq!(dry["manifests_removed"], 0, "{dry}");
-    assert_eq!(blob_files(&app), before, "a dry run removes no file");
+    assert_eq!(app.stored_blobs().await, before, "a dry run removes no file");
     for digest in &unique {
         assert_eq!(app.head(&format!("/v2/{repo}/blobs/{digest}")).await.status(), 200);
     }
@@ -266,8 +256,12 @@ async fn gc_waits_out_the_grace_period_then_removes_exactly_the_unreferenced_blo
     assert_eq!(real["manifests_removed"], 0, "{real}");
     assert_eq!(real["orphan_files_removed"], 0, "{real}");
     let expected: BTreeSet<String> = before.difference(&unique).cloned().collect();
-    assert_eq!(blob_files(&app), expected);
-    assert!(blob_path(&app, &sha256(&shared)).is_file(), "the shared layer stays");
+    assert_eq!(app.stored_blobs().await, expected);
+    assert_eq!(
+        app.stored_blob(&sha256(&shared)).await,
+        Some(shared.clone()),
+        "the shared layer stays"
+    );
     assert_pullable(&app, repo, "kept", &kept).await;
     for digest in &unique {
         app.assert_blob_unknown(repo, digest).await;
@@ -277,7 +271,7 @@ async fn gc_waits_out_the_grace_period_then_removes_exactly_the_unreferenced_blo
     let again = cli_gc(&app);
     assert_eq!(again["dry_run"], false, "{again}");
     assert_nothing_removed(&again);
-    assert_eq!(blob_files(&app), expected);
+    assert_eq!(app.stored_blobs().await, expected);
     assert_fsck_clean(&app);
 }
 
@@ -364,7 +358,7 @@ async fn untagged_manifests_and_the_children_of_an_untagged_index_go_after_the_g
     // only the tagged image's blobs remain.
     app.advance_clock(PAST_GRACE_MS);
     collect(&app, false).await;
-    assert_eq!(blob_files(&app), blobs_of(&new));
+    assert_eq!(app.stored_blobs().await, blobs_of(&new));
     assert_pullable(&app, repo, "v1", &new).await;
     assert_nothing_removed(&collect(&app, false).await);
     assert_fsck_clean(&app);
@@ -499,7 +493,7 @@ async fn signatures_and_referrers_of_a_deleted_manifest_go_after_the_grace_perio
     app.advance_clock(PAST_GRACE_MS);
     collect(&app, false).await;
     let kept: BTreeSet<String> = blobs_of(&other).union(&other_sig_blobs).cloned().collect();
-    assert_eq!(blob_files(&app), kept);
+    assert_eq!(app.stored_blobs().await, kept);
     assert!(referrer_blobs.union(&sig_blobs).any(|b| !kept.contains(b)));
     assert_fsck_clean(&app);
 }
@@ -544,17 +538,14 @@ async fn orphaned_files_and_stray_uploads_are_reported_and_collected_after_the_g
     // a file and recording it leaves behind.
     let orphan = random_bytes(2048);
     let orphan_digest = sha256(&orphan);
-    let orphan_path = blob_path(&app, &orphan_digest);
-    std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
-    std::fs::write(&orphan_path, &orphan).unwrap();
+    app.put_stored_blob(&orphan_digest, &orphan).await;
     // Upload bytes whose session is gone.
     let stray_id = "0b7c7d4e-5a7b-4c1e-9f3a-2d6e8f1a0b3c";
-    let stray_path = app.data_dir().join("uploads").join(stray_id);
-    std::fs::write(&stray_path, random_bytes(100)).unwrap();
+    app.put_stray_upload(stray_id, &random_bytes(100)).await;
 
     // Files written just now are younger than the grace period.
     assert_nothing_removed(&collect(&app, false).await);
-    assert!(orphan_path.is_file() && stray_path.is_file());
+    assert!(stores_both(&app, &orphan_digest, stray_id).await);
     let (ok, report) = fsck(&app, &[]);
     assert!(!ok, "fsck exits non-zero while problems remain: {report}");
     let orphans = problems(&report, "orphan_file");
@@ -578,7 +569,7 @@ async fn orphaned_files_and_stray_uploads_are_reported_and_collected_after_the_g
     assert_eq!(dry["orphan_bytes_reclaimed"], 2048, "{dry}");
     assert_eq!(dry["upload_files_removed"], 1, "{dry}");
     assert!(
-        orphan_path.is_file() && stray_path.is_file(),
+        stores_both(&app, &orphan_digest, stray_id).await,
         "a dry run removes nothing"
     );
 
@@ -587,9 +578,16 @@ async fn orphaned_files_and_stray_uploads_are_reported_and_collected_after_the_g
     assert_eq!(report["orphan_bytes_reclaimed"], 2048, "{report}");
     assert_eq!(report["upload_files_removed"], 1, "{report}");
     assert_eq!(report["blobs_removed"], 0, "{report}");
-    assert!(!orphan_path.exists(), "the orphaned blob file is gone");
-    assert!(!stray_path.exists(), "the stray upload file is gone");
-    assert_eq!(blob_files(&app), blobs_of(&image));
+    assert_eq!(
+        app.stored_blob(&orphan_digest).await,
+        None,
+        "the orphaned blob file is gone"
+    );
+    assert!(
+        !app.stored_uploads().await.contains(stray_id),
+        "the stray upload file is gone"
+    );
+    assert_eq!(app.stored_blobs().await, blobs_of(&image));
     assert_pullable(&app, "team/app", "v1", &image).await;
     assert_fsck_clean(&app);
 }
@@ -604,8 +602,8 @@ async fn fsck_reports_missing_blobs_and_repairs_only_the_unreferenced_ones() {
     assert_fsck_clean(&app);
 
     let layer_digest = sha256(&image.layers[0]);
-    std::fs::remove_file(blob_path(&app, &layer_digest)).unwrap();
-    std::fs::remove_file(blob_path(&app, &loose_digest)).unwrap();
+    app.remove_stored_blob(&layer_digest).await;
+    app.remove_stored_blob(&loose_digest).await;
 
     let (ok, report) = fsck(&app, &[]);
     assert!(!ok, "{report}");
@@ -674,7 +672,7 @@ async fn scheduled_gc_removes_what_a_deletion_freed() {
     let unique: BTreeSet<String> = blobs_of(&gone).difference(&blobs_of(&kept)).cloned().collect();
 
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !blob_files(&app).is_disjoint(&unique) {
+    while !app.stored_blobs().await.is_disjoint(&unique) {
         assert!(
             Instant::now() < deadline,
             "the scheduled collection has not removed {unique:?} within 15 s; log:\n{}",
@@ -682,7 +680,7 @@ async fn scheduled_gc_removes_what_a_deletion_freed() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(blob_files(&app), blobs_of(&kept));
+    assert_eq!(app.stored_blobs().await, blobs_of(&kept));
     assert_pullable(&app, repo, "kept", &kept).await;
 }
 
@@ -1056,7 +1054,7 @@ async fn pushes_racing_gc_lose_nothing_acknowledged_and_gc_leaves_nothing_unrefe
             .collect();
         assert_eq!(&listed, tags, "tags of {repo}");
     }
-    let on_disk = blob_files(&app);
+    let on_disk = app.stored_blobs().await;
     let unreferenced: Vec<&String> = on_disk.difference(&referenced).collect();
     let lost: Vec<&String> = referenced.difference(&on_disk).collect();
     assert!(lost.is_empty(), "blobs of surviving images are gone: {lost:?}");

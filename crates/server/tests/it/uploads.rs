@@ -1,6 +1,7 @@
 //! Pushing blobs: monolithic, POST-then-PUT, chunked and streamed uploads,
 //! session status, cancel, digest checks and stale-session purging.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::{Body, Response};
@@ -358,12 +359,11 @@ async fn delete_cancels_the_session() {
         "BLOB_UPLOAD_UNKNOWN",
     )
     .await;
-    let leftover = std::fs::read_dir(app.data_dir().join("uploads"))
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .count();
-    assert_eq!(leftover, 0, "a cancelled session leaves no bytes behind");
+    assert_eq!(
+        app.stored_uploads().await,
+        BTreeSet::new(),
+        "a cancelled session leaves no bytes behind"
+    );
 }
 
 #[tokio::test]
@@ -379,12 +379,9 @@ async fn a_wrong_digest_at_the_final_put_stores_nothing() {
     app.assert_blob_unknown("a", &claimed).await;
     let actual = sha256(&bytes);
     app.assert_blob_unknown("a", &actual).await;
-    assert!(
-        !app.data_dir()
-            .join("blobs/sha256")
-            .join(&claimed["sha256:".len()..][..2])
-            .join(&claimed["sha256:".len()..])
-            .exists(),
+    assert_eq!(
+        app.stored_blob(&claimed).await,
+        None,
         "no blob file under the claimed digest"
     );
 }
@@ -562,9 +559,6 @@ async fn stale_sessions_are_purged() {
 
     assert_error(app.client.get(&url).send().await.unwrap(), 404, "BLOB_UPLOAD_UNKNOWN").await;
     let id = url.rsplit('/').next().unwrap();
-    assert!(
-        !app.data_dir().join("uploads").join(id).exists(),
-        "the session's bytes are gone"
-    );
+    assert!(!app.stored_uploads().await.contains(id), "the session's bytes are gone");
     assert!(app.log().contains("purged stale upload sessions"), "{}", app.log());
 }
