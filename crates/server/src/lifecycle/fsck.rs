@@ -7,8 +7,8 @@ use berth_oci::{Algorithm, Digest, DigestHasher, UploadId};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::gc::{shards, StoreFiles};
-use super::{Lifecycle, Result};
+use super::gc::{shards, StoreFiles, SHARD_LISTINGS};
+use super::{Lifecycle, LifecycleError, Result};
 
 /// One inconsistency.
 #[derive(Debug, Clone, Serialize)]
@@ -57,10 +57,18 @@ impl Lifecycle {
         let mut report = FsckReport::default();
         let files = StoreFiles(self.blobs().as_ref());
         let alg = Algorithm::Sha256.as_str();
-        for shard in shards() {
-            let recorded: HashMap<Digest, u64> =
-                self.store().blobs_with_prefix(alg, &shard).await?.into_iter().collect();
-            let present = self.blobs().list_blobs(alg, &shard).await?;
+        // A few shards listed at once, as in garbage collection: on an object
+        // store each listing is a round trip.
+        let mut listings = futures::stream::iter(shards())
+            .map(|shard| async move {
+                let recorded: HashMap<Digest, u64> =
+                    self.store().blobs_with_prefix(alg, &shard).await?.into_iter().collect();
+                let present = self.blobs().list_blobs(alg, &shard).await?;
+                Ok::<_, LifecycleError>((recorded, present))
+            })
+            .buffered(SHARD_LISTINGS);
+        while let Some(listing) = listings.next().await {
+            let (recorded, present) = listing?;
             report.blobs_checked += recorded.len() as u64;
             report.files_checked += present.len() as u64;
             let on_disk: HashSet<&Digest> = present.iter().map(|f| &f.key).collect();

@@ -19,7 +19,7 @@ use berth_storage::BlobStore;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::{Lifecycle, Result};
+use super::{Lifecycle, LifecycleError, Result};
 
 /// What one collection found and removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -43,6 +43,8 @@ pub struct GcReport {
 const BATCH: u32 = 500;
 /// Blob files deleted at once.
 const FILE_DELETES_IN_FLIGHT: usize = 16;
+/// How many blob-store shards the orphan scan lists at once.
+pub(super) const SHARD_LISTINGS: usize = 8;
 /// Most manifests a dry run pretends are gone when it counts blobs and links.
 const PRETEND_MAX: usize = 10_000;
 
@@ -244,18 +246,24 @@ impl Lifecycle {
         ));
 
         // 5. Files the database does not know (left by a crash), past the grace period.
-        for shard in shards() {
-            let known: HashSet<Digest> = self
-                .store()
-                .blobs_with_prefix(Algorithm::Sha256.as_str(), &shard)
-                .await?
-                .into_iter()
-                .map(|(d, _)| d)
-                .collect();
-            let orphans: Vec<(Digest, u64)> = self
-                .blobs()
-                .list_blobs(Algorithm::Sha256.as_str(), &shard)
-                .await?
+        // The shards are listed a few at a time: on an object store each
+        // listing is a round trip, and there are 256 of them.
+        let mut listings = futures::stream::iter(shards())
+            .map(|shard| async move {
+                let known: HashSet<Digest> = self
+                    .store()
+                    .blobs_with_prefix(Algorithm::Sha256.as_str(), &shard)
+                    .await?
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect();
+                let files = self.blobs().list_blobs(Algorithm::Sha256.as_str(), &shard).await?;
+                Ok::<_, LifecycleError>((known, files))
+            })
+            .buffered(SHARD_LISTINGS);
+        while let Some(listing) = listings.next().await {
+            let (known, stored) = listing?;
+            let orphans: Vec<(Digest, u64)> = stored
                 .into_iter()
                 .filter(|f| f.modified_ms < cutoff && !known.contains(&f.key))
                 .map(|f| (f.key, f.size))
