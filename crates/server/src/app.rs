@@ -142,23 +142,25 @@ pub async fn open_meta(config: &Config) -> anyhow::Result<Arc<dyn Meta>> {
                 .with_context(|| format!("cannot open the metadata database {}", db.display()))?;
             Ok(Arc::new(meta))
         }
-        MetaBackend::Postgres => {
-            let url = config
-                .meta
-                .url
-                .as_deref()
-                .context("meta.backend = \"postgres\" needs meta.url = \"postgres://...\"")?;
-            let options = PgOptions {
-                max_connections: config.meta.max_connections,
-                min_connections: config.meta.min_connections,
-                acquire_timeout_secs: config.meta.acquire_timeout_secs,
-            };
-            let meta = PgMeta::connect(url, options)
-                .await
-                .with_context(|| format!("cannot use the PostgreSQL database {}", config.meta.redacted_url()))?;
-            Ok(Arc::new(meta))
-        }
+        MetaBackend::Postgres => Ok(Arc::new(open_postgres(config).await?)),
     }
+}
+
+/// The PostgreSQL database of `meta.url`, with the configured pool.
+pub async fn open_postgres(config: &Config) -> anyhow::Result<PgMeta> {
+    let url = config
+        .meta
+        .url
+        .as_deref()
+        .context("meta.backend = \"postgres\" needs meta.url = \"postgres://...\"")?;
+    let options = PgOptions {
+        max_connections: config.meta.max_connections,
+        min_connections: config.meta.min_connections,
+        acquire_timeout_secs: config.meta.acquire_timeout_secs,
+    };
+    PgMeta::connect(url, options)
+        .await
+        .with_context(|| format!("cannot use the PostgreSQL database {}", config.meta.redacted_url()))
 }
 
 /// Runs the server until SIGINT or SIGTERM, then drains open requests.

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_meta::transfer::{Handling, LeftOut, PgTarget, SqliteSource, TableCopy, TABLES};
-use berth_meta::{PgMeta, PgOptions};
 use berth_oci::digest::DigestHasher;
 use berth_oci::{Digest, UploadId};
 use berth_storage::{BlobStore, ByteStream, FsBlobStore, StorageError};
@@ -42,7 +41,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::app::open_blobs;
+use crate::app::{open_blobs, open_postgres};
 use crate::cli::MigrateArgs;
 use crate::config::{Config, MetaBackend, Overrides, StorageBackend};
 
@@ -125,19 +124,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let source_blobs = FsBlobStore::open(&args.from)
         .with_context(|| format!("cannot open the blob files under {}", args.from.display()))?;
     let target_blobs = open_blobs(&config).await?;
-    let url = config
-        .meta
-        .url
-        .as_deref()
-        .context("meta.backend = \"postgres\" needs meta.url = \"postgres://...\"")?;
-    let options = PgOptions {
-        max_connections: config.meta.max_connections,
-        min_connections: config.meta.min_connections,
-        acquire_timeout_secs: config.meta.acquire_timeout_secs,
-    };
-    let pg = PgMeta::connect(url, options)
-        .await
-        .with_context(|| format!("cannot use the PostgreSQL database {}", config.meta.redacted_url()))?;
+    let pg = open_postgres(&config).await?;
     let target = PgTarget::new(&pg);
 
     let foreign = target.foreign_rows(&mut source, FOREIGN_SHOWN).await?;
