@@ -145,6 +145,14 @@ impl LockKey {
         LockKey::of("blob", &[digest])
     }
 
+    /// Putting a blob's bytes in place: one upload at a time per digest, so
+    /// the second finds the first's object and writes nothing. Some object
+    /// stores (s3s-fs) write a copy's destination in place, and two copies of
+    /// the same object at once read each other's half-written bytes.
+    pub(crate) fn placement(digest: &str) -> LockKey {
+        LockKey::of("placement", &[digest])
+    }
+
     pub(crate) fn manifest(repo: &str, digest: &str) -> LockKey {
         LockKey::of("manifest", &[repo, digest])
     }
@@ -948,8 +956,10 @@ impl MetaStore for PgMeta {
         // The blob's lock is held from before the bytes are placed until the
         // record is committed, so garbage collection never deletes the file
         // found or put in place here (it takes the same lock exclusively).
-        // Not retried: the placement runs once.
+        // Not retried: the placement runs once. No one takes the placement
+        // lock after another key, so taking it first makes no cycle.
         let mut tx = self.pool.begin().await?;
+        lock(&mut tx, vec![LockKey::placement(&digest.to_string())], LockMode::Exclusive).await?;
         lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
         place.await.map_err(MetaError::Placement)?;
         Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
@@ -1308,6 +1318,7 @@ mod tests {
         );
         let d = "sha256:0000";
         assert_ne!(LockKey::blob(d), LockKey::manifest("r", d));
+        assert_ne!(LockKey::blob(d), LockKey::placement(d));
         assert_ne!(LockKey::manifest("a/b", "c"), LockKey::manifest("a", "b/c"));
         assert_ne!(LockKey::tag("r", "t"), LockKey::manifest("r", "t"));
     }
