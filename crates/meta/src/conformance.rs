@@ -10,8 +10,8 @@ use std::task::Poll;
 use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
-use crate::lifecycle::{FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
-use crate::{ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, UploadRecord};
+use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
+use crate::{BlobRecord, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadRecord};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
     NewManifest {
@@ -194,6 +194,7 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
     let rec = UploadRecord {
         id: id.clone(),
         repo: "u/r".into(),
+        store: crate::DEFAULT_STORE.into(),
         offset: 0,
         hash_state: None,
         started_ms: 100,
@@ -216,7 +217,7 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
     };
     meta.create_upload(&done).await.unwrap();
     let d = Digest::sha256_of(b"uploaded");
-    meta.complete_upload(&done.id, "u/r", &d, 8, 400, Box::pin(async { Ok(()) }))
+    meta.complete_upload(&done.id, "u/r", &d, 8, "default", 400, Box::pin(async { Ok(()) }))
         .await
         .unwrap();
     assert!(meta.get_upload(&done.id).await.unwrap().is_none());
@@ -354,6 +355,131 @@ pub async fn run_lifecycle<S: MetaStore + LifecycleStore + AccessStore>(store: &
     collection_rechecks_inside_the_transaction(store).await;
     a_failed_placement_records_nothing(store).await;
     signature_tags_without_subject_are_found(store).await;
+    blobs_remember_the_stores_holding_them(store).await;
+}
+
+/// What a [`FileRemover`] was asked to delete.
+#[derive(Default)]
+struct DeletedFiles(Mutex<Vec<(Digest, String)>>);
+
+#[async_trait::async_trait]
+impl FileRemover for DeletedFiles {
+    async fn remove(&self, removed: &[BlobFiles]) -> std::result::Result<(), crate::BoxError> {
+        let mut deleted = self.0.lock().expect("deleted files");
+        for blob in removed {
+            deleted.extend(blob.stores.names().map(|s| (blob.digest.clone(), s.to_string())));
+        }
+        Ok(())
+    }
+}
+
+impl DeletedFiles {
+    fn take(&self) -> Vec<(Digest, String)> {
+        let mut deleted = std::mem::take(&mut *self.0.lock().expect("deleted files"));
+        deleted.sort();
+        deleted
+    }
+}
+
+/// Storage routes: an upload records the store holding it, a completed
+/// upload adds its store to the blob's (once), a link changes no store, and
+/// the collector deletes the files of every store that holds a copy.
+async fn blobs_remember_the_stores_holding_them<S: MetaStore + LifecycleStore>(store: &S) {
+    let d = Digest::sha256_of(b"routed blob");
+    let upload = |id: &str, repo: &str, in_store: &str| UploadRecord {
+        id: UploadId::new(id.into()),
+        repo: repo.into(),
+        store: in_store.into(),
+        offset: 0,
+        hash_state: None,
+        started_ms: 10,
+        updated_ms: 10,
+    };
+    let first = upload("routes-first", "routes/a", "team-a");
+    store.create_upload(&first).await.unwrap();
+    assert_eq!(store.get_upload(&first.id).await.unwrap().unwrap().store, "team-a");
+    let stale = store.stale_uploads(11, 100).await.unwrap();
+    assert_eq!(
+        stale.iter().find(|u| u.id == first.id).map(|u| u.store.as_str()),
+        Some("team-a")
+    );
+    store
+        .complete_upload(&first.id, "routes/a", &d, 11, "team-a", 20, Box::pin(async { Ok(()) }))
+        .await
+        .unwrap();
+    let only_a = BlobRecord {
+        size: 11,
+        stores: StoreSet::only("team-a"),
+    };
+    assert_eq!(store.linked_blob("routes/a", &d).await.unwrap(), Some(only_a.clone()));
+    assert_eq!(store.blob_record(&d).await.unwrap(), Some(only_a));
+    assert_eq!(store.linked_blob("routes/b", &d).await.unwrap(), None);
+
+    // Linking places no copy anywhere.
+    store.link_blob("routes/b", &d, 30).await.unwrap();
+    assert_eq!(
+        store.blob_record(&d).await.unwrap().unwrap().stores,
+        StoreSet::only("team-a")
+    );
+
+    // The same bytes completed in the default store: both hold a copy, once each.
+    for (id, in_store) in [("routes-second", "default"), ("routes-third", "team-a")] {
+        store.create_upload(&upload(id, "routes/c", in_store)).await.unwrap();
+        store
+            .complete_upload(
+                &UploadId::new(id.into()),
+                "routes/c",
+                &d,
+                11,
+                in_store,
+                40,
+                Box::pin(async { Ok(()) }),
+            )
+            .await
+            .unwrap();
+    }
+    let both = store.blob_record(&d).await.unwrap().unwrap().stores;
+    assert_eq!(both.names().collect::<Vec<_>>(), ["team-a", "default"]);
+    let recorded = store.blobs_with_prefix("sha256", &d.hex()[..2]).await.unwrap();
+    assert_eq!(recorded.iter().find(|b| b.digest == d).map(|b| &b.stores), Some(&both));
+
+    // A file is an orphan of a store its blob's row does not name.
+    let files = DeletedFiles::default();
+    let unknown = Digest::sha256_of(b"routed orphan");
+    let mut asked = vec![d.clone(), unknown.clone()];
+    asked.sort();
+    let mut orphans_of_b = store.remove_orphan_files("team-b", &asked, &files).await.unwrap();
+    orphans_of_b.sort();
+    assert_eq!(orphans_of_b, asked);
+    assert_eq!(
+        store.remove_orphan_files("team-a", &asked, &files).await.unwrap(),
+        std::slice::from_ref(&unknown)
+    );
+    let mut expected = vec![
+        (d.clone(), "team-b".to_string()),
+        (unknown.clone(), "team-a".to_string()),
+        (unknown.clone(), "team-b".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(files.take(), expected);
+
+    // Collected: its file goes from every store that holds one.
+    for repo in ["routes/a", "routes/b", "routes/c"] {
+        store.unlink_blob(repo, &d).await.unwrap();
+    }
+    let candidates = store.unreferenced_blobs(1_000, None, 100, &[]).await.unwrap();
+    let candidate = candidates.iter().find(|b| b.digest == d).expect("d is unused");
+    assert_eq!(candidate.stores, both);
+    let removed = store
+        .remove_blobs(std::slice::from_ref(&d), 1_000, &files)
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(
+        files.take(),
+        [(d.clone(), "default".to_string()), (d.clone(), "team-a".to_string())]
+    );
+    assert_eq!(store.blob_record(&d).await.unwrap(), None);
 }
 
 fn gc_audit(at_ms: i64) -> Audit {
@@ -394,7 +520,7 @@ struct NoFiles;
 
 #[async_trait::async_trait]
 impl FileRemover for NoFiles {
-    async fn remove(&self, _: &[Digest]) -> std::result::Result<(), crate::BoxError> {
+    async fn remove(&self, _: &[BlobFiles]) -> std::result::Result<(), crate::BoxError> {
         Ok(())
     }
 }
@@ -527,6 +653,7 @@ async fn collection_rechecks_inside_the_transaction<S: MetaStore + LifecycleStor
         digest: digest.clone(),
         size,
         links,
+        stores: StoreSet::default(),
     };
     assert_eq!(
         store.unreferenced_blobs(200, None, 100, &[]).await.unwrap(),
@@ -618,6 +745,7 @@ async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store
         .create_upload(&UploadRecord {
             id: id.clone(),
             repo: "lc/up".into(),
+            store: crate::DEFAULT_STORE.into(),
             offset: 0,
             hash_state: None,
             started_ms: now,
@@ -627,7 +755,15 @@ async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store
         .unwrap();
     let d = Digest::sha256_of(b"lc placement");
     let failed = store
-        .complete_upload(&id, "lc/up", &d, 3, now, Box::pin(async { Err("disk full".into()) }))
+        .complete_upload(
+            &id,
+            "lc/up",
+            &d,
+            3,
+            "default",
+            now,
+            Box::pin(async { Err("disk full".into()) }),
+        )
         .await;
     assert!(matches!(failed, Err(MetaError::Placement(_))));
     assert_eq!(store.blob_size(&d).await.unwrap(), None);
@@ -751,9 +887,9 @@ async fn pause(turns: u32) {
 
 /// The blob store in these races: which blob files exist.
 #[derive(Default)]
-struct BlobFiles(Mutex<HashSet<Digest>>);
+struct RaceFiles(Mutex<HashSet<Digest>>);
 
-impl BlobFiles {
+impl RaceFiles {
     fn place(&self, digest: &Digest) {
         self.0.lock().expect("blob files").insert(digest.clone());
     }
@@ -764,13 +900,13 @@ impl BlobFiles {
 }
 
 #[async_trait::async_trait]
-impl FileRemover for BlobFiles {
-    async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), crate::BoxError> {
+impl FileRemover for RaceFiles {
+    async fn remove(&self, removed: &[BlobFiles]) -> std::result::Result<(), crate::BoxError> {
         // Deleting files takes a while; a push may be waiting meanwhile.
         pause(2).await;
         let mut files = self.0.lock().expect("blob files");
-        for d in digests {
-            files.remove(d);
+        for blob in removed {
+            files.remove(&blob.digest);
         }
         Ok(())
     }
@@ -806,7 +942,7 @@ fn shifts(round: u32) -> (u32, u32) {
 }
 
 /// The blob is recorded, linked to `repo`, and its file is in place.
-async fn assert_blob_kept<S: MetaStore + ?Sized>(store: &S, files: &BlobFiles, repo: &str, d: &Digest, race: &str) {
+async fn assert_blob_kept<S: MetaStore + ?Sized>(store: &S, files: &RaceFiles, repo: &str, d: &Digest, race: &str) {
     assert!(store.blob_size(d).await.unwrap().is_some(), "{race}: blob record gone");
     assert!(
         store.linked_blob_size(repo, d).await.unwrap().is_some(),
@@ -816,7 +952,7 @@ async fn assert_blob_kept<S: MetaStore + ?Sized>(store: &S, files: &BlobFiles, r
 }
 
 async fn upload_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
-    let files = BlobFiles::default();
+    let files = RaceFiles::default();
     let mut tally = Tally::default();
     for round in 0..rounds {
         let race = format!("upload round {round}");
@@ -830,6 +966,7 @@ async fn upload_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32
             .create_upload(&UploadRecord {
                 id: id.clone(),
                 repo: repo.clone(),
+                store: crate::DEFAULT_STORE.into(),
                 offset: 4,
                 hash_state: None,
                 started_ms: NOW_MS,
@@ -845,7 +982,7 @@ async fn upload_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32
         });
         let push = async {
             pause(push_shift).await;
-            store.complete_upload(&id, &repo, &d, 4, NOW_MS, place).await
+            store.complete_upload(&id, &repo, &d, 4, "default", NOW_MS, place).await
         };
         let collect = async {
             pause(gc_shift).await;
@@ -862,7 +999,7 @@ async fn upload_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32
 }
 
 async fn mount_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
-    let files = BlobFiles::default();
+    let files = RaceFiles::default();
     let mut tally = Tally::default();
     for round in 0..rounds {
         let race = format!("mount round {round}");
@@ -901,7 +1038,7 @@ async fn mount_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32)
 }
 
 async fn manifest_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
-    let files = BlobFiles::default();
+    let files = RaceFiles::default();
     let mut tally = Tally::default();
     for round in 0..rounds {
         let race = format!("manifest round {round}");
@@ -1114,6 +1251,7 @@ async fn concurrent_advances_let_one_through<S: LifecycleStore>(store: &S) {
         .create_upload(&UploadRecord {
             id: id.clone(),
             repo: "race/advance".into(),
+            store: crate::DEFAULT_STORE.into(),
             offset: 0,
             hash_state: None,
             started_ms: OLD_MS,

@@ -28,6 +28,68 @@ pub use lifecycle::LifecycleStore;
 pub use postgres::{PgMeta, PgOptions};
 pub use sqlite::SqliteMeta;
 
+/// The name of the blob store configured by the top-level `[storage]` section.
+pub const DEFAULT_STORE: &str = "default";
+
+/// The named blob stores that hold a copy of a blob, as its row records them.
+///
+/// A blob held only by the default store records nothing (NULL): that is
+/// every blob of a registry without storage routes, and its rows stay as
+/// small as before routes existed. Names are kept comma-separated in the
+/// order the copies were made; the server allows no comma in a store name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreSet(Option<String>);
+
+impl StoreSet {
+    /// The set a `stores` column holds (NULL: the default store alone).
+    pub fn from_column(column: Option<String>) -> StoreSet {
+        match column {
+            Some(names) if names != DEFAULT_STORE && !names.is_empty() => StoreSet(Some(names)),
+            _ => StoreSet(None),
+        }
+    }
+
+    /// The set holding one store.
+    pub fn only(store: &str) -> StoreSet {
+        StoreSet::from_column(Some(store.to_string()))
+    }
+
+    /// The value of the `stores` column for this set.
+    pub fn to_column(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// The stores' names, in the order their copies were made.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.as_deref().unwrap_or(DEFAULT_STORE).split(',')
+    }
+
+    pub fn contains(&self, store: &str) -> bool {
+        self.names().any(|name| name == store)
+    }
+
+    /// This set with `store` added (unchanged when it holds it already).
+    pub fn with(&self, store: &str) -> StoreSet {
+        if self.contains(store) {
+            return self.clone();
+        }
+        StoreSet(Some(format!("{self},{store}")))
+    }
+}
+
+impl std::fmt::Display for StoreSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_deref().unwrap_or(DEFAULT_STORE))
+    }
+}
+
+/// A recorded blob: its size and the stores holding its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobRecord {
+    pub size: u64,
+    pub stores: StoreSet,
+}
+
 /// What can go wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -145,6 +207,9 @@ pub struct Referrer {
 pub struct UploadRecord {
     pub id: UploadId,
     pub repo: String,
+    /// The blob store holding the session's bytes, fixed when it starts: a
+    /// route changed meanwhile does not move an upload in flight.
+    pub store: String,
     /// Bytes received and acknowledged so far.
     pub offset: u64,
     /// Saved hasher state after `offset` bytes, if it could be saved.
@@ -181,10 +246,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The blob's size if it is linked to `repo`.
     async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>>;
 
+    /// The blob's size and stores if it is linked to `repo`.
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>>;
+
     /// The blob's size if the registry holds it at all.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
 
-    /// Records a stored blob and links it to `repo`.
+    /// The blob's size and stores if the registry holds it at all.
+    async fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>>;
+
+    /// Records a blob stored in the default store and links it to `repo`.
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()>;
 
     /// Links an existing blob to `repo`; returns its size, or `None` when the registry lacks it.
@@ -245,14 +316,17 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_upload(&self, id: &UploadId) -> Result<()>;
 
     /// Ends an upload session that became a blob: runs `place` (which moves
-    /// the bytes into place in the blob store), records the blob, links it to
-    /// `repo` and drops the session, all under the store's write lock.
+    /// the bytes into place in the blob store named `store`), records the
+    /// blob with `store` among the stores holding it, links it to `repo` and
+    /// drops the session, all under the store's write lock.
+    #[expect(clippy::too_many_arguments, reason = "one transaction's inputs, each distinct")]
     async fn complete_upload(
         &self,
         id: &UploadId,
         repo: &str,
         digest: &Digest,
         size: u64,
+        store: &str,
         now_ms: i64,
         place: Placement<'_>,
     ) -> Result<()>;
@@ -278,5 +352,18 @@ mod tests {
         assert!(MetaError::Db(sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into())).is_unavailable());
         assert!(!MetaError::Db(sqlx::Error::RowNotFound).is_unavailable());
         assert!(!MetaError::Corrupt("x".into()).is_unavailable());
+    }
+
+    #[test]
+    fn a_store_set_of_the_default_store_alone_records_nothing() {
+        assert_eq!(StoreSet::from_column(None).to_column(), None);
+        assert_eq!(StoreSet::only(DEFAULT_STORE).to_column(), None);
+        let routed = StoreSet::only("team-a");
+        assert_eq!(routed.to_column(), Some("team-a"));
+        assert!(!routed.contains(DEFAULT_STORE));
+        let both = routed.with(DEFAULT_STORE).with("team-a");
+        assert_eq!(both.to_column(), Some("team-a,default"));
+        assert_eq!(both.names().collect::<Vec<_>>(), ["team-a", "default"]);
+        assert_eq!(StoreSet::default().with("b").to_string(), "default,b");
     }
 }

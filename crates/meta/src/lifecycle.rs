@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use berth_oci::Digest;
 
 use crate::access::Audit;
-use crate::{BoxError, MetaStore, Result};
+use crate::{BoxError, MetaStore, Result, StoreSet};
 
 /// A tag as the lifecycle rules see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +107,23 @@ pub struct UnusedBlob {
     pub digest: Digest,
     pub size: u64,
     pub links: u64,
+    /// The stores holding its bytes, each of which loses its file with it.
+    pub stores: StoreSet,
+}
+
+/// A recorded blob as the orphan scan and the consistency check see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub stores: StoreSet,
+}
+
+/// Files of one blob in the stores named.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobFiles {
+    pub digest: Digest,
+    pub stores: StoreSet,
 }
 
 /// An untagged manifest that nothing in its repository references.
@@ -136,7 +153,8 @@ pub type Pretend<'a> = &'a [(i64, Digest)];
 /// Deletes blob files while the metadata store holds its write lock.
 #[async_trait]
 pub trait FileRemover: Send + Sync {
-    async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), BoxError>;
+    /// Deletes each blob's file from every store named with it.
+    async fn remove(&self, files: &[BlobFiles]) -> std::result::Result<(), BoxError>;
 }
 
 /// The lifecycle jobs' view of the metadata store: the registry's, plus the
@@ -213,12 +231,18 @@ pub trait LifecycleStore: MetaStore {
     /// manifest are untouched since before `cutoff_ms`.
     async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>>;
 
-    /// Recorded blobs whose hex digest starts with `hex_prefix`, with sizes.
-    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<(Digest, u64)>>;
+    /// Recorded blobs whose hex digest starts with `hex_prefix`, in digest order.
+    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<RecordedBlob>>;
 
-    /// Deletes files (through `files`) of those digests the store has no
-    /// record of, in one transaction; returns which.
-    async fn remove_orphan_files(&self, digests: &[Digest], files: &dyn FileRemover) -> Result<Vec<Digest>>;
+    /// Deletes the files in the blob store named `store` (through `files`)
+    /// of those digests the database does not record as held by that store,
+    /// in one transaction; returns which.
+    async fn remove_orphan_files(
+        &self,
+        store: &str,
+        digests: &[Digest],
+        files: &dyn FileRemover,
+    ) -> Result<Vec<Digest>>;
 
     /// Manifests referencing the blob, as (repository, manifest digest).
     async fn blob_users(&self, digest: &Digest) -> Result<Vec<(String, Digest)>>;

@@ -62,8 +62,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::{
-    JobLease, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result,
-    StoredManifest, TagFacts, UploadRecord,
+    BlobRecord, JobLease, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result,
+    StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -245,11 +245,19 @@ fn stored_manifest(row: &PgRow) -> Result<StoredManifest> {
     })
 }
 
+fn blob_record(row: &PgRow) -> Result<BlobRecord> {
+    Ok(BlobRecord {
+        size: to_u64(row.try_get("size")?),
+        stores: StoreSet::from_column(row.try_get("stores")?),
+    })
+}
+
 fn upload_record(row: &PgRow) -> Result<UploadRecord> {
     let id: String = row.try_get("id")?;
     Ok(UploadRecord {
         id: UploadId::parse(&id).ok_or_else(|| MetaError::Corrupt(format!("upload id {id:?}")))?,
         repo: row.try_get("repo")?,
+        store: row.try_get("store")?,
         offset: to_u64(row.try_get("byte_offset")?),
         hash_state: row.try_get("hash_state")?,
         started_ms: row.try_get("started_ms")?,
@@ -263,6 +271,9 @@ pub(crate) const REPOSITORY_EXISTS: &str = "SELECT id FROM repositories WHERE na
 pub(crate) const LINKED_BLOB_SIZE: &str = "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
      WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
 pub(crate) const BLOB_SIZE: &str = "SELECT size FROM blobs WHERE digest = $1";
+pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+     WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
+pub(crate) const BLOB_RECORD: &str = "SELECT size, stores FROM blobs WHERE digest = $1";
 pub(crate) const LINKED_AMONG: &str = "SELECT digest FROM repo_blobs WHERE repo_id = $1 AND digest = ANY($2)";
 pub(crate) const MANIFESTS_AMONG: &str = "SELECT digest FROM manifests WHERE repo_id = $1 AND digest = ANY($2)";
 pub(crate) const MANIFEST_BY_DIGEST: &str = "SELECT digest, media_type, body FROM manifests \
@@ -280,7 +291,7 @@ pub(crate) const MANIFEST_FACTS: &str = "SELECT provenance, pushed_by, pushed_ms
 pub(crate) const TAG_FACTS: &str = "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name = $2";
 pub(crate) const GET_UPLOAD: &str =
-    "SELECT id, repo, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
+    "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
 pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
      WHERE id = $4 AND byte_offset = $5";
 pub(crate) const REPOSITORY_IDS: &str = "SELECT id, name FROM repositories WHERE name = ANY($1)";
@@ -352,16 +363,31 @@ impl PgMeta {
     }
 
     /// Records the blob and its link to `repo`; the caller holds the blob's lock.
-    async fn record_blob(tx: &mut PgTx, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
+    /// Records the blob (held by `stored_in` when it was just placed there,
+    /// or already recorded when `None`: a link) and links it to `repo`.
+    async fn record_blob(
+        tx: &mut PgTx,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        stored_in: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
         let repo_id = Self::ensure_repo(tx, repo, now_ms).await?;
-        // Storing or linking a blob again restarts its garbage-collection grace period.
+        // Storing or linking a blob again restarts its garbage-collection
+        // grace period; a copy placed in another store joins its stores.
         sqlx::query(
-            "INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (digest) DO UPDATE SET touched_ms = GREATEST(blobs.touched_ms, excluded.touched_ms)",
+            "INSERT INTO blobs (digest, size, created_ms, touched_ms, stores) VALUES ($1, $2, $3, $3, $4) \
+             ON CONFLICT (digest) DO UPDATE SET touched_ms = GREATEST(blobs.touched_ms, excluded.touched_ms), \
+             stores = CASE WHEN $5::text IS NULL \
+                 OR strpos(',' || COALESCE(blobs.stores, 'default') || ',', ',' || $5::text || ',') > 0 \
+                 THEN blobs.stores ELSE COALESCE(blobs.stores, 'default') || ',' || $5::text END",
         )
         .bind(digest.to_string())
         .bind(to_i64(size))
         .bind(now_ms)
+        .bind(StoreSet::only(stored_in.unwrap_or(DEFAULT_STORE)).to_column())
+        .bind(stored_in)
         .execute(&mut **tx)
         .await?;
         sqlx::query(
@@ -474,7 +500,7 @@ impl PgMeta {
         let Some(size) = size else {
             return Ok(None);
         };
-        Self::record_blob(&mut tx, repo, digest, to_u64(size), now_ms).await?;
+        Self::record_blob(&mut tx, repo, digest, to_u64(size), None, now_ms).await?;
         tx.commit().await?;
         Ok(Some(to_u64(size)))
     }
@@ -698,6 +724,15 @@ impl MetaStore for PgMeta {
         Ok(size.map(to_u64))
     }
 
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query(LINKED_BLOB)
+            .bind(repo)
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(blob_record).transpose()
+    }
+
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
             .bind(digest.to_string())
@@ -706,11 +741,19 @@ impl MetaStore for PgMeta {
         Ok(size.map(to_u64))
     }
 
+    async fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query(BLOB_RECORD)
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(blob_record).transpose()
+    }
+
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
         retrying("add_blob", move || async move {
             let mut tx = self.pool.begin().await?;
             lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
-            Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+            Self::record_blob(&mut tx, repo, digest, size, Some(DEFAULT_STORE), now_ms).await?;
             tx.commit().await?;
             Ok::<_, MetaError>(())
         })
@@ -893,11 +936,12 @@ impl MetaStore for PgMeta {
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO uploads (id, repo, byte_offset, hash_state, started_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO uploads (id, repo, store, byte_offset, hash_state, started_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(u.id.as_str())
         .bind(&u.repo)
+        .bind(&u.store)
         .bind(to_i64(u.offset))
         .bind(&u.hash_state)
         .bind(u.started_ms)
@@ -950,6 +994,7 @@ impl MetaStore for PgMeta {
         repo: &str,
         digest: &Digest,
         size: u64,
+        store: &str,
         now_ms: i64,
         place: Placement<'_>,
     ) -> Result<()> {
@@ -959,10 +1004,15 @@ impl MetaStore for PgMeta {
         // Not retried: the placement runs once. No one takes the placement
         // lock after another key, so taking it first makes no cycle.
         let mut tx = self.pool.begin().await?;
-        lock(&mut tx, vec![LockKey::placement(&digest.to_string())], LockMode::Exclusive).await?;
+        lock(
+            &mut tx,
+            vec![LockKey::placement(&digest.to_string())],
+            LockMode::Exclusive,
+        )
+        .await?;
         lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
         place.await.map_err(MetaError::Placement)?;
-        Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+        Self::record_blob(&mut tx, repo, digest, size, Some(store), now_ms).await?;
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -973,7 +1023,7 @@ impl MetaStore for PgMeta {
 
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>> {
         let rows = sqlx::query(
-            "SELECT id, repo, byte_offset, hash_state, started_ms, updated_ms FROM uploads \
+            "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads \
              WHERE updated_ms < $1 ORDER BY updated_ms LIMIT $2",
         )
         .bind(before_ms)
@@ -1247,6 +1297,7 @@ mod tests {
             meta.create_upload(&UploadRecord {
                 id: UploadId::new(id.into()),
                 repo: "r/dl".into(),
+                store: crate::DEFAULT_STORE.into(),
                 offset: 0,
                 hash_state: None,
                 started_ms: 1,

@@ -20,12 +20,12 @@ use sqlx::Row;
 
 use crate::access::Audit;
 use crate::lifecycle::{
-    FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Pretend,
-    Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
+    BlobFiles, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord,
+    Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::postgres::{digest_strings, lock, parse_digest, retrying, to_u64, LockKey, LockMode, PgTx};
 use crate::postgres_access::write_audit;
-use crate::{MetaError, PgMeta, Result};
+use crate::{MetaError, PgMeta, Result, StoreSet};
 
 /// Most advisory locks one garbage-collection transaction takes.
 const LOCK_BATCH: usize = 1000;
@@ -41,6 +41,7 @@ fn unused_blob(row: &sqlx::postgres::PgRow) -> Result<UnusedBlob> {
         digest: parse_digest(row.try_get("digest")?)?,
         size: to_u64(row.try_get("size")?),
         links: to_u64(row.try_get("links")?),
+        stores: StoreSet::from_column(row.try_get("stores")?),
     })
 }
 
@@ -198,8 +199,8 @@ impl PgMeta {
         // Its links are all stale when nothing references it and none was
         // made within the grace period; they go with it.
         let rows = sqlx::query(
-            "SELECT b.digest, b.size, (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links \
-             FROM blobs b WHERE b.digest = ANY($1) AND b.touched_ms < $2 \
+            "SELECT b.digest, b.size, (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links, \
+             b.stores FROM blobs b WHERE b.digest = ANY($1) AND b.touched_ms < $2 \
              AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest) \
              ORDER BY b.digest",
@@ -221,12 +222,24 @@ impl PgMeta {
             .await?;
         // Files go before the commit, under the locks: should deleting them
         // fail, the records stay and the next run tries again.
-        files.remove(&gone).await.map_err(MetaError::Placement)?;
+        let gone_files: Vec<BlobFiles> = removed
+            .iter()
+            .map(|b| BlobFiles {
+                digest: b.digest.clone(),
+                stores: b.stores.clone(),
+            })
+            .collect();
+        files.remove(&gone_files).await.map_err(MetaError::Placement)?;
         tx.commit().await?;
         Ok(removed)
     }
 
-    async fn remove_orphan_files_once(&self, digests: &[Digest], files: &dyn FileRemover) -> Result<Vec<Digest>> {
+    async fn remove_orphan_files_once(
+        &self,
+        store: &str,
+        digests: &[Digest],
+        files: &dyn FileRemover,
+    ) -> Result<Vec<Digest>> {
         let wanted = digest_strings(digests);
         let mut tx = self.pool.begin().await?;
         // An upload placing one of these files holds its lock until its record is committed.
@@ -236,20 +249,30 @@ impl PgMeta {
             LockMode::Exclusive,
         )
         .await?;
-        let known: std::collections::HashSet<String> =
-            sqlx::query_scalar("SELECT digest FROM blobs WHERE digest = ANY($1)")
+        // A file is this store's orphan unless the blob's row names the store.
+        let held: std::collections::HashSet<String> =
+            sqlx::query_as::<_, (String, Option<String>)>("SELECT digest, stores FROM blobs WHERE digest = ANY($1)")
                 .bind(&wanted)
                 .fetch_all(&mut *tx)
                 .await?
                 .into_iter()
+                .filter(|(_, stores)| StoreSet::from_column(stores.clone()).contains(store))
+                .map(|(digest, _)| digest)
                 .collect();
         let orphans: Vec<Digest> = digests
             .iter()
             .zip(&wanted)
-            .filter(|(_, s)| !known.contains(*s))
+            .filter(|(_, s)| !held.contains(*s))
             .map(|(d, _)| d.clone())
             .collect();
-        files.remove(&orphans).await.map_err(MetaError::Placement)?;
+        let orphan_files: Vec<BlobFiles> = orphans
+            .iter()
+            .map(|digest| BlobFiles {
+                digest: digest.clone(),
+                stores: StoreSet::only(store),
+            })
+            .collect();
+        files.remove(&orphan_files).await.map_err(MetaError::Placement)?;
         tx.commit().await?;
         Ok(orphans)
     }
@@ -502,8 +525,8 @@ impl LifecycleStore for PgMeta {
         gone: Pretend<'_>,
     ) -> Result<Vec<UnusedBlob>> {
         let rows = sqlx::query(
-            "SELECT b.digest, b.size, (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links \
-             FROM blobs b WHERE b.digest > $1 AND b.touched_ms < $2 \
+            "SELECT b.digest, b.size, (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links, \
+             b.stores FROM blobs b WHERE b.digest > $1 AND b.touched_ms < $2 \
              AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest \
                              AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT unnest($4::text[]))) \
@@ -611,27 +634,38 @@ impl LifecycleStore for PgMeta {
             .collect()
     }
 
-    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<(Digest, u64)>> {
+    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<RecordedBlob>> {
         let low = format!("{algorithm}:{hex_prefix}");
         // Every hex digit sorts before `g` (the column is COLLATE "C"), so this bounds the prefix.
         let high = format!("{algorithm}:{hex_prefix}g");
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT digest, size FROM blobs WHERE digest >= $1 AND digest < $2 ORDER BY digest")
+        let rows: Vec<(String, i64, Option<String>)> =
+            sqlx::query_as("SELECT digest, size, stores FROM blobs WHERE digest >= $1 AND digest < $2 ORDER BY digest")
                 .bind(low)
                 .bind(high)
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter()
-            .map(|(digest, size)| Ok((parse_digest(&digest)?, to_u64(size))))
+            .map(|(digest, size, stores)| {
+                Ok(RecordedBlob {
+                    digest: parse_digest(&digest)?,
+                    size: to_u64(size),
+                    stores: StoreSet::from_column(stores),
+                })
+            })
             .collect()
     }
 
-    async fn remove_orphan_files(&self, digests: &[Digest], files: &dyn FileRemover) -> Result<Vec<Digest>> {
+    async fn remove_orphan_files(
+        &self,
+        store: &str,
+        digests: &[Digest],
+        files: &dyn FileRemover,
+    ) -> Result<Vec<Digest>> {
         let mut removed = Vec::new();
         for chunk in digests.chunks(LOCK_BATCH) {
             removed.extend(
                 retrying("remove_orphan_files", move || {
-                    self.remove_orphan_files_once(chunk, files)
+                    self.remove_orphan_files_once(store, chunk, files)
                 })
                 .await?,
             );

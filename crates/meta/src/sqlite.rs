@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoredManifest,
-    TagFacts, UploadRecord,
+    BlobRecord, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoreSet,
+    StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 /// Metadata in a SQLite database file.
@@ -61,6 +61,7 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord> {
     Ok(UploadRecord {
         id: UploadId::parse(&id).ok_or_else(|| MetaError::Corrupt(format!("upload id {id:?}")))?,
         repo: row.try_get("repo")?,
+        store: row.try_get("store")?,
         offset: to_u64(row.try_get("byte_offset")?),
         hash_state: row.try_get("hash_state")?,
         started_ms: row.try_get("started_ms")?,
@@ -69,6 +70,13 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord> {
 }
 
 const REPO_ID: &str = "(SELECT id FROM repositories WHERE name = $1)";
+
+fn blob_record(row: &SqliteRow) -> Result<BlobRecord> {
+    Ok(BlobRecord {
+        size: to_u64(row.try_get("size")?),
+        stores: StoreSet::from_column(row.try_get("stores")?),
+    })
+}
 
 impl SqliteMeta {
     /// Opens (creating if needed) the database at `path` and applies migrations.
@@ -102,22 +110,31 @@ impl SqliteMeta {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Records the blob (held by `stored_in` when it was just placed there,
+    /// or already recorded when `None`: a link) and links it to `repo`.
     async fn record_blob(
         tx: &mut Transaction<'static, Sqlite>,
         repo: &str,
         digest: &Digest,
         size: u64,
+        stored_in: Option<&str>,
         now_ms: i64,
     ) -> Result<()> {
         let repo_id = Self::ensure_repo(tx, repo, now_ms).await?;
-        // Storing or linking a blob again restarts its garbage-collection grace period.
+        // Storing or linking a blob again restarts its garbage-collection
+        // grace period; a copy placed in another store joins its stores.
         sqlx::query(
-            "INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (digest) DO UPDATE SET touched_ms = MAX(touched_ms, excluded.touched_ms)",
+            "INSERT INTO blobs (digest, size, created_ms, touched_ms, stores) VALUES ($1, $2, $3, $3, $4) \
+             ON CONFLICT (digest) DO UPDATE SET touched_ms = MAX(touched_ms, excluded.touched_ms), \
+             stores = CASE WHEN $5 IS NULL \
+                 OR instr(',' || COALESCE(stores, 'default') || ',', ',' || $5 || ',') > 0 THEN stores \
+                 ELSE COALESCE(stores, 'default') || ',' || $5 END",
         )
         .bind(digest.to_string())
         .bind(to_i64(size))
         .bind(now_ms)
+        .bind(StoreSet::only(stored_in.unwrap_or(DEFAULT_STORE)).to_column())
+        .bind(stored_in)
         .execute(&mut **tx)
         .await?;
         sqlx::query(
@@ -273,6 +290,18 @@ impl MetaStore for SqliteMeta {
         Ok(size.map(to_u64))
     }
 
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+             WHERE l.repo_id = {REPO_ID} AND l.digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(blob_record).transpose()
+    }
+
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
             .bind(digest.to_string())
@@ -281,9 +310,17 @@ impl MetaStore for SqliteMeta {
         Ok(size.map(to_u64))
     }
 
+    async fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query("SELECT size, stores FROM blobs WHERE digest = $1")
+            .bind(digest.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(blob_record).transpose()
+    }
+
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
         let mut tx = self.begin().await?;
-        Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+        Self::record_blob(&mut tx, repo, digest, size, Some(DEFAULT_STORE), now_ms).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -297,7 +334,7 @@ impl MetaStore for SqliteMeta {
         let Some(size) = size else {
             return Ok(None);
         };
-        Self::record_blob(&mut tx, repo, digest, to_u64(size), now_ms).await?;
+        Self::record_blob(&mut tx, repo, digest, to_u64(size), None, now_ms).await?;
         tx.commit().await?;
         Ok(Some(to_u64(size)))
     }
@@ -619,10 +656,12 @@ impl MetaStore for SqliteMeta {
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO uploads (id, repo, byte_offset, hash_state, started_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO uploads (id, repo, store, byte_offset, hash_state, started_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(u.id.as_str())
         .bind(&u.repo)
+        .bind(&u.store)
         .bind(to_i64(u.offset))
         .bind(&u.hash_state)
         .bind(u.started_ms)
@@ -675,6 +714,7 @@ impl MetaStore for SqliteMeta {
         repo: &str,
         digest: &Digest,
         size: u64,
+        store: &str,
         now_ms: i64,
         place: Placement<'_>,
     ) -> Result<()> {
@@ -683,7 +723,7 @@ impl MetaStore for SqliteMeta {
         // while it is being deleted.
         let mut tx = self.begin().await?;
         place.await.map_err(MetaError::Placement)?;
-        Self::record_blob(&mut tx, repo, digest, size, now_ms).await?;
+        Self::record_blob(&mut tx, repo, digest, size, Some(store), now_ms).await?;
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)

@@ -12,12 +12,12 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::access::Audit;
 use crate::lifecycle::{
-    FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord, Pretend,
-    Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
+    BlobFiles, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord,
+    Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::sqlite::{digest_list, to_u64};
 use crate::sqlite_access::write_audit;
-use crate::{MetaError, Result, SqliteMeta};
+use crate::{MetaError, Result, SqliteMeta, StoreSet};
 
 fn parse_digest(s: &str) -> Result<Digest> {
     Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
@@ -29,14 +29,26 @@ fn pretend_list(gone: Pretend<'_>) -> String {
 }
 
 fn unused_blobs(packed: &str) -> Result<Vec<UnusedBlob>> {
-    typed_rows::<(String, i64, i64)>(packed)?
+    typed_rows::<(String, i64, i64, Option<String>)>(packed)?
         .into_iter()
-        .map(|(digest, size, links)| {
+        .map(|(digest, size, links, stores)| {
             Ok(UnusedBlob {
                 digest: parse_digest(&digest)?,
                 size: to_u64(size),
                 links: to_u64(links),
+                stores: StoreSet::from_column(stores),
             })
+        })
+        .collect()
+}
+
+/// The files of removed blobs, in every store holding them.
+fn files_of(removed: &[UnusedBlob]) -> Vec<BlobFiles> {
+    removed
+        .iter()
+        .map(|b| BlobFiles {
+            digest: b.digest.clone(),
+            stores: b.stores.clone(),
         })
         .collect()
 }
@@ -390,8 +402,8 @@ impl LifecycleStore for SqliteMeta {
         gone: Pretend<'_>,
     ) -> Result<Vec<UnusedBlob>> {
         let packed: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(digest, size, links)) FROM (SELECT b.digest, b.size, \
-             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links FROM blobs b \
+            "SELECT json_group_array(json_array(digest, size, links, stores)) FROM (SELECT b.digest, b.size, \
+             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links, b.stores FROM blobs b \
              WHERE b.digest > $1 AND b.touched_ms < $2 \
              AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest \
@@ -418,7 +430,7 @@ impl LifecycleStore for SqliteMeta {
         // made within the grace period; they go with it.
         let collectable: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(digest, size, \
-             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest))) FROM blobs b \
+             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest), stores)) FROM blobs b \
              WHERE digest IN (SELECT value FROM json_each($1)) AND touched_ms < $2 \
              AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest)",
@@ -444,7 +456,8 @@ impl LifecycleStore for SqliteMeta {
         // Files go before the commit, while the database deletes the records
         // (each waits on its own I/O): should deleting them fail, the records
         // stay and the next run tries again.
-        let files = async { files.remove(&gone).await.map_err(MetaError::Placement) };
+        let gone_files = files_of(&removed);
+        let files = async { files.remove(&gone_files).await.map_err(MetaError::Placement) };
         tokio::try_join!(records, files)?;
         tx.commit().await?;
         Ok(removed)
@@ -532,40 +545,63 @@ impl LifecycleStore for SqliteMeta {
             .collect()
     }
 
-    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<(Digest, u64)>> {
+    async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<RecordedBlob>> {
         let low = format!("{algorithm}:{hex_prefix}");
         // Every hex digit sorts before `g`, so this bounds the prefix.
         let high = format!("{algorithm}:{hex_prefix}g");
         let packed: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(digest, size)) FROM \
-             (SELECT digest, size FROM blobs WHERE digest >= $1 AND digest < $2 ORDER BY digest)",
+            "SELECT json_group_array(json_array(digest, size, stores)) FROM \
+             (SELECT digest, size, stores FROM blobs WHERE digest >= $1 AND digest < $2 ORDER BY digest)",
         )
         .bind(low)
         .bind(high)
         .fetch_one(&self.reader)
         .await?;
-        typed_rows::<(String, i64)>(&packed)?
+        typed_rows::<(String, i64, Option<String>)>(&packed)?
             .into_iter()
-            .map(|(digest, size)| Ok((parse_digest(&digest)?, to_u64(size))))
+            .map(|(digest, size, stores)| {
+                Ok(RecordedBlob {
+                    digest: parse_digest(&digest)?,
+                    size: to_u64(size),
+                    stores: StoreSet::from_column(stores),
+                })
+            })
             .collect()
     }
 
-    async fn remove_orphan_files(&self, digests: &[Digest], files: &dyn FileRemover) -> Result<Vec<Digest>> {
+    async fn remove_orphan_files(
+        &self,
+        store: &str,
+        digests: &[Digest],
+        files: &dyn FileRemover,
+    ) -> Result<Vec<Digest>> {
         let mut tx = self.begin().await?;
-        let known: String = sqlx::query_scalar(
-            "SELECT json_group_array(digest) FROM blobs WHERE digest IN (SELECT value FROM json_each($1))",
+        // A file is this store's orphan unless the blob's row names the store.
+        let held: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(digest, stores)) FROM blobs \
+             WHERE digest IN (SELECT value FROM json_each($1))",
         )
         .bind(digest_list(digests))
         .fetch_one(&mut *tx)
         .await?;
-        let known: Vec<String> =
-            serde_json::from_str(&known).map_err(|e| MetaError::Corrupt(format!("digest list: {e}")))?;
+        let held: Vec<String> = typed_rows::<(String, Option<String>)>(&held)?
+            .into_iter()
+            .filter(|(_, stores)| StoreSet::from_column(stores.clone()).contains(store))
+            .map(|(digest, _)| digest)
+            .collect();
         let orphans: Vec<Digest> = digests
             .iter()
-            .filter(|d| !known.contains(&d.to_string()))
+            .filter(|d| !held.contains(&d.to_string()))
             .cloned()
             .collect();
-        files.remove(&orphans).await.map_err(MetaError::Placement)?;
+        let orphan_files: Vec<BlobFiles> = orphans
+            .iter()
+            .map(|digest| BlobFiles {
+                digest: digest.clone(),
+                stores: StoreSet::only(store),
+            })
+            .collect();
+        files.remove(&orphan_files).await.map_err(MetaError::Placement)?;
         tx.commit().await?;
         Ok(orphans)
     }

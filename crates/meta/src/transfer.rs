@@ -113,6 +113,7 @@ pub const TABLES: &[Table] = &[
                 col("size", Int),
                 col("created_ms", Int),
                 col("touched_ms", Int),
+                col("stores", OptText),
             ],
             key: &["digest"],
             identity: false,
@@ -473,6 +474,15 @@ impl SqliteSource {
             .fetch_one(&mut self.conn)
             .await?;
         Ok((to_u64(count), to_u64(bytes)))
+    }
+
+    /// Number of blobs with a copy in a store other than the default one
+    /// (the data directory): migrate copies only the data directory's files.
+    pub async fn blobs_in_routed_stores(&mut self) -> TransferResult<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs WHERE stores IS NOT NULL")
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(to_u64(count))
     }
 
     /// Blobs (digest as stored, size) after `after` in digest order, at most `limit`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{HeaderName, Request};
-use berth_meta::{AccessStore, LifecycleStore, PgMeta, PgOptions, SqliteMeta};
+use berth_meta::{AccessStore, LifecycleStore, PgMeta, PgOptions, SqliteMeta, DEFAULT_STORE};
 use berth_storage::s3::S3BlobStore;
 use berth_storage::{BlobStore, FsBlobStore};
 use tokio::net::TcpListener;
@@ -22,7 +22,8 @@ use crate::clock;
 use crate::config::AuthMode;
 use crate::config::{Config, MetaBackend, StorageBackend};
 use crate::lifecycle::{Lifecycle, NamespaceRules, Scope};
-use crate::registry::{Limits, Registry};
+use crate::registry::stores::check_store_name;
+use crate::registry::{BlobStores, Limits, NamedStore, Registry};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -38,18 +39,15 @@ impl App {
     /// Opens the stores named by `config`.
     pub async fn open(mut config: Config) -> anyhow::Result<Self> {
         ensure_data_dir(&config.data_dir)?;
-        let (meta, blobs) = open_stores(&config).await?;
+        let (meta, stores) = open_stores(&config).await?;
         let clock = clock::from_env();
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
             namespaces: NamespaceRules::from_config(&config.lifecycle)
                 .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
         };
-        let mut registry = Registry::new(meta.clone(), blobs.clone(), clock.clone(), limits);
-        if config.storage.redirect {
-            registry = registry.redirecting_downloads();
-        }
-        let lifecycle = Lifecycle::new(meta.clone(), blobs, clock, &config)
+        let registry = Registry::new(meta.clone(), stores.clone(), clock.clone(), limits);
+        let lifecycle = Lifecycle::new(meta.clone(), stores, clock, &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder());
         share_token_key(&mut config, meta.as_ref()).await?;
@@ -97,27 +95,74 @@ pub trait Meta: LifecycleStore + AccessStore {}
 impl<T: LifecycleStore + AccessStore> Meta for T {}
 
 /// The stores the configuration names.
-pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<dyn BlobStore>)> {
-    let blobs = open_blobs(config).await?;
-    Ok((open_meta(config).await?, blobs))
+pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<BlobStores>)> {
+    let stores = open_blob_stores(config).await?;
+    Ok((open_meta(config).await?, Arc::new(stores)))
 }
 
-/// The blob store the configuration names (used by the server and `berth migrate`).
-pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
-    let blobs: Arc<dyn BlobStore> = match config.storage.backend {
-        StorageBackend::Filesystem => {
-            let dir = &config.data_dir;
-            Arc::new(
-                FsBlobStore::open(dir)
-                    .with_context(|| format!("the data directory {} is not writable", dir.display()))?,
-            )
+/// Every blob store the configuration names, with its routes. Names and
+/// routes are checked before any store is opened.
+pub async fn open_blob_stores(config: &Config) -> anyhow::Result<BlobStores> {
+    let storage = &config.storage;
+    for name in storage.stores.keys() {
+        check_store_name(name).context("invalid [storage.stores] configuration")?;
+    }
+    for route in &storage.routes {
+        if route.store != DEFAULT_STORE && !storage.stores.contains_key(&route.store) {
+            anyhow::bail!(
+                "invalid [[storage.routes]] configuration: route {:?} sends repositories to the store {:?}, which \
+                 [storage.stores] does not name (configured: {})",
+                route.pattern,
+                route.store,
+                std::iter::once(DEFAULT_STORE)
+                    .chain(storage.stores.keys().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
+    }
+    let default = NamedStore::new(DEFAULT_STORE, open_blobs(config).await?, storage.redirect);
+    let mut others = Vec::with_capacity(storage.stores.len());
+    for (name, store) in &storage.stores {
+        let dir = store
+            .path
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("stores").join(name));
+        let opened = open_store(store.backend, store.redirect, store.s3.as_ref(), &dir)
+            .await
+            .with_context(|| format!("cannot open the blob store [storage.stores.{name}]"))?;
+        others.push(NamedStore::new(name.clone(), opened, store.redirect));
+    }
+    let routes: Vec<(String, String)> = storage
+        .routes
+        .iter()
+        .map(|r| (r.pattern.clone(), r.store.clone()))
+        .collect();
+    BlobStores::new(default, others, &routes).context("invalid [storage] configuration")
+}
+
+/// The default blob store of the configuration, the top-level `[storage]`
+/// (used by the server and `berth migrate`).
+pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let storage = &config.storage;
+    open_store(storage.backend, storage.redirect, storage.s3.as_ref(), &config.data_dir)
+        .await
+        .context("cannot open the default blob store [storage]")
+}
+
+/// One blob store: files under `dir`, or a bucket.
+async fn open_store(
+    backend: StorageBackend,
+    redirect: bool,
+    s3: Option<&berth_storage::S3Config>,
+    dir: &Path,
+) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let blobs: Arc<dyn BlobStore> = match backend {
+        StorageBackend::Filesystem => Arc::new(
+            FsBlobStore::open(dir).with_context(|| format!("the directory {} is not writable", dir.display()))?,
+        ),
         StorageBackend::S3 => {
-            let s3 = config
-                .storage
-                .s3
-                .as_ref()
-                .context("storage.backend = \"s3\" needs a [storage.s3] section (bucket, endpoint, ...)")?;
+            let s3 = s3.context("backend = \"s3\" needs an s3 section (bucket, endpoint, ...)")?;
             Arc::new(
                 S3BlobStore::open(s3)
                     .await
@@ -125,8 +170,8 @@ pub async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
             )
         }
     };
-    if config.storage.redirect && config.storage.backend == StorageBackend::Filesystem {
-        anyhow::bail!("storage.redirect needs a store clients can download from directly (storage.backend = \"s3\")");
+    if redirect && backend == StorageBackend::Filesystem {
+        anyhow::bail!("redirect needs a store clients can download from directly (backend = \"s3\")");
     }
     Ok(blobs)
 }

@@ -4,6 +4,7 @@
 //! Nested keys are reached from the environment with a double underscore:
 //! `BERTH_UPLOADS__STALE_AFTER_SECS=3600` sets `uploads.stale_after_secs`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -29,7 +30,8 @@ pub struct Config {
     pub meta: MetaConfig,
 }
 
-/// Where blob bytes live. See `docs/scale-out.md`.
+/// Where blob bytes live: the `default` store, further named stores and the
+/// routes that send repositories to them. See `docs/scale-out.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -41,6 +43,40 @@ pub struct StorageConfig {
     /// The bucket of the `s3` backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<berth_storage::s3::S3Config>,
+    /// Blob stores besides `default`, by name (`[storage.stores.NAME]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// Which repositories push into which store; the first matching route
+    /// wins, and a repository no route matches uses `default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A named blob store of `[storage.stores.NAME]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StorageBackend,
+    /// See [`StorageConfig::redirect`].
+    #[serde(default)]
+    pub redirect: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<berth_storage::s3::S3Config>,
+    /// The directory of a `filesystem` store; by default `stores/NAME` in
+    /// the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// `[[storage.routes]]`: repositories matching `match` push into `store`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Repository pattern (`*` one path component, `**` across).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// A store of `[storage.stores]`, or `default`.
+    pub store: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +395,8 @@ impl Default for Config {
                 backend: StorageBackend::Filesystem,
                 redirect: false,
                 s3: None,
+                stores: BTreeMap::new(),
+                routes: Vec::new(),
             },
             meta: MetaConfig {
                 backend: MetaBackend::Sqlite,
@@ -477,6 +515,38 @@ mod tests {
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
             jail.set_env("BERTH_LOG__LEVL", "debug");
             assert!(Config::load(None, Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail fixes the closures' error type")]
+mod storage_tests {
+    use super::*;
+
+    #[test]
+    fn stores_and_routes_come_from_the_file_and_the_default_store_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "berth.toml",
+                r#"
+[storage.stores.team-a]
+backend = "filesystem"
+path = "/srv/team-a"
+[[storage.routes]]
+match = "team-a/*"
+store = "team-a"
+"#,
+            )?;
+            jail.set_env("BERTH_STORAGE__REDIRECT", "false");
+            let c = Config::load(Some(Path::new("berth.toml")), Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.storage.backend, StorageBackend::Filesystem);
+            let team_a = &c.storage.stores["team-a"];
+            assert_eq!(team_a.path.as_deref(), Some(Path::new("/srv/team-a")));
+            assert!(!team_a.redirect);
+            assert_eq!(c.storage.routes[0].pattern, "team-a/*");
+            assert_eq!(c.storage.routes[0].store, "team-a");
             Ok(())
         });
     }

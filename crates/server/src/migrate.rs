@@ -121,6 +121,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let mut source = SqliteSource::open(&args.from)
         .await
         .with_context(|| format!("cannot use {} as the source", args.from.display()))?;
+    // Blobs of other stores would be recorded in the target without their
+    // files; migrate moves the data directory's own store only.
+    let routed = source.blobs_in_routed_stores().await?;
+    anyhow::ensure!(
+        routed == 0,
+        "{routed} blobs of {} live in stores other than the default one ([storage.stores]); migrate copies only \
+         the data directory's own blob files, so it cannot move this installation",
+        args.from.display()
+    );
     let source_blobs = FsBlobStore::open(&args.from)
         .with_context(|| format!("cannot open the blob files under {}", args.from.display()))?;
     let target_blobs = open_blobs(&config).await?;

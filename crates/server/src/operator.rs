@@ -226,8 +226,8 @@ pub async fn audit(args: StoreArgs, limit: u32) -> anyhow::Result<()> {
 async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
-    let (meta, blobs) = open_stores(&config).await?;
-    let lifecycle = Lifecycle::new(meta, blobs, clock::from_env(), &config)
+    let (meta, stores) = open_stores(&config).await?;
+    let lifecycle = Lifecycle::new(meta, stores, clock::from_env(), &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
     lifecycle.sync_config_policies().await?;
     Ok(lifecycle)

@@ -118,6 +118,12 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorCode::ManifestBlobUnknown, message).with_detail(json!({ "digest": digest }))
             }
             R::NameUnknown => ApiError::new(ErrorCode::NameUnknown, message),
+            // The operator removed a store that still holds data: retrying
+            // helps once it is configured again, and the message says which.
+            R::StoreNotConfigured { .. } => {
+                tracing::error!(error = %message, "data recorded in a blob store that is not configured");
+                ApiError::new(ErrorCode::Unavailable, message).with_header(header::RETRY_AFTER, "5".to_string())
+            }
             R::Storage(ref inner @ StorageError::Backend(_)) => ApiError::unavailable("blob store", inner),
             R::Storage(ref inner) => ApiError::internal(inner),
             R::Meta(ref inner) if inner.is_unavailable() => ApiError::unavailable("metadata database", inner),

@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use berth_meta::access::Audit;
-use berth_meta::lifecycle::{FileRemover, LinkKey, PlannedRemoval, Removal};
+use berth_meta::lifecycle::{BlobFiles, FileRemover, LinkKey, PlannedRemoval, Removal};
 use berth_meta::BoxError;
 use berth_oci::{Algorithm, Digest, UploadId};
-use berth_storage::BlobStore;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{Lifecycle, LifecycleError, Result};
+use crate::registry::BlobStores;
 
 /// What one collection found and removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -36,6 +36,9 @@ pub struct GcReport {
     pub orphan_files_removed: u64,
     pub orphan_bytes_reclaimed: u64,
     pub upload_files_removed: u64,
+    /// Unreferenced blobs left alone because a store holding a copy is not
+    /// configured (its file could not be deleted).
+    pub blobs_kept_store_not_configured: u64,
     pub elapsed_ms: u64,
 }
 
@@ -48,14 +51,34 @@ pub(super) const SHARD_LISTINGS: usize = 8;
 /// Most manifests a dry run pretends are gone when it counts blobs and links.
 const PRETEND_MAX: usize = 10_000;
 
-/// Deletes blob files through the blob store.
-pub(crate) struct StoreFiles<'a>(pub &'a dyn BlobStore);
+/// Why a blob file could not be deleted.
+#[derive(Debug, thiserror::Error)]
+#[error("blob {digest} has a copy in the blob store {store}, which is not configured")]
+struct StoreNotConfigured {
+    digest: Digest,
+    store: String,
+}
+
+/// Deletes blob files through the blob stores holding them.
+pub(crate) struct StoreFiles<'a>(pub &'a BlobStores);
 
 #[async_trait]
 impl FileRemover for StoreFiles<'_> {
-    async fn remove(&self, digests: &[Digest]) -> std::result::Result<(), BoxError> {
+    async fn remove(&self, files: &[BlobFiles]) -> std::result::Result<(), BoxError> {
+        let mut deletes = Vec::with_capacity(files.len());
+        for blob in files {
+            for name in blob.stores.names() {
+                // The caller leaves out blobs of stores not configured; one
+                // found here fails the transaction, so no record outlives a
+                // file it cannot delete.
+                let store = self.0.get(name).ok_or_else(|| StoreNotConfigured {
+                    digest: blob.digest.clone(),
+                    store: name.to_string(),
+                })?;
+                deletes.push(store.store().delete(&blob.digest));
+            }
+        }
         // Deleted a few at a time: the write lock is held meanwhile.
-        let deletes: Vec<_> = digests.iter().map(|d| self.0.delete(d)).collect();
         futures::stream::iter(deletes)
             .buffer_unordered(FILE_DELETES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
@@ -218,7 +241,7 @@ impl Lifecycle {
         progress(&format!("unused links of blobs still in use: {}", report.links_removed));
 
         // 4. Blobs nothing links or references.
-        let files = StoreFiles(self.blobs().as_ref());
+        let files = StoreFiles(self.stores());
         let mut after: Option<Digest> = None;
         loop {
             let batch = self
@@ -227,10 +250,24 @@ impl Lifecycle {
                 .await?;
             let Some(last) = batch.last() else { break };
             after = Some(last.digest.clone());
+            // A blob with a copy in a store no longer configured keeps its
+            // records: its file there cannot be deleted, and reads still need
+            // to say where it is.
+            let (batch_reachable, unreachable): (Vec<_>, Vec<_>) = batch
+                .iter()
+                .partition(|b| self.stores().unconfigured(&b.stores).is_empty());
+            for blob in &unreachable {
+                tracing::warn!(
+                    digest = %blob.digest,
+                    stores = %blob.stores,
+                    "unreferenced blob left alone: a blob store holding it is not configured"
+                );
+            }
+            report.blobs_kept_store_not_configured += unreachable.len() as u64;
             let removed = if dry_run {
-                batch.clone()
+                batch_reachable.into_iter().cloned().collect()
             } else {
-                let digests: Vec<Digest> = batch.iter().map(|b| b.digest.clone()).collect();
+                let digests: Vec<Digest> = batch_reachable.iter().map(|b| b.digest.clone()).collect();
                 self.store().remove_blobs(&digests, cutoff, &files).await?
             };
             report.blobs_removed += removed.len() as u64;
@@ -245,44 +282,53 @@ impl Lifecycle {
             report.blobs_removed, report.bytes_reclaimed, report.links_removed
         ));
 
-        // 5. Files the database does not know (left by a crash), past the grace period.
+        // 5. Files the database does not know (left by a crash), past the
+        // grace period, in every configured store: a file is an orphan of
+        // its store unless the blob's record names that store.
         // The shards are listed a few at a time: on an object store each
         // listing is a round trip, and there are 256 of them.
         let mut listings = futures::stream::iter(shards())
             .map(|shard| async move {
-                let known: HashSet<Digest> = self
+                let recorded = self
                     .store()
                     .blobs_with_prefix(Algorithm::Sha256.as_str(), &shard)
-                    .await?
-                    .into_iter()
-                    .map(|(d, _)| d)
-                    .collect();
-                let files = self.blobs().list_blobs(Algorithm::Sha256.as_str(), &shard).await?;
-                Ok::<_, LifecycleError>((known, files))
+                    .await?;
+                let mut per_store = Vec::with_capacity(self.stores().all().len());
+                for store in self.stores().all() {
+                    let files = store.store().list_blobs(Algorithm::Sha256.as_str(), &shard).await?;
+                    let known: HashSet<&Digest> = recorded
+                        .iter()
+                        .filter(|b| b.stores.contains(store.name()))
+                        .map(|b| &b.digest)
+                        .collect();
+                    let orphans: Vec<(Digest, u64)> = files
+                        .into_iter()
+                        .filter(|f| f.modified_ms < cutoff && !known.contains(&f.key))
+                        .map(|f| (f.key, f.size))
+                        .collect();
+                    per_store.push((store.name(), orphans));
+                }
+                Ok::<_, LifecycleError>(per_store)
             })
             .buffered(SHARD_LISTINGS);
         while let Some(listing) = listings.next().await {
-            let (known, stored) = listing?;
-            let orphans: Vec<(Digest, u64)> = stored
-                .into_iter()
-                .filter(|f| f.modified_ms < cutoff && !known.contains(&f.key))
-                .map(|f| (f.key, f.size))
-                .collect();
-            if orphans.is_empty() {
-                continue;
+            for (store, orphans) in listing? {
+                if orphans.is_empty() {
+                    continue;
+                }
+                let removed: Vec<Digest> = if dry_run {
+                    orphans.iter().map(|(d, _)| d.clone()).collect()
+                } else {
+                    let digests: Vec<Digest> = orphans.iter().map(|(d, _)| d.clone()).collect();
+                    self.store().remove_orphan_files(store, &digests, &files).await?
+                };
+                report.orphan_files_removed += removed.len() as u64;
+                report.orphan_bytes_reclaimed += orphans
+                    .iter()
+                    .filter(|(d, _)| removed.contains(d))
+                    .map(|(_, s)| s)
+                    .sum::<u64>();
             }
-            let removed: Vec<Digest> = if dry_run {
-                orphans.iter().map(|(d, _)| d.clone()).collect()
-            } else {
-                let digests: Vec<Digest> = orphans.iter().map(|(d, _)| d.clone()).collect();
-                self.store().remove_orphan_files(&digests, &files).await?
-            };
-            report.orphan_files_removed += removed.len() as u64;
-            report.orphan_bytes_reclaimed += orphans
-                .iter()
-                .filter(|(d, _)| removed.contains(d))
-                .map(|(_, s)| s)
-                .sum::<u64>();
         }
         progress(&format!(
             "orphaned blob files: {} ({} bytes)",
@@ -292,18 +338,23 @@ impl Lifecycle {
         // 6. Upload files without a session (the session row went, the file stayed).
         // Files first: a session created after its file was listed is then
         // among the sessions read next.
-        let files = self.blobs().list_uploads().await?;
+        let mut upload_files = Vec::with_capacity(self.stores().all().len());
+        for store in self.stores().all() {
+            upload_files.push((store, store.store().list_uploads().await?));
+        }
         let sessions: HashSet<String> = self.store().upload_ids().await?.into_iter().collect();
-        let stray: Vec<UploadId> = files
-            .into_iter()
-            .filter(|f| f.modified_ms < cutoff && !sessions.contains(f.key.as_str()))
-            .map(|f| f.key)
-            .collect();
-        for id in &stray {
-            if !dry_run {
-                self.blobs().cancel_upload(id).await?;
+        for (store, files) in upload_files {
+            let stray: Vec<UploadId> = files
+                .into_iter()
+                .filter(|f| f.modified_ms < cutoff && !sessions.contains(f.key.as_str()))
+                .map(|f| f.key)
+                .collect();
+            for id in &stray {
+                if !dry_run {
+                    store.store().cancel_upload(id).await?;
+                }
+                report.upload_files_removed += 1;
             }
-            report.upload_files_removed += 1;
         }
         progress(&format!(
             "upload files without a session: {}",

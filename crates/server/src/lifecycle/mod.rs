@@ -18,14 +18,13 @@ use std::sync::Arc;
 use berth_meta::access::Audit;
 use berth_meta::lifecycle::{LifecycleStore, PolicyRecord};
 use berth_meta::MetaError;
-use berth_storage::BlobStore;
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::auth::access::Pattern;
 use crate::clock::Clock;
 use crate::config::{Config, InvalidSuffix, LifecycleConfig};
-use crate::registry::PullRecorder;
+use crate::registry::{BlobStores, PullRecorder};
 
 pub use plan::{RepoPlan, Settings};
 pub use policy::{Policies, Policy, Rules};
@@ -132,7 +131,7 @@ pub struct RunSummary {
 /// The lifecycle jobs over the registry's stores.
 pub struct Lifecycle {
     store: Arc<dyn LifecycleStore>,
-    blobs: Arc<dyn BlobStore>,
+    stores: Arc<BlobStores>,
     clock: Arc<dyn Clock>,
     pub namespaces: NamespaceRules,
     /// Policies from the configuration file, applied by [`Lifecycle::sync_config_policies`].
@@ -155,7 +154,7 @@ const REMOVAL_BATCH: usize = 500;
 impl Lifecycle {
     pub fn new(
         store: Arc<dyn LifecycleStore>,
-        blobs: Arc<dyn BlobStore>,
+        stores: Arc<BlobStores>,
         clock: Arc<dyn Clock>,
         config: &Config,
     ) -> Result<Lifecycle, String> {
@@ -164,7 +163,7 @@ impl Lifecycle {
         }
         Ok(Lifecycle {
             store,
-            blobs,
+            stores,
             clock,
             namespaces: NamespaceRules::from_config(&config.lifecycle).map_err(|e| format!("lifecycle: {e}"))?,
             config_policies: config
@@ -377,7 +376,8 @@ impl Lifecycle {
         self.grace_ms
     }
 
-    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
-        &self.blobs
+    /// Every configured blob store.
+    pub fn stores(&self) -> &BlobStores {
+        &self.stores
     }
 }

@@ -1,10 +1,16 @@
 //! Reading, mounting and unlinking blobs of a repository.
+//!
+//! A blob may be held by several named stores (see [`super::stores`]): reads
+//! use the repository's route store when it holds a copy, else another that
+//! does; a mount into a repository whose route store holds no copy makes one.
 
 use std::ops::Range;
 
+use berth_meta::BlobRecord;
 use berth_oci::{Digest, RepoName};
 use berth_storage::{ByteStream, StorageError};
 
+use super::stores::NamedStore;
 use super::{Registry, RegistryError, Result};
 
 /// A single byte range as asked for in a `Range` header.
@@ -45,40 +51,77 @@ impl Registry {
             .ok_or(RegistryError::BlobUnknown)
     }
 
-    /// Reaches both stores with a request that changes nothing, so a load
-    /// balancer can leave out a replica that cannot serve.
+    /// Reaches the metadata store and the default blob store with a request
+    /// that changes nothing, so a load balancer can leave out a replica that
+    /// cannot serve. Other stores are left out: one team's unreachable bucket
+    /// must not take every replica out of service for everyone.
     pub async fn check_stores(&self) -> Result<()> {
         self.meta.list_repositories(None, 1).await?;
         // Any digest does: a missing blob is an answer, an unreachable store is not.
-        self.blobs.stat(&Digest::sha256_of(b"berth readiness probe")).await?;
+        self.stores
+            .default_store()
+            .store()
+            .stat(&Digest::sha256_of(b"berth readiness probe"))
+            .await?;
         Ok(())
     }
 
+    /// The record of a blob linked to `repo`.
+    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord> {
+        self.meta
+            .linked_blob(repo.as_str(), digest)
+            .await?
+            .ok_or(RegistryError::BlobUnknown)
+    }
+
+    /// The configured stores holding a copy of the blob, best first for a
+    /// read in `repo`, or why there is none.
+    pub(super) fn readers(&self, repo: Option<&RepoName>, record: &BlobRecord) -> Result<Vec<&NamedStore>> {
+        let readers = self.stores.readers(repo.map(|r| r.as_str()), &record.stores);
+        if readers.is_empty() {
+            return Err(RegistryError::StoreNotConfigured {
+                stores: record.stores.to_string(),
+            });
+        }
+        Ok(readers)
+    }
+
     /// Where the client may download a blob linked to `repo` straight from
-    /// the blob store, when downloads are redirected and the store can say.
+    /// the blob store, when the store it is read from redirects downloads
+    /// and can say.
     pub async fn blob_download_url(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
-        if !self.redirect_downloads {
+        if !self.stores.any_redirects() {
             return Ok(None);
         }
-        self.stat_blob(repo, digest).await?;
-        Ok(self.blobs.download_url(digest).await?)
+        let record = self.linked_blob(repo, digest).await?;
+        let readers = self.readers(Some(repo), &record)?;
+        match readers.first() {
+            Some(store) if store.redirects() => Ok(store.store().download_url(digest).await?),
+            _ => Ok(None),
+        }
     }
 
     /// Opens a blob linked to `repo`, or the requested byte range of it.
     pub async fn open_blob(&self, repo: &RepoName, digest: &Digest, wanted: Option<ByteRange>) -> Result<BlobContent> {
-        let size = self.stat_blob(repo, digest).await?;
+        let record = self.linked_blob(repo, digest).await?;
+        let size = record.size;
         let range = match wanted {
             None => None,
             Some(r) => Some(r.resolve(size).ok_or(RegistryError::RangeNotSatisfiable { size })?),
         };
-        let body = self.blobs.get(digest, range.clone()).await.map_err(|e| match e {
-            StorageError::BlobNotFound => {
-                tracing::error!(%digest, "blob is recorded in the database but missing from the blob store");
-                RegistryError::BlobUnknown
+        for store in self.readers(Some(repo), &record)? {
+            match store.store().get(digest, range.clone()).await {
+                Ok(body) => return Ok(BlobContent { size, range, body }),
+                // Another store may still hold its copy.
+                Err(StorageError::BlobNotFound) => tracing::error!(
+                    %digest,
+                    store = store.name(),
+                    "blob is recorded in the database but missing from the blob store"
+                ),
+                Err(other) => return Err(other.into()),
             }
-            other => other.into(),
-        })?;
-        Ok(BlobContent { size, range, body })
+        }
+        Err(RegistryError::BlobUnknown)
     }
 
     /// Removes the blob's link from `repo`; the bytes stay until garbage collection.
@@ -90,9 +133,6 @@ impl Registry {
         }
     }
 
-    /// Links a blob into `repo` without copying it: from `from` when it is
-    /// linked there, or from anywhere in the registry when `from` is absent.
-    /// Returns false when there is nothing to mount.
     /// Repositories holding the blob (the first hundred by name), for a mount
     /// that names no source.
     pub async fn repositories_with_blob(&self, digest: &Digest) -> Result<Vec<RepoName>> {
@@ -100,11 +140,22 @@ impl Registry {
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
+    /// Links a blob into `repo`: from `from` when it is linked there, or from
+    /// anywhere in the registry when `from` is absent. When `repo`'s route
+    /// store holds no copy, the bytes are copied into it first (once: the
+    /// next mount finds the copy). Returns false when there is nothing to mount.
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
         if let Some(from) = from {
             if self.meta.linked_blob_size(from.as_str(), digest).await?.is_none() {
                 return Ok(false);
             }
+        }
+        let Some(record) = self.meta.blob_record(digest).await? else {
+            return Ok(false);
+        };
+        let target = self.stores.route(repo.as_str());
+        if !record.stores.contains(target.name()) {
+            return self.copy_blob(repo, digest, target).await;
         }
         Ok(self
             .meta

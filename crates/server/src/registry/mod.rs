@@ -7,19 +7,21 @@
 mod blobs;
 mod manifests;
 mod pulls;
+pub mod stores;
 mod uploads;
 
 use std::sync::Arc;
 
 use berth_meta::{MetaError, MetaStore};
 use berth_oci::Digest;
-use berth_storage::{BlobStore, StorageError};
+use berth_storage::StorageError;
 
 use crate::clock::Clock;
 
 pub use blobs::ByteRange;
 pub use manifests::ManifestPage;
 pub use pulls::PullRecorder;
+pub use stores::{BlobStores, NamedStore};
 pub use uploads::{ChunkRange, MountOrUpload, UploadProgress};
 
 /// Why a registry operation failed.
@@ -51,6 +53,9 @@ pub enum RegistryError {
     ManifestBlobUnknown(Digest),
     #[error("repository name not known to registry")]
     NameUnknown,
+    /// The data is recorded in blob stores the configuration no longer names.
+    #[error("the data is held by the blob store {stores}, which this registry's configuration does not name")]
+    StoreNotConfigured { stores: String },
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]
@@ -88,34 +93,27 @@ pub struct Limits {
 /// The registry core, shared by the API handlers and background jobs.
 pub struct Registry {
     meta: Arc<dyn MetaStore>,
-    blobs: Arc<dyn BlobStore>,
+    stores: Arc<BlobStores>,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    sessions: uploads::SessionLocks,
+    sessions: uploads::KeyedLocks<berth_oci::UploadId>,
+    /// Copies of a blob into a store being made by a mount, one at a time.
+    copies: uploads::KeyedLocks<(Digest, String)>,
     pulls: Arc<PullRecorder>,
-    /// Whether blob downloads are sent to the store's own URLs.
-    redirect_downloads: bool,
 }
 
 impl Registry {
     /// A registry over the given stores.
-    pub fn new(meta: Arc<dyn MetaStore>, blobs: Arc<dyn BlobStore>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
+    pub fn new(meta: Arc<dyn MetaStore>, stores: Arc<BlobStores>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
         Registry {
             meta,
-            blobs,
+            stores,
             clock,
             limits,
-            sessions: uploads::SessionLocks::default(),
+            sessions: uploads::KeyedLocks::default(),
+            copies: uploads::KeyedLocks::default(),
             pulls: Arc::new(PullRecorder::default()),
-            redirect_downloads: false,
         }
-    }
-
-    /// Has blob downloads answered with a redirect to the blob store's own
-    /// (presigned) URL where the store has one.
-    pub fn redirecting_downloads(mut self) -> Self {
-        self.redirect_downloads = true;
-        self
     }
 
     /// Writes the pulls gathered since the last call; returns how many

@@ -1,12 +1,17 @@
 //! Upload sessions: start, append chunks, finish with a digest, cancel, purge,
-//! and cross-repository mounts.
+//! cross-repository mounts, and the copies a mount makes between stores.
 //!
 //! The digest is computed while the bytes stream through, and the hasher state
 //! is saved with the session's offset after every chunk, so a session can be
 //! continued by any request (or replica). When the saved state cannot be used,
 //! the bytes received so far are hashed again from the store.
+//!
+//! A session lives in the blob store its repository's route named when it
+//! started, and the session records that store: every later request uses it,
+//! so a route changed meanwhile never breaks an upload in flight.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use berth_meta::UploadRecord;
@@ -15,6 +20,7 @@ use berth_storage::{ByteStream, StorageError};
 use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 
+use super::stores::NamedStore;
 use super::{Registry, RegistryError, Result};
 
 /// Where an upload session stands.
@@ -34,14 +40,20 @@ pub enum MountOrUpload {
     Session(UploadProgress),
 }
 
-/// Serialises requests on the same session within this process. (The blob
-/// store also locks the session file, because a dropped request releases this
-/// lock before its writer thread has drained.)
-#[derive(Default)]
-pub(super) struct SessionLocks(Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<()>>>>);
+/// Serialises work on the same key within this process: requests on one
+/// upload session, copies of one blob into one store. (The blob store also
+/// locks a session file, because a dropped request releases this lock before
+/// its writer thread has drained.)
+pub(super) struct KeyedLocks<K>(Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>);
 
-impl SessionLocks {
-    async fn lock(&self, id: &UploadId) -> OwnedMutexGuard<()> {
+impl<K> Default for KeyedLocks<K> {
+    fn default() -> Self {
+        KeyedLocks(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash + Clone> KeyedLocks<K> {
+    async fn lock(&self, id: &K) -> OwnedMutexGuard<()> {
         let lock = {
             let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Drop locks nobody holds, so the map stays as small as the live sessions.
@@ -51,8 +63,8 @@ impl SessionLocks {
         lock.lock_owned().await
     }
 
-    /// The session's lock if nobody holds it now.
-    fn try_lock(&self, id: &UploadId) -> Option<OwnedMutexGuard<()>> {
+    /// The key's lock if nobody holds it now.
+    fn try_lock(&self, id: &K) -> Option<OwnedMutexGuard<()>> {
         let lock = {
             let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             map.entry(id.clone()).or_default().clone()
@@ -90,13 +102,27 @@ impl Registry {
         }
     }
 
-    /// Opens a new, empty upload session in `repo`.
+    /// The store holding a session's bytes.
+    fn session_store(&self, rec: &UploadRecord) -> Result<&NamedStore> {
+        self.stores
+            .get(&rec.store)
+            .ok_or_else(|| RegistryError::StoreNotConfigured {
+                stores: rec.store.clone(),
+            })
+    }
+
+    /// Opens a new, empty upload session in `repo`, in its route's store.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadProgress> {
+        self.start_upload_in(repo, self.stores.route(repo.as_str())).await
+    }
+
+    async fn start_upload_in(&self, repo: &RepoName, store: &NamedStore) -> Result<UploadProgress> {
         let id = UploadId::new(uuid::Uuid::new_v4().to_string());
         let now = self.now_ms();
         let record = UploadRecord {
             id: id.clone(),
             repo: repo.to_string(),
+            store: store.name().to_string(),
             offset: 0,
             hash_state: None,
             started_ms: now,
@@ -105,11 +131,53 @@ impl Registry {
         // The session row first: a file without one is what the garbage
         // collector removes as left over from a crash.
         self.meta.create_upload(&record).await?;
-        if let Err(e) = self.blobs.start_upload(&id).await {
+        if let Err(e) = store.store().start_upload(&id).await {
             let _ = self.meta.delete_upload(&id).await;
             return Err(e.into());
         }
         Ok(UploadProgress { id, offset: 0 })
+    }
+
+    /// Copies a blob that stores other than `target` hold into `target`,
+    /// through an upload session of `repo` (so the garbage collector knows
+    /// the bytes in flight), verifying its digest on the way, then records
+    /// the copy and links the blob to `repo` as completing an upload does.
+    /// The bytes stream through; memory use does not grow with the blob.
+    pub(super) async fn copy_blob(&self, repo: &RepoName, digest: &Digest, target: &NamedStore) -> Result<bool> {
+        // One copy at a time per blob and store in this process, so that
+        // concurrent mounts wait for the first copy instead of making their own.
+        let _copying = self.copies.lock(&(digest.clone(), target.name().to_string())).await;
+        let Some(record) = self.meta.blob_record(digest).await? else {
+            return Ok(false);
+        };
+        if record.stores.contains(target.name()) {
+            // Made by a mount this one waited for.
+            return Ok(self
+                .meta
+                .link_blob(repo.as_str(), digest, self.now_ms())
+                .await?
+                .is_some());
+        }
+        let mut last_error = None;
+        for source in self.readers(None, &record)? {
+            let body = match source.store().get(digest, None).await {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::warn!(%digest, store = source.name(), error = %e, "cannot read the blob to copy it");
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            tracing::info!(%digest, from = source.name(), to = target.name(), size = record.size, "copying a mounted blob between stores");
+            let session = self.start_upload_in(repo, target).await?;
+            let range = record.size.checked_sub(1).map(|end| ChunkRange { start: 0, end });
+            self.finish_upload(repo, &session.id, digest, range, Some(body)).await?;
+            return Ok(true);
+        }
+        match last_error {
+            Some(StorageError::BlobNotFound) | None => Err(RegistryError::BlobUnknown),
+            Some(other) => Err(other.into()),
+        }
     }
 
     /// `POST` with `mount=`: links the blob when possible, else opens a session.
@@ -187,15 +255,16 @@ impl Registry {
             }
             None => (rec.offset, self.hasher_for(&rec, digest.algorithm()).await?),
         };
+        let store = self.session_store(&rec)?;
         let hasher = if hasher.algorithm() == digest.algorithm() {
             hasher
         } else {
-            self.rehash(id, len, digest.algorithm()).await?
+            self.rehash(store, id, len, digest.algorithm()).await?
         };
         let actual = hasher.finish();
         if &actual != digest {
             // distribution-spec: a blob whose content does not match is never stored.
-            self.drop_session(id).await;
+            self.drop_session(store, id).await;
             return Err(RegistryError::DigestInvalid(format!(
                 "provided digest {digest} does not match the uploaded content ({actual}, {len} bytes)"
             )));
@@ -203,16 +272,16 @@ impl Registry {
         // Placed under the metadata store's write lock, which garbage
         // collection holds while it deletes a blob: the file found (or put)
         // in place here is the one the new record points at.
-        let blobs = self.blobs.clone();
         let place = Box::pin(async move {
-            blobs
+            store
+                .store()
                 .commit_upload(id, len, digest)
                 .await
                 .map_err(|e| Box::new(e) as berth_meta::BoxError)
         });
         match self
             .meta
-            .complete_upload(id, repo.as_str(), digest, len, self.now_ms(), place)
+            .complete_upload(id, repo.as_str(), digest, len, store.name(), self.now_ms(), place)
             .await
         {
             Ok(()) => Ok(actual),
@@ -227,8 +296,8 @@ impl Registry {
     /// Cancels a session and drops its bytes (`DELETE`).
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
         let _guard = self.sessions.lock(id).await;
-        self.session(repo, id).await?;
-        self.blobs.cancel_upload(id).await?;
+        let rec = self.session(repo, id).await?;
+        self.session_store(&rec)?.store().cancel_upload(id).await?;
         self.meta.delete_upload(id).await?;
         Ok(())
     }
@@ -247,11 +316,21 @@ impl Registry {
                 let Some(_guard) = self.sessions.try_lock(&rec.id) else {
                     continue;
                 };
-                match self.meta.get_upload(&rec.id).await? {
-                    Some(now) if now.updated_ms < before => {}
+                let now = match self.meta.get_upload(&rec.id).await? {
+                    Some(now) if now.updated_ms < before => now,
                     _ => continue,
+                };
+                match self.stores.get(&now.store) {
+                    Some(store) => store.store().cancel_upload(&rec.id).await?,
+                    // Its bytes cannot be reached; the session goes all the
+                    // same, and the store's upload-file scan finds the bytes
+                    // once the store is configured again.
+                    None => tracing::warn!(
+                        upload = %rec.id,
+                        store = now.store,
+                        "purging a stale session whose blob store is not configured; its bytes stay there"
+                    ),
                 }
-                self.blobs.cancel_upload(&rec.id).await?;
                 self.meta.delete_upload(&rec.id).await?;
                 purged += 1;
                 progressed = true;
@@ -262,8 +341,8 @@ impl Registry {
         }
     }
 
-    async fn drop_session(&self, id: &UploadId) {
-        if let Err(e) = self.blobs.cancel_upload(id).await {
+    async fn drop_session(&self, store: &NamedStore, id: &UploadId) {
+        if let Err(e) = store.store().cancel_upload(id).await {
             tracing::warn!(upload = %id, error = %e, "could not drop the bytes of a failed upload");
         }
         if let Err(e) = self.meta.delete_upload(id).await {
@@ -281,12 +360,13 @@ impl Registry {
             return Ok(h);
         }
         tracing::info!(upload = %rec.id, "no usable saved hash state; hashing the received bytes again");
-        self.rehash(&rec.id, rec.offset, algorithm).await
+        self.rehash(self.session_store(rec)?, &rec.id, rec.offset, algorithm)
+            .await
     }
 
-    async fn rehash(&self, id: &UploadId, len: u64, algorithm: Algorithm) -> Result<DigestHasher> {
+    async fn rehash(&self, store: &NamedStore, id: &UploadId, len: u64, algorithm: Algorithm) -> Result<DigestHasher> {
         let mut hasher = DigestHasher::new(algorithm);
-        let mut bytes = self.blobs.read_upload(id, len).await.map_err(upload_error)?;
+        let mut bytes = store.store().read_upload(id, len).await.map_err(upload_error)?;
         let mut seen = 0u64;
         while let Some(chunk) = bytes.next().await {
             let chunk = chunk.map_err(StorageError::Io)?;
@@ -335,7 +415,8 @@ impl Registry {
             chunk
         }));
         let new_len = self
-            .blobs
+            .session_store(rec)?
+            .store()
             .append_upload(&rec.id, rec.offset, hashed)
             .await
             .map_err(upload_error)?;
