@@ -20,4 +20,5 @@ mod manifests;
 mod migrate;
 mod mount;
 mod referrers;
+mod routes;
 mod uploads;
