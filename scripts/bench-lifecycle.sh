@@ -5,12 +5,23 @@
 # A benchmark, not a test: neither `cargo test` nor CI runs it.
 #
 #   scripts/bench-lifecycle.sh [--no-build] [--keep] [--repos N] [--tags N]
+#                              [--save-snapshot DIR | --from-snapshot DIR]
 #
 #   --no-build    use the existing release binaries (default: cargo build --release
 #                 -p berth-server -p berth-bench-seed)
 #   --keep        keep the data dir afterwards (its path is printed), e.g. to profile a step
 #   --repos N     repositories to seed (default 1000)
 #   --tags N      tags per repository (default 1000); the policy keeps the newest half
+#   --save-snapshot DIR   after the retention run, save the data dir to DIR (replacing it):
+#                 the database copied, the blob files hard-linked, so this run's own GC
+#                 then deletes hard-linked files too (see --from-snapshot)
+#   --from-snapshot DIR   start from DIR instead of seeding and running retention (the
+#                 seed, preview and run rows then say "skipped"): a GC-only run in about
+#                 3 minutes, to compare builds or settings on the same data. The database
+#                 is copied; the blob files are hard links to DIR's (copying a million small
+#                 files takes over an hour here), so deleting one frees no blocks and the
+#                 GC's file deletions cost less than in a full run. Compare such runs
+#                 with each other, not with full runs.
 #
 # Both binaries are copied into the temp dir first, so that a build in the same
 # target/ during the run cannot swap them between steps.
@@ -59,18 +70,22 @@ log() { printf '\n### [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'bench-lifecycle.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 
 ARGS="$*"
-build=1 keep=0 repos=1000 tags=1000
+build=1 keep=0 repos=1000 tags=1000 save_snapshot='' from_snapshot=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
     --keep) keep=1 ;;
     --repos) repos=$2; shift ;;
     --tags) tags=$2; shift ;;
+    --save-snapshot) save_snapshot=$2; shift ;;
+    --from-snapshot) from_snapshot=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
 done
+[ -z "$save_snapshot" ] || [ -z "$from_snapshot" ] || die "--save-snapshot and --from-snapshot exclude each other"
+[ -z "$from_snapshot" ] || [ -f "$from_snapshot/berth.db" ] || die "$from_snapshot holds no berth.db"
 WRK_SECS=${WRK_SECS:-20}
 WRK_CONNS=${WRK_CONNS:-4}
 WRK_DELAY_MS=${WRK_DELAY_MS:-2}
@@ -206,23 +221,43 @@ wrk_cmd=(env BENCH_REPOS="$repos" BENCH_DELAY_MS="$WRK_DELAY_MS"
   wrk -t1 -c"$WRK_CONNS" --timeout 10s --latency -s "$LUA" "$URL")
 
 # ---------------------------------------------------------------- seed
-timed seed "$OUT/seed.out" "$SEED_BIN" --data-dir "$DATA" --repos "$repos" --tags "$tags"
-cat "$OUT/seed.out"
-log "sync (the seed's dirty pages must not be written back during the measurements)"
-sync
-{
-  echo "database:    $(du -m "$DATA"/berth.db* | awk '{s += $1} END {print s}') MiB after seeding"
-  echo "blob files:  $(find "$DATA/blobs" -type f | wc -l) after seeding"
-} | tee -a "$OUT/run-info.txt"
+if [ -n "$from_snapshot" ]; then
+  log "copying the snapshot's database, hard-linking its files ($from_snapshot)"
+  mkdir -p "$DATA"
+  cp -a "$from_snapshot"/berth.db* "$DATA"/
+  cp -al "$from_snapshot/blobs" "$from_snapshot/uploads" "$DATA"/
+  sync
+  echo "snapshot:    $from_snapshot (seed, preview and run skipped; blob files hard-linked)" |
+    tee -a "$OUT/run-info.txt"
+else
+  timed seed "$OUT/seed.out" "$SEED_BIN" --data-dir "$DATA" --repos "$repos" --tags "$tags"
+  cat "$OUT/seed.out"
+  log "sync (the seed's dirty pages must not be written back during the measurements)"
+  sync
+  {
+    echo "database:    $(du -m "$DATA"/berth.db* | awk '{s += $1} END {print s}') MiB after seeding"
+    echo "blob files:  $(find "$DATA/blobs" -type f | wc -l) after seeding"
+  } | tee -a "$OUT/run-info.txt"
 
-# ---------------------------------------------------------------- retention
-log "berth retention set '**' --keep-last $keep_last"
-"$BERTH_BIN" retention set '**' --keep-last "$keep_last" --data-dir "$DATA"
-timed preview /dev/null "$BERTH_BIN" retention preview --data-dir "$DATA"
-cat "$OUT/preview.err"
-timed preview-deleted /dev/null "$BERTH_BIN" retention preview --deleted-only --data-dir "$DATA"
-timed run "$OUT/run.out" "$BERTH_BIN" retention run --data-dir "$DATA"
-cat "$OUT/run.err"
+  # ---------------------------------------------------------------- retention
+  log "berth retention set '**' --keep-last $keep_last"
+  "$BERTH_BIN" retention set '**' --keep-last "$keep_last" --data-dir "$DATA"
+  timed preview /dev/null "$BERTH_BIN" retention preview --data-dir "$DATA"
+  cat "$OUT/preview.err"
+  timed preview-deleted /dev/null "$BERTH_BIN" retention preview --deleted-only --data-dir "$DATA"
+  timed run "$OUT/run.out" "$BERTH_BIN" retention run --data-dir "$DATA"
+  cat "$OUT/run.err"
+  if [ -n "$save_snapshot" ]; then
+    # Hard links: the files are the run's own after it ends (a copy would
+    # read a million small files, over an hour here).
+    log "saving the data dir to $save_snapshot (database copied, files hard-linked)"
+    rm -rf "$save_snapshot"
+    mkdir -p "$save_snapshot"
+    cp -a "$DATA"/berth.db* "$save_snapshot"/
+    cp -al "$DATA/blobs" "$DATA/uploads" "$save_snapshot"/
+    sync
+  fi
+fi
 
 # ---------------------------------------------------------------- serve, tags/list, gc
 log "berth serve on $URL (scheduled jobs off)"
@@ -279,6 +314,10 @@ echo "fsck: $(jq -c '{blobs_checked, files_checked, problems: (.problems | lengt
 met() { awk -v v="$1" -v t="$2" 'BEGIN {print (v < t ? "yes" : "**no**")}'; }
 row() {  # row STEP LABEL TARGET_TEXT TARGET_SECONDS
   local w
+  if [ ! -f "$OUT/$1.time" ]; then
+    printf '| %s | skipped (snapshot) | | | %s | |\n' "$2" "${3:--}"
+    return
+  fi
   w=$(wall_s "$1")
   printf '| %s | %s | %s | %s | %s | %s |\n' "$2" "$w" "$(rss_mib "$1")" "$(anon_mib "$1")" "${3:--}" \
     "$([ -n "${4:-}" ] && met "$w" "$4" || echo -)"
@@ -317,9 +356,11 @@ gc_p99_ms=$(wrk_field wrk-gc.txt p99_us | us_to_ms)
     "$(wrk_field wrk-gc.txt duration_us | awk '{printf "%.1f", $1 / 1e6}') s against a gc wall time of $(wall_s gc) s;" \
     "server peak RSS ${server_hwm_mib} MiB (anonymous at the end ${server_anon_mib} MiB)"
   echo
-  echo "- seed: $(cat "$OUT/seed.out")"
-  echo "- preview: $(tail -n 1 "$OUT/preview.err" | cut -d' ' -f2-)"
-  echo "- run: $(tail -n 1 "$OUT/run.err" | cut -d' ' -f2-)"
+  if [ -z "$from_snapshot" ]; then
+    echo "- seed: $(cat "$OUT/seed.out")"
+    echo "- preview: $(tail -n 1 "$OUT/preview.err" | cut -d' ' -f2-)"
+    echo "- run: $(tail -n 1 "$OUT/run.err" | cut -d' ' -f2-)"
+  fi
   echo "- gc phases (time each ended):"
   sed 's/^/  - /' "$OUT/gc.err"
   echo "- gc: $(cat "$OUT/gc.out")"
