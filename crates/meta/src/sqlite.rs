@@ -93,7 +93,16 @@ impl SqliteMeta {
             .pragma("cache_size", "-8000")
             // Pages read through a memory map instead of a copy per read: scans
             // of a large registry (garbage collection, retention) read a lot.
-            .pragma("mmap_size", "1073741824");
+            .pragma("mmap_size", "1073741824")
+            // A checkpoint every 10,000 WAL pages (about 40 MiB) rather than
+            // SQLite's 1,000: a page that many commits change is written back
+            // once per checkpoint, at a random place in the file. A GC sweep
+            // of 500,000 blobs made the kernel write 21 GB at 1,000 pages
+            // (for 3.4 GB that SQLite wrote) and 8 GB at 10,000, 20% faster.
+            // The commit that crosses the mark runs the checkpoint; for
+            // pushes, whose transactions are a few pages, that is about one
+            // commit in a thousand.
+            .pragma("wal_autocheckpoint", "10000");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
