@@ -220,13 +220,20 @@ wrk_field() { sed -n "s/^RESULT .*\\b$2=\\([0-9]*\\).*/\\1/p" "$OUT/$1"; }
 wrk_cmd=(env BENCH_REPOS="$repos" BENCH_DELAY_MS="$WRK_DELAY_MS"
   wrk -t1 -c"$WRK_CONNS" --timeout 10s --latency -s "$LUA" "$URL")
 
+# copy_data FROM TO: a data dir for a snapshot, either way. The database is
+# copied (SQLite writes it in place); blob and upload files are hard-linked,
+# because copying a million small files takes over an hour here.
+copy_data() {
+  mkdir -p "$2"
+  cp -a "$1"/berth.db* "$2"/
+  cp -al "$1/blobs" "$1/uploads" "$2"/
+  sync
+}
+
 # ---------------------------------------------------------------- seed
 if [ -n "$from_snapshot" ]; then
   log "copying the snapshot's database, hard-linking its files ($from_snapshot)"
-  mkdir -p "$DATA"
-  cp -a "$from_snapshot"/berth.db* "$DATA"/
-  cp -al "$from_snapshot/blobs" "$from_snapshot/uploads" "$DATA"/
-  sync
+  copy_data "$from_snapshot" "$DATA"
   echo "snapshot:    $from_snapshot (seed, preview and run skipped; blob files hard-linked)" |
     tee -a "$OUT/run-info.txt"
 else
@@ -248,14 +255,9 @@ else
   timed run "$OUT/run.out" "$BERTH_BIN" retention run --data-dir "$DATA"
   cat "$OUT/run.err"
   if [ -n "$save_snapshot" ]; then
-    # Hard links: the files are the run's own after it ends (a copy would
-    # read a million small files, over an hour here).
     log "saving the data dir to $save_snapshot (database copied, files hard-linked)"
     rm -rf "$save_snapshot"
-    mkdir -p "$save_snapshot"
-    cp -a "$DATA"/berth.db* "$save_snapshot"/
-    cp -al "$DATA/blobs" "$DATA/uploads" "$save_snapshot"/
-    sync
+    copy_data "$DATA" "$save_snapshot"
   fi
 fi
 
