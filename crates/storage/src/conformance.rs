@@ -67,6 +67,7 @@ fn patterned(len: usize) -> Vec<u8> {
 pub async fn run_all(store: &dyn BlobStore) {
     listings_show_blobs_and_sessions(store).await;
     round_trip_and_ranges(store).await;
+    many_blobs_are_deleted_at_once(store).await;
     the_empty_blob_round_trips(store).await;
     chunked_uploads_resume_at_the_acknowledged_offset(store).await;
     an_append_replaces_what_lies_past_its_offset(store).await;
@@ -95,6 +96,25 @@ async fn round_trip_and_ranges(store: &dyn BlobStore) {
     store.delete(&digest).await.unwrap();
     assert_eq!(store.stat(&digest).await.unwrap(), None);
     store.delete(&digest).await.unwrap();
+}
+
+async fn many_blobs_are_deleted_at_once(store: &dyn BlobStore) {
+    let mut doomed = Vec::new();
+    for i in 0..40u32 {
+        doomed.push(put(store, format!("doomed blob {i}").as_bytes()).await);
+    }
+    let kept = put(store, b"a blob that stays").await;
+    // A digest the store never held is skipped without error.
+    doomed.push(Digest::sha256_of(b"never stored"));
+    store.delete_many(&doomed).await.expect("delete many");
+    for digest in &doomed {
+        assert_eq!(store.stat(digest).await.unwrap(), None, "{digest} was deleted");
+    }
+    assert_eq!(store.stat(&kept).await.unwrap(), Some(17));
+    // Again, now that none exists, and with nothing at all.
+    store.delete_many(&doomed).await.expect("delete many again");
+    store.delete_many(&[]).await.expect("delete nothing");
+    store.delete(&kept).await.unwrap();
 }
 
 async fn chunked_uploads_resume_at_the_acknowledged_offset(store: &dyn BlobStore) {

@@ -68,6 +68,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes the blob; removing a missing blob is not an error.
     async fn delete(&self, digest: &Digest) -> Result<(), StorageError>;
 
+    /// Removes every blob of `digests`, missing ones included without error,
+    /// in as few calls as the backend allows: garbage collection deletes
+    /// hundreds at a time. On an error some of them may be gone already.
+    async fn delete_many(&self, digests: &[Digest]) -> Result<(), StorageError>;
+
     /// Creates an empty upload session.
     async fn start_upload(&self, id: &UploadId) -> Result<(), StorageError>;
 

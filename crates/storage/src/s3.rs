@@ -783,6 +783,12 @@ impl BlobStore for S3BlobStore {
         }
     }
 
+    async fn delete_many(&self, digests: &[Digest]) -> Result<(), StorageError> {
+        // Bulk deletes: one request per thousand keys instead of one per blob.
+        let paths = digests.iter().map(|d| self.blob_path(d)).collect();
+        self.delete_all(paths, &self.root.child("blobs")).await
+    }
+
     async fn start_upload(&self, id: &UploadId) -> Result<(), StorageError> {
         let marker = self.session_path(id).child(SESSION_MARKER);
         self.quick
