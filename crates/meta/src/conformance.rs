@@ -356,6 +356,7 @@ pub async fn run_lifecycle<S: MetaStore + LifecycleStore + AccessStore>(store: &
     a_failed_placement_records_nothing(store).await;
     signature_tags_without_subject_are_found(store).await;
     blobs_remember_the_stores_holding_them(store).await;
+    sweeps_remove_what_they_find(store).await;
 }
 
 /// What a [`FileRemover`] was asked to delete.
@@ -480,6 +481,92 @@ async fn blobs_remember_the_stores_holding_them<S: MetaStore + LifecycleStore>(s
         [(d.clone(), "default".to_string()), (d.clone(), "team-a".to_string())]
     );
     assert_eq!(store.blob_record(&d).await.unwrap(), None);
+}
+
+/// A sweep finds and removes in one step, pages through the candidates in
+/// digest order, and leaves alone what `removable` refuses. Its blobs are
+/// older (time 1, cutoff 2) than any other test's, which it must not touch.
+async fn sweeps_remove_what_they_find<S: MetaStore + LifecycleStore>(store: &S) {
+    let repo = "lc/sweep";
+    let mut loose: Vec<Digest> = (0..3)
+        .map(|i| Digest::sha256_of(format!("sweep loose {i}").as_bytes()))
+        .collect();
+    loose.sort();
+    for d in &loose {
+        store.add_blob(repo, d, 5, 1).await.unwrap();
+    }
+    let used = Digest::sha256_of(b"sweep used");
+    store.add_blob(repo, &used, 6, 1).await.unwrap();
+    let m = manifest(r#"{"lc":"sweep"}"#, vec![used.clone()], vec![], None);
+    store.put_manifest(repo, &m, Some("t"), 1).await.unwrap();
+    // Its only copy is in a store the caller cannot delete from.
+    let unplugged = Digest::sha256_of(b"sweep unplugged");
+    let id = UploadId::new("sweep-unplugged".into());
+    store
+        .create_upload(&UploadRecord {
+            id: id.clone(),
+            repo: repo.into(),
+            store: "unplugged".into(),
+            offset: 0,
+            hash_state: None,
+            started_ms: 1,
+            updated_ms: 1,
+        })
+        .await
+        .unwrap();
+    store
+        .complete_upload(&id, repo, &unplugged, 7, "unplugged", 1, Box::pin(async { Ok(()) }))
+        .await
+        .unwrap();
+    let mine = |d: &Digest| loose.contains(d) || *d == used || *d == unplugged;
+
+    let files = DeletedFiles::default();
+    let removable = |stores: &StoreSet| !stores.contains("unplugged");
+    let (mut removed, mut left_alone, mut steps) = (Vec::new(), Vec::new(), 0);
+    let mut after: Option<Digest> = None;
+    loop {
+        let sweep = store
+            .sweep_blobs(2, after.as_ref(), 2, &removable, &files)
+            .await
+            .unwrap();
+        steps += 1;
+        assert!(
+            sweep.removed.len() + sweep.left_alone.len() <= 2,
+            "at most the limit per step"
+        );
+        if let (Some(before), Some(last)) = (&after, &sweep.last) {
+            assert!(last > before, "steps move forward in digest order");
+        }
+        removed.extend(sweep.removed.into_iter().filter(|b| mine(&b.digest)));
+        left_alone.extend(sweep.left_alone.into_iter().map(|b| b.digest).filter(|d| mine(d)));
+        after = sweep.last;
+        if !sweep.more {
+            break;
+        }
+    }
+    assert!(steps >= 2, "four candidates, two per step: {steps} steps");
+    let removed_digests: Vec<Digest> = removed.iter().map(|b| b.digest.clone()).collect();
+    assert_eq!(removed_digests, loose);
+    assert!(removed.iter().all(|b| b.size == 5 && b.links == 1));
+    assert_eq!(left_alone, std::slice::from_ref(&unplugged));
+    let deleted: Vec<(Digest, String)> = files.take().into_iter().filter(|(d, _)| mine(d)).collect();
+    let expected: Vec<(Digest, String)> = loose.iter().map(|d| (d.clone(), "default".to_string())).collect();
+    assert_eq!(deleted, expected, "the files of what was removed, and only those");
+    for d in &loose {
+        assert_eq!(store.blob_size(d).await.unwrap(), None);
+        assert_eq!(
+            store.linked_blob_size(repo, d).await.unwrap(),
+            None,
+            "its link went with it"
+        );
+    }
+    assert_eq!(store.linked_blob_size(repo, &used).await.unwrap(), Some(6));
+    assert_eq!(store.blob_size(&unplugged).await.unwrap(), Some(7));
+
+    // Found again next time, and still left alone.
+    let again = store.sweep_blobs(2, None, 100, &removable, &files).await.unwrap();
+    assert!(again.removed.iter().all(|b| !mine(&b.digest)));
+    assert!(again.left_alone.iter().any(|b| b.digest == unplugged));
 }
 
 fn gc_audit(at_ms: i64) -> Audit {

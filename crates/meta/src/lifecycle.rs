@@ -111,6 +111,30 @@ pub struct UnusedBlob {
     pub stores: StoreSet,
 }
 
+/// What one step of the blob sweep did.
+#[derive(Debug, Default)]
+pub struct BlobSweep {
+    pub removed: Vec<UnusedBlob>,
+    /// Unreferenced, but `removable` refused them.
+    pub left_alone: Vec<UnusedBlob>,
+    /// The last candidate looked at: the next step starts after it.
+    pub last: Option<Digest>,
+    /// Whether the step found as many candidates as it may handle, so more
+    /// may follow.
+    pub more: bool,
+}
+
+impl BlobSweep {
+    /// A step that found `candidates` (nothing removed yet).
+    pub fn of(candidates: &[UnusedBlob], limit: u32) -> BlobSweep {
+        BlobSweep {
+            last: candidates.last().map(|b| b.digest.clone()),
+            more: candidates.len() >= limit as usize,
+            ..BlobSweep::default()
+        }
+    }
+}
+
 /// A recorded blob as the orphan scan and the consistency check see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedBlob {
@@ -215,6 +239,29 @@ pub trait LifecycleStore: MetaStore {
         cutoff_ms: i64,
         files: &dyn FileRemover,
     ) -> Result<Vec<UnusedBlob>>;
+
+    /// One step of the blob sweep: finds the next `limit` unreferenced blobs
+    /// after `after` (as [`unreferenced_blobs`](Self::unreferenced_blobs)
+    /// does) and removes, as [`remove_blobs`](Self::remove_blobs) does, those
+    /// whose stores `removable` accepts. Backends that can find and remove
+    /// them in one transaction do, which saves checking each blob twice.
+    async fn sweep_blobs(
+        &self,
+        cutoff_ms: i64,
+        after: Option<&Digest>,
+        limit: u32,
+        removable: &(dyn for<'s> Fn(&'s StoreSet) -> bool + Sync),
+        files: &dyn FileRemover,
+    ) -> Result<BlobSweep> {
+        let found = self.unreferenced_blobs(cutoff_ms, after, limit, &[]).await?;
+        let mut sweep = BlobSweep::of(&found, limit);
+        let (to_remove, left): (Vec<UnusedBlob>, Vec<UnusedBlob>) =
+            found.into_iter().partition(|b| removable(&b.stores));
+        let digests: Vec<Digest> = to_remove.into_iter().map(|b| b.digest).collect();
+        sweep.removed = self.remove_blobs(&digests, cutoff_ms, files).await?;
+        sweep.left_alone = left;
+        Ok(sweep)
+    }
 
     /// Untagged manifests that nothing in their repository references (an
     /// index listing them, a living subject), untouched since before

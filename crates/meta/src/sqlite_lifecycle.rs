@@ -12,8 +12,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::access::Audit;
 use crate::lifecycle::{
-    BlobFiles, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord,
-    Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
+    BlobFiles, BlobSweep, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval,
+    PolicyRecord, Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::sqlite::{digest_list, to_u64};
 use crate::sqlite_access::write_audit;
@@ -40,6 +40,45 @@ fn unused_blobs(packed: &str) -> Result<Vec<UnusedBlob>> {
             })
         })
         .collect()
+}
+
+/// Blobs nothing references, untouched and not linked since before $2, after
+/// $1 in digest order, at most $3, leaving out what the manifests of the
+/// pretend list $4 reference.
+const UNREFERENCED_BLOBS: &str =
+    "SELECT json_group_array(json_array(digest, size, links, stores)) FROM (SELECT b.digest, b.size, \
+     (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links, b.stores FROM blobs b \
+     WHERE b.digest > $1 AND b.touched_ms < $2 \
+     AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
+     AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest \
+                     AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT value FROM json_each($4))) \
+     ORDER BY b.digest LIMIT $3)";
+
+/// Deletes the records of `removed` blobs and their links in `tx`, and their
+/// files through `files` meanwhile: the files go before the commit, so
+/// should deleting one fail, the records stay and the next run tries again.
+async fn delete_blobs(
+    tx: &mut Transaction<'static, Sqlite>,
+    removed: &[UnusedBlob],
+    files: &dyn FileRemover,
+) -> Result<()> {
+    let gone: Vec<Digest> = removed.iter().map(|b| b.digest.clone()).collect();
+    let gone_list = digest_list(&gone);
+    let records = async {
+        sqlx::query("DELETE FROM repo_blobs WHERE digest IN (SELECT value FROM json_each($1))")
+            .bind(&gone_list)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each($1))")
+            .bind(&gone_list)
+            .execute(&mut **tx)
+            .await?;
+        Ok::<_, MetaError>(())
+    };
+    let gone_files = files_of(removed);
+    let files = async { files.remove(&gone_files).await.map_err(MetaError::Placement) };
+    tokio::try_join!(records, files)?;
+    Ok(())
 }
 
 /// The files of removed blobs, in every store holding them.
@@ -401,21 +440,13 @@ impl LifecycleStore for SqliteMeta {
         limit: u32,
         gone: Pretend<'_>,
     ) -> Result<Vec<UnusedBlob>> {
-        let packed: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(digest, size, links, stores)) FROM (SELECT b.digest, b.size, \
-             (SELECT COUNT(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links, b.stores FROM blobs b \
-             WHERE b.digest > $1 AND b.touched_ms < $2 \
-             AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.linked_ms >= $2) \
-             AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = b.digest \
-                             AND r.repo_id || '|' || r.manifest_digest NOT IN (SELECT value FROM json_each($4))) \
-             ORDER BY b.digest LIMIT $3)",
-        )
-        .bind(after.map(|d| d.to_string()).unwrap_or_default())
-        .bind(cutoff_ms)
-        .bind(i64::from(limit))
-        .bind(pretend_list(gone))
-        .fetch_one(&self.reader)
-        .await?;
+        let packed: String = sqlx::query_scalar(UNREFERENCED_BLOBS)
+            .bind(after.map(|d| d.to_string()).unwrap_or_default())
+            .bind(cutoff_ms)
+            .bind(i64::from(limit))
+            .bind(pretend_list(gone))
+            .fetch_one(&self.reader)
+            .await?;
         unused_blobs(&packed)
     }
 
@@ -440,27 +471,38 @@ impl LifecycleStore for SqliteMeta {
         .fetch_one(&mut *tx)
         .await?;
         let removed = unused_blobs(&collectable)?;
-        let gone: Vec<Digest> = removed.iter().map(|b| b.digest.clone()).collect();
-        let gone_list = digest_list(&gone);
-        let records = async {
-            sqlx::query("DELETE FROM repo_blobs WHERE digest IN (SELECT value FROM json_each($1))")
-                .bind(&gone_list)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each($1))")
-                .bind(&gone_list)
-                .execute(&mut *tx)
-                .await?;
-            Ok::<_, MetaError>(())
-        };
-        // Files go before the commit, while the database deletes the records
-        // (each waits on its own I/O): should deleting them fail, the records
-        // stay and the next run tries again.
-        let gone_files = files_of(&removed);
-        let files = async { files.remove(&gone_files).await.map_err(MetaError::Placement) };
-        tokio::try_join!(records, files)?;
+        delete_blobs(&mut tx, &removed, files).await?;
         tx.commit().await?;
         Ok(removed)
+    }
+
+    async fn sweep_blobs(
+        &self,
+        cutoff_ms: i64,
+        after: Option<&Digest>,
+        limit: u32,
+        removable: &(dyn for<'s> Fn(&'s StoreSet) -> bool + Sync),
+        files: &dyn FileRemover,
+    ) -> Result<BlobSweep> {
+        // Found under the write lock, so what is found is what is removed:
+        // no second check of each blob, as `remove_blobs` needs.
+        let mut tx = self.begin().await?;
+        let packed: String = sqlx::query_scalar(UNREFERENCED_BLOBS)
+            .bind(after.map(|d| d.to_string()).unwrap_or_default())
+            .bind(cutoff_ms)
+            .bind(i64::from(limit))
+            .bind(pretend_list(&[]))
+            .fetch_one(&mut *tx)
+            .await?;
+        let found = unused_blobs(&packed)?;
+        let mut sweep = BlobSweep::of(&found, limit);
+        let (removed, left_alone): (Vec<UnusedBlob>, Vec<UnusedBlob>) =
+            found.into_iter().partition(|b| removable(&b.stores));
+        delete_blobs(&mut tx, &removed, files).await?;
+        tx.commit().await?;
+        sweep.removed = removed;
+        sweep.left_alone = left_alone;
+        Ok(sweep)
     }
 
     async fn untagged_manifests(

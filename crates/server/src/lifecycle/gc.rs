@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use berth_meta::access::Audit;
-use berth_meta::lifecycle::{BlobFiles, FileRemover, LinkKey, PlannedRemoval, Removal};
-use berth_meta::BoxError;
+use berth_meta::lifecycle::{BlobFiles, BlobSweep, FileRemover, LinkKey, PlannedRemoval, Removal};
+use berth_meta::{BoxError, StoreSet};
 use berth_oci::{Algorithm, Digest, UploadId};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::{Lifecycle, LifecycleError, Result};
-use crate::registry::BlobStores;
+use crate::registry::{BlobStores, NamedStore};
 
 /// What one collection found and removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -44,8 +44,6 @@ pub struct GcReport {
 
 /// How many candidates one transaction handles.
 const BATCH: u32 = 500;
-/// Blob files deleted at once.
-const FILE_DELETES_IN_FLIGHT: usize = 16;
 /// How many blob-store shards the orphan scan lists at once.
 pub(super) const SHARD_LISTINGS: usize = 8;
 /// Most manifests a dry run pretends are gone when it counts blobs and links.
@@ -65,7 +63,7 @@ pub(crate) struct StoreFiles<'a>(pub &'a BlobStores);
 #[async_trait]
 impl FileRemover for StoreFiles<'_> {
     async fn remove(&self, files: &[BlobFiles]) -> std::result::Result<(), BoxError> {
-        let mut deletes = Vec::with_capacity(files.len());
+        let mut per_store: Vec<(&NamedStore, Vec<Digest>)> = Vec::new();
         for blob in files {
             for name in blob.stores.names() {
                 // The caller leaves out blobs of stores not configured; one
@@ -75,14 +73,16 @@ impl FileRemover for StoreFiles<'_> {
                     digest: blob.digest.clone(),
                     store: name.to_string(),
                 })?;
-                deletes.push(store.store().delete(&blob.digest));
+                match per_store.iter_mut().find(|(known, _)| known.name() == name) {
+                    Some((_, digests)) => digests.push(blob.digest.clone()),
+                    None => per_store.push((store, vec![blob.digest.clone()])),
+                }
             }
         }
-        // Deleted a few at a time: the write lock is held meanwhile.
-        futures::stream::iter(deletes)
-            .buffer_unordered(FILE_DELETES_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
+        let deletes = per_store
+            .iter()
+            .map(|(store, digests)| store.store().delete_many(digests));
+        futures::future::try_join_all(deletes).await?;
         Ok(())
     }
 }
@@ -241,39 +241,39 @@ impl Lifecycle {
         progress(&format!("unused links of blobs still in use: {}", report.links_removed));
 
         // 4. Blobs nothing links or references.
+        // A blob with a copy in a store no longer configured keeps its
+        // records: its file there cannot be deleted, and reads still need to
+        // say where it is.
         let files = StoreFiles(self.stores());
+        let removable = |stores: &StoreSet| self.stores().unconfigured(stores).is_empty();
         let mut after: Option<Digest> = None;
         loop {
-            let batch = self
-                .store()
-                .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
-                .await?;
-            let Some(last) = batch.last() else { break };
-            after = Some(last.digest.clone());
-            // A blob with a copy in a store no longer configured keeps its
-            // records: its file there cannot be deleted, and reads still need
-            // to say where it is.
-            let (batch_reachable, unreachable): (Vec<_>, Vec<_>) = batch
-                .iter()
-                .partition(|b| self.stores().unconfigured(&b.stores).is_empty());
-            for blob in &unreachable {
+            let sweep = if dry_run {
+                let found = self
+                    .store()
+                    .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
+                    .await?;
+                let mut sweep = BlobSweep::of(&found, BATCH);
+                (sweep.removed, sweep.left_alone) = found.into_iter().partition(|b| removable(&b.stores));
+                sweep
+            } else {
+                self.store()
+                    .sweep_blobs(cutoff, after.as_ref(), BATCH, &removable, &files)
+                    .await?
+            };
+            for blob in &sweep.left_alone {
                 tracing::warn!(
                     digest = %blob.digest,
                     stores = %blob.stores,
                     "unreferenced blob left alone: a blob store holding it is not configured"
                 );
             }
-            report.blobs_kept_store_not_configured += unreachable.len() as u64;
-            let removed = if dry_run {
-                batch_reachable.into_iter().cloned().collect()
-            } else {
-                let digests: Vec<Digest> = batch_reachable.iter().map(|b| b.digest.clone()).collect();
-                self.store().remove_blobs(&digests, cutoff, &files).await?
-            };
-            report.blobs_removed += removed.len() as u64;
-            report.bytes_reclaimed += removed.iter().map(|b| b.size).sum::<u64>();
-            report.links_removed += removed.iter().map(|b| b.links).sum::<u64>();
-            if batch.len() < BATCH as usize {
+            report.blobs_kept_store_not_configured += sweep.left_alone.len() as u64;
+            report.blobs_removed += sweep.removed.len() as u64;
+            report.bytes_reclaimed += sweep.removed.iter().map(|b| b.size).sum::<u64>();
+            report.links_removed += sweep.removed.iter().map(|b| b.links).sum::<u64>();
+            after = sweep.last;
+            if !sweep.more {
                 break;
             }
         }
