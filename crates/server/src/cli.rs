@@ -55,6 +55,11 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Lower this run's CPU priority by this much (as `nice` does), so
+        /// that a registry serving on the same machine keeps its latency;
+        /// 0 runs at the caller's priority.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+        nice: u8,
     },
     /// Check that the metadata database and the blob store agree.
     Fsck {
