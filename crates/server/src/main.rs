@@ -90,7 +90,6 @@ fn lower_priority(by: u8) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     /// This thread's nice value.
