@@ -40,6 +40,7 @@
 #                    WRK_DELAY_MS between requests: once alone (the baseline), then
 #                    for exactly as long as
 #   gc               BERTH_GC__GRACE_SECS=0 berth gc --json runs on the same data dir
+#                    (at its default --nice 10)
 #   fsck             berth fsck --json, after the server stopped (must find no problem)
 #
 # Results go to bench-results/lifecycle/ (git-ignored):
