@@ -112,7 +112,7 @@ pub struct UnusedBlob {
 }
 
 /// What one step of the blob sweep did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BlobSweep {
     pub removed: Vec<UnusedBlob>,
     /// Unreferenced, but `removable` refused them.
@@ -125,12 +125,18 @@ pub struct BlobSweep {
 }
 
 impl BlobSweep {
-    /// A step that found `candidates` (nothing removed yet).
-    pub fn of(candidates: &[UnusedBlob], limit: u32) -> BlobSweep {
+    /// A step that found `candidates` (at most `limit`): those whose stores
+    /// `removable` accepts go to `removed` (to be removed, or counted by a dry
+    /// run), the others to `left_alone`.
+    pub fn split(candidates: Vec<UnusedBlob>, limit: u32, removable: &dyn Fn(&StoreSet) -> bool) -> BlobSweep {
+        let last = candidates.last().map(|b| b.digest.clone());
+        let more = candidates.len() >= limit as usize;
+        let (removed, left_alone) = candidates.into_iter().partition(|b| removable(&b.stores));
         BlobSweep {
-            last: candidates.last().map(|b| b.digest.clone()),
-            more: candidates.len() >= limit as usize,
-            ..BlobSweep::default()
+            removed,
+            left_alone,
+            last,
+            more,
         }
     }
 }
@@ -254,12 +260,9 @@ pub trait LifecycleStore: MetaStore {
         files: &dyn FileRemover,
     ) -> Result<BlobSweep> {
         let found = self.unreferenced_blobs(cutoff_ms, after, limit, &[]).await?;
-        let mut sweep = BlobSweep::of(&found, limit);
-        let (to_remove, left): (Vec<UnusedBlob>, Vec<UnusedBlob>) =
-            found.into_iter().partition(|b| removable(&b.stores));
-        let digests: Vec<Digest> = to_remove.into_iter().map(|b| b.digest).collect();
+        let mut sweep = BlobSweep::split(found, limit, removable);
+        let digests: Vec<Digest> = sweep.removed.iter().map(|b| b.digest.clone()).collect();
         sweep.removed = self.remove_blobs(&digests, cutoff_ms, files).await?;
-        sweep.left_alone = left;
         Ok(sweep)
     }
 

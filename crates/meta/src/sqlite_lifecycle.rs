@@ -494,14 +494,9 @@ impl LifecycleStore for SqliteMeta {
             .bind(pretend_list(&[]))
             .fetch_one(&mut *tx)
             .await?;
-        let found = unused_blobs(&packed)?;
-        let mut sweep = BlobSweep::of(&found, limit);
-        let (removed, left_alone): (Vec<UnusedBlob>, Vec<UnusedBlob>) =
-            found.into_iter().partition(|b| removable(&b.stores));
-        delete_blobs(&mut tx, &removed, files).await?;
+        let sweep = BlobSweep::split(unused_blobs(&packed)?, limit, removable);
+        delete_blobs(&mut tx, &sweep.removed, files).await?;
         tx.commit().await?;
-        sweep.removed = removed;
-        sweep.left_alone = left_alone;
         Ok(sweep)
     }
 

@@ -253,9 +253,7 @@ impl Lifecycle {
                     .store()
                     .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
                     .await?;
-                let mut sweep = BlobSweep::of(&found, BATCH);
-                (sweep.removed, sweep.left_alone) = found.into_iter().partition(|b| removable(&b.stores));
-                sweep
+                BlobSweep::split(found, BATCH, &removable)
             } else {
                 self.store()
                     .sweep_blobs(cutoff, after.as_ref(), BATCH, &removable, &files)
