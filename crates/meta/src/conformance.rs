@@ -382,20 +382,25 @@ impl DeletedFiles {
     }
 }
 
+/// A session of `repo` with no bytes yet, started at `at_ms`, its bytes in `store`.
+pub(crate) fn new_upload(id: &str, repo: &str, store: &str, at_ms: i64) -> UploadRecord {
+    UploadRecord {
+        id: UploadId::new(id.into()),
+        repo: repo.into(),
+        store: store.into(),
+        offset: 0,
+        hash_state: None,
+        started_ms: at_ms,
+        updated_ms: at_ms,
+    }
+}
+
 /// Storage routes: an upload records the store holding it, a completed
 /// upload adds its store to the blob's (once), a link changes no store, and
 /// the collector deletes the files of every store that holds a copy.
 async fn blobs_remember_the_stores_holding_them<S: MetaStore + LifecycleStore>(store: &S) {
     let d = Digest::sha256_of(b"routed blob");
-    let upload = |id: &str, repo: &str, in_store: &str| UploadRecord {
-        id: UploadId::new(id.into()),
-        repo: repo.into(),
-        store: in_store.into(),
-        offset: 0,
-        hash_state: None,
-        started_ms: 10,
-        updated_ms: 10,
-    };
+    let upload = |id: &str, repo: &str, in_store: &str| new_upload(id, repo, in_store, 10);
     let first = upload("routes-first", "routes/a", "team-a");
     store.create_upload(&first).await.unwrap();
     assert_eq!(store.get_upload(&first.id).await.unwrap().unwrap().store, "team-a");
@@ -503,15 +508,7 @@ async fn sweeps_remove_what_they_find<S: MetaStore + LifecycleStore>(store: &S) 
     let unplugged = Digest::sha256_of(b"sweep unplugged");
     let id = UploadId::new("sweep-unplugged".into());
     store
-        .create_upload(&UploadRecord {
-            id: id.clone(),
-            repo: repo.into(),
-            store: "unplugged".into(),
-            offset: 0,
-            hash_state: None,
-            started_ms: 1,
-            updated_ms: 1,
-        })
+        .create_upload(&new_upload(id.as_str(), repo, "unplugged", 1))
         .await
         .unwrap();
     store

@@ -1294,17 +1294,9 @@ mod tests {
         let Some(db) = TestDb::create().await else { return };
         let meta = db.meta().await;
         for id in ["dl-a", "dl-b"] {
-            meta.create_upload(&UploadRecord {
-                id: UploadId::new(id.into()),
-                repo: "r/dl".into(),
-                store: crate::DEFAULT_STORE.into(),
-                offset: 0,
-                hash_state: None,
-                started_ms: 1,
-                updated_ms: 1,
-            })
-            .await
-            .unwrap();
+            meta.create_upload(&crate::conformance::new_upload(id, "r/dl", crate::DEFAULT_STORE, 1))
+                .await
+                .unwrap();
         }
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let bump = |first: &'static str, second: &'static str| {
