@@ -73,6 +73,7 @@ pub async fn run_all(store: &dyn BlobStore) {
     an_append_replaces_what_lies_past_its_offset(store).await;
     many_appends_commit_into_one_blob(store).await;
     a_large_append_streams_through(store).await;
+    staged_blobs_appear_only_when_published(store).await;
     missing_things_are_reported(store).await;
     committing_an_existing_blob_is_idempotent(store).await;
     cancel_drops_the_session(store).await;
@@ -229,6 +230,74 @@ async fn a_large_append_streams_through(store: &dyn BlobStore) {
     let boundary = 8 << 20;
     let across = collect(store.get(&digest, Some(boundary - 10..boundary + 10)).await.unwrap()).await;
     assert_eq!(across, &data[boundary as usize - 10..boundary as usize + 10]);
+    store.delete(&digest).await.unwrap();
+}
+
+async fn staged_blobs_appear_only_when_published(store: &dyn BlobStore) {
+    let small = b"staged in one request";
+    let digest = Digest::sha256_of(small);
+    let id = new_id();
+    store.start_upload(&id).await.unwrap();
+    let staged = store
+        .stage_blob(&id, &digest, stream_of(vec![b"staged ", b"in one request"]))
+        .await
+        .unwrap();
+    assert_eq!(staged.len(), small.len() as u64);
+    assert_eq!(
+        store.stat(&digest).await.unwrap(),
+        None,
+        "staged bytes are not a blob yet"
+    );
+    staged.publish().await.unwrap();
+    assert_eq!(collect(store.get(&digest, None).await.unwrap()).await, small);
+    assert!(
+        matches!(store.read_upload(&id, 0).await, Err(StorageError::UploadNotFound)),
+        "publishing ends the session"
+    );
+
+    // Larger than a part: staged in parts, which must stay invisible when abandoned.
+    let data = patterned(LARGE + (1 << 20));
+    let digest = Digest::sha256_of(&data);
+    let abandoned = new_id();
+    store.start_upload(&abandoned).await.unwrap();
+    let staged = store
+        .stage_blob(&abandoned, &digest, stream_of(data.chunks(64 << 10).collect()))
+        .await
+        .unwrap();
+    assert_eq!(staged.len(), data.len() as u64);
+    drop(staged);
+    assert_eq!(store.stat(&digest).await.unwrap(), None, "abandoned bytes never show");
+    store.cancel_upload(&abandoned).await.unwrap();
+
+    let id = new_id();
+    store.start_upload(&id).await.unwrap();
+    let staged = store
+        .stage_blob(&id, &digest, stream_of(data.chunks(64 << 10).collect()))
+        .await
+        .unwrap();
+    assert_eq!(store.stat(&digest).await.unwrap(), None);
+    staged.publish().await.unwrap();
+    assert_eq!(store.stat(&digest).await.unwrap(), Some(data.len() as u64));
+    assert!(
+        collect(store.get(&digest, None).await.unwrap()).await == data,
+        "the large staged blob reads back whole"
+    );
+    assert!(store
+        .list_uploads()
+        .await
+        .unwrap()
+        .iter()
+        .all(|f| f.key != id && f.key != abandoned));
+
+    // Publishing a blob the store holds already keeps its bytes.
+    let again = new_id();
+    store.start_upload(&again).await.unwrap();
+    let staged = store
+        .stage_blob(&again, &digest, stream_of(data.chunks(1 << 20).collect()))
+        .await
+        .unwrap();
+    staged.publish().await.unwrap();
+    assert!(collect(store.get(&digest, None).await.unwrap()).await == data);
     store.delete(&digest).await.unwrap();
 }
 

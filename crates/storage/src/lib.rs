@@ -84,6 +84,28 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The first `len` bytes of the upload, to re-hash when no saved hash state can be used.
     async fn read_upload(&self, id: &UploadId, len: u64) -> Result<ByteStream, StorageError>;
 
+    /// Receives the whole of the blob `digest` for the empty upload session
+    /// `id` (a push in one request) without making it visible: the caller
+    /// checks the bytes against the digest, then publishes or discards them.
+    ///
+    /// The default writes the session and publishes by committing it, as a
+    /// chunked push does. A store that can write the blob's own key
+    /// invisibly overrides this and saves writing every byte twice.
+    async fn stage_blob<'a>(
+        &'a self,
+        id: &'a UploadId,
+        digest: &'a Digest,
+        data: ByteStream,
+    ) -> Result<Box<dyn StagedBlob + 'a>, StorageError> {
+        let len = self.append_upload(id, 0, data).await?;
+        Ok(Box::new(StagedInSession {
+            store: self,
+            id,
+            digest,
+            len,
+        }))
+    }
+
     /// Turns the first `len` bytes of the upload into the blob `digest`, durably.
     /// The caller has verified the digest. If the blob already exists, the upload is dropped.
     async fn commit_upload(&self, id: &UploadId, len: u64, digest: &Digest) -> Result<(), StorageError>;
@@ -106,5 +128,42 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn download_url(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
         let _ = digest;
         Ok(None)
+    }
+}
+
+/// A blob's bytes received by [`BlobStore::stage_blob`], not yet visible.
+/// Dropping it without publishing abandons them.
+#[async_trait]
+pub trait StagedBlob: Send {
+    /// How many bytes were received.
+    fn len(&self) -> u64;
+
+    /// Whether no byte was received.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes the bytes the blob, durably. The caller has verified the digest.
+    /// If the blob already exists, it is left as it is or replaced by the same bytes.
+    async fn publish(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// The default staging: the bytes wait in the upload session, whose
+/// cancellation drops them.
+struct StagedInSession<'a, S: ?Sized> {
+    store: &'a S,
+    id: &'a UploadId,
+    digest: &'a Digest,
+    len: u64,
+}
+
+#[async_trait]
+impl<S: BlobStore + ?Sized> StagedBlob for StagedInSession<'_, S> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn publish(self: Box<Self>) -> Result<(), StorageError> {
+        self.store.commit_upload(self.id, self.len, self.digest).await
     }
 }

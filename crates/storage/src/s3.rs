@@ -40,7 +40,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::{BlobStore, ByteStream, StorageError, StoredFile};
+use crate::{BlobStore, ByteStream, StagedBlob, StorageError, StoredFile};
 
 /// Size of the parts of a multipart upload while the total is unknown (an
 /// append). With [`PARTS_IN_FLIGHT`] this bounds what one transfer holds in
@@ -422,6 +422,38 @@ impl S3BlobStore {
         writer.finish().await.map_err(|e| self.fail("writing", path, e))
     }
 
+    /// Streams `data` into a writer of the object `path`, not finished yet;
+    /// returns it with the number of bytes received. On an error nothing of
+    /// it stays.
+    async fn receive(&self, path: Path, mut data: ByteStream) -> Result<(ObjectWriter, u64), StorageError> {
+        let mut writer = ObjectWriter::new(self.bulk.clone(), path.clone(), PART_SIZE);
+        let mut received = 0u64;
+        while let Some(chunk) = data.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(StorageError::Body(e));
+                }
+            };
+            received += chunk.len() as u64;
+            if let Err(e) = writer.write(chunk).await {
+                writer.abort().await;
+                return Err(self.fail("uploading", &path, e));
+            }
+        }
+        Ok((writer, received))
+    }
+
+    /// Removes the objects of session `id` once its blob is in place. A
+    /// failure is only logged: leftovers of a session take space, and the
+    /// garbage collector removes upload objects that have no session.
+    async fn clear_session(&self, id: &UploadId, objects: Vec<Path>) {
+        if let Err(e) = self.delete_all(objects, &self.session_path(id)).await {
+            tracing::warn!(upload = %id, error = %e, "blob stored, but its upload objects could not be removed");
+        }
+    }
+
     /// Copies a segment into place inside the service.
     async fn copy_into_place(&self, from: &Path, to: &Path, len: u64) -> Result<(), StorageError> {
         self.bulk
@@ -515,6 +547,7 @@ fn read_error(place: &str, path: &Path, e: object_store::Error) -> io::Error {
 fn body_stream(result: GetResult, place: Arc<str>, path: Path) -> ByteStream {
     Box::pin(result.into_stream().map_err(move |e| read_error(&place, &path, e)))
 }
+
 
 fn modified_ms(meta: &ObjectMeta) -> i64 {
     meta.last_modified.timestamp_millis()
@@ -612,6 +645,39 @@ impl Session {
     /// The session's length: where its chain of segments ends.
     fn len(&self) -> u64 {
         self.chain.last().map_or(0, Segment::end)
+    }
+}
+
+/// A blob written to its own key by [`S3BlobStore::stage_blob`], waiting
+/// for its digest to be checked. Dropped unpublished, its writer aborts the
+/// multipart upload, so the key never shows the bytes.
+struct StagedObject<'a> {
+    store: &'a S3BlobStore,
+    id: &'a UploadId,
+    writer: ObjectWriter,
+    len: u64,
+}
+
+#[async_trait]
+impl StagedBlob for StagedObject<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn publish(self: Box<Self>) -> Result<(), StorageError> {
+        let StagedObject { store, id, writer, .. } = *self;
+        let path = writer.path.clone();
+        writer
+            .finish()
+            .await
+            .map_err(|e| store.fail("completing the upload of", &path, e))?;
+        match store.session(id).await {
+            Ok(session) => store.clear_session(id, session.objects).await,
+            Err(e) => {
+                tracing::warn!(upload = %id, error = %e, "blob stored, but its upload objects could not be listed to remove them")
+            }
+        }
+        Ok(())
     }
 }
 
@@ -798,7 +864,7 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
-    async fn append_upload(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64, StorageError> {
+    async fn append_upload(&self, id: &UploadId, offset: u64, data: ByteStream) -> Result<u64, StorageError> {
         let session = self.started_session(id).await?;
         let have = session.len();
         if have < offset {
@@ -811,22 +877,7 @@ impl BlobStore for S3BlobStore {
         // append that fails leaves the session at exactly `offset`.
         self.cut(id, &session, offset).await?;
         let path = self.segment_path(id, offset);
-        let mut writer = ObjectWriter::new(self.bulk.clone(), path.clone(), PART_SIZE);
-        let mut received = 0u64;
-        while let Some(chunk) = data.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(StorageError::Body(e));
-                }
-            };
-            received += chunk.len() as u64;
-            if let Err(e) = writer.write(chunk).await {
-                writer.abort().await;
-                return Err(self.fail("uploading", &path, e));
-            }
-        }
+        let (writer, received) = self.receive(path.clone(), data).await?;
         if received == 0 {
             // An empty segment would add nothing to the chain.
             writer.abort().await;
@@ -869,13 +920,27 @@ impl BlobStore for S3BlobStore {
                 }
             }
         }
-        // The blob is in place whatever happens now: leftovers of the session
-        // only take space, and the garbage collector removes upload objects
-        // that have no session.
-        if let Err(e) = self.delete_all(session.objects, &self.session_path(id)).await {
-            tracing::warn!(upload = %id, error = %e, "blob stored, but its upload objects could not be removed");
-        }
+        self.clear_session(id, session.objects).await;
         Ok(())
+    }
+
+    /// Writes the blob's own key as a multipart upload that is completed only
+    /// on publishing, so the bytes are written once instead of once into the
+    /// session and again by the commit's copy. Up to a part's worth of bytes
+    /// wait in memory instead, and are put on publishing.
+    async fn stage_blob<'a>(
+        &'a self,
+        id: &'a UploadId,
+        digest: &'a Digest,
+        data: ByteStream,
+    ) -> Result<Box<dyn StagedBlob + 'a>, StorageError> {
+        let (writer, len) = self.receive(self.blob_path(digest), data).await?;
+        Ok(Box::new(StagedObject {
+            store: self,
+            id,
+            writer,
+            len,
+        }))
     }
 
     async fn cancel_upload(&self, id: &UploadId) -> Result<(), StorageError> {

@@ -247,15 +247,30 @@ impl Registry {
     ) -> Result<Digest> {
         let _guard = self.sessions.lock(id).await;
         let rec = self.session(repo, id).await?;
-        let (len, hasher) = match last_chunk {
+        let store = self.session_store(&rec)?;
+        let (len, hasher, staged) = match last_chunk {
+            // The whole blob in this request: the store may write it where it
+            // belongs straight away, to be published once the digest matches.
+            Some(body) if rec.offset == 0 => {
+                let expected_len = chunk_length(&rec, range)?;
+                let (hashed, hasher) = hashing(body, DigestHasher::new(digest.algorithm()));
+                let staged = store
+                    .store()
+                    .stage_blob(id, digest, hashed)
+                    .await
+                    .map_err(upload_error)?;
+                check_length(expected_len, staged.len())?;
+                (staged.len(), take_hasher(&hasher)?, Some(staged))
+            }
             // The session ends here, so its progress needs no saving.
             Some(body) => {
-                self.write_chunk(&rec, range, body, digest.algorithm(), Progress::Discard)
-                    .await?
+                let (len, hasher) = self
+                    .write_chunk(&rec, range, body, digest.algorithm(), Progress::Discard)
+                    .await?;
+                (len, hasher, None)
             }
-            None => (rec.offset, self.hasher_for(&rec, digest.algorithm()).await?),
+            None => (rec.offset, self.hasher_for(&rec, digest.algorithm()).await?, None),
         };
-        let store = self.session_store(&rec)?;
         let hasher = if hasher.algorithm() == digest.algorithm() {
             hasher
         } else {
@@ -263,7 +278,9 @@ impl Registry {
         };
         let actual = hasher.finish();
         if &actual != digest {
-            // distribution-spec: a blob whose content does not match is never stored.
+            // distribution-spec: a blob whose content does not match is never
+            // stored. Dropping staged bytes abandons them.
+            drop(staged);
             self.drop_session(store, id).await;
             return Err(RegistryError::DigestInvalid(format!(
                 "provided digest {digest} does not match the uploaded content ({actual}, {len} bytes)"
@@ -273,11 +290,11 @@ impl Registry {
         // collection holds while it deletes a blob: the file found (or put)
         // in place here is the one the new record points at.
         let place = Box::pin(async move {
-            store
-                .store()
-                .commit_upload(id, len, digest)
-                .await
-                .map_err(|e| Box::new(e) as berth_meta::BoxError)
+            let placed = match staged {
+                Some(staged) => staged.publish().await,
+                None => store.store().commit_upload(id, len, digest).await,
+            };
+            placed.map_err(|e| Box::new(e) as berth_meta::BoxError)
         });
         match self
             .meta
@@ -392,47 +409,16 @@ impl Registry {
         algorithm: Algorithm,
         progress: Progress,
     ) -> Result<(u64, DigestHasher)> {
-        let expected_len = match range {
-            Some(r) if r.start != rec.offset => {
-                // distribution-spec: an out-of-order chunk gets 416 with the current Range.
-                return Err(RegistryError::ChunkOutOfOrder { current: rec.offset });
-            }
-            Some(r) if r.end < r.start => {
-                return Err(RegistryError::ChunkOutOfOrder { current: rec.offset });
-            }
-            // A range of 2^64 bytes cannot be sent; saturating makes it a size mismatch, not an overflow.
-            Some(r) => Some((r.end - r.start).saturating_add(1)),
-            None => None,
-        };
-        let hasher = Arc::new(Mutex::new(Some(self.hasher_for(rec, algorithm).await?)));
-        let feed = hasher.clone();
-        let hashed: ByteStream = Box::pin(body.map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                if let Some(h) = feed.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                    h.update(bytes);
-                }
-            }
-            chunk
-        }));
+        let expected_len = chunk_length(rec, range)?;
+        let (hashed, hasher) = hashing(body, self.hasher_for(rec, algorithm).await?);
         let new_len = self
             .session_store(rec)?
             .store()
             .append_upload(&rec.id, rec.offset, hashed)
             .await
             .map_err(upload_error)?;
-        let received = new_len - rec.offset;
-        if let Some(expected) = expected_len {
-            if received != expected {
-                return Err(RegistryError::SizeInvalid(format!(
-                    "Content-Range declares {expected} bytes but the body had {received}"
-                )));
-            }
-        }
-        let hasher = hasher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| RegistryError::UploadInvalid("hash state lost".into()))?;
+        check_length(expected_len, new_len - rec.offset)?;
+        let hasher = take_hasher(&hasher)?;
         if progress == Progress::Discard {
             return Ok((new_len, hasher));
         }
@@ -452,4 +438,51 @@ impl Registry {
         }
         Ok((new_len, hasher))
     }
+}
+
+/// The length a chunk declares with its range, which must start at the
+/// session's offset.
+fn chunk_length(rec: &UploadRecord, range: Option<ChunkRange>) -> Result<Option<u64>> {
+    match range {
+        // distribution-spec: an out-of-order chunk gets 416 with the current Range.
+        Some(r) if r.start != rec.offset || r.end < r.start => {
+            Err(RegistryError::ChunkOutOfOrder { current: rec.offset })
+        }
+        // A range of 2^64 bytes cannot be sent; saturating makes it a size mismatch, not an overflow.
+        Some(r) => Ok(Some((r.end - r.start).saturating_add(1))),
+        None => Ok(None),
+    }
+}
+
+fn check_length(expected: Option<u64>, received: u64) -> Result<()> {
+    match expected {
+        Some(expected) if expected != received => Err(RegistryError::SizeInvalid(format!(
+            "Content-Range declares {expected} bytes but the body had {received}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `body`, feeding `hasher` on the way through; the hasher is taken back
+/// with [`take_hasher`] once the stream has been consumed.
+fn hashing(body: ByteStream, hasher: DigestHasher) -> (ByteStream, Arc<Mutex<Option<DigestHasher>>>) {
+    let hasher = Arc::new(Mutex::new(Some(hasher)));
+    let feed = hasher.clone();
+    let hashed: ByteStream = Box::pin(body.map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            if let Some(h) = feed.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                h.update(bytes);
+            }
+        }
+        chunk
+    }));
+    (hashed, hasher)
+}
+
+fn take_hasher(hasher: &Mutex<Option<DigestHasher>>) -> Result<DigestHasher> {
+    hasher
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| RegistryError::UploadInvalid("hash state lost".into()))
 }

@@ -33,6 +33,17 @@ async fn finish(app: &TestApp, url: &str, digest: &str) -> Response {
         .expect("PUT")
 }
 
+/// The final PUT carrying the whole blob.
+async fn finish_with(app: &TestApp, url: &str, digest: &str, bytes: &[u8]) -> Response {
+    app.client
+        .put(with_query(url, &format!("digest={digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("PUT")
+}
+
 async fn assert_blob(app: &TestApp, repo: &str, digest: &str, bytes: &[u8]) {
     let resp = app.get(&format!("/v2/{repo}/blobs/{digest}")).await;
     assert_eq!(resp.status(), 200, "GET {repo}@{digest}");
@@ -401,6 +412,47 @@ async fn a_wrong_digest_in_a_monolithic_post_stores_nothing() {
     assert_error(resp, 400, "DIGEST_INVALID").await;
     app.assert_blob_unknown("a", &claimed).await;
     app.assert_blob_unknown("a", &sha256(&bytes)).await;
+    assert_eq!(
+        app.stored_blob(&claimed).await,
+        None,
+        "no blob file under the claimed digest"
+    );
+}
+
+/// A blob pushed in one request may be written where it belongs while it
+/// streams in (S3 stages it as a multipart upload of its own key); larger
+/// than a part, a mismatch must still leave nothing visible.
+#[tokio::test]
+async fn a_wrong_digest_in_a_large_monolithic_put_stores_nothing() {
+    let app = TestApp::start();
+    let bytes = random_bytes(9 << 20);
+    let claimed = sha256(b"not these many bytes");
+    let url = app.start_upload("a").await;
+    assert_error(finish_with(&app, &url, &claimed, &bytes).await, 400, "DIGEST_INVALID").await;
+    app.assert_blob_unknown("a", &claimed).await;
+    app.assert_blob_unknown("a", &sha256(&bytes)).await;
+    assert_eq!(
+        app.stored_blob(&claimed).await,
+        None,
+        "no blob file under the claimed digest"
+    );
+    assert_eq!(app.stored_blob(&sha256(&bytes)).await, None, "nor under the real one");
+    assert_eq!(
+        app.stored_uploads().await,
+        BTreeSet::new(),
+        "the session's bytes are gone"
+    );
+
+    // The same bytes with their own digest: stored whole, the session gone.
+    let digest = sha256(&bytes);
+    let url = app.start_upload("a").await;
+    assert_eq!(finish_with(&app, &url, &digest, &bytes).await.status(), 201);
+    assert!(
+        app.stored_blob(&digest).await == Some(bytes.clone()),
+        "the blob file holds the bytes"
+    );
+    assert_eq!(app.stored_uploads().await, BTreeSet::new());
+    assert_blob(&app, "a", &digest, &bytes).await;
 }
 
 #[tokio::test]
