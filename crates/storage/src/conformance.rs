@@ -206,9 +206,10 @@ async fn many_appends_commit_into_one_blob(store: &dyn BlobStore) {
         .all(|f| f.key != id));
 }
 
-/// Enough bytes for several parts where a backend uploads in parts (8 MiB
-/// for S3), few enough for a test.
-const LARGE: usize = 20 << 20;
+/// Enough bytes for a multipart upload of several parts where a backend
+/// uploads in parts (S3: objects above 24 MiB, in parts of 8 MiB), few
+/// enough for a test.
+const LARGE: usize = 30 << 20;
 
 async fn a_large_append_streams_through(store: &dyn BlobStore) {
     let data = patterned(LARGE + (1 << 20));
@@ -292,8 +293,9 @@ async fn staged_blobs_appear_only_when_published(store: &dyn BlobStore) {
     // Publishing a blob the store holds already keeps its bytes.
     let again = new_id();
     store.start_upload(&again).await.unwrap();
+    // In one chunk larger than a part, which must be split into parts.
     let staged = store
-        .stage_blob(&again, &digest, stream_of(data.chunks(1 << 20).collect()))
+        .stage_blob(&again, &digest, stream_of(vec![&data[..]]))
         .await
         .unwrap();
     staged.publish().await.unwrap();

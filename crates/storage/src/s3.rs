@@ -15,8 +15,10 @@
 //!
 //! A blob key only ever receives complete bytes: from a server-side copy of
 //! a single segment, or from one PUT or one multipart upload that is
-//! completed only after every byte went through. This module must not decide
-//! whether bytes match a digest: the caller has verified them.
+//! completed only after every byte went through. A blob pushed in one request
+//! is *staged* at its own key, and that upload is completed only when the
+//! caller publishes it. This module must not decide whether bytes match a
+//! digest: the caller has verified them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,6 +51,10 @@ use crate::{BlobStore, ByteStream, StagedBlob, StorageError, StoredFile};
 const PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at the same time by one transfer.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Objects up to this size go up in one PUT: it is what a multipart transfer
+/// holds in memory anyway, and one request instead of three (create, part,
+/// complete) saves round trips, and the service's joining of the parts.
+const SINGLE_PUT_MAX: usize = PART_SIZE * (PARTS_IN_FLIGHT + 1);
 /// S3 accepts at most this many parts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// The largest object S3 copies in one request; larger segments are streamed.
@@ -363,27 +369,32 @@ impl S3BlobStore {
         self.delete_all(doomed, &self.session_path(id)).await
     }
 
-    /// The bytes of `plan`'s segments in order, the given length of each,
-    /// each fetched when the one before it has been read.
+    /// The bytes of `plan`'s segments in order, the given length of each.
+    /// They are fetched in pieces of a part's size, [`PARTS_IN_FLIGHT`]
+    /// pieces at a time, so that a session made of many segments is read
+    /// back over several connections (one GET at a time left the commit of
+    /// a chunked push waiting on the service), with memory bounded by the
+    /// pieces in flight.
     fn read_segments(&self, plan: Vec<(Path, u64)>) -> ByteStream {
         let store = self.bulk.clone();
         let place = self.place.clone();
-        let stream = futures::stream::iter(plan)
-            .then(move |(path, len)| {
+        let stream = futures::stream::iter(pieces(plan, PART_SIZE as u64))
+            .map(move |(path, range)| {
                 let store = store.clone();
                 let place = place.clone();
                 async move {
                     let options = GetOptions {
-                        range: Some(GetRange::Bounded(0..len)),
+                        range: Some(GetRange::Bounded(range)),
                         ..GetOptions::default()
                     };
-                    match store.get_opts(&path, options).await {
-                        Ok(result) => Ok(body_stream(result, place, path)),
-                        Err(e) => Err(read_error(&place, &path, e)),
-                    }
+                    let fetched = match store.get_opts(&path, options).await {
+                        Ok(result) => result.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    fetched.map_err(|e| read_error(&place, &path, e))
                 }
             })
-            .try_flatten();
+            .buffered(PARTS_IN_FLIGHT);
         Box::pin(stream)
     }
 
@@ -521,6 +532,20 @@ fn part_size_for(len: u64) -> usize {
     usize::try_from(needed).map_or(usize::MAX, |n| n.max(PART_SIZE))
 }
 
+/// `plan` as byte ranges of its segments, none longer than `piece`, in order.
+fn pieces(plan: Vec<(Path, u64)>, piece: u64) -> Vec<(Path, Range<u64>)> {
+    let mut pieces = Vec::new();
+    for (path, len) in plan {
+        let mut start = 0;
+        while start < len {
+            let end = len.min(start + piece);
+            pieces.push((path.clone(), start..end));
+            start = end;
+        }
+    }
+    pieces
+}
+
 /// How much of each segment of `chain` makes up its first `len` bytes.
 fn plan(chain: &[Segment], len: u64) -> Vec<(Path, u64)> {
     let mut left = len;
@@ -547,7 +572,6 @@ fn read_error(place: &str, path: &Path, e: object_store::Error) -> io::Error {
 fn body_stream(result: GetResult, place: Arc<str>, path: Path) -> ByteStream {
     Box::pin(result.into_stream().map_err(move |e| read_error(&place, &path, e)))
 }
-
 
 fn modified_ms(meta: &ObjectMeta) -> i64 {
     meta.last_modified.timestamp_millis()
@@ -682,14 +706,16 @@ impl StagedBlob for StagedObject<'_> {
 }
 
 /// Writes one object from chunks with bounded memory: one PUT when it fits
-/// in a part, else a multipart upload with [`PARTS_IN_FLIGHT`] parts at a
-/// time. A multipart upload that does not complete is aborted, also when the
+/// in [`SINGLE_PUT_MAX`], else a multipart upload with [`PARTS_IN_FLIGHT`]
+/// parts at a time. A multipart upload that does not complete is aborted, also when the
 /// future driving the writer is dropped (a client that went away): its parts
 /// would stay in the bucket, unseen but billed, until a lifecycle rule went.
 struct ObjectWriter {
     store: AmazonS3,
     path: Path,
     part_size: usize,
+    /// Up to this many bytes wait in `buffer` for one PUT.
+    single_put_max: usize,
     buffer: PutPayloadMut,
     multipart: Option<Multipart>,
 }
@@ -722,12 +748,28 @@ impl ObjectWriter {
             store,
             path,
             part_size,
+            single_put_max: SINGLE_PUT_MAX.max(part_size),
             buffer: PutPayloadMut::new(),
             multipart: None,
         }
     }
 
-    async fn write(&mut self, mut bytes: Bytes) -> object_store::Result<()> {
+    async fn write(&mut self, bytes: Bytes) -> object_store::Result<()> {
+        if self.multipart.is_none() {
+            if self.buffer.content_length() + bytes.len() <= self.single_put_max {
+                self.buffer.push(bytes);
+                return Ok(());
+            }
+            // Too large for one PUT: what waits goes up as the first parts.
+            let held = std::mem::take(&mut self.buffer).freeze();
+            for chunk in held {
+                self.add_to_parts(chunk).await?;
+            }
+        }
+        self.add_to_parts(bytes).await
+    }
+
+    async fn add_to_parts(&mut self, mut bytes: Bytes) -> object_store::Result<()> {
         while !bytes.is_empty() {
             let room = self.part_size - self.buffer.content_length();
             if bytes.len() < room {
@@ -1369,5 +1411,13 @@ mod tests {
         let big = 200u64 << 30;
         let part = part_size_for(big) as u64;
         assert!(part > PART_SIZE as u64 && big.div_ceil(part) <= MAX_PARTS && part.is_multiple_of(1 << 20));
+    }
+
+    #[test]
+    fn segments_are_read_in_pieces_that_cover_them_in_order() {
+        let (a, b) = (Path::from("s/a"), Path::from("s/b"));
+        let got = pieces(vec![(a.clone(), 25), (b.clone(), 10), (a.clone(), 0)], 10);
+        let want = vec![(a.clone(), 0..10), (a.clone(), 10..20), (a, 20..25), (b, 0..10)];
+        assert_eq!(got, want);
     }
 }

@@ -420,12 +420,12 @@ async fn a_wrong_digest_in_a_monolithic_post_stores_nothing() {
 }
 
 /// A blob pushed in one request may be written where it belongs while it
-/// streams in (S3 stages it as a multipart upload of its own key); larger
-/// than a part, a mismatch must still leave nothing visible.
+/// streams in (S3 stages it as a multipart upload of its own key once it is
+/// larger than 24 MiB); a mismatch must still leave nothing visible.
 #[tokio::test]
 async fn a_wrong_digest_in_a_large_monolithic_put_stores_nothing() {
     let app = TestApp::start();
-    let bytes = random_bytes(9 << 20);
+    let bytes = random_bytes(25 << 20);
     let claimed = sha256(b"not these many bytes");
     let url = app.start_upload("a").await;
     assert_error(finish_with(&app, &url, &claimed, &bytes).await, 400, "DIGEST_INVALID").await;
