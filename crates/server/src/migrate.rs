@@ -387,15 +387,20 @@ async fn move_blob(
     let verifying = Verifying::new(bytes, &digest, size, check.clone(), progress.clone());
     let id = UploadId::new(format!("migrate-{}", uuid::Uuid::new_v4()));
     to.start_upload(&id).await?;
-    let appended = to.append_upload(&id, 0, Box::pin(verifying)).await;
+    // Staged, so that a store which can write the blob's key directly
+    // writes the bytes once; they become the blob only once verified.
+    let staged = to.stage_blob(&id, &digest, Box::pin(verifying)).await;
     let problem = lock(&check).problem.take();
     if let Some(problem) = problem {
+        drop(staged);
         cancel(to, &id).await;
         return Ok(Outcome::Failed(problem));
     }
-    match appended {
-        Ok(len) if len == size => {}
-        Ok(len) => {
+    let staged = match staged {
+        Ok(staged) if staged.len() == size => staged,
+        Ok(staged) => {
+            let len = staged.len();
+            drop(staged);
             cancel(to, &id).await;
             anyhow::bail!("the target store took {len} of {size} bytes");
         }
@@ -403,8 +408,8 @@ async fn move_blob(
             cancel(to, &id).await;
             return Err(e.into());
         }
-    }
-    to.commit_upload(&id, size, &digest).await?;
+    };
+    staged.publish().await?;
     Ok(Outcome::Copied { replaced })
 }
 
