@@ -403,26 +403,13 @@ impl S3BlobStore {
     async fn write_stream(
         &self,
         path: &Path,
-        mut bytes: ByteStream,
+        bytes: ByteStream,
         len: u64,
         part_size: usize,
     ) -> Result<(), StorageError> {
-        let mut writer = ObjectWriter::new(self.bulk.clone(), path.clone(), part_size);
-        let mut written = 0u64;
-        while let Some(chunk) = bytes.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(StorageError::Io(e));
-                }
-            };
-            written += chunk.len() as u64;
-            if let Err(e) = writer.write(chunk).await {
-                writer.abort().await;
-                return Err(self.fail("writing", path, e));
-            }
-        }
+        let (writer, written) = self
+            .receive(path.clone(), bytes, part_size, StorageError::Io, "writing")
+            .await?;
         if written != len {
             writer.abort().await;
             return Err(StorageError::UploadTooShort {
@@ -435,22 +422,30 @@ impl S3BlobStore {
 
     /// Streams `data` into a writer of the object `path`, not finished yet;
     /// returns it with the number of bytes received. On an error nothing of
-    /// it stays.
-    async fn receive(&self, path: Path, mut data: ByteStream) -> Result<(ObjectWriter, u64), StorageError> {
-        let mut writer = ObjectWriter::new(self.bulk.clone(), path.clone(), PART_SIZE);
+    /// it stays: a failure of `data` is reported through `source_error`, one
+    /// of the store as `what` (`uploading`) the object.
+    async fn receive(
+        &self,
+        path: Path,
+        mut data: ByteStream,
+        part_size: usize,
+        source_error: fn(io::Error) -> StorageError,
+        what: &str,
+    ) -> Result<(ObjectWriter, u64), StorageError> {
+        let mut writer = ObjectWriter::new(self.bulk.clone(), path.clone(), part_size);
         let mut received = 0u64;
         while let Some(chunk) = data.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     writer.abort().await;
-                    return Err(StorageError::Body(e));
+                    return Err(source_error(e));
                 }
             };
             received += chunk.len() as u64;
             if let Err(e) = writer.write(chunk).await {
                 writer.abort().await;
-                return Err(self.fail("uploading", &path, e));
+                return Err(self.fail(what, &path, e));
             }
         }
         Ok((writer, received))
@@ -919,7 +914,9 @@ impl BlobStore for S3BlobStore {
         // append that fails leaves the session at exactly `offset`.
         self.cut(id, &session, offset).await?;
         let path = self.segment_path(id, offset);
-        let (writer, received) = self.receive(path.clone(), data).await?;
+        let (writer, received) = self
+            .receive(path.clone(), data, PART_SIZE, StorageError::Body, "uploading")
+            .await?;
         if received == 0 {
             // An empty segment would add nothing to the chain.
             writer.abort().await;
@@ -976,7 +973,9 @@ impl BlobStore for S3BlobStore {
         digest: &'a Digest,
         data: ByteStream,
     ) -> Result<Box<dyn StagedBlob + 'a>, StorageError> {
-        let (writer, len) = self.receive(self.blob_path(digest), data).await?;
+        let (writer, len) = self
+            .receive(self.blob_path(digest), data, PART_SIZE, StorageError::Body, "uploading")
+            .await?;
         Ok(Box::new(StagedObject {
             store: self,
             id,
