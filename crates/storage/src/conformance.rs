@@ -300,6 +300,10 @@ async fn staged_blobs_appear_only_when_published(store: &dyn BlobStore) {
         .unwrap();
     staged.publish().await.unwrap();
     assert!(collect(store.get(&digest, None).await.unwrap()).await == data);
+    assert!(
+        matches!(store.read_upload(&again, 0).await, Err(StorageError::UploadNotFound)),
+        "publishing ends the session also when the blob was there"
+    );
     store.delete(&digest).await.unwrap();
 }
 

@@ -684,12 +684,19 @@ impl StagedBlob for StagedObject<'_> {
     }
 
     async fn publish(self: Box<Self>) -> Result<(), StorageError> {
-        let StagedObject { store, id, writer, .. } = *self;
+        let StagedObject { store, id, writer, len } = *self;
         let path = writer.path.clone();
-        writer
-            .finish()
-            .await
-            .map_err(|e| store.fail("completing the upload of", &path, e))?;
+        // A blob the bucket holds whole already is left alone, as a commit
+        // leaves it: rewriting it would only cost the service the work, and
+        // not every S3 server replaces an object atomically for its readers.
+        if store.size_of(&path).await? == Some(len) {
+            writer.abort().await;
+        } else {
+            writer
+                .finish()
+                .await
+                .map_err(|e| store.fail("completing the upload of", &path, e))?;
+        }
         match store.session(id).await {
             Ok(session) => store.clear_session(id, session.objects).await,
             Err(e) => {
@@ -1191,6 +1198,54 @@ mod tests {
         let unsigned = url.split('?').next().expect("a URL has a path");
         let response = reqwest::get(unsigned).await.expect("GET the bare URL");
         assert!(response.status().is_client_error(), "{}", response.status());
+        remove_everything(&store).await;
+    }
+
+    #[tokio::test]
+    async fn publishing_leaves_a_whole_blob_object_alone() {
+        let Some(store) = test_store("publishing_leaves_a_whole_blob_object_alone").await else {
+            return;
+        };
+        let bytes = b"the bytes of the blob";
+        let digest = Digest::sha256_of(bytes);
+        // Bytes of the right length at the blob's key: publishing must not
+        // rewrite what the bucket holds whole, as a commit does not.
+        let held = b"what the bucket holds";
+        assert_eq!(held.len(), bytes.len());
+        store
+            .bulk
+            .put(&store.blob_path(&digest), PutPayload::from_static(held))
+            .await
+            .unwrap();
+        let id = UploadId::new("publish-over".to_string());
+        store.start_upload(&id).await.unwrap();
+        let data: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from_static(bytes))]));
+        store
+            .stage_blob(&id, &digest, data)
+            .await
+            .unwrap()
+            .publish()
+            .await
+            .unwrap();
+        assert_eq!(all(store.get(&digest, None).await.unwrap()).await, held);
+        assert_eq!(keys_under(&store, &store.session_path(&id)).await, Vec::<String>::new());
+        // A shorter object there is not the blob: publishing replaces it.
+        store
+            .bulk
+            .put(&store.blob_path(&digest), PutPayload::from_static(b"short"))
+            .await
+            .unwrap();
+        let id = UploadId::new("publish-over-short".to_string());
+        store.start_upload(&id).await.unwrap();
+        let data: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from_static(bytes))]));
+        store
+            .stage_blob(&id, &digest, data)
+            .await
+            .unwrap()
+            .publish()
+            .await
+            .unwrap();
+        assert_eq!(all(store.get(&digest, None).await.unwrap()).await, bytes);
         remove_everything(&store).await;
     }
 
