@@ -709,9 +709,10 @@ impl StagedBlob for StagedObject<'_> {
 
 /// Writes one object from chunks with bounded memory: one PUT when it fits
 /// in [`SINGLE_PUT_MAX`], else a multipart upload with [`PARTS_IN_FLIGHT`]
-/// parts at a time. A multipart upload that does not complete is aborted, also when the
-/// future driving the writer is dropped (a client that went away): its parts
-/// would stay in the bucket, unseen but billed, until a lifecycle rule went.
+/// parts at a time. A multipart upload that does not complete is aborted,
+/// also when the future driving the writer is dropped (a client that went
+/// away): its parts would stay in the bucket, unseen but billed, until a
+/// lifecycle rule went.
 struct ObjectWriter {
     store: AmazonS3,
     path: Path,
@@ -972,8 +973,9 @@ impl BlobStore for S3BlobStore {
 
     /// Writes the blob's own key as a multipart upload that is completed only
     /// on publishing, so the bytes are written once instead of once into the
-    /// session and again by the commit's copy. Up to a part's worth of bytes
-    /// wait in memory instead, and are put on publishing.
+    /// session and again by the commit's copy. A blob of up to
+    /// [`SINGLE_PUT_MAX`] bytes waits in memory instead, and is put on
+    /// publishing.
     async fn stage_blob<'a>(
         &'a self,
         id: &'a UploadId,
@@ -1201,6 +1203,28 @@ mod tests {
         remove_everything(&store).await;
     }
 
+    /// Puts `existing` at the key of the blob `bytes`, then stages and
+    /// publishes `bytes` through the session `id`.
+    async fn publish_over(store: &S3BlobStore, existing: &'static [u8], bytes: &'static [u8], id: &str) {
+        let digest = Digest::sha256_of(bytes);
+        store
+            .bulk
+            .put(&store.blob_path(&digest), PutPayload::from_static(existing))
+            .await
+            .unwrap();
+        let id = UploadId::new(id.to_string());
+        store.start_upload(&id).await.unwrap();
+        let data: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from_static(bytes))]));
+        store
+            .stage_blob(&id, &digest, data)
+            .await
+            .unwrap()
+            .publish()
+            .await
+            .unwrap();
+        assert_eq!(keys_under(store, &store.session_path(&id)).await, Vec::<String>::new());
+    }
+
     #[tokio::test]
     async fn publishing_leaves_a_whole_blob_object_alone() {
         let Some(store) = test_store("publishing_leaves_a_whole_blob_object_alone").await else {
@@ -1212,39 +1236,10 @@ mod tests {
         // rewrite what the bucket holds whole, as a commit does not.
         let held = b"what the bucket holds";
         assert_eq!(held.len(), bytes.len());
-        store
-            .bulk
-            .put(&store.blob_path(&digest), PutPayload::from_static(held))
-            .await
-            .unwrap();
-        let id = UploadId::new("publish-over".to_string());
-        store.start_upload(&id).await.unwrap();
-        let data: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from_static(bytes))]));
-        store
-            .stage_blob(&id, &digest, data)
-            .await
-            .unwrap()
-            .publish()
-            .await
-            .unwrap();
+        publish_over(&store, held, bytes, "publish-over").await;
         assert_eq!(all(store.get(&digest, None).await.unwrap()).await, held);
-        assert_eq!(keys_under(&store, &store.session_path(&id)).await, Vec::<String>::new());
         // A shorter object there is not the blob: publishing replaces it.
-        store
-            .bulk
-            .put(&store.blob_path(&digest), PutPayload::from_static(b"short"))
-            .await
-            .unwrap();
-        let id = UploadId::new("publish-over-short".to_string());
-        store.start_upload(&id).await.unwrap();
-        let data: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from_static(bytes))]));
-        store
-            .stage_blob(&id, &digest, data)
-            .await
-            .unwrap()
-            .publish()
-            .await
-            .unwrap();
+        publish_over(&store, b"short", bytes, "publish-over-short").await;
         assert_eq!(all(store.get(&digest, None).await.unwrap()).await, bytes);
         remove_everything(&store).await;
     }
