@@ -5,7 +5,7 @@
 # A benchmark, not a test: neither `cargo test` nor CI runs it.
 #
 #   scripts/bench-lifecycle.sh [--no-build] [--keep] [--repos N] [--tags N]
-#                              [--save-snapshot DIR | --from-snapshot DIR]
+#                              [--save-snapshot DIR | --from-snapshot DIR] [--fresh-ext4 GIB]
 #
 #   --no-build    use the existing release binaries (default: cargo build --release
 #                 -p berth-server -p berth-bench-seed)
@@ -22,6 +22,15 @@
 #                 files takes over an hour here), so deleting one frees no blocks and the
 #                 GC's file deletions cost less than in a full run. Compare such runs
 #                 with each other, not with full runs.
+#   --fresh-ext4 GIB  put the data dir on an ext4 filesystem of GIB GiB made for this run in
+#                 an image file under BENCH_TMPDIR, loop-mounted, unmounted and removed at
+#                 the end (needs root). mkfs.ext4 and mount run with their defaults: a
+#                 journal and no `discard`, as a Debian install lays out a disk (fstrim.timer
+#                 trims it weekly). Without it the data dir is on the repository's
+#                 filesystem, whatever its mount options: where that is mounted with
+#                 `discard` and has no journal (this project's VMs), every deleted file
+#                 waits for its TRIM and the GC's time follows the disk's TRIM latency.
+#                 run-info.txt records the data dir's mount options either way.
 #
 # Both binaries are copied into the temp dir first, so that a build in the same
 # target/ during the run cannot swap them between steps.
@@ -71,7 +80,7 @@ log() { printf '\n### [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'bench-lifecycle.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 
 ARGS="$*"
-build=1 keep=0 repos=1000 tags=1000 save_snapshot='' from_snapshot=''
+build=1 keep=0 repos=1000 tags=1000 save_snapshot='' from_snapshot='' fresh_ext4=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
@@ -80,6 +89,7 @@ while [ $# -gt 0 ]; do
     --tags) tags=$2; shift ;;
     --save-snapshot) save_snapshot=$2; shift ;;
     --from-snapshot) from_snapshot=$2; shift ;;
+    --fresh-ext4) fresh_ext4=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -87,6 +97,10 @@ while [ $# -gt 0 ]; do
 done
 [ -z "$save_snapshot" ] || [ -z "$from_snapshot" ] || die "--save-snapshot and --from-snapshot exclude each other"
 [ -z "$from_snapshot" ] || [ -f "$from_snapshot/berth.db" ] || die "$from_snapshot holds no berth.db"
+# Snapshots hard-link their files, which cannot cross into a filesystem made for one run.
+[ -z "$fresh_ext4" ] || [ -z "$save_snapshot$from_snapshot" ] || die "--fresh-ext4 excludes the snapshot options"
+[ -z "$fresh_ext4" ] || [ "$fresh_ext4" -gt 0 ] 2>/dev/null || die "--fresh-ext4 takes a size in GiB"
+[ -z "$fresh_ext4" ] || [ "$(id -u)" = 0 ] || die "--fresh-ext4 mounts a filesystem: run as root"
 WRK_SECS=${WRK_SECS:-20}
 WRK_CONNS=${WRK_CONNS:-4}
 WRK_DELAY_MS=${WRK_DELAY_MS:-2}
@@ -118,7 +132,7 @@ base=${BENCH_TMPDIR:-$ROOT/target}
 mkdir -p "$base"
 T=$(mktemp -d "$base/berth-bench-lifecycle.XXXXXX")
 DATA="$T/data"
-SERVER_PID='' WRK_PID=''
+SERVER_PID='' WRK_PID='' MOUNTED=''
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   local rc=$?
@@ -130,8 +144,9 @@ cleanup() {
     fi
   done
   if [ "$keep" = 1 ]; then
-    echo "bench-lifecycle.sh: data dir kept: $DATA" >&2
+    echo "bench-lifecycle.sh: data dir kept: $DATA${MOUNTED:+ (still mounted from $T/fs.img)}" >&2
   else
+    [ -z "$MOUNTED" ] || umount "$MOUNTED" || echo "bench-lifecycle.sh: could not unmount $MOUNTED" >&2
     rm -rf "$T"
   fi
   exit "$rc"
@@ -139,6 +154,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+if [ -n "$fresh_ext4" ]; then
+  log "a fresh ext4 of $fresh_ext4 GiB for the data dir (mkfs.ext4 and mount defaults)"
+  truncate -s "${fresh_ext4}G" "$T/fs.img"
+  mkfs.ext4 -q -F "$T/fs.img"
+  mkdir "$T/fs"
+  mount -o loop "$T/fs.img" "$T/fs"
+  MOUNTED="$T/fs"
+  DATA="$T/fs/data"
+fi
 
 # Private copies: a concurrent `cargo build` replaces target/release/berth in place.
 mkdir -p "$T/bin"
@@ -151,9 +176,10 @@ SEED_BIN="$T/bin/berth-bench-seed"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
 
-avail_gib=$(($(df -Pk "$T" | awk 'NR==2 {print $4}') / 1024 / 1024))
+mkdir -p "$DATA"
+avail_gib=$(($(df -Pk "$DATA" | awk 'NR==2 {print $4}') / 1024 / 1024))
 need_gib=$((repos * tags * 6 / 1000000 + 1))
-[ "$avail_gib" -ge "$need_gib" ] || die "only ${avail_gib} GiB free under $T; this run needs about ${need_gib} GiB"
+[ "$avail_gib" -ge "$need_gib" ] || die "only ${avail_gib} GiB free under $DATA; this run needs about ${need_gib} GiB"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -168,7 +194,7 @@ mkdir -p "$OUT"
   echo "memory:      $(free -g | awk '/^Mem:/ {print $2}') GiB"
   echo "kernel:      $(uname -r)"
   echo "sqlite3:     bundled with sqlx (libsqlite3-sys $(awk '/^name = "libsqlite3-sys"/ {getline; print $3}' Cargo.lock | tr -d '"'))"
-  echo "data dir:    $DATA ($(df -PT "$T" | awk 'NR==2 {print $2 " on " $1}'))"
+  echo "data dir:    $DATA ($(findmnt -no FSTYPE,SOURCE,OPTIONS -T "$DATA"))"
   echo "loadavg:     $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
 } >"$OUT/run-info.txt"
 cat "$OUT/run-info.txt"
