@@ -30,6 +30,8 @@
 #                 filesystem, whatever its mount options: where that is mounted with
 #                 `discard` and has no journal (this project's VMs), every deleted file
 #                 waits for its TRIM and the GC's time follows the disk's TRIM latency.
+#                 The loop device is not free either: its writes go through a second page
+#                 cache into the image file, and each fsync flushes both filesystems.
 #                 run-info.txt records the data dir's mount options either way.
 #
 # Both binaries are copied into the temp dir first, so that a build in the same
