@@ -381,6 +381,18 @@ async fn listings_show_blobs_and_sessions(store: &dyn BlobStore) {
         .expect("list another shard")
         .iter()
         .all(|f| f.key != digest));
+    let names = store.list_blob_names("sha256", shard).await.expect("list blob names");
+    assert!(names.contains(&digest), "{names:?}");
+    let mut listed_keys: Vec<&Digest> = listed.iter().map(|f| &f.key).collect();
+    let mut name_keys: Vec<&Digest> = names.iter().collect();
+    listed_keys.sort();
+    name_keys.sort();
+    assert_eq!(listed_keys, name_keys, "names and listing show the same blobs");
+    assert!(!store
+        .list_blob_names("sha256", other)
+        .await
+        .expect("list another shard's names")
+        .contains(&digest));
 
     let id = new_id();
     store.start_upload(&id).await.expect("start upload");
@@ -406,4 +418,9 @@ async fn listings_show_blobs_and_sessions(store: &dyn BlobStore) {
         .expect("list blobs")
         .iter()
         .all(|f| f.key != digest));
+    assert!(!store
+        .list_blob_names("sha256", shard)
+        .await
+        .expect("list blob names")
+        .contains(&digest));
 }

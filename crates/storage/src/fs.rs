@@ -344,17 +344,17 @@ impl BlobStore for FsBlobStore {
 
     async fn list_blobs(&self, algorithm: &str, shard: &str) -> Result<Vec<StoredFile<Digest>>, StorageError> {
         let dir = self.root.join("blobs").join(algorithm).join(shard);
-        let prefix = format!("{algorithm}:");
-        let shard = shard.to_string();
-        Ok(blocking(move || {
-            list_dir(&dir, |name| {
-                // Only a file where its name puts it is a blob.
-                Digest::from_str(&format!("{prefix}{name}"))
-                    .ok()
-                    .filter(|d| d.hex().starts_with(&shard))
-            })
-        })
-        .await?)
+        let named = blob_named(algorithm, shard);
+        Ok(blocking(move || list_dir(&dir, named)).await?)
+    }
+
+    async fn list_blob_names(&self, algorithm: &str, shard: &str) -> Result<Vec<Digest>, StorageError> {
+        let dir = self.root.join("blobs").join(algorithm).join(shard);
+        let named = blob_named(algorithm, shard);
+        Ok(
+            blocking(move || named_files(&dir, named).map(|files| files.into_iter().map(|(key, _)| key).collect()))
+                .await?,
+        )
     }
 
     async fn list_uploads(&self) -> Result<Vec<StoredFile<UploadId>>, StorageError> {
@@ -363,8 +363,22 @@ impl BlobStore for FsBlobStore {
     }
 }
 
-/// The files of `dir` whose names `key` accepts; a missing directory is empty.
-fn list_dir<K>(dir: &Path, key: impl Fn(&str) -> Option<K>) -> io::Result<Vec<StoredFile<K>>> {
+/// Accepts the name of a file in the directory of `shard` as a blob of
+/// `algorithm`: only a file where its name puts it is a blob.
+fn blob_named(algorithm: &str, shard: &str) -> impl Fn(&str) -> Option<Digest> + Send + 'static {
+    let prefix = format!("{algorithm}:");
+    let shard = shard.to_string();
+    move |name| {
+        Digest::from_str(&format!("{prefix}{name}"))
+            .ok()
+            .filter(|d| d.hex().starts_with(&shard))
+    }
+}
+
+/// The regular files of `dir` whose names `key` accepts, with their keys; a
+/// missing directory is empty. The file type comes with the directory entry
+/// on the usual filesystems, so this costs no `stat` per file.
+fn named_files<K>(dir: &Path, key: impl Fn(&str) -> Option<K>) -> io::Result<Vec<(K, fs::DirEntry)>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -376,6 +390,20 @@ fn list_dir<K>(dir: &Path, key: impl Fn(&str) -> Option<K>) -> io::Result<Vec<St
         let Some(key) = entry.file_name().to_str().and_then(&key) else {
             continue;
         };
+        match entry.file_type() {
+            Ok(t) if t.is_file() => out.push((key, entry)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The files of `dir` whose names `key` accepts, with their sizes and times.
+fn list_dir<K>(dir: &Path, key: impl Fn(&str) -> Option<K>) -> io::Result<Vec<StoredFile<K>>> {
+    let mut out = Vec::new();
+    for (key, entry) in named_files(dir, key)? {
         // A file deleted since the directory was read is simply not listed.
         let meta = match entry.metadata() {
             Ok(m) if m.is_file() => m,
@@ -420,6 +448,37 @@ mod tests {
             .join(digest.hex());
         assert_eq!(std::fs::read(path).unwrap(), b"hello");
         assert_eq!(std::fs::read_dir(dir.path().join("uploads")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn listings_leave_out_what_is_not_a_blob_where_its_name_puts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let digest = crate::conformance::put(&store, b"hello").await;
+        let shard_dir = dir.path().join("blobs/sha256").join(&digest.hex()[..2]);
+        std::fs::write(shard_dir.join("not-a-digest"), b"x").unwrap();
+        let elsewhere = format!(
+            "{}{}",
+            if digest.hex().starts_with('0') { "1" } else { "0" },
+            &digest.hex()[1..]
+        );
+        std::fs::write(shard_dir.join(elsewhere), b"x").unwrap();
+        let looks_like_a_blob = format!("{}{}", &digest.hex()[..2], "e".repeat(62));
+        std::fs::create_dir(shard_dir.join(looks_like_a_blob)).unwrap();
+
+        let shard = &digest.hex()[..2];
+        assert_eq!(
+            store.list_blob_names("sha256", shard).await.unwrap(),
+            vec![digest.clone()]
+        );
+        let listed: Vec<Digest> = store
+            .list_blobs("sha256", shard)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.key)
+            .collect();
+        assert_eq!(listed, vec![digest]);
     }
 
     #[test]

@@ -118,6 +118,18 @@ pub trait BlobStore: Send + Sync + 'static {
     /// are left out.
     async fn list_blobs(&self, algorithm: &str, shard: &str) -> Result<Vec<StoredFile<Digest>>, StorageError>;
 
+    /// The digests of what `list_blobs` lists, without sizes and times: on a
+    /// filesystem that saves a `stat` of every file, which the orphan scan of
+    /// each collection would otherwise pay for every blob it already knows.
+    async fn list_blob_names(&self, algorithm: &str, shard: &str) -> Result<Vec<Digest>, StorageError> {
+        Ok(self
+            .list_blobs(algorithm, shard)
+            .await?
+            .into_iter()
+            .map(|f| f.key)
+            .collect())
+    }
+
     /// Every upload session's bytes, by session id.
     async fn list_uploads(&self) -> Result<Vec<StoredFile<UploadId>>, StorageError>;
 
