@@ -40,7 +40,7 @@ impl App {
     pub async fn open(mut config: Config) -> anyhow::Result<Self> {
         ensure_data_dir(&config.data_dir)?;
         let (meta, stores) = open_stores(&config).await?;
-        let clock = clock::from_env();
+        let clock = clock::from_env()?;
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
             namespaces: NamespaceRules::from_config(&config.lifecycle)

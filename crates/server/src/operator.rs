@@ -227,7 +227,7 @@ async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
     let (meta, stores) = open_stores(&config).await?;
-    let lifecycle = Lifecycle::new(meta, stores, clock::from_env(), &config)
+    let lifecycle = Lifecycle::new(meta, stores, clock::from_env()?, &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
     lifecycle.sync_config_policies().await?;
     Ok(lifecycle)
