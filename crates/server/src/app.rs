@@ -47,11 +47,11 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
         };
         let registry = Registry::new(meta.clone(), stores.clone(), clock.clone(), limits);
-        let lifecycle = Lifecycle::new(meta.clone(), stores, clock, &config)
+        let lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder());
         share_token_key(&mut config, meta.as_ref()).await?;
-        let auth = Auth::open(&config.auth, &config.data_dir, meta).context("invalid auth configuration")?;
+        let auth = Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
         Ok(App {
             registry,
             auth,

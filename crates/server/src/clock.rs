@@ -20,6 +20,29 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that stands still until moved, for unit tests.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+#[cfg(test)]
+impl ManualClock {
+    pub fn at(ms: i64) -> std::sync::Arc<ManualClock> {
+        std::sync::Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(ms)))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Names a file holding a number of milliseconds to add to the wall clock.
 /// Tests move time forward by rewriting the file, in the server and in
 /// operator commands alike, instead of sleeping for days.

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::auth::{basic_credentials, bearer};
 use super::ApiError;
 use crate::app::App;
-use crate::auth::manage::{self, ManageError};
+use crate::auth::manage::ManageError;
 use crate::config::AuthMode;
 
 type AdminResult = Result<Response, ApiError>;
@@ -133,17 +133,13 @@ fn created(body: serde_json::Value) -> AdminResult {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-fn store_error(e: berth_meta::MetaError) -> ApiError {
-    ApiError::from(ManageError::Store(e))
-}
-
 /// A JSON body, with a clear error instead of axum's plain-text rejection.
 pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))
 }
 
 async fn list_users(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
-    let users = app.auth.store().list_users().await.map_err(store_error)?;
+    let users = app.auth.accounts().list_users().await?;
     Ok(Json(json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -158,14 +154,10 @@ struct NewUser {
 
 async fn create_user(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let user: NewUser = parse_body(&body)?;
-    manage::create_user(
-        app.auth.store().as_ref(),
-        &user.name,
-        &user.password,
-        user.admin,
-        &actor,
-    )
-    .await?;
+    app.auth
+        .accounts()
+        .create_user(&user.name, &user.password, user.admin, &actor)
+        .await?;
     created(json!({ "name": user.name, "admin": user.admin }))
 }
 
@@ -182,7 +174,10 @@ async fn set_password(
     body: axum::body::Bytes,
 ) -> AdminResult {
     let change: NewPassword = parse_body(&body)?;
-    manage::set_password(app.auth.store().as_ref(), &name, &change.password, &actor).await?;
+    app.auth
+        .accounts()
+        .set_password(&name, &change.password, &actor)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -197,12 +192,12 @@ async fn set_user_state(
         "enable" => false,
         _ => return Err(ApiError::new(ErrorCode::NotFound, format!("no such action {state:?}"))),
     };
-    manage::set_disabled(app.auth.store().as_ref(), &name, disabled, &actor).await?;
+    app.auth.accounts().set_disabled(&name, disabled, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_tokens(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
-    let robots = app.auth.store().list_robots().await.map_err(store_error)?;
+    let robots = app.auth.accounts().list_robots().await?;
     Ok(Json(json!({ "tokens": robots.iter().map(robot_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -217,24 +212,21 @@ struct NewToken {
 
 async fn create_token(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let new: NewToken = parse_body(&body)?;
-    let token = manage::create_token(
-        app.auth.store().as_ref(),
-        &new.name,
-        &new.grants,
-        new.expires.as_deref(),
-        &actor,
-    )
-    .await?;
+    let token = app
+        .auth
+        .accounts()
+        .create_token(&new.name, &new.grants, new.expires.as_deref(), &actor)
+        .await?;
     created(json!({ "name": new.name, "token": token }))
 }
 
 async fn revoke_token(State(app): State<Arc<App>>, Path(name): Path<String>, Admin(actor): Admin) -> AdminResult {
-    manage::revoke_token(app.auth.store().as_ref(), &name, &actor).await?;
+    app.auth.accounts().revoke_token(&name, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_grants(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
-    let grants = app.auth.store().list_grants().await.map_err(store_error)?;
+    let grants = app.auth.accounts().list_grants().await?;
     Ok(Json(json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -248,7 +240,11 @@ struct NewGrantBody {
 
 async fn add_grant(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let g: NewGrantBody = parse_body(&body)?;
-    let id = manage::add_grant(app.auth.store().as_ref(), &g.subject, &g.pattern, &g.role, &actor).await?;
+    let id = app
+        .auth
+        .accounts()
+        .add_grant(&g.subject, &g.pattern, &g.role, &actor)
+        .await?;
     created(json!({ "id": id, "subject": g.subject, "pattern": g.pattern, "role": g.role }))
 }
 
@@ -256,7 +252,7 @@ async fn remove_grant(State(app): State<Arc<App>>, Path(id): Path<String>, Admin
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("grant id {id:?} is not a number")))?;
-    manage::remove_grant(app.auth.store().as_ref(), id, &actor).await?;
+    app.auth.accounts().remove_grant(id, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -279,9 +275,8 @@ async fn audit_log(State(app): State<Arc<App>>, _: Admin, Query(q): Query<AuditQ
     let before = number("before", &q.before)?;
     let entries = app
         .auth
-        .store()
+        .accounts()
         .audit_log(before, u32::try_from(limit).unwrap_or(100))
-        .await
-        .map_err(store_error)?;
+        .await?;
     Ok(Json(json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() })).into_response())
 }

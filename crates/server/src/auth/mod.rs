@@ -26,9 +26,11 @@ use subtle::ConstantTimeEq;
 use self::access::{Grant, Pattern, Permissions, Role, Scope};
 use self::external::ExternalValidator;
 use self::limiter::LoginLimiter;
+use self::manage::Accounts;
 use self::oidc::OidcVerifier;
 use self::token::{AccessClaims, AccessEntry, TokenService};
 use self::verified::VerifiedTokens;
+use crate::clock::Clock;
 use crate::config::{AuthConfig, AuthMode};
 
 /// Why presented credentials were not accepted.
@@ -114,6 +116,8 @@ pub struct Auth {
     tokens: TokenService,
     verified: VerifiedTokens,
     store: Arc<dyn AccessStore>,
+    accounts: Accounts,
+    clock: Arc<dyn Clock>,
     anonymous: Vec<Grant>,
     admin_groups: Vec<String>,
     external: Option<ExternalValidator>,
@@ -145,7 +149,12 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 impl Auth {
-    pub fn open(config: &AuthConfig, data_dir: &Path, store: Arc<dyn AccessStore>) -> anyhow::Result<Auth> {
+    pub fn open(
+        config: &AuthConfig,
+        data_dir: &Path,
+        store: Arc<dyn AccessStore>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Auth> {
         let key_file = config
             .token
             .key_file
@@ -175,6 +184,7 @@ impl Auth {
                 url,
                 Duration::from_secs(config.external.cache_secs),
                 Duration::from_secs(config.external.timeout_secs.max(1)),
+                clock.clone(),
             )?),
             _ => None,
         };
@@ -187,13 +197,16 @@ impl Auth {
                 &config.service,
                 Duration::from_secs(config.token.lifetime_secs.max(1)),
                 Duration::from_secs(config.token.refresh_lifetime_secs.max(1)),
+                clock.clone(),
             ),
             verified: VerifiedTokens::default(),
+            accounts: Accounts::new(store.clone(), clock.clone()),
             store,
             anonymous,
             admin_groups: config.admin_groups.clone(),
             external,
-            oidc: OidcVerifier::new(&config.oidc)?,
+            oidc: OidcVerifier::new(&config.oidc, clock.clone())?,
+            clock,
             limiter: LoginLimiter::new(
                 config.login_limit.failures,
                 Duration::from_secs(config.login_limit.window_secs),
@@ -202,8 +215,9 @@ impl Auth {
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn AccessStore> {
-        &self.store
+    /// Users, robot tokens, grants and the audit log, to read and change.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
     }
 
     /// Nobody: what anonymous access allows.
@@ -328,7 +342,7 @@ impl Auth {
             .await
             .map_err(store_failure)?
             .ok_or(Failure::Invalid)?;
-        let now_ms = manage::now_ms();
+        let now_ms = self.clock.now_ms();
         let equal: bool = robot.token_hash.as_bytes().ct_eq(hash.as_bytes()).into();
         let expired = robot.expires_ms.is_some_and(|e| e <= now_ms);
         if !equal || robot.revoked_ms.is_some() || expired {
@@ -359,7 +373,7 @@ impl Auth {
         }
         if let Some(name) = claims.sub.strip_prefix("robot:") {
             let robot = self.store.robot(name).await?;
-            let now_ms = manage::now_ms();
+            let now_ms = self.clock.now_ms();
             return match robot {
                 Some(r)
                     if r.revoked_ms.is_none()
@@ -494,11 +508,12 @@ impl Auth {
 
     /// The claims of a bearer token this registry issued.
     pub fn verify(&self, token: &str) -> Option<Arc<AccessClaims>> {
-        if let Some(claims) = self.verified.get(token) {
+        let now_secs = token::secs_of(self.clock.now_ms());
+        if let Some(claims) = self.verified.get(token, now_secs) {
             return Some(claims);
         }
         let claims = Arc::new(self.tokens.verify(token).ok()?);
-        self.verified.insert(token, claims.clone());
+        self.verified.insert(token, claims.clone(), now_secs);
         Some(claims)
     }
 }

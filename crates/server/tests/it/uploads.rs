@@ -592,15 +592,18 @@ async fn concurrent_uploads_of_the_same_blob_both_succeed() {
 
 #[tokio::test]
 async fn stale_sessions_are_purged() {
-    let app = TestApp::start_with_env(&[
-        ("BERTH_UPLOADS__STALE_AFTER_SECS", "1"),
-        ("BERTH_UPLOADS__PURGE_INTERVAL_SECS", "1"),
-    ]);
+    let app = TestApp::start_with_clock("[uploads]\nstale_after_secs = 3600\npurge_interval_secs = 1\n");
     let url = app.start_upload("a").await;
     assert_eq!(patch(&app, &url, Some((0, 9)), &[1u8; 10]).await.status(), 202);
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 204);
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An hour later by the server's clock, the next purge (each second) takes it.
+    app.advance_clock(3_601_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.client.get(&url).send().await.unwrap().status() == 204 {
+        assert!(std::time::Instant::now() < deadline, "the session was never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     assert_error(app.client.get(&url).send().await.unwrap(), 404, "BLOB_UPLOAD_UNKNOWN").await;
     let id = url.rsplit('/').next().unwrap();
