@@ -248,10 +248,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    crate::connections::serve(listener, router, shutdown).await;
     if let Err(e) = app.registry.flush_pulls().await {
         tracing::warn!(error = %e, "recording the last pulls failed");
     }

@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod connections;
 mod lifecycle;
 mod migrate;
 mod operator;
