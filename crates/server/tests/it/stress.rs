@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom as _;
@@ -153,6 +153,9 @@ struct Shared {
     done: AtomicBool,
     failures: Mutex<Vec<String>>,
     stats: Stats,
+    /// For collections and retention runs, which take longer than the
+    /// harness client waits on a large S3 bucket.
+    lifecycle_client: reqwest::Client,
 }
 
 impl Shared {
@@ -1218,7 +1221,10 @@ async fn collector(s: Arc<Shared>, every: u64) -> Outcome {
             let dry_run = round.is_multiple_of(7);
             let what = format!("POST /api/v1/gc?dry_run={dry_run}");
             let resp = s
-                .send(s.client().post(s.url(&format!("/api/v1/gc?dry_run={dry_run}"))), &what)
+                .send(
+                    s.lifecycle_client.post(s.url(&format!("/api/v1/gc?dry_run={dry_run}"))),
+                    &what,
+                )
                 .await?;
             let resp = expect(resp, 200, &what).await?;
             resp.json().await.map_err(|e| format!("{what}: {e}"))?
@@ -1266,7 +1272,9 @@ async fn retention(s: Arc<Shared>, every: u64) -> Outcome {
             continue;
         }
         let what = "POST /api/v1/retention/run";
-        let resp = s.send(s.client().post(s.url("/api/v1/retention/run")), what).await?;
+        let resp = s
+            .send(s.lifecycle_client.post(s.url("/api/v1/retention/run")), what)
+            .await?;
         let resp = expect(resp, 200, what).await?;
         let body: Value = resp.json().await.map_err(|e| format!("{what}: {e}"))?;
         let deleted = body["summary"]["tags_deleted"]
@@ -1529,6 +1537,10 @@ async fn pushes_deletes_retention_and_gc_at_once_lose_nothing_acknowledged() {
         done: AtomicBool::new(false),
         failures: Mutex::default(),
         stats: Stats::default(),
+        lifecycle_client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()
+            .expect("an HTTP client"),
     });
 
     let mut rng = StdRng::seed_from_u64(settings.seed);
@@ -1602,7 +1614,7 @@ async fn pushes_deletes_retention_and_gc_at_once_lose_nothing_acknowledged() {
         // what is still reachable, and all of that pulls whole.
         app.advance_clock(i64::try_from(GRACE_SECS).unwrap_or(0) * 1000 + 60_000);
         let what = "POST /api/v1/gc (after the run)";
-        let resp = shared.send(shared.client().post(shared.url("/api/v1/gc")), what).await?;
+        let resp = shared.send(shared.lifecycle_client.post(shared.url("/api/v1/gc")), what).await?;
         expect(resp, 200, what).await?;
         let reached = pull_everything(&shared).await?;
         for worker in &workers {
