@@ -61,6 +61,8 @@ const KEEP_LAST: u32 = 6;
 const TAGS_PER_WORKER: u32 = 10;
 /// Untagged manifests a client remembers per repository, to tag again.
 const UNTAGGED_KEPT: usize = 8;
+/// Runs of at least ten times this many requests report their progress.
+const PROGRESS_MIN: u64 = 1_000;
 /// Blobs shared by all clients, images and repositories.
 const POOL_BLOBS: usize = 40;
 /// Every manifest type a pulling client accepts.
@@ -156,12 +158,20 @@ struct Shared {
     /// For collections and retention runs, which take longer than the
     /// harness client waits on a large S3 bucket.
     lifecycle_client: reqwest::Client,
+    started: Instant,
 }
 
 impl Shared {
     fn count(&self) {
         let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
         self.progress.send_replace(n);
+        // A long run says how far it got, every tenth of the way.
+        if self.target >= 10 * PROGRESS_MIN && n.is_multiple_of(self.target / 10) {
+            eprintln!(
+                "stress: {n} requests after {:.0} s",
+                self.started.elapsed().as_secs_f64()
+            );
+        }
     }
 
     /// Whether a client may start another operation.
@@ -1541,6 +1551,7 @@ async fn pushes_deletes_retention_and_gc_at_once_lose_nothing_acknowledged() {
             .timeout(Duration::from_secs(600))
             .build()
             .expect("an HTTP client"),
+        started: Instant::now(),
     });
 
     let mut rng = StdRng::seed_from_u64(settings.seed);
