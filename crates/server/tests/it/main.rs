@@ -21,4 +21,5 @@ mod migrate;
 mod mount;
 mod referrers;
 mod routes;
+mod stress;
 mod uploads;
