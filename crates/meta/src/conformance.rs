@@ -37,6 +37,7 @@ pub async fn run_all(meta: &dyn MetaStore) {
     tags_move_and_list_in_order(meta).await;
     deleting_a_manifest_removes_its_tags(meta).await;
     referrers_are_found_by_subject(meta).await;
+    referrers_page_in_digest_order(meta).await;
     uploads_advance_only_from_the_expected_offset(meta).await;
     pulls_add_up_and_keep_the_latest_time(meta).await;
 }
@@ -172,21 +173,132 @@ async fn referrers_are_found_by_subject(meta: &dyn MetaStore) {
     let subject = Digest::sha256_of(b"subject");
     let sig = manifest("sig", vec![], vec![], Some(subject.clone()));
     meta.put_manifest("f/r", &sig, None, 1).await.unwrap();
-    let found = meta.referrers("f/r", &subject, None).await.unwrap();
+    let found = meta.referrers("f/r", &subject, None, None, 100).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].digest, sig.digest);
     assert_eq!(found[0].artifact_type.as_deref(), Some("application/example"));
     assert_eq!(found[0].annotations_json.as_deref(), Some(r#"{"k":"v"}"#));
     assert_eq!(found[0].size, 3);
     assert_eq!(
-        meta.referrers("f/r", &subject, Some("application/example"))
+        meta.referrers("f/r", &subject, Some("application/example"), None, 100)
             .await
             .unwrap()
             .len(),
         1
     );
-    assert!(meta.referrers("f/r", &subject, Some("other")).await.unwrap().is_empty());
-    assert!(meta.referrers("f/other", &subject, None).await.unwrap().is_empty());
+    assert!(meta
+        .referrers("f/r", &subject, Some("other"), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(meta
+        .referrers("f/other", &subject, None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Every page of `subject`'s referrers (of `artifact_type`) in `repo`, `limit` at a time.
+async fn referrer_pages(
+    meta: &dyn MetaStore,
+    repo: &str,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+    limit: u32,
+) -> Vec<Vec<Digest>> {
+    let mut pages = Vec::new();
+    let mut after: Option<Digest> = None;
+    loop {
+        let page: Vec<Digest> = meta
+            .referrers(repo, subject, artifact_type, after.as_ref(), limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.digest)
+            .collect();
+        assert!(
+            page.len() <= limit as usize,
+            "a page of {} for a limit of {limit}",
+            page.len()
+        );
+        let Some(last) = page.last().cloned() else {
+            return pages;
+        };
+        after = Some(last);
+        pages.push(page);
+    }
+}
+
+async fn referrers_page_in_digest_order(meta: &dyn MetaStore) {
+    let subject = Digest::sha256_of(b"paged subject");
+    let mut all = Vec::new();
+    let mut signatures = Vec::new();
+    for i in 0..25 {
+        let mut m = manifest(&format!("paged referrer {i}"), vec![], vec![], Some(subject.clone()));
+        if i % 3 == 0 {
+            m.artifact_type = Some("application/signature".into());
+            signatures.push(m.digest.clone());
+        }
+        meta.put_manifest("pg/r", &m, None, 1).await.unwrap();
+        all.push(m.digest.clone());
+    }
+    // Referrers of another subject, and of the same subject in another
+    // repository, are on no page.
+    let other = manifest(
+        "other subject's referrer",
+        vec![],
+        vec![],
+        Some(Digest::sha256_of(b"other")),
+    );
+    meta.put_manifest("pg/r", &other, None, 1).await.unwrap();
+    let elsewhere = manifest("paged referrer elsewhere", vec![], vec![], Some(subject.clone()));
+    meta.put_manifest("pg/elsewhere", &elsewhere, None, 1).await.unwrap();
+    all.sort();
+    signatures.sort();
+
+    let pages = referrer_pages(meta, "pg/r", &subject, None, 7).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [7, 7, 7, 4],
+        "{pages:?}"
+    );
+    assert_eq!(pages.concat(), all, "every referrer once, in digest order");
+    let pages = referrer_pages(meta, "pg/r", &subject, Some("application/signature"), 4).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 1]);
+    assert_eq!(pages.concat(), signatures, "the filter applies on every page");
+    assert_eq!(referrer_pages(meta, "pg/r", &subject, None, 100).await, [all.clone()]);
+
+    let after: Vec<Digest> = meta
+        .referrers("pg/r", &subject, None, Some(&all[10]), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.digest)
+        .collect();
+    assert_eq!(after, all[11..]);
+    // The cursor is a bound in digest order, not a row that must exist.
+    let unknown = Digest::sha256_of(b"not a referrer");
+    let after_unknown: Vec<Digest> = meta
+        .referrers("pg/r", &subject, None, Some(&unknown), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.digest)
+        .collect();
+    assert_eq!(
+        after_unknown,
+        all.iter().filter(|d| **d > unknown).cloned().collect::<Vec<_>>()
+    );
+    assert!(meta
+        .referrers("pg/r", &subject, None, all.last(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(meta
+        .referrers("pg/r", &subject, None, None, 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {

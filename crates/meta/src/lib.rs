@@ -287,8 +287,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Repositories that link the blob, in lexical order, at most `limit`.
     async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>>;
 
-    /// Manifests of `repo` whose subject is `subject`, optionally of one artifact type.
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>>;
+    /// Manifests of `repo` whose subject is `subject`, optionally of one
+    /// artifact type, after `after` in digest order, at most `limit`.
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>>;
 
     /// Adds pull counts and last-pull times in one transaction; records of
     /// manifests or tags that are gone are skipped.

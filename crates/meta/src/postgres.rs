@@ -284,8 +284,8 @@ pub(crate) const MANIFEST_BY_TAG: &str = "SELECT m.digest, m.media_type, m.body 
 pub(crate) const LIST_TAGS: &str = "SELECT name FROM tags \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name > $2 ORDER BY name LIMIT $3";
 pub(crate) const REFERRERS: &str = "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 \
-     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest";
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 AND digest > $4 \
+     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest LIMIT $5";
 pub(crate) const MANIFEST_FACTS: &str = "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count \
      FROM manifests WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
 pub(crate) const TAG_FACTS: &str = "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
@@ -851,11 +851,20 @@ impl MetaStore for PgMeta {
         .await?)
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(REFERRERS)
             .bind(repo)
             .bind(subject.to_string())
             .bind(artifact_type)
+            .bind(after.map(Digest::to_string).unwrap_or_default())
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -1412,12 +1421,29 @@ mod tests {
             (
                 "referrers",
                 REFERRERS,
-                vec![repo.into(), subject.clone(), "NULL".into()],
+                vec![repo.into(), subject.clone(), "NULL".into(), "''".into(), "1000".into()],
+            ),
+            (
+                "referrers, next page",
+                REFERRERS,
+                vec![
+                    repo.into(),
+                    subject.clone(),
+                    "NULL".into(),
+                    manifest.clone(),
+                    "1000".into(),
+                ],
             ),
             (
                 "referrers by type",
                 REFERRERS,
-                vec![repo.into(), subject, "'application/example'".into()],
+                vec![
+                    repo.into(),
+                    subject,
+                    "'application/example'".into(),
+                    "''".into(),
+                    "1000".into(),
+                ],
             ),
             ("manifest facts", MANIFEST_FACTS, vec![repo.into(), manifest.clone()]),
             ("tag facts", TAG_FACTS, vec![repo.into(), "'v7'".into()]),

@@ -570,14 +570,26 @@ impl MetaStore for SqliteMeta {
         parse_names(&names)
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>> {
+        // `digest > ''` without a cursor: always a range on the index
+        // (repo_id, subject, digest), so each page starts where the last ended.
         let rows = sqlx::query(&format!(
             "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
-             WHERE repo_id = {REPO_ID} AND subject = $2 AND ($3 IS NULL OR artifact_type = $3) ORDER BY digest"
+             WHERE repo_id = {REPO_ID} AND subject = $2 AND digest > $4 AND ($3 IS NULL OR artifact_type = $3) \
+             ORDER BY digest LIMIT $5"
         ))
         .bind(repo)
         .bind(subject.to_string())
         .bind(artifact_type)
+        .bind(after.map(Digest::to_string).unwrap_or_default())
+        .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
