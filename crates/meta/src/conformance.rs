@@ -11,7 +11,9 @@ use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
-use crate::{BlobRecord, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadRecord};
+use crate::{
+    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadRecord,
+};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
     NewManifest {
@@ -33,6 +35,7 @@ fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Opti
 /// Runs every conformance check.
 pub async fn run_all(meta: &dyn MetaStore) {
     blobs_are_served_only_where_linked(meta).await;
+    touches_move_links_forward_only(meta).await;
     manifests_need_their_references(meta).await;
     tags_move_and_list_in_order(meta).await;
     deleting_a_manifest_removes_its_tags(meta).await;
@@ -109,6 +112,53 @@ async fn blobs_are_served_only_where_linked(meta: &dyn MetaStore) {
     assert!(!meta.unlink_blob("c/two", &d).await.unwrap());
     assert_eq!(meta.linked_blob_size("c/two", &d).await.unwrap(), None);
     assert_eq!(meta.linked_blob_size("c/one", &d).await.unwrap(), Some(6));
+}
+
+async fn touches_move_links_forward_only(meta: &dyn MetaStore) {
+    let d = Digest::sha256_of(b"touched");
+    meta.add_blob("touch/one", &d, 3, 10).await.unwrap();
+    let linked = meta.linked_blob("touch/one", &d).await.unwrap().unwrap();
+    assert_eq!((linked.record.size, linked.linked_ms), (3, 10));
+    assert!(meta.touch_link("touch/one", &d, 50).await.unwrap());
+    assert_eq!(linked_ms(meta, "touch/one", &d).await, Some(50));
+    assert!(
+        meta.touch_link("touch/one", &d, 20).await.unwrap(),
+        "an older touch finds the link"
+    );
+    assert_eq!(
+        linked_ms(meta, "touch/one", &d).await,
+        Some(50),
+        "and leaves it as recent as it was"
+    );
+    assert!(!meta.touch_link("touch/two", &d, 60).await.unwrap());
+    assert_eq!(
+        linked_ms(meta, "touch/two", &d).await,
+        None,
+        "a touch never creates a link"
+    );
+
+    let touch = |repo: &str, at_ms| LinkTouch {
+        repo: repo.into(),
+        digest: d.clone(),
+        at_ms,
+    };
+    meta.record_touches(&[]).await.unwrap();
+    meta.record_touches(&[
+        touch("touch/one", 70),
+        touch("touch/one", 40),
+        touch("touch/two", 80),
+        touch("touch/no-such-repository", 90),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(linked_ms(meta, "touch/one", &d).await, Some(70));
+    assert_eq!(linked_ms(meta, "touch/two", &d).await, None);
+    meta.record_touches(&[touch("touch/one", 65)]).await.unwrap();
+    assert_eq!(linked_ms(meta, "touch/one", &d).await, Some(70));
+}
+
+async fn linked_ms(meta: &dyn MetaStore, repo: &str, d: &Digest) -> Option<i64> {
+    meta.linked_blob(repo, d).await.unwrap().map(|l| l.linked_ms)
 }
 
 async fn manifests_need_their_references(meta: &dyn MetaStore) {
@@ -529,7 +579,10 @@ async fn blobs_remember_the_stores_holding_them<S: MetaStore + LifecycleStore>(s
         size: 11,
         stores: StoreSet::only("team-a"),
     };
-    assert_eq!(store.linked_blob("routes/a", &d).await.unwrap(), Some(only_a.clone()));
+    assert_eq!(
+        store.linked_blob("routes/a", &d).await.unwrap().map(|l| l.record),
+        Some(only_a.clone())
+    );
     assert_eq!(store.blob_record(&d).await.unwrap(), Some(only_a));
     assert_eq!(store.linked_blob("routes/b", &d).await.unwrap(), None);
 
@@ -1009,6 +1062,7 @@ const NOW_MS: i64 = 1000;
 pub async fn run_races<S: LifecycleStore>(store: &S, rounds: u32) {
     upload_racing_blob_collection(store, rounds).await;
     mount_racing_blob_collection(store, rounds).await;
+    touch_racing_blob_collection(store, rounds).await;
     manifest_racing_blob_collection(store, rounds).await;
     manifest_racing_link_collection(store, rounds).await;
     index_racing_child_removal(store, rounds).await;
@@ -1231,6 +1285,41 @@ async fn mount_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32)
         tally.count(!collected.is_empty());
     }
     tally.report("link_blob vs remove_blobs");
+}
+
+/// A read's touch of a link and the collector's removal of its blob: either
+/// the touch lands first and the blob stays, or it finds the link gone
+/// (and the read answers 404).
+async fn touch_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
+    let files = RaceFiles::default();
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("touch round {round}");
+        let repo = format!("race/touch-{round}");
+        let d = Digest::sha256_of(race.as_bytes());
+        store.add_blob(&repo, &d, 7, OLD_MS).await.unwrap();
+        files.place(&d);
+        let (read_shift, gc_shift) = shifts(round);
+        let touch = async {
+            pause(read_shift).await;
+            store.touch_link(&repo, &d, NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store.remove_blobs(std::slice::from_ref(&d), CUTOFF_MS, &files).await
+        };
+        let (touched, collected) = join2(touch, collect).await;
+        let collected = collected.unwrap_or_else(|e| panic!("{race}: collection failed: {e}"));
+        if touched.unwrap_or_else(|e| panic!("{race}: touch failed: {e}")) {
+            assert!(collected.is_empty(), "{race}: touched a link the collector removed");
+            assert_blob_kept(store, &files, &repo, &d, &race).await;
+        } else {
+            assert_eq!(collected.len(), 1, "{race}: the link is gone, yet nothing collected");
+            assert_eq!(store.blob_size(&d).await.unwrap(), None);
+        }
+        tally.count(!collected.is_empty());
+    }
+    tally.report("touch_link vs remove_blobs");
 }
 
 async fn manifest_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {

@@ -90,6 +90,23 @@ pub struct BlobRecord {
     pub stores: StoreSet,
 }
 
+/// A blob as a repository serves it: its record and when its link was made,
+/// or last touched by a read (see [`MetaStore::touch_link`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedBlob {
+    pub record: BlobRecord,
+    pub linked_ms: i64,
+}
+
+/// A read of a blob through a repository (`HEAD`, `GET`) at `at_ms`: the
+/// link's garbage-collection grace period starts again from then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkTouch {
+    pub repo: String,
+    pub digest: Digest,
+    pub at_ms: i64,
+}
+
 /// What can go wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -246,8 +263,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The blob's size if it is linked to `repo`.
     async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>>;
 
-    /// The blob's size and stores if it is linked to `repo`.
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>>;
+    /// The blob's record and link if it is linked to `repo`.
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>>;
 
     /// The blob's size if the registry holds it at all.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
@@ -260,6 +277,16 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Links an existing blob to `repo`; returns its size, or `None` when the registry lacks it.
     async fn link_blob(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<Option<u64>>;
+
+    /// Moves the link's `linked_ms` forward to `at_ms` (never back), as a
+    /// transaction that the garbage collector's re-check of the link and the
+    /// blob sees (it takes what a push linking the blob takes). False when
+    /// the link is gone. Never creates a link.
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool>;
+
+    /// Moves each link's `linked_ms` forward to its touch time in one
+    /// transaction; links that are gone are skipped, none is created.
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()>;
 
     /// Removes the blob's link from `repo`; false when there was none.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool>;

@@ -62,8 +62,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::{
-    BlobRecord, JobLease, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result,
-    StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
+    PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -271,8 +271,15 @@ pub(crate) const REPOSITORY_EXISTS: &str = "SELECT id FROM repositories WHERE na
 pub(crate) const LINKED_BLOB_SIZE: &str = "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
      WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
 pub(crate) const BLOB_SIZE: &str = "SELECT size FROM blobs WHERE digest = $1";
-pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores, l.linked_ms FROM repo_blobs l \
+     JOIN blobs b ON b.digest = l.digest \
      WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
+pub(crate) const TOUCH_LINK: &str = "UPDATE repo_blobs SET linked_ms = GREATEST(linked_ms, $3) \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
+// Links already as recent are left unwritten (no new row version).
+pub(crate) const RECORD_TOUCHES: &str = "UPDATE repo_blobs l SET linked_ms = t.at_ms \
+     FROM unnest($1::int8[], $2::text[], $3::int8[]) AS t(repo_id, digest, at_ms) \
+     WHERE l.repo_id = t.repo_id AND l.digest = t.digest AND l.linked_ms < t.at_ms";
 pub(crate) const BLOB_RECORD: &str = "SELECT size, stores FROM blobs WHERE digest = $1";
 pub(crate) const LINKED_AMONG: &str = "SELECT digest FROM repo_blobs WHERE repo_id = $1 AND digest = ANY($2)";
 pub(crate) const MANIFESTS_AMONG: &str = "SELECT digest FROM manifests WHERE repo_id = $1 AND digest = ANY($2)";
@@ -505,6 +512,22 @@ impl PgMeta {
         Ok(Some(to_u64(size)))
     }
 
+    async fn touch_link_once(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The lock a push that links the blob takes: a removal holding it
+        // exclusively re-checks the link after this commit, or this update
+        // runs after the removal's and finds the link gone.
+        lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
+        let done = sqlx::query(TOUCH_LINK)
+            .bind(repo)
+            .bind(digest.to_string())
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn put_manifest_once(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
         let digest = m.digest.to_string();
         let blobs = digest_strings(&m.blobs);
@@ -724,13 +747,69 @@ impl MetaStore for PgMeta {
         Ok(size.map(to_u64))
     }
 
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>> {
         let row = sqlx::query(LINKED_BLOB)
             .bind(repo)
             .bind(digest.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(blob_record).transpose()
+        row.map(|row| {
+            Ok(LinkedBlob {
+                record: blob_record(&row)?,
+                linked_ms: row.try_get("linked_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        retrying("touch_link", move || self.touch_link_once(repo, digest, at_ms)).await
+    }
+
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = touches.iter().map(|t| t.repo.as_str()).collect();
+        let ids: HashMap<String, i64> = sqlx::query_as::<_, (i64, String)>(REPOSITORY_IDS)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        // One row per link (UPDATE … FROM applies one of several matching
+        // rows), the latest touch, in key order: concurrent flushes from
+        // several replicas lock the rows they share in the same order.
+        let mut latest: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        for t in touches {
+            if let Some(id) = ids.get(&t.repo) {
+                let at = latest.entry((*id, t.digest.to_string())).or_insert(t.at_ms);
+                *at = (*at).max(t.at_ms);
+            }
+        }
+        let mut repo_ids = Vec::with_capacity(latest.len());
+        let mut digests = Vec::with_capacity(latest.len());
+        let mut at_ms = Vec::with_capacity(latest.len());
+        for ((id, digest), at) in latest {
+            repo_ids.push(id);
+            digests.push(digest);
+            at_ms.push(at);
+        }
+        if repo_ids.is_empty() {
+            return Ok(());
+        }
+        let (repo_ids, digests, at_ms) = (&repo_ids, &digests, &at_ms);
+        retrying("record_touches", move || async move {
+            sqlx::query(RECORD_TOUCHES)
+                .bind(repo_ids)
+                .bind(digests)
+                .bind(at_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -1411,6 +1490,13 @@ mod tests {
                 vec![repo.into(), "'v5'".into(), "100".into()],
             ),
             ("linked blob size", LINKED_BLOB_SIZE, vec![repo.into(), blob.clone()]),
+            ("linked blob", LINKED_BLOB, vec![repo.into(), blob.clone()]),
+            ("touch a link", TOUCH_LINK, vec![repo.into(), blob.clone(), "5".into()]),
+            (
+                "touches",
+                RECORD_TOUCHES,
+                vec![format!("ARRAY[{repo_id}]"), format!("ARRAY[{blob}]"), "ARRAY[5]".into()],
+            ),
             ("blob size", BLOB_SIZE, vec![blob.clone()]),
             ("links of a push", LINKED_AMONG, vec![repo_id.clone(), blobs.clone()]),
             (

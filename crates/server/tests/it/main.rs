@@ -21,4 +21,5 @@ mod migrate;
 mod mount;
 mod referrers;
 mod routes;
+mod touches;
 mod uploads;
