@@ -12,7 +12,8 @@ use berth_oci::{Digest, UploadId};
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
 use crate::{
-    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadRecord,
+    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadClaim,
+    UploadRecord,
 };
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -42,6 +43,7 @@ pub async fn run_all(meta: &dyn MetaStore) {
     referrers_are_found_by_subject(meta).await;
     referrers_page_in_digest_order(meta).await;
     uploads_advance_only_from_the_expected_offset(meta).await;
+    upload_claims_exclude_each_other_until_they_run_out(meta).await;
     pulls_add_up_and_keep_the_latest_time(meta).await;
 }
 
@@ -349,6 +351,68 @@ async fn referrers_page_in_digest_order(meta: &dyn MetaStore) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A store that leases sessions lets one claim hold a session until it is
+/// released or runs out; a store of one process grants every claim (that
+/// process serializes its own requests).
+async fn upload_claims_exclude_each_other_until_they_run_out(meta: &dyn MetaStore) {
+    let id = UploadId::new("conformance-claim".into());
+    meta.create_upload(&new_upload("conformance-claim", "claim/r", crate::DEFAULT_STORE, 100))
+        .await
+        .unwrap();
+    let unknown = UploadId::new("no-such-upload".into());
+    assert_eq!(
+        meta.claim_upload(&unknown, "a", 1000, 2000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+
+    let UploadClaim::Claimed { record, leased } = meta.claim_upload(&id, "a", 1000, 2000).await.unwrap() else {
+        panic!("a free session is claimed");
+    };
+    assert_eq!((record.repo.as_str(), record.offset), ("claim/r", 0));
+    if !leased {
+        assert!(matches!(
+            meta.claim_upload(&id, "b", 1000, 2000).await.unwrap(),
+            UploadClaim::Claimed { leased: false, .. }
+        ));
+        assert!(meta.renew_upload_claim(&id, "a", 1000, 3000).await.unwrap());
+        meta.release_upload_claim(&id, "a").await.unwrap();
+        meta.delete_upload(&id).await.unwrap();
+        return;
+    }
+    let busy = |claim: UploadClaim| match claim {
+        UploadClaim::Busy(record) => record,
+        other => panic!("expected the session busy, got {other:?}"),
+    };
+    assert_eq!(busy(meta.claim_upload(&id, "b", 1500, 2500).await.unwrap()).offset, 0);
+    // Renewing keeps it; the session counts as active when renewed.
+    assert!(meta.renew_upload_claim(&id, "a", 1900, 3000).await.unwrap());
+    assert!(
+        !meta.renew_upload_claim(&id, "b", 1900, 3000).await.unwrap(),
+        "not b's to renew"
+    );
+    busy(meta.claim_upload(&id, "b", 2500, 3500).await.unwrap());
+    assert_eq!(meta.get_upload(&id).await.unwrap().unwrap().updated_ms, 1900);
+    // A claim that ran out (its holder died) is taken over, and the old
+    // holder can neither renew nor release the new one.
+    assert!(matches!(
+        meta.claim_upload(&id, "b", 3000, 4000).await.unwrap(),
+        UploadClaim::Claimed { leased: true, .. }
+    ));
+    assert!(!meta.renew_upload_claim(&id, "a", 3100, 5000).await.unwrap());
+    meta.release_upload_claim(&id, "a").await.unwrap();
+    busy(meta.claim_upload(&id, "c", 3200, 5000).await.unwrap());
+    // Released, it is free at once.
+    meta.release_upload_claim(&id, "b").await.unwrap();
+    assert!(matches!(
+        meta.claim_upload(&id, "c", 3300, 5000).await.unwrap(),
+        UploadClaim::Claimed { .. }
+    ));
+    // A claim does not stop the session from advancing or going.
+    assert!(meta.advance_upload(&id, 0, 10, None, 3400).await.unwrap());
+    meta.delete_upload(&id).await.unwrap();
+    assert!(!meta.renew_upload_claim(&id, "c", 3500, 6000).await.unwrap());
 }
 
 async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {

@@ -235,6 +235,20 @@ pub struct UploadRecord {
     pub updated_ms: i64,
 }
 
+/// The outcome of claiming an upload session for a request that writes to it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadClaim {
+    /// The session is this request's until the claim is released. `leased`:
+    /// the claim is a lease in the store, which the holder renews before it
+    /// runs out and releases at the end; otherwise the store is one process's
+    /// and claims nothing (that process serializes its own requests).
+    Claimed { record: UploadRecord, leased: bool },
+    /// Another request holds the session.
+    Busy(UploadRecord),
+    /// No such session.
+    Unknown,
+}
+
 /// Held while this process runs a periodic job (garbage collection, retention,
 /// expiry, upload purge); every other process sharing the store is refused
 /// the same job until it is dropped, or until this process dies.
@@ -349,6 +363,29 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<bool>;
 
     async fn delete_upload(&self, id: &UploadId) -> Result<()>;
+
+    /// Claims the session for one writing request (a chunk, the final PUT)
+    /// among the processes sharing this store: under `token` until
+    /// `until_ms`, unless another claim that has not run out by `now_ms`
+    /// holds it. A store only one process uses (the embedded SQLite file)
+    /// claims nothing.
+    async fn claim_upload(&self, id: &UploadId, _token: &str, _now_ms: i64, _until_ms: i64) -> Result<UploadClaim> {
+        Ok(match self.get_upload(id).await? {
+            Some(record) => UploadClaim::Claimed { record, leased: false },
+            None => UploadClaim::Unknown,
+        })
+    }
+
+    /// Extends the claim of `token` to `until_ms` (and marks the session
+    /// active at `now_ms`); false when the claim is no longer `token`'s.
+    async fn renew_upload_claim(&self, _id: &UploadId, _token: &str, _now_ms: i64, _until_ms: i64) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Ends the claim of `token`, if it still holds the session.
+    async fn release_upload_claim(&self, _id: &UploadId, _token: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// Ends an upload session that became a blob: runs `place` (which moves
     /// the bytes into place in the blob store named `store`), records the

@@ -63,7 +63,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::{
     BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
-    PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord, DEFAULT_STORE,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -301,6 +301,12 @@ pub(crate) const GET_UPLOAD: &str =
     "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
 pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
      WHERE id = $4 AND byte_offset = $5";
+// A claim that ran out (its holder died or lost the database) is taken over.
+// The claim marks the session active, so a purge that re-reads it leaves it.
+pub(crate) const CLAIM_UPLOAD: &str = "UPDATE uploads SET lease_token = $2, lease_until_ms = $4, \
+     updated_ms = GREATEST(updated_ms, $3) \
+     WHERE id = $1 AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+     RETURNING id, repo, store, byte_offset, hash_state, started_ms, updated_ms";
 pub(crate) const REPOSITORY_IDS: &str = "SELECT id, name FROM repositories WHERE name = ANY($1)";
 pub(crate) const RECORD_MANIFEST_PULLS: &str = "UPDATE manifests m SET pull_count = m.pull_count + p.count, \
      last_pulled_ms = GREATEST(m.last_pulled_ms, p.last_ms) \
@@ -1076,6 +1082,52 @@ impl MetaStore for PgMeta {
         Ok(())
     }
 
+    async fn claim_upload(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<UploadClaim> {
+        // A lease rather than a row lock held for the request: a chunk may
+        // stream for minutes, and a transaction open that long would keep a
+        // pool connection from every other request.
+        let claimed = sqlx::query(CLAIM_UPLOAD)
+            .bind(id.as_str())
+            .bind(token)
+            .bind(now_ms)
+            .bind(until_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = claimed {
+            return Ok(UploadClaim::Claimed {
+                record: upload_record(&row)?,
+                leased: true,
+            });
+        }
+        Ok(match self.get_upload(id).await? {
+            Some(record) => UploadClaim::Busy(record),
+            None => UploadClaim::Unknown,
+        })
+    }
+
+    async fn renew_upload_claim(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET lease_until_ms = $4, updated_ms = GREATEST(updated_ms, $3) \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id.as_str())
+        .bind(token)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn release_upload_claim(&self, id: &UploadId, token: &str) -> Result<()> {
+        sqlx::query("UPDATE uploads SET lease_token = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_token = $2")
+            .bind(id.as_str())
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn complete_upload(
         &self,
         id: &UploadId,
@@ -1534,6 +1586,11 @@ mod tests {
             ("manifest facts", MANIFEST_FACTS, vec![repo.into(), manifest.clone()]),
             ("tag facts", TAG_FACTS, vec![repo.into(), "'v7'".into()]),
             ("upload", GET_UPLOAD, vec!["'upload-7'".into()]),
+            (
+                "upload claim",
+                CLAIM_UPLOAD,
+                vec!["'upload-7'".into(), "'token'".into(), "20".into(), "80".into()],
+            ),
             (
                 "upload advance",
                 ADVANCE_UPLOAD,

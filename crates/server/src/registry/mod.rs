@@ -5,6 +5,7 @@
 //! [`RegistryError`] to OCI error JSON in one place (`api::error`).
 
 mod blobs;
+mod claims;
 mod manifests;
 mod pulls;
 pub mod stores;
@@ -37,6 +38,9 @@ pub enum RegistryError {
     UploadInvalid(String),
     #[error("chunk does not start at the session's offset {current}")]
     ChunkOutOfOrder { current: u64 },
+    /// Another request is writing to the session (on this replica or another).
+    #[error("another request is writing to this upload session; resume from offset {current} once it is done")]
+    UploadBusy { current: u64 },
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]

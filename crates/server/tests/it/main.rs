@@ -22,4 +22,5 @@ mod mount;
 mod referrers;
 mod routes;
 mod touches;
+mod upload_races;
 mod uploads;
