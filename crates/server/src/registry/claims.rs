@@ -31,12 +31,15 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::clock::Clock;
 
-/// How long a lease lasts unless renewed.
-pub(super) const LEASE_MS: i64 = 60_000;
-/// How often a request holding a lease renews it.
-const RENEW_EVERY: Duration = Duration::from_secs(15);
-/// How long before its lease could run out a request stops writing.
-const MARGIN_MS: i64 = 20_000;
+/// How long a lease lasts unless renewed: how long a session that a dead
+/// replica was writing stays refused.
+pub(super) const LEASE_MS: i64 = 30_000;
+/// How often a request holding a lease renews it: three renewals in a row
+/// must fail before it stops writing.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long before its lease could run out a request stops writing: more
+/// than the replicas' clocks may differ by.
+const MARGIN_MS: i64 = 10_000;
 
 /// A writing request's hold on an upload session; dropping it releases it.
 pub(super) struct SessionClaim {

@@ -248,7 +248,7 @@ async fn a_final_put_while_a_chunk_streams_is_refused() {
 }
 
 /// A replica that dies while it writes a session holds it only until its
-/// lease runs out (60 s, here on the test clock); then another replica
+/// lease runs out (30 s, here on the test clock); then another replica
 /// continues the session. The embedded backend has one process, whose
 /// claims end with it.
 #[tokio::test]
@@ -290,7 +290,7 @@ async fn a_dead_replicas_claim_runs_out() {
             .send()
     };
     assert_busy(send(bytes.clone()).await.expect("PATCH"), &session, 0).await;
-    app.advance_clock(61_000);
+    app.advance_clock(31_000);
     let resp = send(bytes.clone()).await.expect("PATCH");
     assert_eq!(
         resp.status(),
