@@ -62,8 +62,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::{
-    BlobRecord, JobLease, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result,
-    StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
+    PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord, DEFAULT_STORE,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -271,8 +271,15 @@ pub(crate) const REPOSITORY_EXISTS: &str = "SELECT id FROM repositories WHERE na
 pub(crate) const LINKED_BLOB_SIZE: &str = "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
      WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
 pub(crate) const BLOB_SIZE: &str = "SELECT size FROM blobs WHERE digest = $1";
-pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores, l.linked_ms FROM repo_blobs l \
+     JOIN blobs b ON b.digest = l.digest \
      WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
+pub(crate) const TOUCH_LINK: &str = "UPDATE repo_blobs SET linked_ms = GREATEST(linked_ms, $3) \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
+// Links already as recent are left unwritten (no new row version).
+pub(crate) const RECORD_TOUCHES: &str = "UPDATE repo_blobs l SET linked_ms = t.at_ms \
+     FROM unnest($1::int8[], $2::text[], $3::int8[]) AS t(repo_id, digest, at_ms) \
+     WHERE l.repo_id = t.repo_id AND l.digest = t.digest AND l.linked_ms < t.at_ms";
 pub(crate) const BLOB_RECORD: &str = "SELECT size, stores FROM blobs WHERE digest = $1";
 pub(crate) const LINKED_AMONG: &str = "SELECT digest FROM repo_blobs WHERE repo_id = $1 AND digest = ANY($2)";
 pub(crate) const MANIFESTS_AMONG: &str = "SELECT digest FROM manifests WHERE repo_id = $1 AND digest = ANY($2)";
@@ -284,8 +291,8 @@ pub(crate) const MANIFEST_BY_TAG: &str = "SELECT m.digest, m.media_type, m.body 
 pub(crate) const LIST_TAGS: &str = "SELECT name FROM tags \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name > $2 ORDER BY name LIMIT $3";
 pub(crate) const REFERRERS: &str = "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 \
-     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest";
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 AND digest > $4 \
+     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest LIMIT $5";
 pub(crate) const MANIFEST_FACTS: &str = "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count \
      FROM manifests WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
 pub(crate) const TAG_FACTS: &str = "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
@@ -294,6 +301,12 @@ pub(crate) const GET_UPLOAD: &str =
     "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
 pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
      WHERE id = $4 AND byte_offset = $5";
+// A claim that ran out (its holder died or lost the database) is taken over.
+// The claim marks the session active, so a purge that re-reads it leaves it.
+pub(crate) const CLAIM_UPLOAD: &str = "UPDATE uploads SET lease_token = $2, lease_until_ms = $4, \
+     updated_ms = GREATEST(updated_ms, $3) \
+     WHERE id = $1 AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+     RETURNING id, repo, store, byte_offset, hash_state, started_ms, updated_ms";
 pub(crate) const REPOSITORY_IDS: &str = "SELECT id, name FROM repositories WHERE name = ANY($1)";
 pub(crate) const RECORD_MANIFEST_PULLS: &str = "UPDATE manifests m SET pull_count = m.pull_count + p.count, \
      last_pulled_ms = GREATEST(m.last_pulled_ms, p.last_ms) \
@@ -503,6 +516,22 @@ impl PgMeta {
         Self::record_blob(&mut tx, repo, digest, to_u64(size), None, now_ms).await?;
         tx.commit().await?;
         Ok(Some(to_u64(size)))
+    }
+
+    async fn touch_link_once(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The lock a push that links the blob takes: a removal holding it
+        // exclusively re-checks the link after this commit, or this update
+        // runs after the removal's and finds the link gone.
+        lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
+        let done = sqlx::query(TOUCH_LINK)
+            .bind(repo)
+            .bind(digest.to_string())
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn put_manifest_once(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
@@ -724,13 +753,69 @@ impl MetaStore for PgMeta {
         Ok(size.map(to_u64))
     }
 
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>> {
         let row = sqlx::query(LINKED_BLOB)
             .bind(repo)
             .bind(digest.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(blob_record).transpose()
+        row.map(|row| {
+            Ok(LinkedBlob {
+                record: blob_record(&row)?,
+                linked_ms: row.try_get("linked_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        retrying("touch_link", move || self.touch_link_once(repo, digest, at_ms)).await
+    }
+
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = touches.iter().map(|t| t.repo.as_str()).collect();
+        let ids: HashMap<String, i64> = sqlx::query_as::<_, (i64, String)>(REPOSITORY_IDS)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        // One row per link (UPDATE … FROM applies one of several matching
+        // rows), the latest touch, in key order: concurrent flushes from
+        // several replicas lock the rows they share in the same order.
+        let mut latest: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        for t in touches {
+            if let Some(id) = ids.get(&t.repo) {
+                let at = latest.entry((*id, t.digest.to_string())).or_insert(t.at_ms);
+                *at = (*at).max(t.at_ms);
+            }
+        }
+        let mut repo_ids = Vec::with_capacity(latest.len());
+        let mut digests = Vec::with_capacity(latest.len());
+        let mut at_ms = Vec::with_capacity(latest.len());
+        for ((id, digest), at) in latest {
+            repo_ids.push(id);
+            digests.push(digest);
+            at_ms.push(at);
+        }
+        if repo_ids.is_empty() {
+            return Ok(());
+        }
+        let (repo_ids, digests, at_ms) = (&repo_ids, &digests, &at_ms);
+        retrying("record_touches", move || async move {
+            sqlx::query(RECORD_TOUCHES)
+                .bind(repo_ids)
+                .bind(digests)
+                .bind(at_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -851,11 +936,20 @@ impl MetaStore for PgMeta {
         .await?)
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(REFERRERS)
             .bind(repo)
             .bind(subject.to_string())
             .bind(artifact_type)
+            .bind(after.map(Digest::to_string).unwrap_or_default())
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -983,6 +1077,52 @@ impl MetaStore for PgMeta {
     async fn delete_upload(&self, id: &UploadId) -> Result<()> {
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_upload(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<UploadClaim> {
+        // A lease rather than a row lock held for the request: a chunk may
+        // stream for minutes, and a transaction open that long would keep a
+        // pool connection from every other request.
+        let claimed = sqlx::query(CLAIM_UPLOAD)
+            .bind(id.as_str())
+            .bind(token)
+            .bind(now_ms)
+            .bind(until_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = claimed {
+            return Ok(UploadClaim::Claimed {
+                record: upload_record(&row)?,
+                leased: true,
+            });
+        }
+        Ok(match self.get_upload(id).await? {
+            Some(record) => UploadClaim::Busy(record),
+            None => UploadClaim::Unknown,
+        })
+    }
+
+    async fn renew_upload_claim(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET lease_until_ms = $4, updated_ms = GREATEST(updated_ms, $3) \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id.as_str())
+        .bind(token)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn release_upload_claim(&self, id: &UploadId, token: &str) -> Result<()> {
+        sqlx::query("UPDATE uploads SET lease_token = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_token = $2")
+            .bind(id.as_str())
+            .bind(token)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -1402,6 +1542,13 @@ mod tests {
                 vec![repo.into(), "'v5'".into(), "100".into()],
             ),
             ("linked blob size", LINKED_BLOB_SIZE, vec![repo.into(), blob.clone()]),
+            ("linked blob", LINKED_BLOB, vec![repo.into(), blob.clone()]),
+            ("touch a link", TOUCH_LINK, vec![repo.into(), blob.clone(), "5".into()]),
+            (
+                "touches",
+                RECORD_TOUCHES,
+                vec![format!("ARRAY[{repo_id}]"), format!("ARRAY[{blob}]"), "ARRAY[5]".into()],
+            ),
             ("blob size", BLOB_SIZE, vec![blob.clone()]),
             ("links of a push", LINKED_AMONG, vec![repo_id.clone(), blobs.clone()]),
             (
@@ -1412,16 +1559,38 @@ mod tests {
             (
                 "referrers",
                 REFERRERS,
-                vec![repo.into(), subject.clone(), "NULL".into()],
+                vec![repo.into(), subject.clone(), "NULL".into(), "''".into(), "1000".into()],
+            ),
+            (
+                "referrers, next page",
+                REFERRERS,
+                vec![
+                    repo.into(),
+                    subject.clone(),
+                    "NULL".into(),
+                    manifest.clone(),
+                    "1000".into(),
+                ],
             ),
             (
                 "referrers by type",
                 REFERRERS,
-                vec![repo.into(), subject, "'application/example'".into()],
+                vec![
+                    repo.into(),
+                    subject,
+                    "'application/example'".into(),
+                    "''".into(),
+                    "1000".into(),
+                ],
             ),
             ("manifest facts", MANIFEST_FACTS, vec![repo.into(), manifest.clone()]),
             ("tag facts", TAG_FACTS, vec![repo.into(), "'v7'".into()]),
             ("upload", GET_UPLOAD, vec!["'upload-7'".into()]),
+            (
+                "upload claim",
+                CLAIM_UPLOAD,
+                vec!["'upload-7'".into(), "'token'".into(), "20".into(), "80".into()],
+            ),
             (
                 "upload advance",
                 ADVANCE_UPLOAD,

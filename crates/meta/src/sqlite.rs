@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    BlobRecord, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoreSet,
-    StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    BlobRecord, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord,
+    Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 /// Metadata in a SQLite database file.
@@ -307,16 +307,56 @@ impl MetaStore for SqliteMeta {
         Ok(size.map(to_u64))
     }
 
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>> {
         let row = sqlx::query(&format!(
-            "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
+            "SELECT b.size, b.stores, l.linked_ms FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
              WHERE l.repo_id = {REPO_ID} AND l.digest = $2"
         ))
         .bind(repo)
         .bind(digest.to_string())
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref().map(blob_record).transpose()
+        row.map(|row| {
+            Ok(LinkedBlob {
+                record: blob_record(&row)?,
+                linked_ms: row.try_get("linked_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        // The single writer orders it with the collector's deleting
+        // transaction: one of them sees the other's outcome.
+        let done = sqlx::query(&format!(
+            "UPDATE repo_blobs SET linked_ms = MAX(linked_ms, $3) WHERE repo_id = {REPO_ID} AND digest = $2"
+        ))
+        .bind(repo)
+        .bind(digest.to_string())
+        .bind(at_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for t in touches {
+            // Links already as recent are left unwritten.
+            sqlx::query(&format!(
+                "UPDATE repo_blobs SET linked_ms = $3 WHERE repo_id = {REPO_ID} AND digest = $2 AND linked_ms < $3"
+            ))
+            .bind(&t.repo)
+            .bind(t.digest.to_string())
+            .bind(t.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -570,14 +610,26 @@ impl MetaStore for SqliteMeta {
         parse_names(&names)
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>> {
+        // `digest > ''` without a cursor: always a range on the index
+        // (repo_id, subject, digest), so each page starts where the last ended.
         let rows = sqlx::query(&format!(
             "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
-             WHERE repo_id = {REPO_ID} AND subject = $2 AND ($3 IS NULL OR artifact_type = $3) ORDER BY digest"
+             WHERE repo_id = {REPO_ID} AND subject = $2 AND digest > $4 AND ($3 IS NULL OR artifact_type = $3) \
+             ORDER BY digest LIMIT $5"
         ))
         .bind(repo)
         .bind(subject.to_string())
         .bind(artifact_type)
+        .bind(after.map(Digest::to_string).unwrap_or_default())
+        .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
         rows.iter()

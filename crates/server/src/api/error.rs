@@ -102,8 +102,10 @@ impl From<RegistryError> for ApiError {
             R::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, message),
             R::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, message),
             R::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, message),
-            R::ChunkOutOfOrder { current } => ApiError::new(ErrorCode::RangeInvalid, message)
-                .with_header(HeaderName::from_static("range"), super::upload_range(current)),
+            R::ChunkOutOfOrder { current } | R::UploadBusy { current } => {
+                ApiError::new(ErrorCode::RangeInvalid, message)
+                    .with_header(HeaderName::from_static("range"), super::upload_range(current))
+            }
             R::RangeNotSatisfiable { size } => ApiError::new(ErrorCode::RangeInvalid, message)
                 .with_header(HeaderName::from_static("content-range"), format!("bytes */{size}")),
             R::DigestInvalid(_) => ApiError::new(ErrorCode::DigestInvalid, message),

@@ -256,17 +256,79 @@ impl Registry {
         }
     }
 
-    /// Manifests of `repo` whose subject is `subject`.
+    /// One page of the manifests of `repo` whose subject is `subject`: those
+    /// after `after` in digest order, at most `limit` of them and, past the
+    /// first, no more than [`REFERRERS_PAGE_BYTES`] of descriptors.
     pub async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Referrer>> {
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<ReferrerPage> {
         // distribution-spec: a registry that supports referrers MUST NOT answer 404,
         // or clients fall back to the tag schema; an unknown repository has none.
-        Ok(self.meta.referrers(repo.as_str(), subject, artifact_type).await?)
+        let found = self
+            .meta
+            .referrers(repo.as_str(), subject, artifact_type, after, limit.saturating_add(1))
+            .await?;
+        Ok(ReferrerPage::of(found, limit))
     }
+}
+
+/// About the most bytes of descriptors one page of referrers holds: a page
+/// stops before the descriptor that would pass it (a single larger one is
+/// still served alone). Annotations make descriptors of any size, so a count
+/// alone does not bound an answer; 1 MiB stays far below the 4 MiB that ORAS
+/// clients accept for one page.
+pub const REFERRERS_PAGE_BYTES: usize = 1 << 20;
+
+/// One page of a subject's referrers.
+#[derive(Debug)]
+pub struct ReferrerPage {
+    pub referrers: Vec<Referrer>,
+    /// Where the next page starts (this page's last digest), when more follow.
+    pub next: Option<Digest>,
+}
+
+impl ReferrerPage {
+    /// The page of `found` (up to `limit + 1` referrers in digest order) that
+    /// fits `limit` and [`REFERRERS_PAGE_BYTES`].
+    fn of(mut found: Vec<Referrer>, limit: u32) -> ReferrerPage {
+        let mut more = found.len() > limit as usize;
+        found.truncate(limit as usize);
+        let mut bytes = 0;
+        let fitting = found
+            .iter()
+            .take_while(|r| {
+                bytes += descriptor_bytes(r);
+                bytes <= REFERRERS_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        if fitting < found.len() {
+            found.truncate(fitting);
+            more = true;
+        }
+        let next = if more {
+            found.last().map(|r| r.digest.clone())
+        } else {
+            None
+        };
+        ReferrerPage { referrers: found, next }
+    }
+}
+
+/// About the length of a referrer's descriptor in the JSON index: its
+/// strings plus the keys, quotes and the size.
+fn descriptor_bytes(r: &Referrer) -> usize {
+    const FRAME: usize = 96;
+    FRAME
+        + r.media_type.len()
+        + r.digest.hex().len()
+        + r.artifact_type.as_ref().map_or(0, String::len)
+        + r.annotations_json.as_ref().map_or(0, String::len)
 }
 
 fn page(mut items: Vec<String>, limit: u32) -> ManifestPage {
@@ -285,6 +347,49 @@ fn dedup(digests: impl Iterator<Item = Digest>) -> Vec<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn referrer(i: u32, annotations: usize) -> Referrer {
+        Referrer {
+            digest: Digest::sha256_of(&i.to_be_bytes()),
+            media_type: media_type::OCI_MANIFEST.into(),
+            size: 100,
+            artifact_type: Some("application/example".into()),
+            annotations_json: Some(format!(r#"{{"a":"{}"}}"#, "x".repeat(annotations))),
+        }
+    }
+
+    fn digests(page: &ReferrerPage) -> Vec<Digest> {
+        page.referrers.iter().map(|r| r.digest.clone()).collect()
+    }
+
+    #[test]
+    fn a_referrer_page_ends_at_its_limit() {
+        let found: Vec<Referrer> = (0..4).map(|i| referrer(i, 10)).collect();
+        let page = ReferrerPage::of(found.clone(), 3);
+        assert_eq!(page.referrers, found[..3]);
+        assert_eq!(page.next.as_ref(), Some(&found[2].digest));
+        let page = ReferrerPage::of(found[..3].to_vec(), 3);
+        assert_eq!(page.referrers.len(), 3);
+        assert_eq!(page.next, None, "nothing after the last");
+        assert!(ReferrerPage::of(Vec::new(), 3).next.is_none());
+    }
+
+    #[test]
+    fn a_referrer_page_ends_before_its_byte_budget() {
+        // Four descriptors of about 300 KiB: three fit in 1 MiB.
+        let found: Vec<Referrer> = (0..5).map(|i| referrer(i, 300 << 10)).collect();
+        let page = ReferrerPage::of(found.clone(), 1000);
+        assert_eq!(
+            digests(&page),
+            found[..3].iter().map(|r| r.digest.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(page.next.as_ref(), Some(&found[2].digest));
+        // One descriptor larger than the budget is still served, alone.
+        let huge: Vec<Referrer> = (0..2).map(|i| referrer(i, REFERRERS_PAGE_BYTES)).collect();
+        let page = ReferrerPage::of(huge.clone(), 1000);
+        assert_eq!(page.referrers, huge[..1]);
+        assert_eq!(page.next.as_ref(), Some(&huge[0].digest));
+    }
 
     #[test]
     fn accept_negotiation() {

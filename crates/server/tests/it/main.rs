@@ -22,4 +22,6 @@ mod mount;
 mod referrers;
 mod routes;
 mod stress;
+mod touches;
+mod upload_races;
 mod uploads;
