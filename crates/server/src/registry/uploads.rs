@@ -372,7 +372,20 @@ impl Registry {
         let place = Box::pin(async move {
             let placed = match staged {
                 Some(staged) => staged.publish().await,
-                None => store.store().commit_upload(id, len, digest).await,
+                None => match store.store().commit_upload(id, len, digest).await {
+                    // A process that died after moving the bytes into place
+                    // but before recording them left the session without
+                    // bytes and the blob in place; the bytes hashed to
+                    // `digest` above, and a blob file is only ever put in
+                    // place after its digest matched, so the retried PUT
+                    // records what is there.
+                    Err(StorageError::UploadNotFound) if matches!(store.store().stat(digest).await, Ok(Some(size)) if size == len) =>
+                    {
+                        tracing::info!(upload = %id, %digest, "session bytes already in place; recording the blob");
+                        Ok(())
+                    }
+                    placed => placed,
+                },
             };
             placed.map_err(|e| Box::new(e) as berth_meta::BoxError)
         });
