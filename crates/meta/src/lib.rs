@@ -117,6 +117,20 @@ impl MetaError {
             )
         )
     }
+
+    /// Whether the database refused a value it was given (PostgreSQL's data
+    /// exceptions, SQLSTATE class 22: text holding a NUL character, which
+    /// PostgreSQL text cannot store, or a number out of range), rather than
+    /// failing: the request that brought the value is at fault, and retrying
+    /// it cannot help. SQLite stores such text as it is.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            MetaError::Db(sqlx::Error::Database(db)) => db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| pg.code().starts_with("22")),
+            _ => false,
+        }
+    }
 }
 
 /// Any error of a blob-store step the metadata store runs inside its transaction.
