@@ -11,6 +11,7 @@ mod migrate;
 mod operator;
 mod registry;
 mod telemetry;
+mod text;
 
 use clap::Parser;
 

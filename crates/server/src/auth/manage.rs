@@ -9,6 +9,7 @@ use berth_meta::{AccessStore, MetaError};
 use super::access::Grant;
 use super::secrets;
 use crate::clock::{Clock, SystemClock};
+use crate::text;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -85,6 +86,7 @@ pub async fn create_user(store: &dyn AccessStore, name: &str, password: &str, ad
 }
 
 pub async fn set_password(store: &dyn AccessStore, name: &str, password: &str, actor: &str) -> Result<()> {
+    check_name("user", name)?;
     check_password(password)?;
     if store.set_password(name, &hash(password).await?, &audit(actor)).await? {
         Ok(())
@@ -94,6 +96,7 @@ pub async fn set_password(store: &dyn AccessStore, name: &str, password: &str, a
 }
 
 pub async fn set_disabled(store: &dyn AccessStore, name: &str, disabled: bool, actor: &str) -> Result<()> {
+    check_name("user", name)?;
     if store.set_disabled(name, disabled, &audit(actor)).await? {
         Ok(())
     } else {
@@ -176,6 +179,7 @@ pub async fn create_token(
 }
 
 pub async fn revoke_token(store: &dyn AccessStore, name: &str, actor: &str) -> Result<()> {
+    check_name("token", name)?;
     if store.revoke_robot(name, &audit(actor)).await? {
         Ok(())
     } else {
@@ -189,9 +193,9 @@ pub fn parse_subject(text: &str) -> Result<(SubjectKind, String)> {
         .split_once(':')
         .and_then(|(k, n)| SubjectKind::parse(k).map(|k| (k, n)))
         .ok_or_else(|| ManageError::Invalid(format!("subject {text:?}: write user:NAME, group:NAME or robot:NAME")))?;
-    if name.is_empty() {
-        return Err(ManageError::Invalid(format!("subject {text:?} has no name")));
-    }
+    // Not the local name rule: a grant may name an external account or a
+    // group of an identity provider, whose names are theirs to choose.
+    text::name(name).map_err(|e| ManageError::Invalid(format!("subject {text:?}: its name {e}")))?;
     Ok((kind, name.to_string()))
 }
 
@@ -238,5 +242,11 @@ mod tests {
         assert_eq!(parse_subject("group:dev").unwrap(), (SubjectKind::Group, "dev".into()));
         assert!(parse_subject("team:dev").is_err());
         assert!(parse_subject("user:").is_err());
+        assert!(parse_subject("group:dev\0").is_err());
+        assert!(parse_subject(&format!("group:{}", "x".repeat(300))).is_err());
+        assert_eq!(
+            parse_subject("group:Développeurs Team").unwrap(),
+            (SubjectKind::Group, "Développeurs Team".into())
+        );
     }
 }
