@@ -249,6 +249,20 @@ pub async fn run_access(store: &dyn AccessStore) {
     robots_are_found_by_hash_and_revoked_with_their_grants(store).await;
     grants_are_unique_and_found_by_subject(store).await;
     names_with_a_nul_find_nothing_or_are_bad_input(store).await;
+    a_shared_secret_is_the_first_one_stored(store).await;
+}
+
+/// A store that processes share keeps the first candidate for everyone; one
+/// that no other process uses keeps none (its secrets are files).
+async fn a_shared_secret_is_the_first_one_stored(store: &dyn AccessStore) {
+    match store.shared_secret("conformance", "first").await.unwrap() {
+        Some(first) => {
+            assert_eq!(first, "first");
+            let second = store.shared_secret("conformance", "second").await.unwrap();
+            assert_eq!(second.as_deref(), Some("first"));
+        }
+        None => assert_eq!(store.shared_secret("conformance", "second").await.unwrap(), None),
+    }
 }
 
 /// As [`text_with_a_nul_finds_nothing_or_is_bad_input`], for access facts.

@@ -10,10 +10,9 @@ pub mod access;
 pub mod conformance;
 pub mod lifecycle;
 mod postgres;
-mod postgres_access;
 mod postgres_lifecycle;
+mod sql;
 mod sqlite;
-mod sqlite_access;
 mod sqlite_lifecycle;
 pub mod transfer;
 

@@ -24,7 +24,7 @@ use crate::lifecycle::{
     Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::postgres::{digest_strings, lock, parse_digest, retrying, to_u64, LockKey, LockMode, PgTx};
-use crate::postgres_access::write_audit;
+use crate::sql::access::write_audit;
 use crate::{MetaError, PgMeta, Result, StoreSet};
 
 /// Most advisory locks one garbage-collection transaction takes.

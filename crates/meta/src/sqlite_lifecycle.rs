@@ -15,8 +15,8 @@ use crate::lifecycle::{
     BlobFiles, BlobSweep, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval,
     PolicyRecord, Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
+use crate::sql::access::write_audit;
 use crate::sqlite::{digest_list, to_u64};
-use crate::sqlite_access::write_audit;
 use crate::{MetaError, Result, SqliteMeta, StoreSet};
 
 fn parse_digest(s: &str) -> Result<Digest> {
