@@ -5,11 +5,13 @@
 //! PostgreSQL compares `COLLATE "C"`, as SQLite does). What differs is small
 //! and named here: where reads and writes go (SQLite has one writer
 //! connection and a pool of readers; PostgreSQL one pool), how a write
-//! transaction begins, how a list is bound as one parameter, and whether
+//! transaction begins and keeps others out, how a list is bound as one
+//! parameter, and whether
 //! other processes share the store. The shared code is generic over the
 //! dialect; each backend implements the dialect in a few lines.
 
 pub(crate) mod access;
+pub(crate) mod policies;
 mod postgres;
 mod sqlite;
 
@@ -17,6 +19,7 @@ use std::future::Future;
 
 use sqlx::{Database, Pool, Transaction};
 
+use crate::postgres::LockKey;
 use crate::Result;
 
 /// What differs between the SQL databases Berth keeps its metadata in, for
@@ -35,6 +38,13 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// half-way to upgrade a read lock; on PostgreSQL each statement takes
     /// the row locks it needs.
     fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+
+    /// Makes the write transaction `tx` wait for, and then keep out, every
+    /// other one that locks `key` until it ends: PostgreSQL takes an
+    /// exclusive transaction-scoped advisory lock (see `postgres`), while
+    /// SQLite's write transactions keep each other out anyway.
+    fn lock_exclusive(tx: &mut Transaction<'static, Self::Db>, key: LockKey)
+        -> impl Future<Output = Result<()>> + Send;
 
     /// How many rows a statement changed.
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;

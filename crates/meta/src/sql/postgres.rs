@@ -4,6 +4,7 @@ use sqlx::postgres::PgQueryResult;
 use sqlx::{Pool, Postgres, Transaction};
 
 use super::{Dialect, Query};
+use crate::postgres::{lock, LockKey, LockMode};
 use crate::{PgMeta, Result};
 
 impl Dialect for PgMeta {
@@ -19,6 +20,10 @@ impl Dialect for PgMeta {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
+    }
+
+    async fn lock_exclusive(tx: &mut Transaction<'static, Postgres>, key: LockKey) -> Result<()> {
+        lock(tx, vec![key], LockMode::Exclusive).await
     }
 
     fn rows_affected(done: &PgQueryResult) -> u64 {

@@ -4,6 +4,7 @@ use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Pool, Sqlite, Transaction};
 
 use super::{Dialect, Query};
+use crate::postgres::LockKey;
 use crate::{Result, SqliteMeta};
 
 impl Dialect for SqliteMeta {
@@ -19,6 +20,11 @@ impl Dialect for SqliteMeta {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
         self.begin().await
+    }
+
+    async fn lock_exclusive(_: &mut Transaction<'static, Sqlite>, _: LockKey) -> Result<()> {
+        // BEGIN IMMEDIATE took the database's one write lock.
+        Ok(())
     }
 
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
