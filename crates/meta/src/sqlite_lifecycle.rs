@@ -4,8 +4,6 @@
 //! also the lock uploads take to place a blob file, so a re-check made here
 //! cannot be overtaken by a push before the transaction commits.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use berth_oci::Digest;
 use sqlx::{Row, Sqlite, Transaction};
@@ -17,12 +15,8 @@ use crate::lifecycle::{
 };
 use crate::sql::access::write_audit;
 use crate::sql::policies::Policies;
-use crate::sqlite::{digest_list, to_u64};
+use crate::sqlite::{digest_list, parse_digest, to_u64};
 use crate::{MetaError, Result, SqliteMeta, StoreSet};
-
-fn parse_digest(s: &str) -> Result<Digest> {
-    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
 
 /// What a dry run pretends is gone, as `repo_id|digest` strings for `json_each`.
 fn pretend_list(gone: Pretend<'_>) -> String {

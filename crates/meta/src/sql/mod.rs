@@ -13,14 +13,17 @@
 pub(crate) mod access;
 pub(crate) mod policies;
 mod postgres;
+pub(crate) mod reads;
 mod sqlite;
 
 use std::future::Future;
+use std::str::FromStr;
 
+use berth_oci::Digest;
 use sqlx::{Database, Pool, Transaction};
 
 use crate::postgres::LockKey;
-use crate::Result;
+use crate::{MetaError, Result};
 
 /// What differs between the SQL databases Berth keeps its metadata in, for
 /// the SQL that is otherwise the same.
@@ -66,3 +69,18 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
 /// A statement of a dialect's database, with its arguments.
 pub(crate) type Query<'q, Db> = sqlx::query::Query<'q, Db, <Db as Database>::Arguments<'q>>;
+
+/// A digest as stored.
+pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+/// A size or count as stored: a signed integer, as both databases have.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A size or count read back (never negative).
+pub(crate) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
