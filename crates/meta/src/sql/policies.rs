@@ -42,7 +42,7 @@ where
     /// Creates or replaces the policy of `policy.pattern`.
     pub(crate) async fn put(&self, policy: &PolicyRecord, audit: &Audit) -> Result<()> {
         let mut tx = self.begin().await?;
-        upsert(&mut tx, policy, audit).await?;
+        Self::upsert(&mut tx, policy, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -50,7 +50,7 @@ where
     /// False when there was no policy for `pattern`.
     pub(crate) async fn delete(&self, pattern: &str, audit: &Audit) -> Result<bool> {
         let mut tx = self.begin().await?;
-        if !delete::<D>(&mut tx, pattern, audit).await? {
+        if !Self::remove(&mut tx, pattern, audit).await? {
             return Ok(false);
         }
         tx.commit().await?;
@@ -67,7 +67,7 @@ where
                 .await?;
         for (pattern, _, source) in &existing {
             if source == "config" && !policies.iter().any(|p| &p.pattern == pattern) {
-                delete::<D>(&mut tx, pattern, audit).await?;
+                Self::remove(&mut tx, pattern, audit).await?;
             }
         }
         for policy in policies {
@@ -75,7 +75,7 @@ where
                 *pattern == policy.pattern && *rules == policy.rules_json && source == "config"
             });
             if !same {
-                upsert(&mut tx, policy, audit).await?;
+                Self::upsert(&mut tx, policy, audit).await?;
             }
         }
         tx.commit().await?;
@@ -88,52 +88,36 @@ where
         D::lock_exclusive(&mut tx, LockKey::policies()).await?;
         Ok(tx)
     }
-}
 
-/// Writes `policy` over the one of its pattern, and its audit entry.
-async fn upsert<Db>(tx: &mut Transaction<'static, Db>, policy: &PolicyRecord, audit: &Audit) -> Result<()>
-where
-    Db: Database,
-    for<'c> &'c mut Db::Connection: Executor<'c, Database = Db>,
-    for<'q> Db::Arguments<'q>: IntoArguments<'q, Db>,
-    for<'q> &'q str: Encode<'q, Db> + Type<Db>,
-    for<'q> Option<String>: Encode<'q, Db> + Type<Db>,
-    for<'q> i64: Encode<'q, Db> + Type<Db>,
-{
-    sqlx::query(
-        "INSERT INTO retention_policies (pattern, rules, source, updated_by, updated_ms) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (pattern) DO UPDATE SET rules = excluded.rules, source = excluded.source, \
-         updated_by = excluded.updated_by, updated_ms = excluded.updated_ms",
-    )
-    .bind(policy.pattern.as_str())
-    .bind(policy.rules_json.as_str())
-    .bind(policy.source.as_str())
-    .bind(policy.updated_by.as_str())
-    .bind(policy.updated_ms)
-    .execute(&mut **tx)
-    .await?;
-    let target = format!("policy:{}", policy.pattern);
-    write_audit(tx, audit, "retention.set", &target, Some(policy.rules_json.clone())).await
-}
-
-/// Deletes the policy of `pattern` and writes its audit entry; false when
-/// there was none.
-async fn delete<D>(tx: &mut Transaction<'static, D::Db>, pattern: &str, audit: &Audit) -> Result<bool>
-where
-    D: Dialect,
-    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
-    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
-    for<'q> Option<String>: Encode<'q, D::Db> + Type<D::Db>,
-    for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
-{
-    let done = sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
-        .bind(pattern)
+    /// Writes `policy` over the one of its pattern, and its audit entry.
+    async fn upsert(tx: &mut Transaction<'static, D::Db>, policy: &PolicyRecord, audit: &Audit) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO retention_policies (pattern, rules, source, updated_by, updated_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (pattern) DO UPDATE SET rules = excluded.rules, source = excluded.source, \
+             updated_by = excluded.updated_by, updated_ms = excluded.updated_ms",
+        )
+        .bind(policy.pattern.as_str())
+        .bind(policy.rules_json.as_str())
+        .bind(policy.source.as_str())
+        .bind(policy.updated_by.as_str())
+        .bind(policy.updated_ms)
         .execute(&mut **tx)
         .await?;
-    if D::rows_affected(&done) == 0 {
-        return Ok(false);
+        let target = format!("policy:{}", policy.pattern);
+        write_audit(tx, audit, "retention.set", &target, Some(policy.rules_json.clone())).await
     }
-    write_audit(tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
-    Ok(true)
+
+    /// Deletes the policy of `pattern` and writes its audit entry; false when
+    /// there was none.
+    async fn remove(tx: &mut Transaction<'static, D::Db>, pattern: &str, audit: &Audit) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
+            .bind(pattern)
+            .execute(&mut **tx)
+            .await?;
+        if D::rows_affected(&done) == 0 {
+            return Ok(false);
+        }
+        write_audit(tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
+        Ok(true)
+    }
 }
