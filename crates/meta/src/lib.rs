@@ -5,6 +5,15 @@
 //! the embedded backend and [`PgMeta`] the one that replicas share. The store
 //! enforces referential facts (a manifest's blobs must be linked to its
 //! repository) inside its transactions, but knows no OCI parsing rules.
+//!
+//! SQL that is the same on both backends is written once in `sql`, over a
+//! small dialect seam (the access store, retention policies, the hot-path
+//! reads); what needs each database's own means (PostgreSQL's locks and
+//! arrays, SQLite's JSON aggregates) stays in the backend's files.
+//!
+//! Text given to a store holds no NUL character: PostgreSQL text cannot hold
+//! one and refuses the statement ([`MetaError::is_bad_input`]), while SQLite
+//! would keep it. The server refuses such text before it gets here.
 
 pub mod access;
 pub mod conformance;
