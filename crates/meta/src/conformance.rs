@@ -45,6 +45,25 @@ pub async fn run_all(meta: &dyn MetaStore) {
     uploads_advance_only_from_the_expected_offset(meta).await;
     upload_claims_exclude_each_other_until_they_run_out(meta).await;
     pulls_add_up_and_keep_the_latest_time(meta).await;
+    text_with_a_nul_finds_nothing_or_is_bad_input(meta).await;
+}
+
+/// Text holding a NUL character (which PostgreSQL text cannot hold) either
+/// finds nothing or is refused as bad input, never reported as a failure of
+/// the store: callers keep such text away from the store, and a value that
+/// slips through must still be the client's error, not a 500.
+async fn text_with_a_nul_finds_nothing_or_is_bad_input(meta: &dyn MetaStore) {
+    fn nothing_or_bad_input<T: std::fmt::Debug>(what: &str, found: crate::Result<T>, nothing: impl Fn(&T) -> bool) {
+        match found {
+            Ok(found) => assert!(nothing(&found), "{what}: found {found:?}"),
+            Err(e) => assert!(e.is_bad_input(), "{what}: {e} is not bad input"),
+        }
+    }
+    let m = manifest("nul", vec![], vec![], None);
+    meta.put_manifest("nul/r", &m, Some("a"), 1).await.unwrap();
+    nothing_or_bad_input("tag", meta.manifest_by_tag("nul/r", "a\0").await, Option::is_none);
+    nothing_or_bad_input("repository", meta.repository_exists("nul/r\0").await, |e| !e);
+    nothing_or_bad_input("tags after", meta.list_tags("nul/r", Some("\0"), 10).await, |_| true);
 }
 
 async fn pulls_add_up_and_keep_the_latest_time(meta: &dyn MetaStore) {
@@ -455,6 +474,33 @@ pub async fn run_access(store: &dyn AccessStore) {
     users_are_unique_and_changes_are_audited(store).await;
     robots_are_found_by_hash_and_revoked_with_their_grants(store).await;
     grants_are_unique_and_found_by_subject(store).await;
+    names_with_a_nul_find_nothing_or_are_bad_input(store).await;
+    a_shared_secret_is_the_first_one_stored(store).await;
+}
+
+/// A store that processes share keeps the first candidate for everyone; one
+/// that no other process uses keeps none (its secrets are files).
+async fn a_shared_secret_is_the_first_one_stored(store: &dyn AccessStore) {
+    match store.shared_secret("conformance", "first").await.unwrap() {
+        Some(first) => {
+            assert_eq!(first, "first");
+            let second = store.shared_secret("conformance", "second").await.unwrap();
+            assert_eq!(second.as_deref(), Some("first"));
+        }
+        None => assert_eq!(store.shared_secret("conformance", "second").await.unwrap(), None),
+    }
+}
+
+/// As [`text_with_a_nul_finds_nothing_or_is_bad_input`], for access facts.
+async fn names_with_a_nul_find_nothing_or_are_bad_input(store: &dyn AccessStore) {
+    match store.user("alice\0").await {
+        Ok(found) => assert_eq!(found, None),
+        Err(e) => assert!(e.is_bad_input(), "{e} is not bad input"),
+    }
+    match store.grants_for(&[(SubjectKind::Group, "dev\0".into())]).await {
+        Ok(found) => assert_eq!(found, []),
+        Err(e) => assert!(e.is_bad_input(), "{e} is not bad input"),
+    }
 }
 
 fn audit(at_ms: i64) -> Audit {

@@ -5,15 +5,23 @@
 //! the embedded backend and [`PgMeta`] the one that replicas share. The store
 //! enforces referential facts (a manifest's blobs must be linked to its
 //! repository) inside its transactions, but knows no OCI parsing rules.
+//!
+//! SQL that is the same on both backends is written once in `sql`, over a
+//! small dialect seam (the access store, retention policies, the hot-path
+//! reads); what needs each database's own means (PostgreSQL's locks and
+//! arrays, SQLite's JSON aggregates) stays in the backend's files.
+//!
+//! Text given to a store holds no NUL character: PostgreSQL text cannot hold
+//! one and refuses the statement ([`MetaError::is_bad_input`]), while SQLite
+//! would keep it. The server refuses such text before it gets here.
 
 pub mod access;
 pub mod conformance;
 pub mod lifecycle;
 mod postgres;
-mod postgres_access;
 mod postgres_lifecycle;
+mod sql;
 mod sqlite;
-mod sqlite_access;
 mod sqlite_lifecycle;
 pub mod transfer;
 
@@ -133,6 +141,20 @@ impl MetaError {
                 sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
             )
         )
+    }
+
+    /// Whether the database refused a value it was given (PostgreSQL's data
+    /// exceptions, SQLSTATE class 22: text holding a NUL character, which
+    /// PostgreSQL text cannot store, or a number out of range), rather than
+    /// failing: the request that brought the value is at fault, and retrying
+    /// it cannot help. SQLite stores such text as it is.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            MetaError::Db(sqlx::Error::Database(db)) => db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| pg.code().starts_with("22")),
+            _ => false,
+        }
     }
 }
 

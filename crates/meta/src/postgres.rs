@@ -61,6 +61,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::sql::reads::{Reads, BLOB_SIZE, REPOSITORY_EXISTS};
+pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
     BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
     PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord, DEFAULT_STORE,
@@ -98,18 +100,6 @@ pub struct PgMeta {
 }
 
 pub(crate) type PgTx = Transaction<'static, Postgres>;
-
-pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
-    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
-pub(crate) fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
 
 pub(crate) fn digest_strings(digests: &[Digest]) -> Vec<String> {
     digests.iter().map(Digest::to_string).collect()
@@ -237,21 +227,6 @@ where
     }
 }
 
-fn stored_manifest(row: &PgRow) -> Result<StoredManifest> {
-    Ok(StoredManifest {
-        digest: parse_digest(row.try_get("digest")?)?,
-        media_type: row.try_get("media_type")?,
-        body: row.try_get("body")?,
-    })
-}
-
-fn blob_record(row: &PgRow) -> Result<BlobRecord> {
-    Ok(BlobRecord {
-        size: to_u64(row.try_get("size")?),
-        stores: StoreSet::from_column(row.try_get("stores")?),
-    })
-}
-
 fn upload_record(row: &PgRow) -> Result<UploadRecord> {
     let id: String = row.try_get("id")?;
     Ok(UploadRecord {
@@ -266,37 +241,20 @@ fn upload_record(row: &PgRow) -> Result<UploadRecord> {
 }
 
 // The statements of the registry's hot paths, named so that the test of their
-// plans runs exactly these.
-pub(crate) const REPOSITORY_EXISTS: &str = "SELECT id FROM repositories WHERE name = $1";
-pub(crate) const LINKED_BLOB_SIZE: &str = "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
-     WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
-pub(crate) const BLOB_SIZE: &str = "SELECT size FROM blobs WHERE digest = $1";
-pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores, l.linked_ms FROM repo_blobs l \
-     JOIN blobs b ON b.digest = l.digest \
-     WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
+// plans runs exactly these (the reads both backends share are in `sql::reads`).
 pub(crate) const TOUCH_LINK: &str = "UPDATE repo_blobs SET linked_ms = GREATEST(linked_ms, $3) \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
 // Links already as recent are left unwritten (no new row version).
 pub(crate) const RECORD_TOUCHES: &str = "UPDATE repo_blobs l SET linked_ms = t.at_ms \
      FROM unnest($1::int8[], $2::text[], $3::int8[]) AS t(repo_id, digest, at_ms) \
      WHERE l.repo_id = t.repo_id AND l.digest = t.digest AND l.linked_ms < t.at_ms";
-pub(crate) const BLOB_RECORD: &str = "SELECT size, stores FROM blobs WHERE digest = $1";
 pub(crate) const LINKED_AMONG: &str = "SELECT digest FROM repo_blobs WHERE repo_id = $1 AND digest = ANY($2)";
 pub(crate) const MANIFESTS_AMONG: &str = "SELECT digest FROM manifests WHERE repo_id = $1 AND digest = ANY($2)";
-pub(crate) const MANIFEST_BY_DIGEST: &str = "SELECT digest, media_type, body FROM manifests \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
-pub(crate) const MANIFEST_BY_TAG: &str = "SELECT m.digest, m.media_type, m.body FROM tags t \
-     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
-     WHERE t.repo_id = (SELECT id FROM repositories WHERE name = $1) AND t.name = $2";
 pub(crate) const LIST_TAGS: &str = "SELECT name FROM tags \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name > $2 ORDER BY name LIMIT $3";
 pub(crate) const REFERRERS: &str = "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 AND digest > $4 \
      AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest LIMIT $5";
-pub(crate) const MANIFEST_FACTS: &str = "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count \
-     FROM manifests WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
-pub(crate) const TAG_FACTS: &str = "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name = $2";
 pub(crate) const GET_UPLOAD: &str =
     "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
 pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
@@ -737,35 +695,15 @@ impl PullSums {
 #[async_trait]
 impl MetaStore for PgMeta {
     async fn repository_exists(&self, repo: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(REPOSITORY_EXISTS)
-            .bind(repo)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+        Reads(self).repository_exists(repo).await
     }
 
     async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar(LINKED_BLOB_SIZE)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(size.map(to_u64))
+        Reads(self).linked_blob_size(repo, digest).await
     }
 
     async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>> {
-        let row = sqlx::query(LINKED_BLOB)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(LinkedBlob {
-                record: blob_record(&row)?,
-                linked_ms: row.try_get("linked_ms")?,
-            })
-        })
-        .transpose()
+        Reads(self).linked_blob(repo, digest).await
     }
 
     async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
@@ -819,19 +757,11 @@ impl MetaStore for PgMeta {
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(size.map(to_u64))
+        Reads(self).blob_size(digest).await
     }
 
     async fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query(BLOB_RECORD)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(blob_record).transpose()
+        Reads(self).blob_record(digest).await
     }
 
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
@@ -869,21 +799,11 @@ impl MetaStore for PgMeta {
     }
 
     async fn manifest_by_digest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(MANIFEST_BY_DIGEST)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(stored_manifest).transpose()
+        Reads(self).manifest_by_digest(repo, digest).await
     }
 
     async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(MANIFEST_BY_TAG)
-            .bind(repo)
-            .bind(tag)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(stored_manifest).transpose()
+        Reads(self).manifest_by_tag(repo, tag).await
     }
 
     async fn delete_manifest(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool> {
@@ -994,38 +914,11 @@ impl MetaStore for PgMeta {
     }
 
     async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>> {
-        let row = sqlx::query(MANIFEST_FACTS)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(ManifestFacts {
-                provenance: r.try_get("provenance")?,
-                pushed_by: r.try_get("pushed_by")?,
-                pushed_ms: r.try_get("pushed_ms")?,
-                last_pulled_ms: r.try_get("last_pulled_ms")?,
-                pull_count: to_u64(r.try_get("pull_count")?),
-            })
-        })
-        .transpose()
+        Reads(self).manifest_facts(repo, digest).await
     }
 
     async fn tag_facts(&self, repo: &str, tag: &str) -> Result<Option<TagFacts>> {
-        let row = sqlx::query(TAG_FACTS)
-            .bind(repo)
-            .bind(tag)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(TagFacts {
-                digest: parse_digest(r.try_get("manifest_digest")?)?,
-                pushed_ms: r.try_get("pushed_ms")?,
-                last_pulled_ms: r.try_get("last_pulled_ms")?,
-                pull_count: to_u64(r.try_get("pull_count")?),
-            })
-        })
-        .transpose()
+        Reads(self).tag_facts(repo, tag).await
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
@@ -1324,6 +1217,9 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{with_database, TestDb};
     use super::*;
+    use crate::sql::reads::{
+        LINKED_BLOB, LINKED_BLOB_SIZE, MANIFEST_BY_DIGEST, MANIFEST_BY_TAG, MANIFEST_FACTS, TAG_FACTS,
+    };
     use crate::AccessStore;
 
     #[tokio::test]

@@ -13,6 +13,7 @@ mod migrate;
 mod operator;
 mod registry;
 mod telemetry;
+mod text;
 
 pub use crate::cli::Cli;
 use crate::cli::Command;

@@ -266,6 +266,8 @@ impl Lifecycle {
     }
 
     pub async fn delete_policy(&self, pattern: &str, actor: &str) -> Result<bool> {
+        // Only a pattern a policy can have is looked up.
+        Pattern::parse(pattern).map_err(LifecycleError::Invalid)?;
         let audit = Audit {
             actor: actor.to_string(),
             at_ms: self.now_ms(),

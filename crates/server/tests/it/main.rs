@@ -7,6 +7,7 @@ mod harness;
 mod auth;
 mod auth_external;
 mod auth_oidc;
+mod bad_input;
 mod base;
 mod blobs;
 mod cli;
