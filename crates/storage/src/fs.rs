@@ -12,6 +12,8 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, UploadId};
@@ -25,15 +27,17 @@ use crate::{BlobStore, ByteStream, StorageError, StoredFile};
 const READ_CHUNK: usize = 256 << 10;
 /// Chunks in flight between the disk and the socket when serving a blob.
 const READ_DEPTH: usize = 4;
-/// Request-body bytes are copied into one buffer of this size per upload,
-/// which the writer thread writes while the socket's bytes wait in the
-/// kernel's receive buffer. Copying releases each body chunk at once, so the
-/// connection reuses its read buffer instead of allocating another while
-/// chunks wait for the disk; an upload holds this buffer and nothing else,
-/// whatever the blob size. (A second buffer, filled while the first is
-/// written, bought no throughput: a write to the page cache takes a few
-/// microseconds, and cost 64 KiB per upload.)
-const WRITE_BATCH: usize = 32 << 10;
+/// Request-body bytes are copied into buffers that a writer thread writes,
+/// so each body chunk is released at once and the connection reuses its read
+/// buffer instead of allocating another while chunks wait for the disk. The
+/// buffers of all uploads in flight share this budget: a lone upload gets two
+/// large ones (one filling while the other is written; each hand-over wakes
+/// the writer thread, so large batches are what makes a push fast), many
+/// uploads get one small one each (20 uploads: 32 KiB each, not 20 x 512 KiB).
+const WRITE_BUDGET: usize = 512 << 10;
+/// The largest and smallest write batch.
+const WRITE_BATCH_MAX: usize = 256 << 10;
+const WRITE_BATCH_MIN: usize = 32 << 10;
 /// Dirty bytes after which writeback is started, so the final fsync is short.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 /// Threads that share one `delete_many` call's unlinks. Many, because an
@@ -47,6 +51,8 @@ const DELETE_THREADS: usize = 32;
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
+    /// Uploads appending now, which share [`WRITE_BUDGET`].
+    appending: Arc<AtomicUsize>,
 }
 
 impl FsBlobStore {
@@ -59,7 +65,10 @@ impl FsBlobStore {
         let probe = root.join("uploads").join(".write-probe");
         File::create(&probe)?;
         fs::remove_file(&probe)?;
-        Ok(FsBlobStore { root })
+        Ok(FsBlobStore {
+            root,
+            appending: Arc::default(),
+        })
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -153,6 +162,42 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> impl futures:
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The size and number of one upload's write buffers when `uploads` are
+/// appending (this one included): its share of [`WRITE_BUDGET`], as two
+/// buffers while the share allows two of [`WRITE_BATCH_MIN`] or more. An
+/// upload takes its share when it starts and shrinks to it as others start.
+fn write_buffers(uploads: usize) -> (usize, usize) {
+    let share = WRITE_BUDGET / uploads.max(1);
+    if share >= 2 * WRITE_BATCH_MIN {
+        ((share / 2).min(WRITE_BATCH_MAX), 2)
+    } else {
+        (share.max(WRITE_BATCH_MIN), 1)
+    }
+}
+
+/// Counts an upload as appending for as long as it lives.
+struct Appending<'a> {
+    counter: &'a AtomicUsize,
+}
+
+impl<'a> Appending<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Appending { counter }
+    }
+
+    /// Uploads appending now, this one included.
+    fn uploads(&self) -> usize {
+        self.counter.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[async_trait]
 impl BlobStore for FsBlobStore {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
@@ -214,9 +259,15 @@ impl BlobStore for FsBlobStore {
 
     async fn append_upload(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64, StorageError> {
         let path = self.upload_path(id);
-        // The full buffer goes to the writer, which sends it back once written.
-        let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(1);
-        let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(1);
+        let appending = Appending::enter(&self.appending);
+        let (mut batch, mut buffers) = write_buffers(appending.uploads());
+        // Full buffers go to the writer, which sends each back once written.
+        let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(2);
+        // Room for both buffers, so returning one never waits.
+        let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
+        if buffers == 2 {
+            let _ = empty_tx.try_send(Vec::with_capacity(batch));
+        }
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -248,7 +299,7 @@ impl BlobStore for FsBlobStore {
             Ok(pos)
         });
         let mut body_error = None;
-        let mut filling = Vec::with_capacity(WRITE_BATCH);
+        let mut filling = Vec::with_capacity(batch);
         'body: while let Some(chunk) = data.next().await {
             let mut chunk = match chunk {
                 Ok(bytes) => bytes,
@@ -258,17 +309,30 @@ impl BlobStore for FsBlobStore {
                 }
             };
             while !chunk.is_empty() {
-                let take = chunk.len().min(WRITE_BATCH - filling.len());
+                let take = chunk.len().min(batch - filling.len());
                 filling.extend_from_slice(&chunk.split_to(take));
-                if filling.len() < WRITE_BATCH {
+                if filling.len() < batch {
                     continue;
                 }
                 if full_tx.send(std::mem::take(&mut filling)).await.is_err() {
                     break 'body; // the writer failed; its error is reported below
                 }
-                filling = match empty_rx.recv().await {
-                    Some(buffer) => buffer,
-                    None => break 'body,
+                // Uploads that started since take their share: shrink to ours.
+                let (share, fewer) = write_buffers(appending.uploads());
+                batch = batch.min(share);
+                filling = loop {
+                    let Some(buffer) = empty_rx.recv().await else {
+                        break 'body;
+                    };
+                    if buffers > fewer {
+                        buffers -= 1; // dropped; the other is being written
+                        continue;
+                    }
+                    break if buffer.capacity() > batch {
+                        Vec::with_capacity(batch)
+                    } else {
+                        buffer
+                    };
                 };
             }
         }
@@ -438,6 +502,33 @@ fn list_dir<K>(dir: &Path, key: impl Fn(&str) -> Option<K>) -> io::Result<Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_share_the_write_budget() {
+        assert_eq!(
+            write_buffers(1),
+            (WRITE_BATCH_MAX, 2),
+            "a lone upload gets two large buffers"
+        );
+        assert_eq!(write_buffers(4), (64 << 10, 2));
+        for uploads in [1, 2, 3, 5, 8, 9, 20, 1000] {
+            let (batch, buffers) = write_buffers(uploads);
+            assert!(
+                (WRITE_BATCH_MIN..=WRITE_BATCH_MAX).contains(&batch),
+                "{uploads}: {batch}"
+            );
+            let total = uploads * batch * buffers;
+            assert!(
+                total <= WRITE_BUDGET.max(uploads * WRITE_BATCH_MIN),
+                "{uploads}: {total}"
+            );
+        }
+        assert_eq!(
+            write_buffers(20),
+            (WRITE_BATCH_MIN, 1),
+            "many uploads get one small buffer"
+        );
+    }
 
     #[tokio::test]
     async fn conformance() {
