@@ -157,8 +157,22 @@ pub async fn get_upload(registry: &Registry, repo: RepoName, id: UploadId) -> Ap
     Ok(empty(StatusCode::NO_CONTENT, headers))
 }
 
+/// A request's own error, unless the session it addresses does not exist:
+/// then that is the answer (as distribution checks the session first). The
+/// session is looked up only on this error path, so a well-formed request
+/// costs no extra read.
+async fn unless_unknown(registry: &Registry, repo: &RepoName, id: &UploadId, err: ApiError) -> ApiError {
+    match registry.upload_progress(repo, id).await {
+        Ok(_) => err,
+        Err(unknown) => unknown.into(),
+    }
+}
+
 pub async fn patch_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
-    let range = checked_range(req.headers())?;
+    let range = match checked_range(req.headers()) {
+        Ok(range) => range,
+        Err(e) => return Err(unless_unknown(registry, &repo, &id, e).await),
+    };
     let body = body_stream(req.into_body());
     let progress = registry
         .append_upload(&repo, &id, range, body)
@@ -182,9 +196,15 @@ fn with_session(err: RegistryError, repo: &RepoName, id: &UploadId) -> ApiError 
 
 pub async fn finish_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
     let query = query_of(&req);
-    let digest = parse_digest(&query)?
-        .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the final PUT of an upload needs ?digest="))?;
-    let range = checked_range(req.headers())?;
+    let checked = parse_digest(&query)
+        .and_then(|d| {
+            d.ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the final PUT of an upload needs ?digest="))
+        })
+        .and_then(|digest| Ok((digest, checked_range(req.headers())?)));
+    let (digest, range) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err(unless_unknown(registry, &repo, &id, e).await),
+    };
     // The body itself knows whether it is empty (HTTP/2 needs no Content-Length).
     let has_body = !axum::body::HttpBody::is_end_stream(req.body());
     let last_chunk = has_body.then(|| body_stream(req.into_body()));
