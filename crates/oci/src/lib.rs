@@ -13,7 +13,7 @@ pub mod media_type;
 pub mod name;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
-pub use endpoint::{Endpoint, EndpointError, UploadId};
+pub use endpoint::{Endpoint, EndpointError, Intent, Nameless, Resource, UploadId};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
 pub use name::{NameError, Reference, RepoName, Tag};

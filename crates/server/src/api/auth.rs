@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use berth_oci::{Endpoint, ErrorCode};
+use berth_oci::{Endpoint, ErrorCode, Intent};
 
 use super::{header_str, ApiError};
 use crate::app::App;
@@ -85,6 +85,15 @@ fn needs(endpoint: &Endpoint) -> Needs<'_> {
         | E::FinishUpload { repo, .. }
         | E::CancelUpload { repo, .. } => Needs::Repo(repo.as_str(), Action::Push),
         E::DeleteManifest { repo, .. } | E::DeleteBlob { repo, .. } => Needs::Repo(repo.as_str(), Action::Delete),
+        // Answered as the missing thing it would be, after the same check.
+        E::Nameless(n) => Needs::Repo(
+            n.repo.as_str(),
+            match n.intent {
+                Intent::Read => Action::Pull,
+                Intent::Write => Action::Push,
+                Intent::Delete => Action::Delete,
+            },
+        ),
     }
 }
 

@@ -71,6 +71,13 @@ impl ApiError {
         .with_header(header::RETRY_AFTER, "5".to_string())
     }
 
+    /// The answer to a request by a reference, digest or session id that
+    /// fits no grammar: `absent`, what the registry answers for something that
+    /// does not exist, with why the parameter names nothing as its detail.
+    pub(super) fn nameless(absent: RegistryError, cause: &EndpointError) -> Self {
+        ApiError::from(absent).with_detail(json!({ "reason": cause.to_string() }))
+    }
+
     pub(super) fn internal(err: &dyn std::error::Error) -> Self {
         tracing::error!(error = %err, "internal error");
         ApiError::new(ErrorCode::Unknown, ErrorCode::Unknown.default_message())
@@ -146,7 +153,9 @@ impl From<EndpointError> for ApiError {
             EndpointError::Reference(NameError::InvalidDigest(_)) | EndpointError::Digest(_) => {
                 ApiError::new(ErrorCode::DigestInvalid, message)
             }
+            // distribution-spec: MANIFEST_INVALID is in the closed set of codes; TAG_INVALID is not.
             EndpointError::Reference(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
+            // Only a nameless session request (answered as an unknown session) has this cause.
             EndpointError::UploadId => ApiError::new(ErrorCode::BlobUploadUnknown, message),
         }
     }

@@ -1,7 +1,7 @@
 //! Manifests, tags, listings and referrers.
 
 use berth_meta::{NewManifest, Referrer, StoredManifest};
-use berth_oci::{media_type, Algorithm, Digest, Manifest, Reference, RepoName};
+use berth_oci::{media_type, Algorithm, Digest, Manifest, Reference, RepoName, Resource};
 
 use super::{Registry, RegistryError, Result};
 
@@ -207,6 +207,16 @@ impl Registry {
             .and_then(describe)
             .into_iter()
             .collect()
+    }
+
+    /// What a request for a `resource` of `repo` that is not there is
+    /// answered with (the same whether the name of it fits a grammar or not).
+    pub async fn absent(&self, repo: &RepoName, resource: Resource) -> RegistryError {
+        match resource {
+            Resource::Manifest => self.unknown_manifest_or_name(repo).await,
+            Resource::Blob => RegistryError::BlobUnknown,
+            Resource::Upload => RegistryError::UploadUnknown,
+        }
     }
 
     async fn unknown_manifest_or_name(&self, repo: &RepoName) -> RegistryError {
