@@ -6,6 +6,7 @@
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_oci::headers::ChunkRangeError;
 use berth_oci::{EndpointError, ErrorCode, NameError};
 use berth_storage::StorageError;
 use serde_json::json;
@@ -135,6 +136,16 @@ impl From<RegistryError> for ApiError {
             R::Storage(ref inner) => ApiError::internal(inner),
             R::Meta(ref inner) if inner.is_unavailable() => ApiError::unavailable("metadata database", inner),
             R::Meta(ref inner) => ApiError::internal(inner),
+        }
+    }
+}
+
+impl From<ChunkRangeError> for ApiError {
+    fn from(e: ChunkRangeError) -> Self {
+        let message = e.to_string();
+        match e {
+            ChunkRangeError::Malformed(_) => ApiError::new(ErrorCode::RangeInvalid, message),
+            ChunkRangeError::LengthMismatch { .. } => ApiError::new(ErrorCode::SizeInvalid, message),
         }
     }
 }

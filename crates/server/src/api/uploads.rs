@@ -6,6 +6,7 @@ use std::io;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode};
+use berth_oci::headers::ChunkRange;
 use berth_oci::{Digest, ErrorCode, RepoName, UploadId};
 use berth_storage::ByteStream;
 use futures::TryStreamExt;
@@ -16,53 +17,18 @@ use super::{
     UPLOAD_UUID,
 };
 use crate::auth::access::Action;
-use crate::registry::{ChunkRange, MountOrUpload, Registry, RegistryError, UploadProgress};
+use crate::registry::{MountOrUpload, Registry, RegistryError, UploadProgress};
 
 fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
 }
 
-/// Parses `Content-Range: <start>-<end>` (a `bytes ` prefix is tolerated).
-fn parse_content_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
-    let Some(value) = header_str(headers, "content-range") else {
-        return Ok(None);
-    };
-    let spec = value.trim();
-    let spec = spec
-        .strip_prefix("bytes")
-        .map(|s| s.trim_start_matches([' ', '=']))
-        .unwrap_or(spec);
-    let spec = spec.split('/').next().unwrap_or_default();
-    let parsed = spec.split_once('-').and_then(|(a, b)| {
-        Some(ChunkRange {
-            start: a.trim().parse().ok()?,
-            end: b.trim().parse().ok()?,
-        })
-    });
-    match parsed {
-        Some(r) => Ok(Some(r)),
-        None => Err(ApiError::new(
-            ErrorCode::RangeInvalid,
-            format!("malformed Content-Range {value:?}"),
-        )),
-    }
-}
-
-/// Checks a chunk's declared range against its `Content-Length`.
+/// The chunk's `Content-Range`, checked against its `Content-Length`.
 fn checked_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
-    let range = parse_content_range(headers)?;
-    if let (Some(r), Some(len)) = (range, content_length(headers)) {
-        if r.end < r.start || (r.end - r.start).checked_add(1) != Some(len) {
-            return Err(ApiError::new(
-                ErrorCode::SizeInvalid,
-                format!(
-                    "Content-Range {}-{} does not match Content-Length {len}",
-                    r.start, r.end
-                ),
-            ));
-        }
-    }
-    Ok(range)
+    Ok(ChunkRange::of_chunk(
+        header_str(headers, "content-range"),
+        content_length(headers),
+    )?)
 }
 
 fn parse_digest(query: &std::collections::HashMap<String, String>) -> Result<Option<Digest>, ApiError> {

@@ -15,6 +15,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use berth_meta::UploadRecord;
+use berth_oci::headers::ChunkRange;
 use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
 use berth_storage::{ByteStream, StorageError};
 use futures::StreamExt;
@@ -85,13 +86,6 @@ fn upload_error(e: StorageError) -> RegistryError {
 enum Progress {
     Record,
     Discard,
-}
-
-/// A chunk's declared position: `Content-Range: start-end` (inclusive).
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkRange {
-    pub start: u64,
-    pub end: u64,
 }
 
 impl Registry {
