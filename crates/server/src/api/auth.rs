@@ -204,8 +204,9 @@ impl From<AuthError> for ApiError {
 }
 
 /// Parameters of a token request, from the query (GET) or the form (POST).
+/// (No `Debug`: it holds a password.)
 #[derive(Default)]
-struct TokenRequest {
+pub struct TokenRequest {
     scopes: Vec<Scope>,
     grant_type: Option<String>,
     username: Option<String>,
@@ -217,7 +218,7 @@ struct TokenRequest {
 impl TokenRequest {
     /// Parses a query (`form = false`) or an OAuth2 form body. Credentials are
     /// taken from the body only: a query ends up in proxy and access logs.
-    fn parse(pairs: &[u8], form: bool) -> TokenRequest {
+    pub fn parse(pairs: &[u8], form: bool) -> TokenRequest {
         let mut request = TokenRequest::default();
         for (key, value) in form_urlencoded::parse(pairs) {
             match key.as_ref() {

@@ -4,7 +4,7 @@
 //! repository names contain slashes; each endpoint has one handler.
 
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod blobs;
 mod error;
 mod lifecycle;
