@@ -7,11 +7,13 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod connections;
 mod lifecycle;
 mod migrate;
 mod operator;
 mod registry;
 mod telemetry;
+mod text;
 
 pub use crate::cli::Cli;
 

@@ -6,7 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{basic_credentials, bearer};
+use super::query::Params;
 use super::ApiError;
 use crate::app::App;
 use crate::auth::manage::ManageError;
@@ -44,7 +46,7 @@ impl From<ManageError> for ApiError {
             ManageError::Invalid(_) => ApiError::new(ErrorCode::InvalidRequest, message),
             ManageError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
             ManageError::NotFound(_) => ApiError::new(ErrorCode::NotFound, message),
-            ManageError::Store(ref inner) => ApiError::internal(inner),
+            ManageError::Store(ref inner) => ApiError::meta(inner),
         }
     }
 }
@@ -133,6 +135,13 @@ fn created(body: serde_json::Value) -> AdminResult {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// The path's parameters, with a JSON `INVALID_REQUEST` instead of axum's
+/// plain-text rejection (a segment that is not UTF-8 text, for instance).
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("path: {}", e.body_text())))
+}
+
 /// A JSON body, with a clear error instead of axum's plain-text rejection.
 pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))
@@ -169,10 +178,11 @@ struct NewPassword {
 
 async fn set_password(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     Admin(actor): Admin,
     body: axum::body::Bytes,
 ) -> AdminResult {
+    let name = path(name)?;
     let change: NewPassword = parse_body(&body)?;
     app.auth
         .accounts()
@@ -184,9 +194,10 @@ async fn set_password(
 /// `POST /users/{name}/disable` and `…/enable`.
 async fn set_user_state(
     State(app): State<Arc<App>>,
-    Path((name, state)): Path<(String, String)>,
+    params: Result<Path<(String, String)>, PathRejection>,
     Admin(actor): Admin,
 ) -> AdminResult {
+    let (name, state) = path(params)?;
     let disabled = match state.as_str() {
         "disable" => true,
         "enable" => false,
@@ -220,7 +231,12 @@ async fn create_token(State(app): State<Arc<App>>, Admin(actor): Admin, body: ax
     created(json!({ "name": new.name, "token": token }))
 }
 
-async fn revoke_token(State(app): State<Arc<App>>, Path(name): Path<String>, Admin(actor): Admin) -> AdminResult {
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    Admin(actor): Admin,
+) -> AdminResult {
+    let name = path(name)?;
     app.auth.accounts().revoke_token(&name, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -248,7 +264,12 @@ async fn add_grant(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum:
     created(json!({ "id": id, "subject": g.subject, "pattern": g.pattern, "role": g.role }))
 }
 
-async fn remove_grant(State(app): State<Arc<App>>, Path(id): Path<String>, Admin(actor): Admin) -> AdminResult {
+async fn remove_grant(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    Admin(actor): Admin,
+) -> AdminResult {
+    let id = path(id)?;
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("grant id {id:?} is not a number")))?;
@@ -262,7 +283,7 @@ struct AuditQuery {
     before: Option<String>,
 }
 
-async fn audit_log(State(app): State<Arc<App>>, _: Admin, Query(q): Query<AuditQuery>) -> AdminResult {
+async fn audit_log(State(app): State<Arc<App>>, _: Admin, Params(q): Params<AuditQuery>) -> AdminResult {
     let number = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
         v.as_deref()
             .map(|s| {

@@ -5,20 +5,20 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use berth_meta::lifecycle::{ManifestState, RepoState};
-use berth_oci::ErrorCode;
+use berth_oci::{Digest, ErrorCode, RepoName, Tag};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::admin::{parse_body, Admin};
 use super::auth::{basic_credentials, bearer, catalog_challenge};
+use super::query::Params;
 use super::ApiError;
 use crate::app::App;
 use crate::auth::access::{Action, Pattern};
@@ -44,6 +44,7 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
+            LifecycleError::Meta(inner) => ApiError::meta(&inner),
             other => ApiError::internal(&other),
         }
     }
@@ -94,12 +95,7 @@ struct PatternQuery {
     pattern: String,
 }
 
-async fn delete_policy(
-    State(app): State<Arc<App>>,
-    Admin(actor): Admin,
-    q: Result<Query<PatternQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
+async fn delete_policy(State(app): State<Arc<App>>, Admin(actor): Admin, Params(q): Params<PatternQuery>) -> ApiResult {
     if app.lifecycle.delete_policy(&q.pattern, &actor).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -117,8 +113,7 @@ struct RunQuery {
     deleted_only: bool,
 }
 
-async fn preview(State(app): State<Arc<App>>, _: Admin, q: Result<Query<RunQuery>, QueryRejection>) -> ApiResult {
-    let q = query(q)?;
+async fn preview(State(app): State<Arc<App>>, _: Admin, Params(q): Params<RunQuery>) -> ApiResult {
     let filter = pattern_param(q.repo.as_deref())?;
     let mut entries = Vec::new();
     let summary = app
@@ -130,12 +125,7 @@ async fn preview(State(app): State<Arc<App>>, _: Admin, q: Result<Query<RunQuery
     Ok(Json(json!({ "summary": summary, "entries": entries })).into_response())
 }
 
-async fn run(
-    State(app): State<Arc<App>>,
-    Admin(actor): Admin,
-    q: Result<Query<RunQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
+async fn run(State(app): State<Arc<App>>, Admin(actor): Admin, Params(q): Params<RunQuery>) -> ApiResult {
     let filter = pattern_param(q.repo.as_deref())?;
     let summary = app.lifecycle.run(filter.as_ref(), Scope::Retention, &actor).await?;
     Ok(Json(json!({ "summary": summary })).into_response())
@@ -147,12 +137,7 @@ struct GcQuery {
     dry_run: bool,
 }
 
-async fn collect_garbage(
-    State(app): State<Arc<App>>,
-    _: Admin,
-    q: Result<Query<GcQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
+async fn collect_garbage(State(app): State<Arc<App>>, _: Admin, Params(q): Params<GcQuery>) -> ApiResult {
     let report = app
         .lifecycle
         .collect_garbage(q.dry_run, |line| tracing::info!("gc: {line}"))
@@ -231,6 +216,8 @@ fn encode_cursor(repo: &str, item: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{repo}\n{item}"))
 }
 
+/// The position of a cursor: a repository name and a tag or `@digest`, as
+/// [`encode_cursor`] writes them; anything else was not handed out here.
 fn decode_cursor(text: &str) -> Result<(String, String), ApiError> {
     let invalid = || ApiError::new(ErrorCode::InvalidRequest, "cursor is not one this registry handed out");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -238,8 +225,18 @@ fn decode_cursor(text: &str) -> Result<(String, String), ApiError> {
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (repo, item) = text.split_once('\n').ok_or_else(invalid)?;
+    let item_ok = match item.strip_prefix('@') {
+        Some(digest) => digest.parse::<Digest>().is_ok(),
+        None => item.parse::<Tag>().is_ok(),
+    };
+    if repo.parse::<RepoName>().is_err() || !item_ok {
+        return Err(invalid());
+    }
     Ok((repo.to_string(), item.to_string()))
 }
+
+/// How a manifest can have arrived (`ManifestState::provenance`).
+const PROVENANCES: [&str; 3] = ["pushed", "mirrored", "snapshot"];
 
 fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
     if let Ok(secs) = text.parse::<i64>() {
@@ -261,12 +258,6 @@ fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
 /// untagged `@digest` rows (a tag never starts with `@`).
 fn row_order(key: &str) -> (bool, &str) {
     (key.starts_with('@'), key)
-}
-
-/// The query string, with a JSON `INVALID_REQUEST` instead of axum's plain-text rejection.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("query string: {}", e.body_text())))
 }
 
 /// One image of the inventory.
@@ -359,15 +350,20 @@ pub async fn inventory(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    q: Result<Query<InventoryQuery>, QueryRejection>,
+    Params(q): Params<InventoryQuery>,
 ) -> ApiResult {
-    let q = query(q)?;
     let peer = peer.ip();
     let reader = reader(&app, &headers, peer).await?;
     let limit = q.n.unwrap_or(INVENTORY_PAGE).clamp(1, INVENTORY_MAX_PAGE) as usize;
     let repo_filter = pattern_param(q.repository.as_deref())?;
     let expiring_before = q.expiring_before.as_deref().map(parse_time_ms).transpose()?;
     let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    if let Some(p) = q.provenance.as_deref().filter(|p| !PROVENANCES.contains(p)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("provenance {p:?}: use one of {}", PROVENANCES.join(", ")),
+        ));
+    }
     app.registry.flush_pulls().await?;
     let policies: Policies = app.lifecycle.policies().await?;
     // (repository, item key, image)

@@ -10,6 +10,7 @@ use berth_meta::{AccessStore, MetaError};
 use super::access::Grant;
 use super::secrets;
 use crate::clock::Clock;
+use crate::text;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -94,9 +95,9 @@ pub fn parse_subject(text: &str) -> Result<(SubjectKind, String)> {
         .split_once(':')
         .and_then(|(k, n)| SubjectKind::parse(k).map(|k| (k, n)))
         .ok_or_else(|| ManageError::Invalid(format!("subject {text:?}: write user:NAME, group:NAME or robot:NAME")))?;
-    if name.is_empty() {
-        return Err(ManageError::Invalid(format!("subject {text:?} has no name")));
-    }
+    // Not the local name rule: a grant may name an external account or a
+    // group of an identity provider, whose names are theirs to choose.
+    text::name(name).map_err(|e| ManageError::Invalid(format!("subject {text:?}: its name {e}")))?;
     Ok((kind, name.to_string()))
 }
 
@@ -152,6 +153,7 @@ impl Accounts {
     }
 
     pub async fn set_password(&self, name: &str, password: &str, actor: &str) -> Result<()> {
+        check_name("user", name)?;
         check_password(password)?;
         if self
             .store
@@ -165,6 +167,7 @@ impl Accounts {
     }
 
     pub async fn set_disabled(&self, name: &str, disabled: bool, actor: &str) -> Result<()> {
+        check_name("user", name)?;
         if self.store.set_disabled(name, disabled, &self.audit(actor)).await? {
             Ok(())
         } else {
@@ -223,6 +226,7 @@ impl Accounts {
     }
 
     pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<()> {
+        check_name("token", name)?;
         if self.store.revoke_robot(name, &self.audit(actor)).await? {
             Ok(())
         } else {
@@ -274,5 +278,11 @@ mod tests {
         assert_eq!(parse_subject("group:dev").unwrap(), (SubjectKind::Group, "dev".into()));
         assert!(parse_subject("team:dev").is_err());
         assert!(parse_subject("user:").is_err());
+        assert!(parse_subject("group:dev\0").is_err());
+        assert!(parse_subject(&format!("group:{}", "x".repeat(300))).is_err());
+        assert_eq!(
+            parse_subject("group:Développeurs Team").unwrap(),
+            (SubjectKind::Group, "Développeurs Team".into())
+        );
     }
 }

@@ -32,6 +32,7 @@ use self::token::{AccessClaims, AccessEntry, TokenService};
 use self::verified::VerifiedTokens;
 use crate::clock::Clock;
 use crate::config::{AuthConfig, AuthMode};
+use crate::text;
 
 /// Why presented credentials were not accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,12 +283,15 @@ impl Auth {
     }
 
     async fn authenticate(&self, login: &str, password: &str) -> Result<Identity, Failure> {
-        if password.is_empty() {
+        // A login that no account can have is refused before a store or an
+        // identity provider sees it (see `crate::text`).
+        if password.is_empty() || text::printable(login, text::MAX_NAME_BYTES).is_err() {
             return Err(Failure::Invalid);
         }
         if let Some(iss) = oidc::unverified_issuer(password) {
             if self.oidc.knows(&iss) {
                 let who = self.oidc.verify(password).await?;
+                vouched_name("OIDC", &who.name)?;
                 let admin = who.admin || self.in_admin_group(&who.groups);
                 let mut grants = who.grants;
                 grants.extend(self.stored_grants(&group_subjects(&who.groups)).await?);
@@ -306,6 +310,7 @@ impl Auth {
         }
         if let Some(external) = &self.external {
             let who = external.validate(login, password).await?;
+            vouched_name("external", who.name())?;
             // A local user's name is never taken by an outside account, whichever
             // of its id, username or email it logged in with.
             if self.store.user(who.name()).await.map_err(store_failure)?.is_some() {
@@ -518,13 +523,33 @@ impl Auth {
     }
 }
 
+/// The grant subjects of an identity provider's groups; a group whose name no
+/// grant can hold (see `crate::text`) has no grants and is left out.
 fn group_subjects(groups: &[String]) -> Vec<(SubjectKind, String)> {
-    groups.iter().map(|g| (SubjectKind::Group, g.clone())).collect()
+    groups
+        .iter()
+        .filter(|g| text::name(g).is_ok())
+        .map(|g| (SubjectKind::Group, g.clone()))
+        .collect()
 }
 
 fn store_failure(e: MetaError) -> Failure {
+    if e.is_bad_input() {
+        // A backstop: names are checked before they are looked up.
+        tracing::warn!(error = %e, "the metadata database refused a name to look up");
+        return Failure::Invalid;
+    }
     tracing::error!(error = %e, "reading access facts failed");
     Failure::Unavailable("the registry cannot read its access facts".into())
+}
+
+/// Refuses an identity whose name, vouched for by an identity provider, the
+/// registry cannot keep (in audit entries, grants and `pushed_by`).
+fn vouched_name(provider: &str, name: &str) -> Result<(), Failure> {
+    text::name(name).map(drop).map_err(|e| {
+        tracing::warn!(provider, name = ?name, "identity refused: its name {e}");
+        Failure::Invalid
+    })
 }
 
 #[cfg(test)]

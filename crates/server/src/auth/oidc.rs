@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use globset::{GlobBuilder, GlobMatcher};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -53,7 +54,9 @@ struct Issuer {
 
 pub struct OidcVerifier {
     issuers: Vec<Issuer>,
-    client: reqwest::Client,
+    /// Made only when an issuer is configured: a client loads the system's
+    /// CA certificates, most of the start-up work of a registry without OIDC.
+    client: Option<reqwest::Client>,
     clock: Arc<dyn Clock>,
 }
 
@@ -186,10 +189,16 @@ impl OidcVerifier {
                 keys: Mutex::new(Keys::default()),
             });
         }
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
+        let client = if issuers.is_empty() {
+            None
+        } else {
+            Some(
+                reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::limited(3))
+                    .build()?,
+            )
+        };
         Ok(OidcVerifier { issuers, client, clock })
     }
 
@@ -286,14 +295,8 @@ impl OidcVerifier {
 
     async fn fetch_jwks(&self, issuer: &str) -> anyhow::Result<JwkSet> {
         let discovery = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let doc: Value = self
-            .client
-            .get(&discovery)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let client = self.client.as_ref().context("no OpenID Connect issuer is configured")?;
+        let doc: Value = client.get(&discovery).send().await?.error_for_status()?.json().await?;
         anyhow::ensure!(
             doc.get("issuer").and_then(Value::as_str) == Some(issuer),
             "discovery document at {discovery} names another issuer"
@@ -302,14 +305,7 @@ impl OidcVerifier {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow::anyhow!("discovery document at {discovery} has no jwks_uri"))?;
-        Ok(self
-            .client
-            .get(jwks_uri)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        Ok(client.get(jwks_uri).send().await?.error_for_status()?.json().await?)
     }
 }
 
