@@ -24,9 +24,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
-/// Largest read buffer of one connection. Request heads must fit in it;
-/// 64 KiB is eight times what common proxies allow for all headers.
-pub const READ_BUFFER_MAX: usize = 64 << 10;
+/// Largest read buffer of one connection. A request head must fit in it:
+/// 16 KiB, twice the 8 KiB that common proxies allow for one header line, and
+/// several times the longest bearer token a client sends.
+pub const READ_BUFFER_MAX: usize = 16 << 10;
 
 /// How long accepting waits after an error such as "too many open files".
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
