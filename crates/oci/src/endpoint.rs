@@ -2,7 +2,13 @@
 //! typed [`Endpoint`].
 //!
 //! Repository names contain slashes, so routing cannot be done with a router's
-//! path patterns; the action is found from the end of the path instead.
+//! path patterns; the action is found from the end of the path instead. The
+//! path is split into segments as sent and each segment is decoded on its own,
+//! so an encoded `/` cannot move a parameter into another part of the path.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
 
 use crate::digest::{Digest, DigestError};
 use crate::name::{NameError, Reference, RepoName};
@@ -34,6 +40,39 @@ impl std::fmt::Display for UploadId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// What a request path addresses when its last parameter fits no grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Manifest,
+    Blob,
+    Upload,
+}
+
+/// What a request would do to the resource it addresses, which decides the
+/// access it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// `GET`, `HEAD`: pull access.
+    Read,
+    /// An upload session's methods: push access.
+    Write,
+    /// `DELETE` of a manifest or blob: delete access.
+    Delete,
+}
+
+/// A request for a manifest, blob or upload session by a reference, digest
+/// or session id that fits no grammar. Nothing can be stored under such a
+/// name, so the request is answered as one for something that does not
+/// exist (404), after the same access check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nameless {
+    pub repo: RepoName,
+    pub resource: Resource,
+    pub intent: Intent,
+    /// Why the parameter names nothing.
+    pub cause: EndpointError,
 }
 
 /// A request of the distribution API, with its path parameters validated.
@@ -90,6 +129,8 @@ pub enum Endpoint {
         repo: RepoName,
         digest: Digest,
     },
+    /// A read, delete or session request whose parameter names nothing.
+    Nameless(Nameless),
 }
 
 /// Why a path could not be routed.
@@ -135,32 +176,41 @@ impl Action<'_> {
     }
 }
 
-/// Splits `name/…/action/arg` into the name part and the action.
-fn split_action(path: &str) -> Option<(&str, Action<'_>)> {
-    let segs: Vec<&str> = path.split('/').collect();
+/// Splits the path into its segments and percent-decodes each one.
+///
+/// The path is split before it is decoded: an encoded `/` (`%2F`) belongs to
+/// the segment it is in and never makes a new one, so no reference, digest
+/// or session id can reach into another part of the path. Bytes that are not
+/// UTF-8 after decoding become U+FFFD, which no grammar of the API accepts.
+fn decoded_segments(raw: &str) -> Vec<Cow<'_, str>> {
+    raw.split('/')
+        .map(|s| percent_decode_str(s).decode_utf8_lossy())
+        .collect()
+}
+
+/// Splits `name/…/action/arg` segments into the name's segments and the action.
+fn split_action<'a>(segs: &'a [Cow<'a, str>]) -> Option<(&'a [Cow<'a, str>], Action<'a>)> {
     let n = segs.len();
-    let name_until = |k: usize| -> Option<&str> {
-        // The name is everything before the last k segments.
-        let len: usize = segs[..n - k].iter().map(|s| s.len() + 1).sum::<usize>();
-        (n > k && len > 1).then(|| &path[..len - 1])
-    };
-    if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+    // The name is every segment before the last k; it has at least one.
+    let name_until = |k: usize| (n > k).then(|| &segs[..n - k]);
+    let seg = |i: usize| segs[i].as_ref();
+    if n >= 3 && seg(n - 2) == "tags" && seg(n - 1) == "list" {
         return Some((name_until(2)?, Action::Tags));
     }
-    if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
+    if n >= 4 && seg(n - 3) == "blobs" && seg(n - 2) == "uploads" {
         let name = name_until(3)?;
-        return Some(match segs[n - 1] {
+        return Some(match seg(n - 1) {
             "" => (name, Action::Uploads),
             id => (name, Action::Upload(id)),
         });
     }
-    if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
+    if n >= 3 && seg(n - 2) == "blobs" && seg(n - 1) == "uploads" {
         return Some((name_until(2)?, Action::Uploads));
     }
     if n >= 3 {
         let name = name_until(2)?;
-        let arg = segs[n - 1];
-        return match segs[n - 2] {
+        let arg = seg(n - 1);
+        return match seg(n - 2) {
             "manifests" => Some((name, Action::Manifest(arg))),
             "blobs" => Some((name, Action::Blob(arg))),
             "referrers" => Some((name, Action::Referrers(arg))),
@@ -170,29 +220,50 @@ fn split_action(path: &str) -> Option<(&str, Action<'_>)> {
     None
 }
 
+/// The repository name of decoded name segments. A segment holding a `/`
+/// (sent encoded as `%2F`) is not a path component, so the name is invalid
+/// even when the joined text would be a valid name.
+fn repo_name(segs: &[Cow<'_, str>]) -> Result<RepoName, EndpointError> {
+    let joined = segs.join("/");
+    if segs.iter().any(|s| s.contains('/')) {
+        return Err(EndpointError::Name(NameError::InvalidName(joined)));
+    }
+    joined.parse().map_err(EndpointError::Name)
+}
+
+/// The request for a manifest, blob or session by a parameter that names nothing.
+fn nameless(repo: RepoName, resource: Resource, intent: Intent, cause: EndpointError) -> Endpoint {
+    Endpoint::Nameless(Nameless {
+        repo,
+        resource,
+        intent,
+        cause,
+    })
+}
+
 impl Endpoint {
-    /// Routes `method` and `path` (the part after `/v2/`, percent-decoded).
+    /// Routes `method` and `path`, the part of the request path after `/v2/`
+    /// exactly as sent (still percent-encoded).
+    ///
+    /// A manifest reference, blob digest or session id that fits no grammar
+    /// is routed to [`Endpoint::Nameless`] when the request reads, deletes or
+    /// continues something (nothing can exist under that name); a push of a
+    /// manifest to such a reference, and a referrers request for such a
+    /// digest, are errors of the request.
     pub fn parse(method: &str, path: &str) -> Result<Endpoint, EndpointError> {
-        let is_get = matches!(method, "GET" | "HEAD");
-        match path {
-            "" => {
-                return if is_get {
-                    Ok(Endpoint::Base)
-                } else {
-                    Err(EndpointError::MethodNotAllowed { allow: READ_ONLY })
-                }
+        use {Intent as I, Resource as R};
+        let segs = decoded_segments(path);
+        if let [only] = segs.as_slice() {
+            if only.is_empty() || only == "_catalog" {
+                return match (matches!(method, "GET" | "HEAD"), only.is_empty()) {
+                    (true, true) => Ok(Endpoint::Base),
+                    (true, false) => Ok(Endpoint::Catalog),
+                    (false, _) => Err(EndpointError::MethodNotAllowed { allow: READ_ONLY }),
+                };
             }
-            "_catalog" => {
-                return if is_get {
-                    Ok(Endpoint::Catalog)
-                } else {
-                    Err(EndpointError::MethodNotAllowed { allow: READ_ONLY })
-                }
-            }
-            _ => {}
         }
-        let (name, action) = split_action(path).ok_or(EndpointError::NotFound)?;
-        let repo: RepoName = name.parse().map_err(EndpointError::Name)?;
+        let (name, action) = split_action(&segs).ok_or(EndpointError::NotFound)?;
+        let repo = repo_name(name)?;
         let reference = |s: &str| s.parse::<Reference>().map_err(EndpointError::Reference);
         let digest = |s: &str| s.parse::<Digest>().map_err(EndpointError::Digest);
         let upload_id = |s: &str| UploadId::parse(s).ok_or(EndpointError::UploadId);
@@ -200,45 +271,37 @@ impl Endpoint {
         let allow = action.allowed_methods();
         Ok(match (action, method) {
             (Action::Tags, "GET" | "HEAD") => Endpoint::ListTags { repo },
-            (Action::Manifest(r), "GET" | "HEAD") => Endpoint::GetManifest {
-                repo,
-                reference: reference(r)?,
-                head,
+            (Action::Manifest(r), "GET" | "HEAD") => match reference(r) {
+                Ok(reference) => Endpoint::GetManifest { repo, reference, head },
+                Err(cause) => nameless(repo, R::Manifest, I::Read, cause),
             },
             (Action::Manifest(r), "PUT") => Endpoint::PutManifest {
                 repo,
                 reference: reference(r)?,
             },
-            (Action::Manifest(r), "DELETE") => Endpoint::DeleteManifest {
-                repo,
-                reference: reference(r)?,
+            (Action::Manifest(r), "DELETE") => match reference(r) {
+                Ok(reference) => Endpoint::DeleteManifest { repo, reference },
+                Err(cause) => nameless(repo, R::Manifest, I::Delete, cause),
             },
-            (Action::Blob(d), "GET" | "HEAD") => Endpoint::GetBlob {
-                repo,
-                digest: digest(d)?,
-                head,
+            (Action::Blob(d), "GET" | "HEAD") => match digest(d) {
+                Ok(digest) => Endpoint::GetBlob { repo, digest, head },
+                Err(cause) => nameless(repo, R::Blob, I::Read, cause),
             },
-            (Action::Blob(d), "DELETE") => Endpoint::DeleteBlob {
-                repo,
-                digest: digest(d)?,
+            (Action::Blob(d), "DELETE") => match digest(d) {
+                Ok(digest) => Endpoint::DeleteBlob { repo, digest },
+                Err(cause) => nameless(repo, R::Blob, I::Delete, cause),
             },
             (Action::Uploads, "POST") => Endpoint::StartUpload { repo },
-            (Action::Upload(id), "GET" | "HEAD") => Endpoint::GetUpload {
-                repo,
-                id: upload_id(id)?,
+            (Action::Upload(id), "GET" | "HEAD" | "PATCH" | "PUT" | "DELETE") => match upload_id(id) {
+                Ok(id) => match method {
+                    "PATCH" => Endpoint::PatchUpload { repo, id },
+                    "PUT" => Endpoint::FinishUpload { repo, id },
+                    "DELETE" => Endpoint::CancelUpload { repo, id },
+                    _ => Endpoint::GetUpload { repo, id },
+                },
+                Err(cause) => nameless(repo, R::Upload, I::Write, cause),
             },
-            (Action::Upload(id), "PATCH") => Endpoint::PatchUpload {
-                repo,
-                id: upload_id(id)?,
-            },
-            (Action::Upload(id), "PUT") => Endpoint::FinishUpload {
-                repo,
-                id: upload_id(id)?,
-            },
-            (Action::Upload(id), "DELETE") => Endpoint::CancelUpload {
-                repo,
-                id: upload_id(id)?,
-            },
+            // distribution-spec: a referrers request for a digest of invalid syntax is a 400.
             (Action::Referrers(d), "GET" | "HEAD") => Endpoint::ListReferrers {
                 repo,
                 digest: digest(d)?,
@@ -318,7 +381,10 @@ mod tests {
     fn refuses_bad_paths() {
         assert_eq!(Endpoint::parse("GET", "a"), Err(EndpointError::NotFound));
         assert_eq!(Endpoint::parse("GET", "tags/list"), Err(EndpointError::NotFound));
-        assert_eq!(Endpoint::parse("GET", "/manifests/x"), Err(EndpointError::NotFound));
+        assert_eq!(
+            Endpoint::parse("GET", "/manifests/x"),
+            Err(EndpointError::Name(NameError::InvalidName(String::new())))
+        );
         assert_eq!(
             Endpoint::parse("POST", "a/manifests/x"),
             Err(EndpointError::MethodNotAllowed {
@@ -334,23 +400,138 @@ mod tests {
             Err(EndpointError::Name(_))
         ));
         assert!(matches!(
-            Endpoint::parse("GET", "a/manifests/-x"),
-            Err(EndpointError::Reference(_))
+            Endpoint::parse("PUT", "a/manifests/-x"),
+            Err(EndpointError::Reference(NameError::InvalidTag(_)))
         ));
         assert!(matches!(
-            Endpoint::parse("GET", "a/blobs/sha256:x"),
+            Endpoint::parse("PUT", "a/manifests/sha256:x"),
+            Err(EndpointError::Reference(NameError::InvalidDigest(_)))
+        ));
+        assert!(matches!(
+            Endpoint::parse("GET", "a/referrers/sha256:x"),
             Err(EndpointError::Digest(_))
         ));
+    }
+
+    fn nameless_of(method: &str, path: &str) -> (String, Resource, Intent) {
+        match Endpoint::parse(method, path) {
+            Ok(Endpoint::Nameless(n)) => (n.repo.to_string(), n.resource, n.intent),
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parameters_that_fit_no_grammar_name_nothing() {
+        use {Intent as I, Resource as R};
+        let cases = [
+            ("GET", "a/manifests/.INVALID_MANIFEST_NAME", R::Manifest, I::Read),
+            ("HEAD", "a/manifests/-x", R::Manifest, I::Read),
+            ("GET", "a/manifests/sha256:x", R::Manifest, I::Read),
+            ("DELETE", "a/manifests/.x", R::Manifest, I::Delete),
+            ("GET", "a/blobs/sha256:x", R::Blob, I::Read),
+            ("HEAD", "a/blobs/latest", R::Blob, I::Read),
+            ("DELETE", "a/blobs/sha384:ab", R::Blob, I::Delete),
+            ("GET", "a/blobs/uploads/a.b", R::Upload, I::Write),
+            ("PATCH", "a/blobs/uploads/a.b", R::Upload, I::Write),
+            ("PUT", "a/blobs/uploads/a.b", R::Upload, I::Write),
+            ("DELETE", "a/blobs/uploads/a.b", R::Upload, I::Write),
+        ];
+        for (method, path, resource, intent) in cases {
+            assert_eq!(
+                nameless_of(method, path),
+                ("a".to_owned(), resource, intent),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_encoded_slash_stays_in_its_segment() {
+        use {Intent as I, Resource as R};
+        // The examples: these once re-split into unknown endpoints.
         assert_eq!(
-            Endpoint::parse("PATCH", "a/blobs/uploads/a.b"),
-            Err(EndpointError::UploadId)
+            nameless_of("GET", "app/manifests/..%2f..%2fetc%2fpasswd"),
+            ("app".to_owned(), R::Manifest, I::Read)
         );
+        assert_eq!(
+            nameless_of("PATCH", "app/blobs/uploads/..%2f..%2fx"),
+            ("app".to_owned(), R::Upload, I::Write)
+        );
+        assert_eq!(
+            nameless_of("GET", &format!("app/blobs/sha256%3A{}%2F", &D[7..])),
+            ("app".to_owned(), R::Blob, I::Read)
+        );
+        // A name component holding an encoded slash is no component, even
+        // though the decoded text would be a valid name.
+        assert!(matches!(
+            Endpoint::parse("GET", "team%2Fapp/tags/list"),
+            Err(EndpointError::Name(NameError::InvalidName(n))) if n == "team/app"
+        ));
+        assert!(matches!(
+            Endpoint::parse("GET", "a/%2E%2E/manifests/v1"),
+            Err(EndpointError::Name(_))
+        ));
+        // An encoded `/` in front of an action word does not make it one.
+        assert!(matches!(
+            Endpoint::parse("GET", "a/x%2Fmanifests/v1"),
+            Err(EndpointError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn segments_are_decoded() {
+        assert!(matches!(
+            Endpoint::parse("GET", &format!("a/blobs/sha256%3a{}", &D[7..])),
+            Ok(Endpoint::GetBlob { digest, .. }) if digest.to_string() == D
+        ));
+        assert!(matches!(
+            Endpoint::parse("GET", "a/manifest%73/v%31"),
+            Ok(Endpoint::GetManifest { reference, .. }) if reference.to_string() == "v1"
+        ));
+        assert_eq!(Endpoint::parse("GET", "%5Fcatalog"), Ok(Endpoint::Catalog));
+        // Not UTF-8 once decoded, or a NUL: no grammar takes it.
+        assert_eq!(nameless_of("GET", "a/manifests/%ff").1, Resource::Manifest);
+        assert_eq!(nameless_of("GET", "a/manifests/v1%00").1, Resource::Manifest);
+        assert!(matches!(
+            Endpoint::parse("GET", "a%ff/tags/list"),
+            Err(EndpointError::Name(_))
+        ));
     }
 
     proptest::proptest! {
         #[test]
         fn parser_never_panics(m in "GET|HEAD|PUT|POST|PATCH|DELETE|X", p in "\\PC*") {
             let _ = Endpoint::parse(&m, &p);
+        }
+
+        #[test]
+        fn an_encoded_parameter_never_leaves_its_segment(
+            m in "GET|HEAD|PUT|PATCH|DELETE",
+            action in "manifests|blobs|blobs/uploads|referrers",
+            arg in "\\PC*",
+        ) {
+            use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+            let path = format!("app/{action}/{}", utf8_percent_encode(&arg, NON_ALPHANUMERIC));
+            let (repo, param) = match Endpoint::parse(&m, &path) {
+                Ok(Endpoint::GetManifest { repo, reference, .. })
+                | Ok(Endpoint::PutManifest { repo, reference })
+                | Ok(Endpoint::DeleteManifest { repo, reference }) => (repo, reference.to_string()),
+                Ok(Endpoint::GetBlob { repo, digest, .. })
+                | Ok(Endpoint::DeleteBlob { repo, digest })
+                | Ok(Endpoint::ListReferrers { repo, digest }) => (repo, digest.to_string()),
+                Ok(Endpoint::GetUpload { repo, id })
+                | Ok(Endpoint::PatchUpload { repo, id })
+                | Ok(Endpoint::FinishUpload { repo, id })
+                | Ok(Endpoint::CancelUpload { repo, id }) => (repo, id.to_string()),
+                Ok(Endpoint::StartUpload { repo }) => (repo, String::new()),
+                Ok(Endpoint::Nameless(n)) => (n.repo, arg.clone()),
+                Err(EndpointError::Reference(_) | EndpointError::Digest(_) | EndpointError::MethodNotAllowed { .. }) => {
+                    return Ok(());
+                }
+                other => return Err(proptest::test_runner::TestCaseError::fail(format!("{path}: {other:?}"))),
+            };
+            proptest::prop_assert_eq!(repo.as_str(), "app");
+            proptest::prop_assert_eq!(param, arg);
         }
     }
 }

@@ -16,6 +16,16 @@ mod telemetry;
 mod text;
 
 pub use crate::cli::Cli;
+
+/// The server's parsers of untrusted input that live outside the pure
+/// `berth-oci` crate, for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::api::auth::TokenRequest;
+    pub use crate::auth::oidc::unverified_issuer;
+    pub use crate::auth::token::TokenService;
+    pub use crate::clock::{Clock, SystemClock};
+}
 use crate::cli::Command;
 use crate::config::{Config, Overrides};
 

@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use berth_oci::{Endpoint, ErrorCode};
+use berth_oci::{Endpoint, ErrorCode, Intent};
 
 use super::{header_str, ApiError};
 use crate::app::App;
@@ -85,6 +85,15 @@ fn needs(endpoint: &Endpoint) -> Needs<'_> {
         | E::FinishUpload { repo, .. }
         | E::CancelUpload { repo, .. } => Needs::Repo(repo.as_str(), Action::Push),
         E::DeleteManifest { repo, .. } | E::DeleteBlob { repo, .. } => Needs::Repo(repo.as_str(), Action::Delete),
+        // Answered as the missing thing it would be, after the same check.
+        E::Nameless(n) => Needs::Repo(
+            n.repo.as_str(),
+            match n.intent {
+                Intent::Read => Action::Pull,
+                Intent::Write => Action::Push,
+                Intent::Delete => Action::Delete,
+            },
+        ),
     }
 }
 
@@ -195,8 +204,9 @@ impl From<AuthError> for ApiError {
 }
 
 /// Parameters of a token request, from the query (GET) or the form (POST).
+/// (No `Debug`: it holds a password.)
 #[derive(Default)]
-struct TokenRequest {
+pub struct TokenRequest {
     scopes: Vec<Scope>,
     grant_type: Option<String>,
     username: Option<String>,
@@ -208,7 +218,7 @@ struct TokenRequest {
 impl TokenRequest {
     /// Parses a query (`form = false`) or an OAuth2 form body. Credentials are
     /// taken from the body only: a query ends up in proxy and access logs.
-    fn parse(pairs: &[u8], form: bool) -> TokenRequest {
+    pub fn parse(pairs: &[u8], form: bool) -> TokenRequest {
         let mut request = TokenRequest::default();
         for (key, value) in form_urlencoded::parse(pairs) {
             match key.as_ref() {

@@ -7,6 +7,7 @@
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_meta::MetaError;
+use berth_oci::headers::ChunkRangeError;
 use berth_oci::{EndpointError, ErrorCode, NameError};
 use berth_storage::StorageError;
 use serde_json::json;
@@ -70,6 +71,13 @@ impl ApiError {
         )
         .with_status(StatusCode::SERVICE_UNAVAILABLE)
         .with_header(header::RETRY_AFTER, "5".to_string())
+    }
+
+    /// The answer to a request by a reference, digest or session id that
+    /// fits no grammar: `absent`, what the registry answers for something that
+    /// does not exist, with why the parameter names nothing as its detail.
+    pub(super) fn nameless(absent: RegistryError, cause: &EndpointError) -> Self {
+        ApiError::from(absent).with_detail(json!({ "reason": cause.to_string() }))
     }
 
     /// The answer to a failure of the metadata store: a 503 when it could not
@@ -152,6 +160,16 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<ChunkRangeError> for ApiError {
+    fn from(e: ChunkRangeError) -> Self {
+        let message = e.to_string();
+        match e {
+            ChunkRangeError::Malformed(_) => ApiError::new(ErrorCode::RangeInvalid, message),
+            ChunkRangeError::LengthMismatch { .. } => ApiError::new(ErrorCode::SizeInvalid, message),
+        }
+    }
+}
+
 impl From<EndpointError> for ApiError {
     fn from(e: EndpointError) -> Self {
         let message = e.to_string();
@@ -166,7 +184,9 @@ impl From<EndpointError> for ApiError {
             EndpointError::Reference(NameError::InvalidDigest(_)) | EndpointError::Digest(_) => {
                 ApiError::new(ErrorCode::DigestInvalid, message)
             }
+            // distribution-spec: MANIFEST_INVALID is in the closed set of codes; TAG_INVALID is not.
             EndpointError::Reference(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
+            // Only a nameless session request (answered as an unknown session) has this cause.
             EndpointError::UploadId => ApiError::new(ErrorCode::BlobUploadUnknown, message),
         }
     }

@@ -4,7 +4,7 @@
 //! repository names contain slashes; each endpoint has one handler.
 
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod blobs;
 mod error;
 mod lifecycle;
@@ -22,8 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use berth_oci::{Endpoint, EndpointError};
-use percent_encoding::percent_decode_str;
+use berth_oci::Endpoint;
 
 use crate::app::App;
 pub use error::ApiError;
@@ -98,11 +97,8 @@ async fn route(app: &App, req: Request) -> ApiResult {
     let path = req.uri().path();
     let rest = path.strip_prefix("/v2").unwrap_or(path);
     let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let decoded = percent_decode_str(rest)
-        .decode_utf8()
-        .map_err(|_| ApiError::from(EndpointError::NotFound))?
-        .into_owned();
-    let endpoint = Endpoint::parse(req.method().as_str(), &decoded)?;
+    // The path goes to the parser as sent: it decodes each segment on its own.
+    let endpoint = Endpoint::parse(req.method().as_str(), rest)?;
     let access = auth::authorize(&app.auth, &endpoint, req.headers())?;
     let registry = &app.registry;
     match endpoint {
@@ -124,6 +120,10 @@ async fn route(app: &App, req: Request) -> ApiResult {
         Endpoint::PatchUpload { repo, id } => uploads::patch_upload(registry, repo, id, req).await,
         Endpoint::FinishUpload { repo, id } => uploads::finish_upload(registry, repo, id, req).await,
         Endpoint::CancelUpload { repo, id } => uploads::cancel_upload(registry, repo, id).await,
+        Endpoint::Nameless(nameless) => {
+            let absent = registry.absent(&nameless.repo, nameless.resource).await;
+            Err(ApiError::nameless(absent, &nameless.cause))
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::io;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode};
+use berth_oci::headers::ChunkRange;
 use berth_oci::{Digest, ErrorCode, RepoName, UploadId};
 use berth_storage::ByteStream;
 use futures::TryStreamExt;
@@ -16,53 +17,18 @@ use super::{
     UPLOAD_UUID,
 };
 use crate::auth::access::Action;
-use crate::registry::{ChunkRange, MountOrUpload, Registry, RegistryError, UploadProgress};
+use crate::registry::{MountOrUpload, Registry, RegistryError, UploadProgress};
 
 fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
 }
 
-/// Parses `Content-Range: <start>-<end>` (a `bytes ` prefix is tolerated).
-fn parse_content_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
-    let Some(value) = header_str(headers, "content-range") else {
-        return Ok(None);
-    };
-    let spec = value.trim();
-    let spec = spec
-        .strip_prefix("bytes")
-        .map(|s| s.trim_start_matches([' ', '=']))
-        .unwrap_or(spec);
-    let spec = spec.split('/').next().unwrap_or_default();
-    let parsed = spec.split_once('-').and_then(|(a, b)| {
-        Some(ChunkRange {
-            start: a.trim().parse().ok()?,
-            end: b.trim().parse().ok()?,
-        })
-    });
-    match parsed {
-        Some(r) => Ok(Some(r)),
-        None => Err(ApiError::new(
-            ErrorCode::RangeInvalid,
-            format!("malformed Content-Range {value:?}"),
-        )),
-    }
-}
-
-/// Checks a chunk's declared range against its `Content-Length`.
+/// The chunk's `Content-Range`, checked against its `Content-Length`.
 fn checked_range(headers: &HeaderMap) -> Result<Option<ChunkRange>, ApiError> {
-    let range = parse_content_range(headers)?;
-    if let (Some(r), Some(len)) = (range, content_length(headers)) {
-        if r.end < r.start || (r.end - r.start).checked_add(1) != Some(len) {
-            return Err(ApiError::new(
-                ErrorCode::SizeInvalid,
-                format!(
-                    "Content-Range {}-{} does not match Content-Length {len}",
-                    r.start, r.end
-                ),
-            ));
-        }
-    }
-    Ok(range)
+    Ok(ChunkRange::of_chunk(
+        header_str(headers, "content-range"),
+        content_length(headers),
+    )?)
 }
 
 fn parse_digest(query: &std::collections::HashMap<String, String>) -> Result<Option<Digest>, ApiError> {
@@ -157,8 +123,22 @@ pub async fn get_upload(registry: &Registry, repo: RepoName, id: UploadId) -> Ap
     Ok(empty(StatusCode::NO_CONTENT, headers))
 }
 
+/// A request's own error, unless the session it addresses does not exist:
+/// then that is the answer (as distribution checks the session first). The
+/// session is looked up only on this error path, so a well-formed request
+/// costs no extra read.
+async fn unless_unknown(registry: &Registry, repo: &RepoName, id: &UploadId, err: ApiError) -> ApiError {
+    match registry.upload_progress(repo, id).await {
+        Ok(_) => err,
+        Err(unknown) => unknown.into(),
+    }
+}
+
 pub async fn patch_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
-    let range = checked_range(req.headers())?;
+    let range = match checked_range(req.headers()) {
+        Ok(range) => range,
+        Err(e) => return Err(unless_unknown(registry, &repo, &id, e).await),
+    };
     let body = body_stream(req.into_body());
     let progress = registry
         .append_upload(&repo, &id, range, body)
@@ -186,9 +166,15 @@ fn with_session(err: RegistryError, repo: &RepoName, id: &UploadId) -> ApiError 
 
 pub async fn finish_upload(registry: &Registry, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
     let query = query_of(&req);
-    let digest = parse_digest(&query)?
-        .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the final PUT of an upload needs ?digest="))?;
-    let range = checked_range(req.headers())?;
+    let checked = parse_digest(&query)
+        .and_then(|d| {
+            d.ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the final PUT of an upload needs ?digest="))
+        })
+        .and_then(|digest| Ok((digest, checked_range(req.headers())?)));
+    let (digest, range) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err(unless_unknown(registry, &repo, &id, e).await),
+    };
     // The body itself knows whether it is empty (HTTP/2 needs no Content-Length).
     let has_body = !axum::body::HttpBody::is_end_stream(req.body());
     let last_chunk = has_body.then(|| body_stream(req.into_body()));

@@ -9,7 +9,7 @@ pub mod access;
 mod external;
 mod limiter;
 pub mod manage;
-mod oidc;
+pub(crate) mod oidc;
 pub mod secrets;
 pub mod token;
 mod verified;

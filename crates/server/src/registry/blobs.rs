@@ -7,34 +7,13 @@
 use std::ops::Range;
 
 use berth_meta::BlobRecord;
+use berth_oci::headers::ByteRange;
 use berth_oci::{Digest, RepoName};
 use berth_storage::{ByteStream, StorageError};
 
 use super::stores::NamedStore;
 use super::touches::Touch;
 use super::{Registry, RegistryError, Result};
-
-/// A single byte range as asked for in a `Range` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `bytes=first-` or `bytes=first-last` (inclusive).
-    From { first: u64, last: Option<u64> },
-    /// `bytes=-n`: the last n bytes.
-    Suffix(u64),
-}
-
-impl ByteRange {
-    /// The range within a blob of `size` bytes (end exclusive), or `None` when unsatisfiable.
-    pub fn resolve(self, size: u64) -> Option<Range<u64>> {
-        match self {
-            ByteRange::From { first, last } => {
-                let end = last.map_or(size, |l| l.saturating_add(1).min(size));
-                (first < size && first < end).then_some(first..end)
-            }
-            ByteRange::Suffix(n) => (n > 0 && size > 0).then(|| size.saturating_sub(n)..size),
-        }
-    }
-}
 
 /// A blob ready to be sent: its total size, the range served and the bytes.
 pub struct BlobContent {
@@ -170,44 +149,5 @@ impl Registry {
             .link_blob(repo.as_str(), digest, self.now_ms())
             .await?
             .is_some())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ByteRange;
-
-    #[test]
-    fn ranges_resolve_against_the_size() {
-        assert_eq!(
-            ByteRange::From {
-                first: 0,
-                last: Some(9)
-            }
-            .resolve(100),
-            Some(0..10)
-        );
-        assert_eq!(
-            ByteRange::From {
-                first: 90,
-                last: Some(500)
-            }
-            .resolve(100),
-            Some(90..100)
-        );
-        assert_eq!(ByteRange::From { first: 10, last: None }.resolve(100), Some(10..100));
-        assert_eq!(ByteRange::From { first: 100, last: None }.resolve(100), None);
-        assert_eq!(
-            ByteRange::From {
-                first: 5,
-                last: Some(4)
-            }
-            .resolve(100),
-            None
-        );
-        assert_eq!(ByteRange::Suffix(10).resolve(100), Some(90..100));
-        assert_eq!(ByteRange::Suffix(1000).resolve(100), Some(0..100));
-        assert_eq!(ByteRange::Suffix(0).resolve(100), None);
-        assert_eq!(ByteRange::Suffix(5).resolve(0), None);
     }
 }

@@ -1,7 +1,9 @@
 //! Manifests, tags, listings and referrers.
 
 use berth_meta::{NewManifest, Referrer, StoredManifest};
-use berth_oci::{media_type, Algorithm, Digest, Manifest, Reference, RepoName, MAX_NAME_LEN, MAX_TAG_LEN};
+use berth_oci::{
+    headers, media_type, Algorithm, Digest, Manifest, Reference, RepoName, Resource, MAX_NAME_LEN, MAX_TAG_LEN,
+};
 
 use super::{Registry, RegistryError, Result};
 use crate::text;
@@ -20,27 +22,6 @@ pub struct ManifestPage {
     pub items: Vec<String>,
     /// Whether more items follow the last one.
     pub more: bool,
-}
-
-/// Whether an `Accept` header allows a manifest stored as `stored`.
-///
-/// Only a header that names manifest types is a negotiation; `*/*`, wildcards
-/// and headers that name no manifest type at all accept anything. As in the
-/// reference registry, only OCI manifests are refused to clients that do not
-/// name them: Docker schema 2 is what every Docker-era client understands, and
-/// Berth converts nothing.
-fn accepts(accept: &[String], stored: &str) -> bool {
-    if stored == media_type::DOCKER_MANIFEST || stored == media_type::DOCKER_MANIFEST_LIST {
-        return true;
-    }
-    let named: Vec<String> = accept
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(media_type::essence)
-        .filter(|t| !t.is_empty())
-        .collect();
-    let negotiating = named.iter().any(|t| media_type::MANIFEST_TYPES.contains(&t.as_str()));
-    !negotiating || named.iter().any(|t| t == stored || t == "*/*" || t == "application/*")
 }
 
 impl Registry {
@@ -135,7 +116,7 @@ impl Registry {
         let Some(manifest) = found else {
             return Err(self.unknown_manifest_or_name(repo).await);
         };
-        if !accepts(accept, &manifest.media_type) {
+        if !headers::accepts(accept, &manifest.media_type) {
             return Err(RegistryError::ManifestNotAcceptable {
                 stored: manifest.media_type,
             });
@@ -211,6 +192,16 @@ impl Registry {
             .and_then(describe)
             .into_iter()
             .collect()
+    }
+
+    /// What a request for a `resource` of `repo` that is not there is
+    /// answered with (the same whether the name of it fits a grammar or not).
+    pub async fn absent(&self, repo: &RepoName, resource: Resource) -> RegistryError {
+        match resource {
+            Resource::Manifest => self.unknown_manifest_or_name(repo).await,
+            Resource::Blob => RegistryError::BlobUnknown,
+            Resource::Upload => RegistryError::UploadUnknown,
+        }
     }
 
     async fn unknown_manifest_or_name(&self, repo: &RepoName) -> RegistryError {
@@ -452,25 +443,5 @@ mod tests {
         // Cut at a character boundary: 'é' is two bytes.
         assert_eq!(start_after("aé", 1), "aé");
         assert_eq!(start_after("aéb", 1), "aé");
-    }
-
-    #[test]
-    fn accept_negotiation() {
-        let oci = media_type::OCI_INDEX;
-        assert!(accepts(&[], oci));
-        assert!(accepts(&["application/json".into()], oci));
-        assert!(accepts(&["*/*".into()], oci));
-        assert!(accepts(&[format!("{}, {oci}", media_type::DOCKER_MANIFEST)], oci));
-        assert!(accepts(
-            &[media_type::DOCKER_MANIFEST.into(), format!("{oci}; q=0.5")],
-            oci
-        ));
-        assert!(!accepts(&[media_type::DOCKER_MANIFEST.into()], oci));
-        assert!(accepts(&[media_type::DOCKER_MANIFEST.into(), "*/*".into()], oci));
-        assert!(accepts(&[oci.to_uppercase()], oci));
-        // Docker schema 2 is served whatever the client names.
-        assert!(accepts(&[media_type::OCI_MANIFEST.into()], media_type::DOCKER_MANIFEST));
-        assert!(accepts(&[oci.into()], media_type::DOCKER_MANIFEST_LIST));
-        assert!(!accepts(&[oci.into()], media_type::OCI_MANIFEST));
     }
 }

@@ -20,12 +20,11 @@ use berth_storage::StorageError;
 
 use crate::clock::Clock;
 
-pub use blobs::ByteRange;
 pub use manifests::ManifestPage;
 pub use pulls::PullRecorder;
 pub use stores::{BlobStores, NamedStore};
 pub use touches::TouchRecorder;
-pub use uploads::{ChunkRange, MountOrUpload, UploadProgress};
+pub use uploads::{MountOrUpload, UploadProgress};
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

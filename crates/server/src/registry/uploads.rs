@@ -19,6 +19,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use berth_meta::{UploadClaim, UploadRecord};
+use berth_oci::headers::ChunkRange;
 use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
 use berth_storage::{ByteStream, StorageError};
 use futures::StreamExt;
@@ -91,13 +92,6 @@ fn upload_error(e: StorageError) -> RegistryError {
 enum Progress {
     Record,
     Discard,
-}
-
-/// A chunk's declared position: `Content-Range: start-end` (inclusive).
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkRange {
-    pub start: u64,
-    pub end: u64,
 }
 
 impl Registry {

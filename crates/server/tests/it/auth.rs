@@ -35,6 +35,22 @@ async fn requests_without_a_token_get_the_docker_challenge() {
             "/v2/_catalog",
             format!("Bearer realm=\"{realm}\",service=\"berth\",scope=\"registry:catalog:*\""),
         ),
+        // A parameter that names nothing is checked as the request it would be.
+        (
+            "GET",
+            "/v2/team/app/manifests/.INVALID_MANIFEST_NAME",
+            format!("Bearer realm=\"{realm}\",service=\"berth\",scope=\"repository:team/app:pull\""),
+        ),
+        (
+            "DELETE",
+            "/v2/team/app/blobs/sha256:totallywrong",
+            format!("Bearer realm=\"{realm}\",service=\"berth\",scope=\"repository:team/app:delete\""),
+        ),
+        (
+            "PATCH",
+            "/v2/team/app/blobs/uploads/..%2f..%2fx",
+            format!("Bearer realm=\"{realm}\",service=\"berth\",scope=\"repository:team/app:pull,push\""),
+        ),
     ];
     for (method, path, expected) in cases {
         let resp = app

@@ -1,6 +1,12 @@
 //! Validation of names, tags and digests in URLs, unknown endpoints and wrong
 //! methods, and the shape of error bodies (snapshotted, so a changed shape is
 //! a visible diff).
+//!
+//! The rule for a path parameter that fits no grammar: a read or delete of a
+//! manifest or blob, and any request to an upload session, is answered as for
+//! one that does not exist (404); a push to such a reference, a referrers
+//! request for such a digest and a digest a client claims for its upload are
+//! 400s; an invalid repository name is always a 400.
 
 use serde_json::Value;
 
@@ -46,33 +52,115 @@ async fn invalid_repository_names_are_name_invalid() {
     "#);
 }
 
-#[tokio::test]
-async fn invalid_digests_are_digest_invalid() {
-    let app = TestApp::start();
-    app.push_image("a", "v1", 1).await;
+/// Digests that fit no grammar: malformed, of an unsupported algorithm, or of
+/// the wrong length.
+fn invalid_digests() -> Vec<String> {
     let upper = DIGEST.to_uppercase().replace("SHA256", "sha256");
-    let short = &DIGEST[..DIGEST.len() - 1];
-    for digest in [
+    let short = DIGEST[..DIGEST.len() - 1].to_owned();
+    let sha384 = format!("sha384:{}", "ab".repeat(48));
+    [
         "sha256:abc",
         "sha256:",
-        short,
-        upper.as_str(),
         "sha256:zz",
         "SHA256:abc",
-    ] {
-        assert_error(app.get(&format!("/v2/a/blobs/{digest}")).await, 400, "DIGEST_INVALID").await;
-        assert_error(
-            app.delete(&format!("/v2/a/blobs/{digest}")).await,
-            400,
-            "DIGEST_INVALID",
-        )
-        .await;
-        assert_error(
-            app.get(&format!("/v2/a/manifests/{digest}")).await,
-            400,
-            "DIGEST_INVALID",
-        )
-        .await;
+        "sha256:totallywrong",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([short, upper, sha384])
+    .collect()
+}
+
+/// References that are neither a tag nor a digest (the conformance suite asks
+/// for `.INVALID_MANIFEST_NAME`), and digests that fit no grammar.
+fn invalid_references() -> Vec<String> {
+    let long = "t".repeat(129);
+    [
+        ".INVALID_MANIFEST_NAME",
+        "-leading-dash",
+        "a+b",
+        "caf%C3%A9",
+        long.as_str(),
+        "%00",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(invalid_digests())
+    .collect()
+}
+
+#[tokio::test]
+async fn a_reference_that_is_neither_tag_nor_digest_names_no_manifest() {
+    // Nothing can be stored under such a reference, so reading or deleting
+    // it is answered as for a manifest that does not exist: 404, and
+    // NAME_UNKNOWN when the repository does not exist either.
+    let app = TestApp::start();
+    let image = app.push_image("a", "v1", 1).await;
+    for reference in invalid_references() {
+        let path = format!("/v2/a/manifests/{reference}");
+        assert_error(app.get(&path).await, 404, "MANIFEST_UNKNOWN").await;
+        assert_eq!(app.head(&path).await.status(), 404, "HEAD {path}");
+        assert_error(app.delete(&path).await, 404, "MANIFEST_UNKNOWN").await;
+        let missing_repo = format!("/v2/nope/manifests/{reference}");
+        assert_error(app.get(&missing_repo).await, 404, "NAME_UNKNOWN").await;
+        assert_error(app.delete(&missing_repo).await, 404, "NAME_UNKNOWN").await;
+    }
+    // The repository is untouched.
+    let resp = app.get("/v2/a/manifests/v1").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(crate::harness::header(&resp, "docker-content-digest"), image.digest);
+
+    let resp = app.get("/v2/a/manifests/.INVALID_MANIFEST_NAME").await;
+    insta::assert_json_snapshot!(json_body(resp).await, @r#"
+    {
+      "errors": [
+        {
+          "code": "MANIFEST_UNKNOWN",
+          "detail": {
+            "reason": "tag \".INVALID_MANIFEST_NAME\" does not match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"
+          },
+          "message": "manifest unknown"
+        }
+      ]
+    }
+    "#);
+}
+
+#[tokio::test]
+async fn a_push_to_an_invalid_reference_is_a_400() {
+    // A push names what it creates, so a name that cannot be is the
+    // request's error: MANIFEST_INVALID for a tag (TAG_INVALID is not in the
+    // spec's closed set of codes), DIGEST_INVALID for a digest.
+    let app = TestApp::start();
+    let image = Image::random(1);
+    app.push_blob("a", &image.config).await;
+    app.push_blob("a", &image.layers[0]).await;
+    for reference in invalid_references() {
+        let resp = app.put_manifest("a", &reference, OCI_MANIFEST, &image.manifest).await;
+        let code = if reference.contains(':') {
+            "DIGEST_INVALID"
+        } else {
+            "MANIFEST_INVALID"
+        };
+        assert_error(resp, 400, code).await;
+    }
+    let resp = app.get("/v2/a/tags/list").await;
+    assert_eq!(json_body(resp).await["tags"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_digest_that_fits_no_grammar_names_no_blob() {
+    let app = TestApp::start();
+    app.push_image("a", "v1", 1).await;
+    for digest in invalid_digests() {
+        let path = format!("/v2/a/blobs/{digest}");
+        assert_error(app.get(&path).await, 404, "BLOB_UNKNOWN").await;
+        assert_eq!(app.head(&path).await.status(), 404, "HEAD {path}");
+        assert_error(app.delete(&path).await, 404, "BLOB_UNKNOWN").await;
+        // distribution-spec: a referrers request for a digest of invalid syntax is a 400.
+        let referrers = app.get(&format!("/v2/a/referrers/{digest}")).await;
+        assert_error(referrers, 400, "DIGEST_INVALID").await;
+        // A digest the client claims for its upload is checked: 400.
         let resp = app
             .client
             .post(app.url(&format!("/v2/a/blobs/uploads/?digest={digest}")))
@@ -81,21 +169,25 @@ async fn invalid_digests_are_digest_invalid() {
             .await
             .unwrap();
         assert_error(resp, 400, "DIGEST_INVALID").await;
+        let url = app.start_upload("a").await;
+        let resp = app.client.put(format!("{url}?digest={digest}")).send().await.unwrap();
+        assert_error(resp, 400, "DIGEST_INVALID").await;
     }
-}
-
-#[tokio::test]
-async fn an_unsupported_algorithm_is_digest_invalid() {
-    let app = TestApp::start();
-    app.push_image("a", "v1", 1).await;
     let sha384 = format!("sha384:{}", "ab".repeat(48));
-    assert_error(app.get(&format!("/v2/a/blobs/{sha384}")).await, 400, "DIGEST_INVALID").await;
-    assert_error(
-        app.get(&format!("/v2/a/manifests/{sha384}")).await,
-        400,
-        "DIGEST_INVALID",
-    )
-    .await;
+    let resp = app.get(&format!("/v2/a/blobs/{sha384}")).await;
+    insta::assert_json_snapshot!(json_body(resp).await, @r#"
+    {
+      "errors": [
+        {
+          "code": "BLOB_UNKNOWN",
+          "detail": {
+            "reason": "digest algorithm \"sha384\" is not supported (sha256 and sha512 are)"
+          },
+          "message": "blob unknown to this repository"
+        }
+      ]
+    }
+    "#);
     let resp = app
         .client
         .post(app.url(&format!("/v2/a/blobs/uploads/?digest={sha384}")))
@@ -103,16 +195,6 @@ async fn an_unsupported_algorithm_is_digest_invalid() {
         .send()
         .await
         .unwrap();
-    assert_error(resp, 400, "DIGEST_INVALID").await;
-    let url = app.start_upload("a").await;
-    let resp = app.client.put(format!("{url}?digest={sha384}")).send().await.unwrap();
-    assert_error(resp, 400, "DIGEST_INVALID").await;
-
-    let image = Image::random(1);
-    let resp = app.put_manifest("a", &sha384, OCI_MANIFEST, &image.manifest).await;
-    assert_error(resp, 400, "DIGEST_INVALID").await;
-
-    let resp = app.get(&format!("/v2/a/blobs/{sha384}")).await;
     insta::assert_json_snapshot!(json_body(resp).await, @r#"
     {
       "errors": [
@@ -126,17 +208,26 @@ async fn an_unsupported_algorithm_is_digest_invalid() {
 }
 
 #[tokio::test]
-async fn invalid_tags_are_refused_on_put() {
+async fn an_invalid_session_id_names_no_upload() {
+    let app = TestApp::start();
+    let url = app.start_upload("a").await;
+    // (Dot segments are in `hostile_paths`: an HTTP client resolves them before sending.)
+    for id in ["not.an.id", "a%00", "a%2Fb", &"x".repeat(65)] {
+        let path = format!("/v2/a/blobs/uploads/{id}");
+        for method in ["GET", "PATCH", "PUT", "DELETE"] {
+            assert_error(request(&app, method, &path).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+        }
+    }
+    // The real session is untouched.
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 204);
+}
+
+#[tokio::test]
+async fn the_longest_valid_tag_is_accepted() {
     let app = TestApp::start();
     let image = Image::random(1);
     app.push_blob("a", &image.config).await;
     app.push_blob("a", &image.layers[0]).await;
-    let long = "t".repeat(129);
-    for tag in ["-leading-dash", ".leading-dot", long.as_str(), "a+b", "caf%C3%A9"] {
-        let resp = app.put_manifest("a", tag, OCI_MANIFEST, &image.manifest).await;
-        assert_error(resp, 400, "MANIFEST_INVALID").await;
-    }
-    // The longest valid tag is accepted.
     let longest = "t".repeat(128);
     app.push_manifest("a", &longest, OCI_MANIFEST, &image.manifest).await;
     let body: Value = app.get("/v2/a/tags/list").await.json().await.unwrap();

@@ -177,13 +177,17 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// A server not started yet, over a new temporary data dir holding `toml`
-    /// as its configuration file when there is one.
-    fn prepare(toml: Option<&str>, envs: &[(&str, &str)]) -> TestApp {
-        let data = tempfile::Builder::new()
-            .prefix("berth-it-")
-            .tempdir()
-            .expect("creating a temp data dir");
+    /// A server not started yet, over a new temporary data dir (in `parent`,
+    /// or the system's temp dir) holding `toml` as its configuration file
+    /// when there is one.
+    fn prepare(parent: Option<&Path>, toml: Option<&str>, envs: &[(&str, &str)]) -> TestApp {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("berth-it-");
+        let data = match parent {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .expect("creating a temp data dir");
         let config = toml.map(|toml| {
             let config = data.path().join("berth.toml");
             std::fs::write(&config, toml).expect("writing the config file");
@@ -210,7 +214,7 @@ impl TestApp {
     /// Starts a server with `toml` as its configuration file (written into the
     /// data directory) and extra environment variables.
     pub fn start_with_config(toml: &str, envs: &[(&str, &str)]) -> TestApp {
-        let mut app = TestApp::prepare(Some(toml), envs);
+        let mut app = TestApp::prepare(None, Some(toml), envs);
         app.launch();
         app
     }
@@ -247,7 +251,7 @@ impl TestApp {
     /// [`TestApp::advance_clock`] moves forward (in the server and in
     /// [`TestApp::cli`] commands alike), so no test waits for days.
     pub fn start_with_clock(toml: &str) -> TestApp {
-        let mut app = TestApp::prepare(Some(toml), &[]);
+        let mut app = TestApp::prepare(None, Some(toml), &[]);
         let offset = app.data.path().join("clock-offset");
         std::fs::write(&offset, "0").expect("writing the clock offset");
         app.envs
@@ -274,7 +278,15 @@ impl TestApp {
 
     /// Starts a server with extra environment variables (such as `BERTH_UPLOADS__STALE_AFTER_SECS`).
     pub fn start_with_env(envs: &[(&str, &str)]) -> TestApp {
-        let mut app = TestApp::prepare(None, envs);
+        let mut app = TestApp::prepare(None, None, envs);
+        app.launch();
+        app
+    }
+
+    /// Starts a server with default settings over a data dir made in
+    /// `parent`, so a test can watch what happens next to the data dir.
+    pub fn start_in(parent: &Path) -> TestApp {
+        let mut app = TestApp::prepare(Some(parent), None, &[]);
         app.launch();
         app
     }

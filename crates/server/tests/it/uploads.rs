@@ -548,6 +548,17 @@ async fn an_unknown_session_is_404() {
     let url = app.url("/v2/a/blobs/uploads/00000000-0000-0000-0000-000000000000");
     assert_error(app.client.get(&url).send().await.unwrap(), 404, "BLOB_UPLOAD_UNKNOWN").await;
     assert_error(patch(&app, &url, None, b"x").await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    // The session's absence comes before what is wrong with the request.
+    let bad_range = |url: &str| app.client.patch(url).header("content-range", "zz").body("x").send();
+    assert_error(bad_range(&url).await.unwrap(), 404, "BLOB_UPLOAD_UNKNOWN").await;
+    let resp = app.client.put(&url).send().await.unwrap();
+    assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    let resp = app.client.put(format!("{url}?digest=sha256:zz")).send().await.unwrap();
+    assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    // For a session that exists, they are the answer.
+    let session = app.start_upload("a").await;
+    assert_error(app.client.put(&session).send().await.unwrap(), 400, "DIGEST_INVALID").await;
+    assert_error(bad_range(&session).await.unwrap(), 416, "RANGE_INVALID").await;
 }
 
 #[tokio::test]
