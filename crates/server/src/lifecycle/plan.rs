@@ -188,17 +188,80 @@ fn window_text(window_ms: i64) -> String {
     }
 }
 
+/// A tag that lives and dies with a subject manifest instead of being
+/// decided by the rules: a tag of the signature schema
+/// (`sha256-<hex>.sig`, which names its subject), or any tag of a manifest
+/// that declares a `subject` (an attestation, an SBOM or a signature pushed
+/// with the referrers API), whatever the tag is called. Such a tag never
+/// takes an image's place in `keep_last`, `keep_days`, `keep_min` or
+/// keep-latest counting, and no suffix rule applies to it.
+#[derive(Debug, Clone)]
+struct Follower<'a> {
+    tag: &'a TagState,
+    subject: Digest,
+    /// Whether the tag's name says the subject (rather than its manifest).
+    by_name: bool,
+}
+
+impl<'a> Follower<'a> {
+    /// The follower `tag` is, if any. Should the subject its name says not
+    /// be here while the one its manifest declares is, the declared one
+    /// counts: that is the one the manifest is alive with.
+    fn of(tag: &'a TagState, manifest: Option<&ManifestState>, present: impl Fn(&Digest) -> bool) -> Option<Self> {
+        let declared = manifest.and_then(|m| m.subject.clone());
+        let (subject, by_name) = match (signature_subject(&tag.name), declared) {
+            (Some(named), Some(declared)) if !present(&named) && present(&declared) => (declared, false),
+            (Some(named), _) => (named, true),
+            (None, Some(declared)) => (declared, false),
+            (None, None) => return None,
+        };
+        Some(Follower { tag, subject, by_name })
+    }
+
+    fn decision(&self, fate: SubjectFate) -> TagDecision {
+        let what = if self.by_name {
+            format!("signature tag of {}", self.subject)
+        } else {
+            format!("its manifest's subject is {}", self.subject)
+        };
+        let (keep, outcome) = match fate {
+            SubjectFate::Stays => (true, "which stays"),
+            SubjectFate::Deleted => (false, "which is deleted"),
+            SubjectFate::Absent => (
+                true,
+                "which is not in the repository: garbage collection removes it after the grace period",
+            ),
+        };
+        TagDecision {
+            tag: self.tag.clone(),
+            keep,
+            rule: "follows_subject",
+            reason: format!("{what}, {outcome}"),
+            expires_ms: None,
+        }
+    }
+}
+
+/// What the plan does with a follower's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubjectFate {
+    Stays,
+    Deleted,
+    /// Never pushed here, or deleted before: the garbage collector's case.
+    Absent,
+}
+
 /// Decides one repository.
 pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
     let now = settings.now_ms;
     let manifests: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
     let mut decided: Vec<TagDecision> = Vec::with_capacity(state.tags.len());
-    let mut signature_tags: Vec<(&TagState, Digest)> = Vec::new();
+    let mut followers: Vec<Follower<'_>> = Vec::new();
     let mut plain: Vec<&TagState> = Vec::new();
 
     for tag in &state.tags {
-        if let Some(subject) = signature_subject(&tag.name) {
-            signature_tags.push((tag, subject));
+        if let Some(follower) = Follower::of(tag, manifests.get(&tag.digest).copied(), |d| manifests.contains_key(d)) {
+            followers.push(follower);
             continue;
         }
         let rule = if settings.suffix_rules {
@@ -246,8 +309,7 @@ pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
     }
 
     let untagged_days = settings.policy.and_then(|p| p.rules.untagged);
-    let (tag_decisions, manifest_deletions) =
-        manifests_and_signatures(state, decided, &signature_tags, untagged_days, now);
+    let (tag_decisions, manifest_deletions) = manifests_and_followers(state, decided, &followers, untagged_days, now);
     RepoPlan {
         repo: state.name.clone(),
         tags: tag_decisions,
@@ -439,12 +501,12 @@ fn why_not_kept(t: &TagState, last_pull: Option<i64>, rank: usize, policy: &Poli
     why.join("; ")
 }
 
-/// Which manifests survive the tag decisions, which signature tags follow
+/// Which manifests survive the tag decisions, which follower tags stay with
 /// their subject, and which manifests go with what.
-fn manifests_and_signatures(
+fn manifests_and_followers(
     state: &RepoState,
     mut decided: Vec<TagDecision>,
-    signature_tags: &[(&TagState, Digest)],
+    followers: &[Follower<'_>],
     untagged_days: Option<u32>,
     now: i64,
 ) -> (Vec<TagDecision>, Vec<ManifestDeletion>) {
@@ -461,9 +523,13 @@ fn manifests_and_signatures(
             referrers.entry(s).or_default().push(&m.digest);
         }
     }
+    // A referrer's subject, when that is a manifest of this repository: the
+    // referrer is alive exactly when its subject is (or an index lists it).
+    let follows_present = |m: &ManifestState| m.subject.as_ref().is_some_and(|s| present.contains(s));
 
     // Roots: manifests with a tag that stays, and untagged top-level manifests
     // that no untagged rule removes (those are the garbage collector's).
+    // A manifest with a present subject is never a root: it follows.
     let mut untagged_deletions = Vec::new();
     let kept: HashSet<Digest> = decided
         .iter()
@@ -472,7 +538,7 @@ fn manifests_and_signatures(
         .collect();
     let mut roots: Vec<&Digest> = by_digest.keys().copied().filter(|d| kept.contains(*d)).collect();
     for m in &state.manifests {
-        let top_level = !listed_by.contains_key(&m.digest) && m.subject.as_ref().is_none_or(|s| !present.contains(s));
+        let top_level = !listed_by.contains_key(&m.digest) && !follows_present(m);
         if tagged_before.contains(&m.digest) || !top_level {
             continue;
         }
@@ -487,7 +553,7 @@ fn manifests_and_signatures(
     }
 
     let mut alive: HashSet<&Digest> = HashSet::new();
-    let mut signature_kept = vec![false; signature_tags.len()];
+    let mut fates: Vec<Option<SubjectFate>> = vec![None; followers.len()];
     loop {
         let mut stack: Vec<&Digest> = std::mem::take(&mut roots);
         while let Some(d) = stack.pop() {
@@ -501,34 +567,34 @@ fn manifests_and_signatures(
                 stack.extend(r.iter().copied());
             }
         }
-        // A signature tag stays while its subject does; one whose subject was
-        // never here (or went earlier) is left to the garbage collector's grace.
+        // A follower tag stays while its subject does, and keeps its own
+        // manifest (a signature of the schema names its subject only in the
+        // tag). One whose subject was never here (or went earlier) is left to
+        // the garbage collector's grace, and so is its manifest, unless that
+        // declares a subject which is here and goes.
         let mut grew = false;
-        for (i, (tag, subject)) in signature_tags.iter().enumerate() {
-            if !signature_kept[i] && (alive.contains(subject) || !present.contains(subject)) {
-                signature_kept[i] = true;
-                roots.push(&tag.digest);
-                grew = true;
+        for (i, f) in followers.iter().enumerate() {
+            if fates[i].is_some() {
+                continue;
             }
+            let fate = if alive.contains(&f.subject) {
+                SubjectFate::Stays
+            } else if !present.contains(&f.subject) {
+                SubjectFate::Absent
+            } else {
+                continue;
+            };
+            fates[i] = Some(fate);
+            roots.push(&f.tag.digest);
+            grew = true;
         }
         if !grew {
             break;
         }
     }
 
-    for (i, (tag, subject)) in signature_tags.iter().enumerate() {
-        let keep = signature_kept[i];
-        decided.push(TagDecision {
-            tag: (*tag).clone(),
-            keep,
-            rule: "follows_subject",
-            reason: if keep {
-                format!("signature of {subject}, which stays")
-            } else {
-                format!("signature of {subject}, which is deleted")
-            },
-            expires_ms: None,
-        });
+    for (f, fate) in followers.iter().zip(fates) {
+        decided.push(f.decision(fate.unwrap_or(SubjectFate::Deleted)));
     }
 
     let untagged_going: HashSet<Digest> = untagged_deletions.iter().map(|d| d.digest.clone()).collect();
@@ -542,12 +608,12 @@ fn manifests_and_signatures(
         if alive.contains(&m.digest) || untagged_going.contains(&m.digest) {
             continue;
         }
-        let (rule, reason) = if let Some((rule, tag)) = tag_rule.get(&m.digest) {
+        let (rule, reason) = if let Some(subject) = m.subject.as_ref().filter(|s| present.contains(s)) {
+            ("follows_subject", format!("its subject {subject} is deleted"))
+        } else if let Some((rule, tag)) = tag_rule.get(&m.digest) {
             (*rule, format!("its last tag {tag} is deleted"))
         } else if let Some(parent) = listed_by.get(&m.digest).and_then(|p| p.first()) {
             ("cascade", format!("the index {parent} that lists it is deleted"))
-        } else if let Some(subject) = &m.subject {
-            ("cascade", format!("its subject {subject} is deleted"))
         } else {
             continue;
         };
@@ -833,6 +899,142 @@ mod tests {
         assert_eq!(kept(&plan), expected, "signature tags are not counted by keep_last");
         let going: HashSet<Digest> = plan.manifests.iter().map(|m| m.digest.clone()).collect();
         assert_eq!(going, HashSet::from([d(1), d(30), d(40)]));
+    }
+
+    /// A manifest whose `subject` is manifest `of`.
+    fn referrer(n: u8, of: u8) -> ManifestState {
+        let mut m = manifest(n);
+        m.subject = Some(d(of));
+        m.artifact_type = Some("application/vnd.in-toto+json".into());
+        m
+    }
+
+    fn decision<'p>(plan: &'p RepoPlan, tag: &str) -> &'p TagDecision {
+        plan.tags.iter().find(|t| t.tag.name == tag).unwrap()
+    }
+
+    #[test]
+    fn a_tagged_referrer_is_not_an_image_and_goes_with_its_subject() {
+        // The case of the issue: the attestation of `old`, pushed last under an
+        // ordinary tag, once took keep_last's only place.
+        let state = repo(
+            vec![
+                tag("old", 1, 30),
+                tag("mid", 2, 20),
+                tag("new", 3, 10),
+                tag("att-ref", 30, 1),
+            ],
+            vec![manifest(1), manifest(2), manifest(3), referrer(30, 1)],
+        );
+        let p = policy(Rules {
+            keep_last: Some(1),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        assert_eq!(kept(&plan), ["new"]);
+        assert_eq!(
+            decision(&plan, "new").reason,
+            "keep_last: number 1 of the 1 most recent"
+        );
+        let att = decision(&plan, "att-ref");
+        assert_eq!(att.rule, "follows_subject");
+        assert!(
+            att.reason.contains(&format!("subject is {}, which is deleted", d(1))),
+            "{}",
+            att.reason
+        );
+        let going: Vec<(&Digest, &str)> = plan.manifests.iter().map(|m| (&m.digest, m.rule)).collect();
+        assert_eq!(
+            going,
+            [(&d(1), "retention"), (&d(2), "retention"), (&d(30), "follows_subject")]
+        );
+        // The subject goes before its referrer, each after its tags.
+        let order: Vec<String> = plan
+            .removals(&state)
+            .iter()
+            .map(|r| match &r.removal {
+                Removal::Tag { name, .. } => name.clone(),
+                Removal::Manifest { digest, .. } => digest.to_string(),
+            })
+            .collect();
+        let at = |x: &str| order.iter().position(|o| o == x).unwrap();
+        assert!(at(&d(1).to_string()) < at(&d(30).to_string()), "{order:?}");
+        assert!(at("att-ref") < at(&d(30).to_string()), "{order:?}");
+    }
+
+    #[test]
+    fn a_tagged_referrer_stays_with_its_subject_whatever_its_tag_says() {
+        let state = repo(
+            vec![
+                tag("old", 1, 30),
+                tag("new", 2, 10),
+                tag("att-ref", 30, 1),
+                tag("sbom--ttl-1h", 31, 5),
+                tag("dangling", 32, 50),
+            ],
+            vec![
+                manifest(1),
+                manifest(2),
+                referrer(30, 2),
+                referrer(31, 2),
+                referrer(32, 99),
+            ],
+        );
+        for (keep_latest, rules) in [
+            (
+                false,
+                Rules {
+                    keep_days: Some(15),
+                    ..Rules::default()
+                },
+            ),
+            (true, Rules::default()),
+        ] {
+            let p = policy(rules);
+            let mut s = settings(Some(&p));
+            s.keep_latest = keep_latest;
+            let plan = plan(&state, s);
+            assert_eq!(
+                kept(&plan),
+                ["att-ref", "dangling", "new", "sbom--ttl-1h"],
+                "keep_latest {keep_latest}"
+            );
+            assert_eq!(decision(&plan, "sbom--ttl-1h").rule, "follows_subject");
+            let dangling = decision(&plan, "dangling");
+            assert_eq!(dangling.rule, "follows_subject");
+            assert!(dangling.reason.contains("garbage collection"), "{}", dangling.reason);
+            let going: Vec<&Digest> = plan.manifests.iter().map(|m| &m.digest).collect();
+            assert_eq!(going, [&d(1)]);
+        }
+    }
+
+    #[test]
+    fn referrers_pushed_by_digest_follow_their_subject() {
+        let state = repo(
+            vec![tag("old", 1, 30), tag("new", 2, 10)],
+            vec![
+                manifest(1),
+                manifest(2),
+                referrer(30, 1),
+                referrer(31, 2),
+                referrer(32, 30),
+            ],
+        );
+        let p = policy(Rules {
+            keep_last: Some(1),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        let going: Vec<(&Digest, &str)> = plan.manifests.iter().map(|m| (&m.digest, m.rule)).collect();
+        assert_eq!(
+            going,
+            [
+                (&d(1), "retention"),
+                (&d(30), "follows_subject"),
+                (&d(32), "follows_subject")
+            ],
+            "a signature of the attestation goes with it"
+        );
     }
 
     #[test]
