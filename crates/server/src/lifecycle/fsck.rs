@@ -266,7 +266,7 @@ impl Lifecycle {
 
     async fn users(&self, digest: &Digest) -> Result<Vec<String>> {
         Ok(self
-            .store()
+            .store
             .blob_users(digest)
             .await?
             .into_iter()

@@ -214,7 +214,7 @@ impl Lifecycle {
             let mut after: Option<(i64, Digest)> = None;
             loop {
                 let batch = self
-                    .store()
+                    .store
                     .untagged_manifests(cutoff, after.as_ref().map(|(id, d)| (*id, d)), BATCH, &gone)
                     .await?;
                 let Some(last) = batch.last() else { break };
@@ -296,7 +296,7 @@ impl Lifecycle {
         loop {
             let sweep = if dry_run {
                 let found = self
-                    .store()
+                    .store
                     .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
                     .await?;
                 BlobSweep::split(found, BATCH, &removable)
@@ -333,10 +333,7 @@ impl Lifecycle {
         // listing is a round trip, and there are 256 of them.
         let mut listings = futures::stream::iter(shards())
             .map(|shard| async move {
-                let recorded = self
-                    .store()
-                    .blobs_with_prefix(Algorithm::Sha256.as_str(), &shard)
-                    .await?;
+                let recorded = self.store.blobs_with_prefix(Algorithm::Sha256.as_str(), &shard).await?;
                 let mut per_store = Vec::with_capacity(self.stores().all().len());
                 for store in self.stores().all() {
                     let known: HashSet<&Digest> = recorded
