@@ -355,6 +355,7 @@ pub async fn run_lifecycle<S: MetaStore + LifecycleStore + AccessStore>(store: &
     collection_rechecks_inside_the_transaction(store).await;
     a_failed_placement_records_nothing(store).await;
     referrer_tags_without_subject_are_found(store).await;
+    a_tag_that_follows_a_subject_goes_only_once_the_subject_is_gone(store).await;
     blobs_remember_the_stores_holding_them(store).await;
     sweeps_remove_what_they_find(store).await;
 }
@@ -580,6 +581,7 @@ fn tag_removal(name: &str, digest: &Digest, pushed_ms: i64, last_pulled_ms: Opti
             digest: digest.clone(),
             pushed_ms,
             last_pulled_ms,
+            follows: None,
         },
         rule: "test".into(),
         reason: "a test removal".into(),
@@ -857,6 +859,43 @@ async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store
     );
     let ids = store.upload_ids().await.unwrap();
     assert!(ids.contains(&"lc-placement".to_string()));
+}
+
+async fn a_tag_that_follows_a_subject_goes_only_once_the_subject_is_gone<S: MetaStore + LifecycleStore>(store: &S) {
+    let repo = "lc/follows";
+    let subject = manifest(r#"{"lc":"followed"}"#, vec![], vec![], None);
+    let sig = manifest(r#"{"lc":"follower"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &subject, Some("v1"), 10).await.unwrap();
+    let tag = format!("sha256-{}.sig", subject.digest.hex());
+    store.put_manifest(repo, &sig, Some(&tag), 10).await.unwrap();
+    let mut follower = tag_removal(&tag, &sig.digest, 10, None);
+    if let Removal::Tag { follows, .. } = &mut follower.removal {
+        *follows = Some(subject.digest.clone());
+    }
+    let sig_removal = manifest_removal(&sig.digest, 10, None);
+    // The subject stays (its tag was pulled after the plan, say): so do the
+    // signature's tag and, since that still names it, the signature.
+    let applied = store
+        .remove(repo, &[follower.clone(), sig_removal.clone()], &gc_audit(20))
+        .await
+        .unwrap();
+    assert_eq!(applied, [false, false]);
+    assert!(store.manifest_by_tag(repo, &tag).await.unwrap().is_some());
+    // In one transaction, the subject first: then both follow it.
+    let applied = store
+        .remove(
+            repo,
+            &[
+                tag_removal("v1", &subject.digest, 10, None),
+                manifest_removal(&subject.digest, 10, None),
+                follower,
+                sig_removal,
+            ],
+            &gc_audit(21),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, true, true, true]);
 }
 
 async fn referrer_tags_without_subject_are_found<S: MetaStore + LifecycleStore>(store: &S) {

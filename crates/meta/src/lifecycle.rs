@@ -59,6 +59,11 @@ pub enum Removal {
         digest: Digest,
         pushed_ms: i64,
         last_pulled_ms: Option<i64>,
+        /// For a tag that lives and dies with a subject (a signature's,
+        /// an attestation's): removed only while the repository holds no
+        /// manifest of this digest, so a subject that stays (pulled or
+        /// pushed again after the decision) keeps its signatures.
+        follows: Option<Digest>,
     },
     /// Removed only while no tag names it, no index in the repository lists it
     /// and its subject (if any) is gone.
@@ -177,6 +182,8 @@ pub struct OrphanedReferrerTag {
     pub repo_id: i64,
     pub repo: String,
     pub tag: TagState,
+    /// The subject it follows (the one its name says, if any).
+    pub subject: Digest,
     /// The tagged manifest as it was found, for its removal's re-check.
     pub manifest_pushed_ms: i64,
     pub manifest_last_pulled_ms: Option<i64>,

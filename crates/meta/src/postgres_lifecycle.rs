@@ -64,16 +64,21 @@ impl PgMeta {
                 digest,
                 pushed_ms,
                 last_pulled_ms,
+                follows,
             } => {
                 let unchanged: Option<i32> = sqlx::query_scalar(
                     "SELECT 1 FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest = $3 \
-                     AND pushed_ms = $4 AND last_pulled_ms IS NOT DISTINCT FROM $5::bigint FOR UPDATE",
+                     AND pushed_ms = $4 AND last_pulled_ms IS NOT DISTINCT FROM $5::bigint \
+                     AND ($6::text IS NULL OR NOT EXISTS \
+                          (SELECT 1 FROM manifests s WHERE s.repo_id = $1 AND s.digest = $6::text)) \
+                     FOR UPDATE",
                 )
                 .bind(repo_id)
                 .bind(name)
                 .bind(digest.to_string())
                 .bind(pushed_ms)
                 .bind(last_pulled_ms)
+                .bind(follows.as_ref().map(Digest::to_string))
                 .fetch_optional(&mut **tx)
                 .await?;
                 if unchanged.is_none() || !Self::remove_tag_row(tx, repo_id, name, audit.at_ms).await? {
@@ -134,7 +139,11 @@ impl PgMeta {
         let mut manifests = Vec::new();
         for planned in removals {
             match &planned.removal {
-                Removal::Tag { name, .. } => keys.push(LockKey::tag(repo, name)),
+                Removal::Tag { name, follows, .. } => {
+                    keys.push(LockKey::tag(repo, name));
+                    // A push of the subject it follows waits, as for a referrer.
+                    keys.extend(follows.iter().map(|s| LockKey::manifest(repo, &s.to_string())));
+                }
                 Removal::Manifest { digest, .. } => manifests.push(digest.to_string()),
             }
         }
@@ -623,7 +632,8 @@ impl LifecycleStore for PgMeta {
                WHERE (t.repo_id, t.name) > ($2, $3) AND t.pushed_ms < $1 AND m.touched_ms < $1 \
                AND (m.subject IS NOT NULL OR t.name LIKE 'sha256-%')) \
              SELECT f.*, (SELECT count(*) FROM tags o WHERE o.repo_id = f.repo_id \
-                          AND o.manifest_digest = f.manifest_digest) AS manifest_tags \
+                          AND o.manifest_digest = f.manifest_digest) AS manifest_tags, \
+               coalesce(named, subject) AS followed \
              FROM f WHERE (named IS NOT NULL OR subject IS NOT NULL) \
                AND (named IS NULL OR NOT EXISTS \
                     (SELECT 1 FROM manifests s WHERE s.repo_id = f.repo_id AND s.digest = f.named)) \
@@ -649,6 +659,7 @@ impl LifecycleStore for PgMeta {
                         last_pulled_ms: r.try_get("last_pulled_ms")?,
                         pull_count: to_u64(r.try_get("pull_count")?),
                     },
+                    subject: parse_digest(r.try_get("followed")?)?,
                     manifest_pushed_ms: r.try_get("m_pushed_ms")?,
                     manifest_last_pulled_ms: r.try_get("m_last_pulled_ms")?,
                     manifest_tags: to_u64(r.try_get("manifest_tags")?),

@@ -93,7 +93,8 @@ fn files_of(removed: &[UnusedBlob]) -> Vec<BlobFiles> {
 }
 
 /// An orphaned referrer tag as packed: repository id and name, tag name,
-/// digest, push, pull, pull count, the manifest's push and pull, its tag count.
+/// digest, push, pull, pull count, the manifest's push and pull, its tag
+/// count, the subject followed.
 type OrphanRow = (
     i64,
     String,
@@ -105,6 +106,7 @@ type OrphanRow = (
     i64,
     Option<i64>,
     i64,
+    String,
 );
 
 /// Rows packed by the query as one JSON array of arrays, read straight into
@@ -133,16 +135,19 @@ impl SqliteMeta {
                 digest,
                 pushed_ms,
                 last_pulled_ms,
+                follows,
             } => {
                 let unchanged: Option<i64> = sqlx::query_scalar(
                     "SELECT 1 FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest = $3 \
-                     AND pushed_ms = $4 AND last_pulled_ms IS $5",
+                     AND pushed_ms = $4 AND last_pulled_ms IS $5 \
+                     AND ($6 IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repo_id = $1 AND s.digest = $6))",
                 )
                 .bind(repo_id)
                 .bind(name)
                 .bind(digest.to_string())
                 .bind(pushed_ms)
                 .bind(last_pulled_ms)
+                .bind(follows.as_ref().map(Digest::to_string))
                 .fetch_optional(&mut **tx)
                 .await?;
                 if unchanged.is_none() || !Self::remove_tag_row(tx, repo_id, name, audit.at_ms).await? {
@@ -587,7 +592,8 @@ impl LifecycleStore for SqliteMeta {
                AND (m.subject IS NOT NULL OR t.name GLOB 'sha256-*')) \
              SELECT json_group_array(json_array(repo_id, repo, name, manifest_digest, pushed_ms, last_pulled_ms, \
                pull_count, m_pushed_ms, m_last_pulled_ms, \
-               (SELECT count(*) FROM tags o WHERE o.repo_id = f.repo_id AND o.manifest_digest = f.manifest_digest))) \
+               (SELECT count(*) FROM tags o WHERE o.repo_id = f.repo_id AND o.manifest_digest = f.manifest_digest), \
+               coalesce(named, subject))) \
              FROM (SELECT * FROM f WHERE (named IS NOT NULL OR subject IS NOT NULL) \
                AND (named IS NULL OR NOT EXISTS \
                     (SELECT 1 FROM manifests s WHERE s.repo_id = f.repo_id AND s.digest = f.named)) \
@@ -615,6 +621,7 @@ impl LifecycleStore for SqliteMeta {
                     manifest_pushed_ms,
                     manifest_last_pulled_ms,
                     manifest_tags,
+                    subject,
                 )| {
                     Ok(OrphanedReferrerTag {
                         repo_id,
@@ -626,6 +633,7 @@ impl LifecycleStore for SqliteMeta {
                             last_pulled_ms,
                             pull_count: to_u64(pull_count),
                         },
+                        subject: parse_digest(&subject)?,
                         manifest_pushed_ms,
                         manifest_last_pulled_ms,
                         manifest_tags: to_u64(manifest_tags),

@@ -140,6 +140,7 @@ impl Lifecycle {
                                 digest: o.tag.digest.clone(),
                                 pushed_ms: o.tag.pushed_ms,
                                 last_pulled_ms: o.tag.last_pulled_ms,
+                                follows: Some(o.subject.clone()),
                             },
                             rule: "follows_subject".into(),
                             reason: "tag of a signature or other referrer whose subject is gone".into(),

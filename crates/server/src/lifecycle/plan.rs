@@ -39,6 +39,8 @@ pub struct TagDecision {
     /// When the deciding rule stops keeping the tag (or, for a deletion,
     /// when it became due), if that is a fixed time.
     pub expires_ms: Option<i64>,
+    /// The subject a `follows_subject` tag lives and dies with.
+    pub follows: Option<Digest>,
 }
 
 /// A manifest that goes, and why.
@@ -97,27 +99,38 @@ impl RepoPlan {
         tags.chain(manifests).collect()
     }
 
-    /// The removals to apply, tags first, each manifest after whatever
-    /// listed it or was its subject, each with the state it was decided on.
+    /// The removals to apply, each with the state it was decided on: the
+    /// tags the rules delete first; then each manifest after whatever listed
+    /// it or was its subject, a subject's follower tags right after it (they
+    /// go only once it is gone), and a follower's manifest after its tags.
     pub fn removals(&self, state: &RepoState) -> Vec<PlannedRemoval> {
-        let mut out: Vec<PlannedRemoval> = self
-            .tags
-            .iter()
-            .filter(|d| !d.keep)
-            .map(|d| PlannedRemoval {
-                removal: Removal::Tag {
-                    name: d.tag.name.clone(),
-                    digest: d.tag.digest.clone(),
-                    pushed_ms: d.tag.pushed_ms,
-                    last_pulled_ms: d.tag.last_pulled_ms,
-                },
-                rule: d.rule.to_string(),
-                reason: d.reason.clone(),
-            })
+        let tag_removal = |d: &TagDecision| PlannedRemoval {
+            removal: Removal::Tag {
+                name: d.tag.name.clone(),
+                digest: d.tag.digest.clone(),
+                pushed_ms: d.tag.pushed_ms,
+                last_pulled_ms: d.tag.last_pulled_ms,
+                follows: d.follows.clone(),
+            },
+            rule: d.rule.to_string(),
+            reason: d.reason.clone(),
+        };
+        let deleted = self.tags.iter().filter(|d| !d.keep);
+        let mut out: Vec<PlannedRemoval> = deleted
+            .clone()
+            .filter(|d| d.follows.is_none())
+            .map(tag_removal)
             .collect();
+        let mut followers: HashMap<&Digest, Vec<&TagDecision>> = HashMap::new();
+        for d in deleted.filter(|d| d.follows.is_some()) {
+            if let Some(subject) = &d.follows {
+                followers.entry(subject).or_default().push(d);
+            }
+        }
         let by_digest: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
         let going: HashSet<&Digest> = self.manifests.iter().map(|m| &m.digest).collect();
-        // Parents (indexes listing it, its subject) that are going too.
+        // Parents (indexes listing it, its subject, the subject a tag of it
+        // follows) that are going too.
         let mut waits_for: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
         for m in &state.manifests {
             for child in &m.children {
@@ -128,6 +141,13 @@ impl RepoPlan {
             if let Some(subject) = &m.subject {
                 if going.contains(subject) && going.contains(&m.digest) {
                     waits_for.entry(&m.digest).or_default().push(subject);
+                }
+            }
+        }
+        for (subject, tags) in &followers {
+            for t in tags {
+                if going.contains(subject) && going.contains(&t.tag.digest) {
+                    waits_for.entry(&t.tag.digest).or_default().push(subject);
                 }
             }
         }
@@ -159,6 +179,9 @@ impl RepoPlan {
                     rule: d.rule.to_string(),
                     reason: d.reason.clone(),
                 });
+                if let Some(tags) = followers.remove(&d.digest) {
+                    out.extend(tags.into_iter().map(tag_removal));
+                }
             }
             if rest.len() == before {
                 // A cycle cannot be pushed (digests would have to name each
@@ -167,6 +190,11 @@ impl RepoPlan {
             }
             pending = rest;
         }
+        // Followers of a subject that is not removed here are tried anyway:
+        // the store removes them only if the subject is gone.
+        let mut left: Vec<&TagDecision> = followers.into_values().flatten().collect();
+        left.sort_by(|a, b| a.tag.name.cmp(&b.tag.name));
+        out.extend(left.into_iter().map(tag_removal));
         out
     }
 }
@@ -238,6 +266,7 @@ impl<'a> Follower<'a> {
             rule: "follows_subject",
             reason: format!("{what}, {outcome}"),
             expires_ms: None,
+            follows: Some(self.subject.clone()),
         }
     }
 }
@@ -297,6 +326,7 @@ pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
                 rule: "no_policy",
                 reason: format!("policy {} has no tag rules", policy.pattern),
                 expires_ms: None,
+                follows: None,
             })),
             None => decided.extend(plain.iter().map(|t| TagDecision {
                 tag: (*t).clone(),
@@ -304,6 +334,7 @@ pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
                 rule: "no_policy",
                 reason: "no retention policy applies".into(),
                 expires_ms: None,
+                follows: None,
             })),
         }
     }
@@ -358,6 +389,7 @@ fn suffix_decision(tag: &TagState, rule: SuffixRule, manifest: Option<&ManifestS
         rule: rule.name(),
         reason,
         expires_ms: Some(expires),
+        follows: None,
     }
 }
 
@@ -378,6 +410,7 @@ fn keep_latest(plain: &[&TagState]) -> Vec<TagDecision> {
                 format!("keep_latest: {} was pushed later", newest.name)
             },
             expires_ms: None,
+            follows: None,
         })
         .collect()
 }
@@ -406,6 +439,7 @@ fn retention(
                     rule: "keep_patterns",
                     reason: format!("keep_patterns: matches {:?}", p.1),
                     expires_ms: None,
+                    follows: None,
                 };
             }
             if let Some(n) = rules.keep_last.filter(|n| rank < *n as usize) {
@@ -415,6 +449,7 @@ fn retention(
                     rule: "keep_last",
                     reason: format!("keep_last: number {} of the {n} most recent", rank + 1),
                     expires_ms: None,
+                    follows: None,
                 };
             }
             let pushed_until = rules.keep_days.map(|d| t.pushed_ms + i64::from(d) * DAY_MS);
@@ -435,6 +470,7 @@ fn retention(
                         rules.keep_days.unwrap_or(0)
                     ),
                     expires_ms: Some(u),
+                    follows: None,
                 },
                 (_, Some(u)) => TagDecision {
                     tag,
@@ -446,6 +482,7 @@ fn retention(
                         rules.keep_pulled_within.unwrap_or(0)
                     ),
                     expires_ms: Some(u),
+                    follows: None,
                 },
                 _ => TagDecision {
                     tag,
@@ -457,6 +494,7 @@ fn retention(
                         why_not_kept(t, last_pull(t), rank, policy, now)
                     ),
                     expires_ms: Some(now),
+                    follows: None,
                 },
             }
         })
@@ -899,6 +937,19 @@ mod tests {
         assert_eq!(kept(&plan), expected, "signature tags are not counted by keep_last");
         let going: HashSet<Digest> = plan.manifests.iter().map(|m| m.digest.clone()).collect();
         assert_eq!(going, HashSet::from([d(1), d(30), d(40)]));
+        // A signature of the schema names its subject only in its tag: the
+        // tag goes after the subject, the signature after the tag.
+        let order: Vec<String> = plan
+            .removals(&state)
+            .iter()
+            .map(|r| match &r.removal {
+                Removal::Tag { name, .. } => name.clone(),
+                Removal::Manifest { digest, .. } => digest.to_string(),
+            })
+            .collect();
+        let at = |x: &str| order.iter().position(|o| o == x).unwrap();
+        assert!(at(&d(1).to_string()) < at(&sig(1)), "{order:?}");
+        assert!(at(&sig(1)) < at(&d(40).to_string()), "{order:?}");
     }
 
     /// A manifest whose `subject` is manifest `of`.
@@ -948,9 +999,15 @@ mod tests {
             going,
             [(&d(1), "retention"), (&d(2), "retention"), (&d(30), "follows_subject")]
         );
-        // The subject goes before its referrer, each after its tags.
-        let order: Vec<String> = plan
-            .removals(&state)
+        // The subject goes first, then the tag that follows it (which the
+        // store removes only once the subject is gone), then the referrer.
+        let removals = plan.removals(&state);
+        let follows = removals.iter().find_map(|r| match &r.removal {
+            Removal::Tag { name, follows, .. } if name == "att-ref" => Some(follows.clone()),
+            _ => None,
+        });
+        assert_eq!(follows, Some(Some(d(1))));
+        let order: Vec<String> = removals
             .iter()
             .map(|r| match &r.removal {
                 Removal::Tag { name, .. } => name.clone(),
@@ -958,7 +1015,8 @@ mod tests {
             })
             .collect();
         let at = |x: &str| order.iter().position(|o| o == x).unwrap();
-        assert!(at(&d(1).to_string()) < at(&d(30).to_string()), "{order:?}");
+        assert!(at("old") < at(&d(1).to_string()), "{order:?}");
+        assert!(at(&d(1).to_string()) < at("att-ref"), "{order:?}");
         assert!(at("att-ref") < at(&d(30).to_string()), "{order:?}");
     }
 
