@@ -27,8 +27,9 @@
 #     digest; a manifest using it, pushed on A, is served by B byte for byte.
 #   3 kill -9 of A in the middle of a chunked upload (two PATCHes answered
 #     202, a third still streaming): B reports a Range that keeps every
-#     acknowledged byte, takes the rest of the session and commits it; the
-#     blob has its digest; A, restarted, serves it too.
+#     acknowledged byte, takes the rest of the session (once A's lease on it
+#     has run out: 416 until then) and commits it; the blob has its digest;
+#     A, restarted, serves it too.
 #   4 garbage collection while both replicas serve pushes: garbage first
 #     (images deleted by digest and by tag), then for 16 s four pushers
 #     (skopeo through A, skopeo through B, curl with blobs through A and the
@@ -345,12 +346,20 @@ step 1.3 "skopeo push the index rep/multi:v1 (--all) through A, copy back throug
 # session at LOCATION (the path of the last answer's Location) on REPLICA;
 # checks 202, Range and the session's id; prints the next Location.
 patch_on() {
-  local r=$1 loc=$2 f=$3 start=$4 len=$5 out=$6 code url uuid
+  local r=$1 loc=$2 f=$3 start=$4 len=$5 out=$6 code url uuid i
   uuid=${loc##*/}
   url=$(url_of "$r")$(loc_path "$loc")
   chunk "$f" "$start" "$len" "$out.chunk"
-  code=$(req PATCH "$url" "$out" -H 'Content-Type: application/octet-stream' \
-    -H "Content-Range: $start-$((start + len - 1))" --data-binary @"$out.chunk")
+  # A session that a killed replica was writing stays claimed until that
+  # replica's lease runs out (30 s after its last renewal): 416 "another
+  # request is writing", nothing written. Try again until it is free.
+  for ((i = 0; i < 90; i++)); do
+    code=$(req PATCH "$url" "$out" -H 'Content-Type: application/octet-stream' \
+      -H "Content-Range: $start-$((start + len - 1))" --data-binary @"$out.chunk")
+    [[ $code == 416 ]] && grep -q 'another request is writing' "$out.b" || break
+    ((i > 0)) || echo "PATCH on $r: the session is still claimed (a dead replica's lease); waiting for it to run out" >&2
+    sleep 0.5
+  done
   echo "PATCH on $r bytes $start-$((start + len - 1)) -> $code" >&2
   answer "$out" >&2
   expect_eq "$code" 202 "PATCH bytes $start-$((start + len - 1)) on replica $r"

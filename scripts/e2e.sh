@@ -5,10 +5,10 @@
 #   scripts/e2e.sh --url http://127.0.0.1:PORT   test a registry that already runs
 #   scripts/e2e.sh                               start Berth itself and test it
 #
-# Without --url the script starts "$BERTH_BIN serve --listen 127.0.0.1:PORT
-# --data-dir TMP/data" on a free port (BERTH_BIN defaults to
-# ${CARGO_TARGET_DIR:-<repo>/target}/debug/berth), waits for GET /v2/ to answer
-# 200 and stops it by PID on exit.
+# Without --url the script starts "$BERTH_BIN serve --listen 127.0.0.1:0
+# --data-dir TMP/data" (BERTH_BIN defaults to
+# ${CARGO_TARGET_DIR:-<repo>/target}/debug/berth), reads the port it logs,
+# waits for GET /v2/ to answer 200 and stops it by PID on exit.
 #
 # Options:  -v, --verbose  print the output of every step as it runs
 #           -k, --keep     keep the temp dir (logs, layouts, registry data)
@@ -60,15 +60,20 @@ if [[ -n $URL ]]; then
   echo "e2e: testing the running registry at $URL"
 else
   [[ -x $BERTH_BIN ]] || setup_fail "Berth binary not found or not executable: $BERTH_BIN (build it, or set BERTH_BIN, or use --url)"
-  PORT=$(free_port) || setup_fail "no free port"
-  REG=127.0.0.1:$PORT
-  URL=http://$REG
   mkdir -p "$T/data"
-  echo "e2e: starting $BERTH_BIN serve --listen $REG --data-dir $T/data"
+  echo "e2e: starting $BERTH_BIN serve --listen 127.0.0.1:0 --data-dir $T/data"
   # BERTH_BIN is this script's variable, not a Berth setting: Berth reads
   # BERTH_* variables as configuration overrides, so keep it out of its env.
-  env -u BERTH_BIN "$BERTH_BIN" serve --listen "$REG" --data-dir "$T/data" >"$T/berth.log" 2>&1 &
+  # Port 0: the kernel picks a free port and Berth logs which, so no other
+  # process can take it between a probe and the bind.
+  env -u BERTH_BIN "$BERTH_BIN" serve --listen 127.0.0.1:0 --data-dir "$T/data" >"$T/berth.log" 2>&1 &
   BERTH_PID=$!
+  REG=$(wait_for_line "$T/berth.log" 'listening on 127\.0\.0\.1:[0-9]+' "$BERTH_PID" 30) || {
+    tail -n 40 "$T/berth.log" | sed 's/^/     | /' >&2
+    setup_fail "berth did not log 'listening on 127.0.0.1:PORT' within 30 s"
+  }
+  REG=${REG#listening on }
+  URL=http://$REG
 fi
 
 # Wait for GET /v2/ -> 200 (up to 30 s).

@@ -290,16 +290,6 @@ push_layout() { # layout-name repo:tag [skopeo copy args...]: the v1 of $T/layou
 }
 
 # ------------------------------------------------------------- registry ----
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  echo "$E2E_NAME: no free port found" >&2
-  return 1
-}
-
 # wait_for_line FILE REGEX PID SECONDS: prints the first match of REGEX (grep
 # -oE) in FILE once it appears; fails when PID exits or time runs out.
 wait_for_line() {

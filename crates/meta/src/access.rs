@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 
-use crate::Result;
+use crate::{MetaError, Result};
 
 /// Who makes a change, and when.
 #[derive(Debug, Clone)]
@@ -17,7 +17,7 @@ pub struct Audit {
     pub at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct UserRecord {
     pub name: String,
     /// An argon2id PHC string.
@@ -27,7 +27,7 @@ pub struct UserRecord {
     pub created_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RobotRecord {
     pub name: String,
     /// Hex SHA-256 of the token.
@@ -66,6 +66,15 @@ impl SubjectKind {
     }
 }
 
+/// A subject kind as stored; another text means the row is damaged.
+impl TryFrom<String> for SubjectKind {
+    type Error = MetaError;
+
+    fn try_from(stored: String) -> Result<Self> {
+        SubjectKind::parse(&stored).ok_or_else(|| MetaError::Corrupt(format!("grant subject kind {stored:?}")))
+    }
+}
+
 /// A grant to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewGrant {
@@ -77,9 +86,10 @@ pub struct NewGrant {
     pub role: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct GrantRecord {
     pub id: i64,
+    #[sqlx(try_from = "String")]
     pub subject_kind: SubjectKind,
     pub subject: String,
     pub pattern: String,
@@ -88,7 +98,7 @@ pub struct GrantRecord {
     pub created_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AuditEntry {
     pub id: i64,
     pub at_ms: i64,

@@ -11,7 +11,10 @@ use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
-use crate::{BlobRecord, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadRecord};
+use crate::{
+    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadClaim,
+    UploadRecord,
+};
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
     NewManifest {
@@ -33,12 +36,34 @@ fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Opti
 /// Runs every conformance check.
 pub async fn run_all(meta: &dyn MetaStore) {
     blobs_are_served_only_where_linked(meta).await;
+    touches_move_links_forward_only(meta).await;
     manifests_need_their_references(meta).await;
     tags_move_and_list_in_order(meta).await;
     deleting_a_manifest_removes_its_tags(meta).await;
     referrers_are_found_by_subject(meta).await;
+    referrers_page_in_digest_order(meta).await;
     uploads_advance_only_from_the_expected_offset(meta).await;
+    upload_claims_exclude_each_other_until_they_run_out(meta).await;
     pulls_add_up_and_keep_the_latest_time(meta).await;
+    text_with_a_nul_finds_nothing_or_is_bad_input(meta).await;
+}
+
+/// Text holding a NUL character (which PostgreSQL text cannot hold) either
+/// finds nothing or is refused as bad input, never reported as a failure of
+/// the store: callers keep such text away from the store, and a value that
+/// slips through must still be the client's error, not a 500.
+async fn text_with_a_nul_finds_nothing_or_is_bad_input(meta: &dyn MetaStore) {
+    fn nothing_or_bad_input<T: std::fmt::Debug>(what: &str, found: crate::Result<T>, nothing: impl Fn(&T) -> bool) {
+        match found {
+            Ok(found) => assert!(nothing(&found), "{what}: found {found:?}"),
+            Err(e) => assert!(e.is_bad_input(), "{what}: {e} is not bad input"),
+        }
+    }
+    let m = manifest("nul", vec![], vec![], None);
+    meta.put_manifest("nul/r", &m, Some("a"), 1).await.unwrap();
+    nothing_or_bad_input("tag", meta.manifest_by_tag("nul/r", "a\0").await, Option::is_none);
+    nothing_or_bad_input("repository", meta.repository_exists("nul/r\0").await, |e| !e);
+    nothing_or_bad_input("tags after", meta.list_tags("nul/r", Some("\0"), 10).await, |_| true);
 }
 
 async fn pulls_add_up_and_keep_the_latest_time(meta: &dyn MetaStore) {
@@ -110,6 +135,53 @@ async fn blobs_are_served_only_where_linked(meta: &dyn MetaStore) {
     assert_eq!(meta.linked_blob_size("c/one", &d).await.unwrap(), Some(6));
 }
 
+async fn touches_move_links_forward_only(meta: &dyn MetaStore) {
+    let d = Digest::sha256_of(b"touched");
+    meta.add_blob("touch/one", &d, 3, 10).await.unwrap();
+    let linked = meta.linked_blob("touch/one", &d).await.unwrap().unwrap();
+    assert_eq!((linked.record.size, linked.linked_ms), (3, 10));
+    assert!(meta.touch_link("touch/one", &d, 50).await.unwrap());
+    assert_eq!(linked_ms(meta, "touch/one", &d).await, Some(50));
+    assert!(
+        meta.touch_link("touch/one", &d, 20).await.unwrap(),
+        "an older touch finds the link"
+    );
+    assert_eq!(
+        linked_ms(meta, "touch/one", &d).await,
+        Some(50),
+        "and leaves it as recent as it was"
+    );
+    assert!(!meta.touch_link("touch/two", &d, 60).await.unwrap());
+    assert_eq!(
+        linked_ms(meta, "touch/two", &d).await,
+        None,
+        "a touch never creates a link"
+    );
+
+    let touch = |repo: &str, at_ms| LinkTouch {
+        repo: repo.into(),
+        digest: d.clone(),
+        at_ms,
+    };
+    meta.record_touches(&[]).await.unwrap();
+    meta.record_touches(&[
+        touch("touch/one", 70),
+        touch("touch/one", 40),
+        touch("touch/two", 80),
+        touch("touch/no-such-repository", 90),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(linked_ms(meta, "touch/one", &d).await, Some(70));
+    assert_eq!(linked_ms(meta, "touch/two", &d).await, None);
+    meta.record_touches(&[touch("touch/one", 65)]).await.unwrap();
+    assert_eq!(linked_ms(meta, "touch/one", &d).await, Some(70));
+}
+
+async fn linked_ms(meta: &dyn MetaStore, repo: &str, d: &Digest) -> Option<i64> {
+    meta.linked_blob(repo, d).await.unwrap().map(|l| l.linked_ms)
+}
+
 async fn manifests_need_their_references(meta: &dyn MetaStore) {
     let layer = Digest::sha256_of(b"layer");
     let m = manifest("m1", vec![layer.clone()], vec![], None);
@@ -172,21 +244,194 @@ async fn referrers_are_found_by_subject(meta: &dyn MetaStore) {
     let subject = Digest::sha256_of(b"subject");
     let sig = manifest("sig", vec![], vec![], Some(subject.clone()));
     meta.put_manifest("f/r", &sig, None, 1).await.unwrap();
-    let found = meta.referrers("f/r", &subject, None).await.unwrap();
+    let found = meta.referrers("f/r", &subject, None, None, 100).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].digest, sig.digest);
     assert_eq!(found[0].artifact_type.as_deref(), Some("application/example"));
     assert_eq!(found[0].annotations_json.as_deref(), Some(r#"{"k":"v"}"#));
     assert_eq!(found[0].size, 3);
     assert_eq!(
-        meta.referrers("f/r", &subject, Some("application/example"))
+        meta.referrers("f/r", &subject, Some("application/example"), None, 100)
             .await
             .unwrap()
             .len(),
         1
     );
-    assert!(meta.referrers("f/r", &subject, Some("other")).await.unwrap().is_empty());
-    assert!(meta.referrers("f/other", &subject, None).await.unwrap().is_empty());
+    assert!(meta
+        .referrers("f/r", &subject, Some("other"), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(meta
+        .referrers("f/other", &subject, None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Every page of `subject`'s referrers (of `artifact_type`) in `repo`, `limit` at a time.
+async fn referrer_pages(
+    meta: &dyn MetaStore,
+    repo: &str,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+    limit: u32,
+) -> Vec<Vec<Digest>> {
+    let mut pages = Vec::new();
+    let mut after: Option<Digest> = None;
+    loop {
+        let page: Vec<Digest> = meta
+            .referrers(repo, subject, artifact_type, after.as_ref(), limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.digest)
+            .collect();
+        assert!(
+            page.len() <= limit as usize,
+            "a page of {} for a limit of {limit}",
+            page.len()
+        );
+        let Some(last) = page.last().cloned() else {
+            return pages;
+        };
+        after = Some(last);
+        pages.push(page);
+    }
+}
+
+async fn referrers_page_in_digest_order(meta: &dyn MetaStore) {
+    let subject = Digest::sha256_of(b"paged subject");
+    let mut all = Vec::new();
+    let mut signatures = Vec::new();
+    for i in 0..25 {
+        let mut m = manifest(&format!("paged referrer {i}"), vec![], vec![], Some(subject.clone()));
+        if i % 3 == 0 {
+            m.artifact_type = Some("application/signature".into());
+            signatures.push(m.digest.clone());
+        }
+        meta.put_manifest("pg/r", &m, None, 1).await.unwrap();
+        all.push(m.digest.clone());
+    }
+    // Referrers of another subject, and of the same subject in another
+    // repository, are on no page.
+    let other = manifest(
+        "other subject's referrer",
+        vec![],
+        vec![],
+        Some(Digest::sha256_of(b"other")),
+    );
+    meta.put_manifest("pg/r", &other, None, 1).await.unwrap();
+    let elsewhere = manifest("paged referrer elsewhere", vec![], vec![], Some(subject.clone()));
+    meta.put_manifest("pg/elsewhere", &elsewhere, None, 1).await.unwrap();
+    all.sort();
+    signatures.sort();
+
+    let pages = referrer_pages(meta, "pg/r", &subject, None, 7).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [7, 7, 7, 4],
+        "{pages:?}"
+    );
+    assert_eq!(pages.concat(), all, "every referrer once, in digest order");
+    let pages = referrer_pages(meta, "pg/r", &subject, Some("application/signature"), 4).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 1]);
+    assert_eq!(pages.concat(), signatures, "the filter applies on every page");
+    assert_eq!(referrer_pages(meta, "pg/r", &subject, None, 100).await, [all.clone()]);
+
+    let after: Vec<Digest> = meta
+        .referrers("pg/r", &subject, None, Some(&all[10]), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.digest)
+        .collect();
+    assert_eq!(after, all[11..]);
+    // The cursor is a bound in digest order, not a row that must exist.
+    let unknown = Digest::sha256_of(b"not a referrer");
+    let after_unknown: Vec<Digest> = meta
+        .referrers("pg/r", &subject, None, Some(&unknown), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.digest)
+        .collect();
+    assert_eq!(
+        after_unknown,
+        all.iter().filter(|d| **d > unknown).cloned().collect::<Vec<_>>()
+    );
+    assert!(meta
+        .referrers("pg/r", &subject, None, all.last(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(meta
+        .referrers("pg/r", &subject, None, None, 0)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A store that leases sessions lets one claim hold a session until it is
+/// released or runs out; a store of one process grants every claim (that
+/// process serializes its own requests).
+async fn upload_claims_exclude_each_other_until_they_run_out(meta: &dyn MetaStore) {
+    let id = UploadId::new("conformance-claim".into());
+    meta.create_upload(&new_upload("conformance-claim", "claim/r", crate::DEFAULT_STORE, 100))
+        .await
+        .unwrap();
+    let unknown = UploadId::new("no-such-upload".into());
+    assert_eq!(
+        meta.claim_upload(&unknown, "a", 1000, 2000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+
+    let UploadClaim::Claimed { record, leased } = meta.claim_upload(&id, "a", 1000, 2000).await.unwrap() else {
+        panic!("a free session is claimed");
+    };
+    assert_eq!((record.repo.as_str(), record.offset), ("claim/r", 0));
+    if !leased {
+        assert!(matches!(
+            meta.claim_upload(&id, "b", 1000, 2000).await.unwrap(),
+            UploadClaim::Claimed { leased: false, .. }
+        ));
+        assert!(meta.renew_upload_claim(&id, "a", 1000, 3000).await.unwrap());
+        meta.release_upload_claim(&id, "a").await.unwrap();
+        meta.delete_upload(&id).await.unwrap();
+        return;
+    }
+    let busy = |claim: UploadClaim| match claim {
+        UploadClaim::Busy(record) => record,
+        other => panic!("expected the session busy, got {other:?}"),
+    };
+    assert_eq!(busy(meta.claim_upload(&id, "b", 1500, 2500).await.unwrap()).offset, 0);
+    // Renewing keeps it; the session counts as active when renewed.
+    assert!(meta.renew_upload_claim(&id, "a", 1900, 3000).await.unwrap());
+    assert!(
+        !meta.renew_upload_claim(&id, "b", 1900, 3000).await.unwrap(),
+        "not b's to renew"
+    );
+    busy(meta.claim_upload(&id, "b", 2500, 3500).await.unwrap());
+    assert_eq!(meta.get_upload(&id).await.unwrap().unwrap().updated_ms, 1900);
+    // A claim that ran out (its holder died) is taken over, and the old
+    // holder can neither renew nor release the new one.
+    assert!(matches!(
+        meta.claim_upload(&id, "b", 3000, 4000).await.unwrap(),
+        UploadClaim::Claimed { leased: true, .. }
+    ));
+    assert!(!meta.renew_upload_claim(&id, "a", 3100, 5000).await.unwrap());
+    meta.release_upload_claim(&id, "a").await.unwrap();
+    busy(meta.claim_upload(&id, "c", 3200, 5000).await.unwrap());
+    // Released, it is free at once.
+    meta.release_upload_claim(&id, "b").await.unwrap();
+    assert!(matches!(
+        meta.claim_upload(&id, "c", 3300, 5000).await.unwrap(),
+        UploadClaim::Claimed { .. }
+    ));
+    // A claim does not stop the session from advancing or going.
+    assert!(meta.advance_upload(&id, 0, 10, None, 3400).await.unwrap());
+    meta.delete_upload(&id).await.unwrap();
+    assert!(!meta.renew_upload_claim(&id, "c", 3500, 6000).await.unwrap());
 }
 
 async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
@@ -229,6 +474,33 @@ pub async fn run_access(store: &dyn AccessStore) {
     users_are_unique_and_changes_are_audited(store).await;
     robots_are_found_by_hash_and_revoked_with_their_grants(store).await;
     grants_are_unique_and_found_by_subject(store).await;
+    names_with_a_nul_find_nothing_or_are_bad_input(store).await;
+    a_shared_secret_is_the_first_one_stored(store).await;
+}
+
+/// A store that processes share keeps the first candidate for everyone; one
+/// that no other process uses keeps none (its secrets are files).
+async fn a_shared_secret_is_the_first_one_stored(store: &dyn AccessStore) {
+    match store.shared_secret("conformance", "first").await.unwrap() {
+        Some(first) => {
+            assert_eq!(first, "first");
+            let second = store.shared_secret("conformance", "second").await.unwrap();
+            assert_eq!(second.as_deref(), Some("first"));
+        }
+        None => assert_eq!(store.shared_secret("conformance", "second").await.unwrap(), None),
+    }
+}
+
+/// As [`text_with_a_nul_finds_nothing_or_is_bad_input`], for access facts.
+async fn names_with_a_nul_find_nothing_or_are_bad_input(store: &dyn AccessStore) {
+    match store.user("alice\0").await {
+        Ok(found) => assert_eq!(found, None),
+        Err(e) => assert!(e.is_bad_input(), "{e} is not bad input"),
+    }
+    match store.grants_for(&[(SubjectKind::Group, "dev\0".into())]).await {
+        Ok(found) => assert_eq!(found, []),
+        Err(e) => assert!(e.is_bad_input(), "{e} is not bad input"),
+    }
 }
 
 fn audit(at_ms: i64) -> Audit {
@@ -418,7 +690,10 @@ async fn blobs_remember_the_stores_holding_them<S: MetaStore + LifecycleStore>(s
         size: 11,
         stores: StoreSet::only("team-a"),
     };
-    assert_eq!(store.linked_blob("routes/a", &d).await.unwrap(), Some(only_a.clone()));
+    assert_eq!(
+        store.linked_blob("routes/a", &d).await.unwrap().map(|l| l.record),
+        Some(only_a.clone())
+    );
     assert_eq!(store.blob_record(&d).await.unwrap(), Some(only_a));
     assert_eq!(store.linked_blob("routes/b", &d).await.unwrap(), None);
 
@@ -959,6 +1234,7 @@ const NOW_MS: i64 = 1000;
 pub async fn run_races<S: LifecycleStore>(store: &S, rounds: u32) {
     upload_racing_blob_collection(store, rounds).await;
     mount_racing_blob_collection(store, rounds).await;
+    touch_racing_blob_collection(store, rounds).await;
     manifest_racing_blob_collection(store, rounds).await;
     manifest_racing_link_collection(store, rounds).await;
     index_racing_child_removal(store, rounds).await;
@@ -1181,6 +1457,41 @@ async fn mount_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32)
         tally.count(!collected.is_empty());
     }
     tally.report("link_blob vs remove_blobs");
+}
+
+/// A read's touch of a link and the collector's removal of its blob: either
+/// the touch lands first and the blob stays, or it finds the link gone
+/// (and the read answers 404).
+async fn touch_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {
+    let files = RaceFiles::default();
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let race = format!("touch round {round}");
+        let repo = format!("race/touch-{round}");
+        let d = Digest::sha256_of(race.as_bytes());
+        store.add_blob(&repo, &d, 7, OLD_MS).await.unwrap();
+        files.place(&d);
+        let (read_shift, gc_shift) = shifts(round);
+        let touch = async {
+            pause(read_shift).await;
+            store.touch_link(&repo, &d, NOW_MS).await
+        };
+        let collect = async {
+            pause(gc_shift).await;
+            store.remove_blobs(std::slice::from_ref(&d), CUTOFF_MS, &files).await
+        };
+        let (touched, collected) = join2(touch, collect).await;
+        let collected = collected.unwrap_or_else(|e| panic!("{race}: collection failed: {e}"));
+        if touched.unwrap_or_else(|e| panic!("{race}: touch failed: {e}")) {
+            assert!(collected.is_empty(), "{race}: touched a link the collector removed");
+            assert_blob_kept(store, &files, &repo, &d, &race).await;
+        } else {
+            assert_eq!(collected.len(), 1, "{race}: the link is gone, yet nothing collected");
+            assert_eq!(store.blob_size(&d).await.unwrap(), None);
+        }
+        tally.count(!collected.is_empty());
+    }
+    tally.report("touch_link vs remove_blobs");
 }
 
 async fn manifest_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32) {

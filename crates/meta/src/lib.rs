@@ -5,15 +5,23 @@
 //! the embedded backend and [`PgMeta`] the one that replicas share. The store
 //! enforces referential facts (a manifest's blobs must be linked to its
 //! repository) inside its transactions, but knows no OCI parsing rules.
+//!
+//! SQL that is the same on both backends is written once in `sql`, over a
+//! small dialect seam (the access store, retention policies, the hot-path
+//! reads); what needs each database's own means (PostgreSQL's locks and
+//! arrays, SQLite's JSON aggregates) stays in the backend's files.
+//!
+//! Text given to a store holds no NUL character: PostgreSQL text cannot hold
+//! one and refuses the statement ([`MetaError::is_bad_input`]), while SQLite
+//! would keep it. The server refuses such text before it gets here.
 
 pub mod access;
 pub mod conformance;
 pub mod lifecycle;
 mod postgres;
-mod postgres_access;
 mod postgres_lifecycle;
+mod sql;
 mod sqlite;
-mod sqlite_access;
 mod sqlite_lifecycle;
 pub mod transfer;
 
@@ -90,6 +98,23 @@ pub struct BlobRecord {
     pub stores: StoreSet,
 }
 
+/// A blob as a repository serves it: its record and when its link was made,
+/// or last touched by a read (see [`MetaStore::touch_link`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedBlob {
+    pub record: BlobRecord,
+    pub linked_ms: i64,
+}
+
+/// A read of a blob through a repository (`HEAD`, `GET`) at `at_ms`: the
+/// link's garbage-collection grace period starts again from then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkTouch {
+    pub repo: String,
+    pub digest: Digest,
+    pub at_ms: i64,
+}
+
 /// What can go wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -116,6 +141,20 @@ impl MetaError {
                 sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
             )
         )
+    }
+
+    /// Whether the database refused a value it was given (PostgreSQL's data
+    /// exceptions, SQLSTATE class 22: text holding a NUL character, which
+    /// PostgreSQL text cannot store, or a number out of range), rather than
+    /// failing: the request that brought the value is at fault, and retrying
+    /// it cannot help. SQLite stores such text as it is.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            MetaError::Db(sqlx::Error::Database(db)) => db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| pg.code().starts_with("22")),
+            _ => false,
+        }
     }
 }
 
@@ -218,6 +257,20 @@ pub struct UploadRecord {
     pub updated_ms: i64,
 }
 
+/// The outcome of claiming an upload session for a request that writes to it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadClaim {
+    /// The session is this request's until the claim is released. `leased`:
+    /// the claim is a lease in the store, which the holder renews before it
+    /// runs out and releases at the end; otherwise the store is one process's
+    /// and claims nothing (that process serializes its own requests).
+    Claimed { record: UploadRecord, leased: bool },
+    /// Another request holds the session.
+    Busy(UploadRecord),
+    /// No such session.
+    Unknown,
+}
+
 /// Held while this process runs a periodic job (garbage collection, retention,
 /// expiry, upload purge); every other process sharing the store is refused
 /// the same job until it is dropped, or until this process dies.
@@ -246,8 +299,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The blob's size if it is linked to `repo`.
     async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>>;
 
-    /// The blob's size and stores if it is linked to `repo`.
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>>;
+    /// The blob's record and link if it is linked to `repo`.
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>>;
 
     /// The blob's size if the registry holds it at all.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
@@ -260,6 +313,16 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Links an existing blob to `repo`; returns its size, or `None` when the registry lacks it.
     async fn link_blob(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<Option<u64>>;
+
+    /// Moves the link's `linked_ms` forward to `at_ms` (never back), as a
+    /// transaction that the garbage collector's re-check of the link and the
+    /// blob sees (it takes what a push linking the blob takes). False when
+    /// the link is gone. Never creates a link.
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool>;
+
+    /// Moves each link's `linked_ms` forward to its touch time in one
+    /// transaction; links that are gone are skipped, none is created.
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()>;
 
     /// Removes the blob's link from `repo`; false when there was none.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool>;
@@ -287,8 +350,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Repositories that link the blob, in lexical order, at most `limit`.
     async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>>;
 
-    /// Manifests of `repo` whose subject is `subject`, optionally of one artifact type.
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>>;
+    /// Manifests of `repo` whose subject is `subject`, optionally of one
+    /// artifact type, after `after` in digest order, at most `limit`.
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>>;
 
     /// Adds pull counts and last-pull times in one transaction; records of
     /// manifests or tags that are gone are skipped.
@@ -314,6 +385,29 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<bool>;
 
     async fn delete_upload(&self, id: &UploadId) -> Result<()>;
+
+    /// Claims the session for one writing request (a chunk, the final PUT)
+    /// among the processes sharing this store: under `token` until
+    /// `until_ms`, unless another claim that has not run out by `now_ms`
+    /// holds it. A store only one process uses (the embedded SQLite file)
+    /// claims nothing.
+    async fn claim_upload(&self, id: &UploadId, _token: &str, _now_ms: i64, _until_ms: i64) -> Result<UploadClaim> {
+        Ok(match self.get_upload(id).await? {
+            Some(record) => UploadClaim::Claimed { record, leased: false },
+            None => UploadClaim::Unknown,
+        })
+    }
+
+    /// Extends the claim of `token` to `until_ms` (and marks the session
+    /// active at `now_ms`); false when the claim is no longer `token`'s.
+    async fn renew_upload_claim(&self, _id: &UploadId, _token: &str, _now_ms: i64, _until_ms: i64) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Ends the claim of `token`, if it still holds the session.
+    async fn release_upload_claim(&self, _id: &UploadId, _token: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// Ends an upload session that became a blob: runs `place` (which moves
     /// the bytes into place in the blob store named `store`), records the

@@ -89,9 +89,10 @@ pub struct PlannedRemoval {
 }
 
 /// A retention policy as stored: its rules are a JSON object the server parses.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct PolicyRecord {
     pub pattern: String,
+    #[sqlx(rename = "rules")]
     pub rules_json: String,
     /// `api` or `config`.
     pub source: String,

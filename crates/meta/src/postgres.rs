@@ -61,9 +61,11 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::sql::reads::{Reads, BLOB_SIZE, REPOSITORY_EXISTS};
+pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
-    BlobRecord, JobLease, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result,
-    StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
+    PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord, DEFAULT_STORE,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -98,18 +100,6 @@ pub struct PgMeta {
 }
 
 pub(crate) type PgTx = Transaction<'static, Postgres>;
-
-pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
-    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
-pub(crate) fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
 
 pub(crate) fn digest_strings(digests: &[Digest]) -> Vec<String> {
     digests.iter().map(Digest::to_string).collect()
@@ -237,21 +227,6 @@ where
     }
 }
 
-fn stored_manifest(row: &PgRow) -> Result<StoredManifest> {
-    Ok(StoredManifest {
-        digest: parse_digest(row.try_get("digest")?)?,
-        media_type: row.try_get("media_type")?,
-        body: row.try_get("body")?,
-    })
-}
-
-fn blob_record(row: &PgRow) -> Result<BlobRecord> {
-    Ok(BlobRecord {
-        size: to_u64(row.try_get("size")?),
-        stores: StoreSet::from_column(row.try_get("stores")?),
-    })
-}
-
 fn upload_record(row: &PgRow) -> Result<UploadRecord> {
     let id: String = row.try_get("id")?;
     Ok(UploadRecord {
@@ -266,34 +241,30 @@ fn upload_record(row: &PgRow) -> Result<UploadRecord> {
 }
 
 // The statements of the registry's hot paths, named so that the test of their
-// plans runs exactly these.
-pub(crate) const REPOSITORY_EXISTS: &str = "SELECT id FROM repositories WHERE name = $1";
-pub(crate) const LINKED_BLOB_SIZE: &str = "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
-     WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
-pub(crate) const BLOB_SIZE: &str = "SELECT size FROM blobs WHERE digest = $1";
-pub(crate) const LINKED_BLOB: &str = "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
-     WHERE l.repo_id = (SELECT id FROM repositories WHERE name = $1) AND l.digest = $2";
-pub(crate) const BLOB_RECORD: &str = "SELECT size, stores FROM blobs WHERE digest = $1";
+// plans runs exactly these (the reads both backends share are in `sql::reads`).
+pub(crate) const TOUCH_LINK: &str = "UPDATE repo_blobs SET linked_ms = GREATEST(linked_ms, $3) \
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
+// Links already as recent are left unwritten (no new row version).
+pub(crate) const RECORD_TOUCHES: &str = "UPDATE repo_blobs l SET linked_ms = t.at_ms \
+     FROM unnest($1::int8[], $2::text[], $3::int8[]) AS t(repo_id, digest, at_ms) \
+     WHERE l.repo_id = t.repo_id AND l.digest = t.digest AND l.linked_ms < t.at_ms";
 pub(crate) const LINKED_AMONG: &str = "SELECT digest FROM repo_blobs WHERE repo_id = $1 AND digest = ANY($2)";
 pub(crate) const MANIFESTS_AMONG: &str = "SELECT digest FROM manifests WHERE repo_id = $1 AND digest = ANY($2)";
-pub(crate) const MANIFEST_BY_DIGEST: &str = "SELECT digest, media_type, body FROM manifests \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
-pub(crate) const MANIFEST_BY_TAG: &str = "SELECT m.digest, m.media_type, m.body FROM tags t \
-     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
-     WHERE t.repo_id = (SELECT id FROM repositories WHERE name = $1) AND t.name = $2";
 pub(crate) const LIST_TAGS: &str = "SELECT name FROM tags \
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name > $2 ORDER BY name LIMIT $3";
 pub(crate) const REFERRERS: &str = "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 \
-     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest";
-pub(crate) const MANIFEST_FACTS: &str = "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count \
-     FROM manifests WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2";
-pub(crate) const TAG_FACTS: &str = "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
-     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND name = $2";
+     WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 AND digest > $4 \
+     AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest LIMIT $5";
 pub(crate) const GET_UPLOAD: &str =
     "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
 pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
      WHERE id = $4 AND byte_offset = $5";
+// A claim that ran out (its holder died or lost the database) is taken over.
+// The claim marks the session active, so a purge that re-reads it leaves it.
+pub(crate) const CLAIM_UPLOAD: &str = "UPDATE uploads SET lease_token = $2, lease_until_ms = $4, \
+     updated_ms = GREATEST(updated_ms, $3) \
+     WHERE id = $1 AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+     RETURNING id, repo, store, byte_offset, hash_state, started_ms, updated_ms";
 pub(crate) const REPOSITORY_IDS: &str = "SELECT id, name FROM repositories WHERE name = ANY($1)";
 pub(crate) const RECORD_MANIFEST_PULLS: &str = "UPDATE manifests m SET pull_count = m.pull_count + p.count, \
      last_pulled_ms = GREATEST(m.last_pulled_ms, p.last_ms) \
@@ -505,6 +476,22 @@ impl PgMeta {
         Ok(Some(to_u64(size)))
     }
 
+    async fn touch_link_once(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The lock a push that links the blob takes: a removal holding it
+        // exclusively re-checks the link after this commit, or this update
+        // runs after the removal's and finds the link gone.
+        lock(&mut tx, vec![LockKey::blob(&digest.to_string())], LockMode::Shared).await?;
+        let done = sqlx::query(TOUCH_LINK)
+            .bind(repo)
+            .bind(digest.to_string())
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn put_manifest_once(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
         let digest = m.digest.to_string();
         let blobs = digest_strings(&m.blobs);
@@ -708,45 +695,73 @@ impl PullSums {
 #[async_trait]
 impl MetaStore for PgMeta {
     async fn repository_exists(&self, repo: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(REPOSITORY_EXISTS)
-            .bind(repo)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+        Reads(self).repository_exists(repo).await
     }
 
     async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar(LINKED_BLOB_SIZE)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(size.map(to_u64))
+        Reads(self).linked_blob_size(repo, digest).await
     }
 
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query(LINKED_BLOB)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(blob_record).transpose()
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>> {
+        Reads(self).linked_blob(repo, digest).await
+    }
+
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        retrying("touch_link", move || self.touch_link_once(repo, digest, at_ms)).await
+    }
+
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = touches.iter().map(|t| t.repo.as_str()).collect();
+        let ids: HashMap<String, i64> = sqlx::query_as::<_, (i64, String)>(REPOSITORY_IDS)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        // One row per link (UPDATE … FROM applies one of several matching
+        // rows), the latest touch, in key order: concurrent flushes from
+        // several replicas lock the rows they share in the same order.
+        let mut latest: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        for t in touches {
+            if let Some(id) = ids.get(&t.repo) {
+                let at = latest.entry((*id, t.digest.to_string())).or_insert(t.at_ms);
+                *at = (*at).max(t.at_ms);
+            }
+        }
+        let mut repo_ids = Vec::with_capacity(latest.len());
+        let mut digests = Vec::with_capacity(latest.len());
+        let mut at_ms = Vec::with_capacity(latest.len());
+        for ((id, digest), at) in latest {
+            repo_ids.push(id);
+            digests.push(digest);
+            at_ms.push(at);
+        }
+        if repo_ids.is_empty() {
+            return Ok(());
+        }
+        let (repo_ids, digests, at_ms) = (&repo_ids, &digests, &at_ms);
+        retrying("record_touches", move || async move {
+            sqlx::query(RECORD_TOUCHES)
+                .bind(repo_ids)
+                .bind(digests)
+                .bind(at_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(size.map(to_u64))
+        Reads(self).blob_size(digest).await
     }
 
     async fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query(BLOB_RECORD)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(blob_record).transpose()
+        Reads(self).blob_record(digest).await
     }
 
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
@@ -784,21 +799,11 @@ impl MetaStore for PgMeta {
     }
 
     async fn manifest_by_digest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(MANIFEST_BY_DIGEST)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(stored_manifest).transpose()
+        Reads(self).manifest_by_digest(repo, digest).await
     }
 
     async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(MANIFEST_BY_TAG)
-            .bind(repo)
-            .bind(tag)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(stored_manifest).transpose()
+        Reads(self).manifest_by_tag(repo, tag).await
     }
 
     async fn delete_manifest(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool> {
@@ -851,11 +856,20 @@ impl MetaStore for PgMeta {
         .await?)
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(REFERRERS)
             .bind(repo)
             .bind(subject.to_string())
             .bind(artifact_type)
+            .bind(after.map(Digest::to_string).unwrap_or_default())
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -900,38 +914,11 @@ impl MetaStore for PgMeta {
     }
 
     async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>> {
-        let row = sqlx::query(MANIFEST_FACTS)
-            .bind(repo)
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(ManifestFacts {
-                provenance: r.try_get("provenance")?,
-                pushed_by: r.try_get("pushed_by")?,
-                pushed_ms: r.try_get("pushed_ms")?,
-                last_pulled_ms: r.try_get("last_pulled_ms")?,
-                pull_count: to_u64(r.try_get("pull_count")?),
-            })
-        })
-        .transpose()
+        Reads(self).manifest_facts(repo, digest).await
     }
 
     async fn tag_facts(&self, repo: &str, tag: &str) -> Result<Option<TagFacts>> {
-        let row = sqlx::query(TAG_FACTS)
-            .bind(repo)
-            .bind(tag)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(TagFacts {
-                digest: parse_digest(r.try_get("manifest_digest")?)?,
-                pushed_ms: r.try_get("pushed_ms")?,
-                last_pulled_ms: r.try_get("last_pulled_ms")?,
-                pull_count: to_u64(r.try_get("pull_count")?),
-            })
-        })
-        .transpose()
+        Reads(self).tag_facts(repo, tag).await
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
@@ -983,6 +970,52 @@ impl MetaStore for PgMeta {
     async fn delete_upload(&self, id: &UploadId) -> Result<()> {
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_upload(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<UploadClaim> {
+        // A lease rather than a row lock held for the request: a chunk may
+        // stream for minutes, and a transaction open that long would keep a
+        // pool connection from every other request.
+        let claimed = sqlx::query(CLAIM_UPLOAD)
+            .bind(id.as_str())
+            .bind(token)
+            .bind(now_ms)
+            .bind(until_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = claimed {
+            return Ok(UploadClaim::Claimed {
+                record: upload_record(&row)?,
+                leased: true,
+            });
+        }
+        Ok(match self.get_upload(id).await? {
+            Some(record) => UploadClaim::Busy(record),
+            None => UploadClaim::Unknown,
+        })
+    }
+
+    async fn renew_upload_claim(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET lease_until_ms = $4, updated_ms = GREATEST(updated_ms, $3) \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id.as_str())
+        .bind(token)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn release_upload_claim(&self, id: &UploadId, token: &str) -> Result<()> {
+        sqlx::query("UPDATE uploads SET lease_token = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_token = $2")
+            .bind(id.as_str())
+            .bind(token)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -1184,6 +1217,9 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{with_database, TestDb};
     use super::*;
+    use crate::sql::reads::{
+        LINKED_BLOB, LINKED_BLOB_SIZE, MANIFEST_BY_DIGEST, MANIFEST_BY_TAG, MANIFEST_FACTS, TAG_FACTS,
+    };
     use crate::AccessStore;
 
     #[tokio::test]
@@ -1402,6 +1438,13 @@ mod tests {
                 vec![repo.into(), "'v5'".into(), "100".into()],
             ),
             ("linked blob size", LINKED_BLOB_SIZE, vec![repo.into(), blob.clone()]),
+            ("linked blob", LINKED_BLOB, vec![repo.into(), blob.clone()]),
+            ("touch a link", TOUCH_LINK, vec![repo.into(), blob.clone(), "5".into()]),
+            (
+                "touches",
+                RECORD_TOUCHES,
+                vec![format!("ARRAY[{repo_id}]"), format!("ARRAY[{blob}]"), "ARRAY[5]".into()],
+            ),
             ("blob size", BLOB_SIZE, vec![blob.clone()]),
             ("links of a push", LINKED_AMONG, vec![repo_id.clone(), blobs.clone()]),
             (
@@ -1412,16 +1455,38 @@ mod tests {
             (
                 "referrers",
                 REFERRERS,
-                vec![repo.into(), subject.clone(), "NULL".into()],
+                vec![repo.into(), subject.clone(), "NULL".into(), "''".into(), "1000".into()],
+            ),
+            (
+                "referrers, next page",
+                REFERRERS,
+                vec![
+                    repo.into(),
+                    subject.clone(),
+                    "NULL".into(),
+                    manifest.clone(),
+                    "1000".into(),
+                ],
             ),
             (
                 "referrers by type",
                 REFERRERS,
-                vec![repo.into(), subject, "'application/example'".into()],
+                vec![
+                    repo.into(),
+                    subject,
+                    "'application/example'".into(),
+                    "''".into(),
+                    "1000".into(),
+                ],
             ),
             ("manifest facts", MANIFEST_FACTS, vec![repo.into(), manifest.clone()]),
             ("tag facts", TAG_FACTS, vec![repo.into(), "'v7'".into()]),
             ("upload", GET_UPLOAD, vec!["'upload-7'".into()]),
+            (
+                "upload claim",
+                CLAIM_UPLOAD,
+                vec!["'upload-7'".into(), "'token'".into(), "20".into(), "80".into()],
+            ),
             (
                 "upload advance",
                 ADVANCE_UPLOAD,

@@ -24,7 +24,8 @@ use crate::lifecycle::{
     Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::postgres::{digest_strings, lock, parse_digest, retrying, to_u64, LockKey, LockMode, PgTx};
-use crate::postgres_access::write_audit;
+use crate::sql::access::write_audit;
+use crate::sql::policies::Policies;
 use crate::{MetaError, PgMeta, Result, StoreSet};
 
 /// Most advisory locks one garbage-collection transaction takes.
@@ -394,91 +395,19 @@ impl LifecycleStore for PgMeta {
     }
 
     async fn policies(&self) -> Result<Vec<PolicyRecord>> {
-        let rows = sqlx::query(
-            "SELECT pattern, rules, source, updated_by, updated_ms FROM retention_policies ORDER BY pattern",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PolicyRecord {
-                    pattern: r.try_get("pattern")?,
-                    rules_json: r.try_get("rules")?,
-                    source: r.try_get("source")?,
-                    updated_by: r.try_get("updated_by")?,
-                    updated_ms: r.try_get("updated_ms")?,
-                })
-            })
-            .collect()
+        Policies(self).all().await
     }
 
     async fn put_policy(&self, policy: &PolicyRecord, audit: &Audit) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        lock(&mut tx, vec![LockKey::policies()], LockMode::Exclusive).await?;
-        upsert_policy(&mut tx, policy).await?;
-        write_audit(
-            &mut tx,
-            audit,
-            "retention.set",
-            &format!("policy:{}", policy.pattern),
-            Some(policy.rules_json.clone()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        Policies(self).put(policy, audit).await
     }
 
     async fn delete_policy(&self, pattern: &str, audit: &Audit) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        lock(&mut tx, vec![LockKey::policies()], LockMode::Exclusive).await?;
-        let done = sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
-            .bind(pattern)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        write_audit(&mut tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
-        tx.commit().await?;
-        Ok(true)
+        Policies(self).delete(pattern, audit).await
     }
 
     async fn sync_config_policies(&self, policies: &[PolicyRecord], audit: &Audit) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        // Replicas starting together: the second one finds the first one's
-        // result and has nothing left to write (or audit).
-        lock(&mut tx, vec![LockKey::policies()], LockMode::Exclusive).await?;
-        let existing: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT pattern, rules, source FROM retention_policies")
-                .fetch_all(&mut *tx)
-                .await?;
-        for (pattern, _, source) in &existing {
-            if source == "config" && !policies.iter().any(|p| &p.pattern == pattern) {
-                sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
-                    .bind(pattern)
-                    .execute(&mut *tx)
-                    .await?;
-                write_audit(&mut tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
-            }
-        }
-        for policy in policies {
-            let same = existing.iter().any(|(pattern, rules, source)| {
-                *pattern == policy.pattern && *rules == policy.rules_json && source == "config"
-            });
-            if !same {
-                upsert_policy(&mut tx, policy).await?;
-                write_audit(
-                    &mut tx,
-                    audit,
-                    "retention.set",
-                    &format!("policy:{}", policy.pattern),
-                    Some(policy.rules_json.clone()),
-                )
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        Policies(self).sync_config(policies, audit).await
     }
 
     async fn stale_links(
@@ -732,20 +661,4 @@ impl LifecycleStore for PgMeta {
             .fetch_all(&self.pool)
             .await?)
     }
-}
-
-async fn upsert_policy(tx: &mut PgTx, policy: &PolicyRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO retention_policies (pattern, rules, source, updated_by, updated_ms) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (pattern) DO UPDATE SET rules = excluded.rules, source = excluded.source, \
-         updated_by = excluded.updated_by, updated_ms = excluded.updated_ms",
-    )
-    .bind(&policy.pattern)
-    .bind(&policy.rules_json)
-    .bind(&policy.source)
-    .bind(&policy.updated_by)
-    .bind(policy.updated_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

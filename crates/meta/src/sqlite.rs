@@ -5,7 +5,6 @@
 //! separate pool of read-only connections and never wait for writers.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,9 +14,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use crate::sql::reads::Reads;
+pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
-    BlobRecord, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord, Referrer, Result, StoreSet,
-    StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    BlobRecord, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord,
+    Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 /// Metadata in a SQLite database file.
@@ -27,18 +28,6 @@ pub struct SqliteMeta {
     pub(crate) reader: SqlitePool,
 }
 
-fn parse_digest(s: &str) -> Result<Digest> {
-    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
 /// A JSON array of digests, for `json_each` in a query.
 pub(crate) fn digest_list(digests: &[Digest]) -> String {
     serde_json::Value::from(digests.iter().map(|d| d.to_string()).collect::<Vec<_>>()).to_string()
@@ -46,14 +35,6 @@ pub(crate) fn digest_list(digests: &[Digest]) -> String {
 
 fn parse_names(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json).map_err(|e| MetaError::Corrupt(format!("name list from the database: {e}")))
-}
-
-fn stored_manifest(row: &SqliteRow) -> Result<StoredManifest> {
-    Ok(StoredManifest {
-        digest: parse_digest(row.try_get("digest")?)?,
-        media_type: row.try_get("media_type")?,
-        body: row.try_get("body")?,
-    })
 }
 
 fn upload_record(row: &SqliteRow) -> Result<UploadRecord> {
@@ -70,13 +51,6 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord> {
 }
 
 const REPO_ID: &str = "(SELECT id FROM repositories WHERE name = $1)";
-
-fn blob_record(row: &SqliteRow) -> Result<BlobRecord> {
-    Ok(BlobRecord {
-        size: to_u64(row.try_get("size")?),
-        stores: StoreSet::from_column(row.try_get("stores")?),
-    })
-}
 
 /// Most bytes of the database file SQLite maps into memory: 64 GiB. The
 /// bundled SQLite accepts more than its default cap of 2 GiB because
@@ -288,51 +262,57 @@ impl SqliteMeta {
 #[async_trait]
 impl MetaStore for SqliteMeta {
     async fn repository_exists(&self, repo: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
-            .bind(repo)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(found.is_some())
+        Reads(self).repository_exists(repo).await
     }
 
     async fn linked_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
-             WHERE l.repo_id = {REPO_ID} AND l.digest = $2"
-        ))
-        .bind(repo)
-        .bind(digest.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(size.map(to_u64))
+        Reads(self).linked_blob_size(repo, digest).await
     }
 
-    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT b.size, b.stores FROM repo_blobs l JOIN blobs b ON b.digest = l.digest \
-             WHERE l.repo_id = {REPO_ID} AND l.digest = $2"
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<LinkedBlob>> {
+        Reads(self).linked_blob(repo, digest).await
+    }
+
+    async fn touch_link(&self, repo: &str, digest: &Digest, at_ms: i64) -> Result<bool> {
+        // The single writer orders it with the collector's deleting
+        // transaction: one of them sees the other's outcome.
+        let done = sqlx::query(&format!(
+            "UPDATE repo_blobs SET linked_ms = MAX(linked_ms, $3) WHERE repo_id = {REPO_ID} AND digest = $2"
         ))
         .bind(repo)
         .bind(digest.to_string())
-        .fetch_optional(&self.reader)
+        .bind(at_ms)
+        .execute(&self.writer)
         .await?;
-        row.as_ref().map(blob_record).transpose()
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn record_touches(&self, touches: &[LinkTouch]) -> Result<()> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for t in touches {
+            // Links already as recent are left unwritten.
+            sqlx::query(&format!(
+                "UPDATE repo_blobs SET linked_ms = $3 WHERE repo_id = {REPO_ID} AND digest = $2 AND linked_ms < $3"
+            ))
+            .bind(&t.repo)
+            .bind(t.digest.to_string())
+            .bind(t.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
-            .bind(digest.to_string())
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(size.map(to_u64))
+        Reads(self).blob_size(digest).await
     }
 
     async fn blob_record(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query("SELECT size, stores FROM blobs WHERE digest = $1")
-            .bind(digest.to_string())
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(blob_record).transpose()
+        Reads(self).blob_record(digest).await
     }
 
     async fn add_blob(&self, repo: &str, digest: &Digest, size: u64, now_ms: i64) -> Result<()> {
@@ -488,27 +468,11 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn manifest_by_digest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(&format!(
-            "SELECT digest, media_type, body FROM manifests WHERE repo_id = {REPO_ID} AND digest = $2"
-        ))
-        .bind(repo)
-        .bind(digest.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(stored_manifest).transpose()
+        Reads(self).manifest_by_digest(repo, digest).await
     }
 
     async fn manifest_by_tag(&self, repo: &str, tag: &str) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(&format!(
-            "SELECT m.digest, m.media_type, m.body FROM tags t \
-             JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
-             WHERE t.repo_id = {REPO_ID} AND t.name = $2"
-        ))
-        .bind(repo)
-        .bind(tag)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(stored_manifest).transpose()
+        Reads(self).manifest_by_tag(repo, tag).await
     }
 
     async fn delete_manifest(&self, repo: &str, digest: &Digest, now_ms: i64) -> Result<bool> {
@@ -570,14 +534,26 @@ impl MetaStore for SqliteMeta {
         parse_names(&names)
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<Referrer>> {
+        // `digest > ''` without a cursor: always a range on the index
+        // (repo_id, subject, digest), so each page starts where the last ended.
         let rows = sqlx::query(&format!(
             "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
-             WHERE repo_id = {REPO_ID} AND subject = $2 AND ($3 IS NULL OR artifact_type = $3) ORDER BY digest"
+             WHERE repo_id = {REPO_ID} AND subject = $2 AND digest > $4 AND ($3 IS NULL OR artifact_type = $3) \
+             ORDER BY digest LIMIT $5"
         ))
         .bind(repo)
         .bind(subject.to_string())
         .bind(artifact_type)
+        .bind(after.map(Digest::to_string).unwrap_or_default())
+        .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
@@ -631,44 +607,11 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>> {
-        let row = sqlx::query(&format!(
-            "SELECT provenance, pushed_by, pushed_ms, last_pulled_ms, pull_count FROM manifests \
-             WHERE repo_id = {REPO_ID} AND digest = $2"
-        ))
-        .bind(repo)
-        .bind(digest.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| {
-            Ok(ManifestFacts {
-                provenance: r.try_get("provenance")?,
-                pushed_by: r.try_get("pushed_by")?,
-                pushed_ms: r.try_get("pushed_ms")?,
-                last_pulled_ms: r.try_get("last_pulled_ms")?,
-                pull_count: to_u64(r.try_get("pull_count")?),
-            })
-        })
-        .transpose()
+        Reads(self).manifest_facts(repo, digest).await
     }
 
     async fn tag_facts(&self, repo: &str, tag: &str) -> Result<Option<TagFacts>> {
-        let row = sqlx::query(&format!(
-            "SELECT manifest_digest, pushed_ms, last_pulled_ms, pull_count FROM tags \
-             WHERE repo_id = {REPO_ID} AND name = $2"
-        ))
-        .bind(repo)
-        .bind(tag)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| {
-            Ok(TagFacts {
-                digest: parse_digest(r.try_get("manifest_digest")?)?,
-                pushed_ms: r.try_get("pushed_ms")?,
-                last_pulled_ms: r.try_get("last_pulled_ms")?,
-                pull_count: to_u64(r.try_get("pull_count")?),
-            })
-        })
-        .transpose()
+        Reads(self).tag_facts(repo, tag).await
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {

@@ -4,8 +4,6 @@
 //! also the lock uploads take to place a blob file, so a re-check made here
 //! cannot be overtaken by a push before the transaction commits.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use berth_oci::Digest;
 use sqlx::{Row, Sqlite, Transaction};
@@ -15,13 +13,10 @@ use crate::lifecycle::{
     BlobFiles, BlobSweep, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedReferrerTag, PlannedRemoval,
     PolicyRecord, Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
-use crate::sqlite::{digest_list, to_u64};
-use crate::sqlite_access::write_audit;
+use crate::sql::access::write_audit;
+use crate::sql::policies::Policies;
+use crate::sqlite::{digest_list, parse_digest, to_u64};
 use crate::{MetaError, Result, SqliteMeta, StoreSet};
-
-fn parse_digest(s: &str) -> Result<Digest> {
-    Digest::from_str(s).map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
 
 /// What a dry run pretends is gone, as `repo_id|digest` strings for `json_each`.
 fn pretend_list(gone: Pretend<'_>) -> String {
@@ -311,89 +306,19 @@ impl LifecycleStore for SqliteMeta {
     }
 
     async fn policies(&self) -> Result<Vec<PolicyRecord>> {
-        let rows = sqlx::query(
-            "SELECT pattern, rules, source, updated_by, updated_ms FROM retention_policies ORDER BY pattern",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PolicyRecord {
-                    pattern: r.try_get("pattern")?,
-                    rules_json: r.try_get("rules")?,
-                    source: r.try_get("source")?,
-                    updated_by: r.try_get("updated_by")?,
-                    updated_ms: r.try_get("updated_ms")?,
-                })
-            })
-            .collect()
+        Policies(self).all().await
     }
 
     async fn put_policy(&self, policy: &PolicyRecord, audit: &Audit) -> Result<()> {
-        let mut tx = self.begin().await?;
-        upsert_policy(&mut tx, policy).await?;
-        write_audit(
-            &mut tx,
-            audit,
-            "retention.set",
-            &format!("policy:{}", policy.pattern),
-            Some(policy.rules_json.clone()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        Policies(self).put(policy, audit).await
     }
 
     async fn delete_policy(&self, pattern: &str, audit: &Audit) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
-            .bind(pattern)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        write_audit(&mut tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
-        tx.commit().await?;
-        Ok(true)
+        Policies(self).delete(pattern, audit).await
     }
 
     async fn sync_config_policies(&self, policies: &[PolicyRecord], audit: &Audit) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let existing = sqlx::query("SELECT pattern, rules, source FROM retention_policies")
-            .fetch_all(&mut *tx)
-            .await?;
-        for row in &existing {
-            let pattern: String = row.try_get("pattern")?;
-            let source: String = row.try_get("source")?;
-            if source == "config" && !policies.iter().any(|p| p.pattern == pattern) {
-                sqlx::query("DELETE FROM retention_policies WHERE pattern = $1")
-                    .bind(&pattern)
-                    .execute(&mut *tx)
-                    .await?;
-                write_audit(&mut tx, audit, "retention.delete", &format!("policy:{pattern}"), None).await?;
-            }
-        }
-        for policy in policies {
-            let same = existing.iter().any(|row| {
-                row.try_get::<String, _>("pattern").ok().as_deref() == Some(policy.pattern.as_str())
-                    && row.try_get::<String, _>("rules").ok().as_deref() == Some(policy.rules_json.as_str())
-                    && row.try_get::<String, _>("source").ok().as_deref() == Some("config")
-            });
-            if !same {
-                upsert_policy(&mut tx, policy).await?;
-                write_audit(
-                    &mut tx,
-                    audit,
-                    "retention.set",
-                    &format!("policy:{}", policy.pattern),
-                    Some(policy.rules_json.clone()),
-                )
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        Policies(self).sync_config(policies, audit).await
     }
 
     async fn stale_links(
@@ -744,20 +669,4 @@ impl LifecycleStore for SqliteMeta {
             .await?;
         serde_json::from_str(&ids).map_err(|e| MetaError::Corrupt(format!("upload ids: {e}")))
     }
-}
-
-async fn upsert_policy(tx: &mut Transaction<'static, Sqlite>, policy: &PolicyRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO retention_policies (pattern, rules, source, updated_by, updated_ms) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (pattern) DO UPDATE SET rules = excluded.rules, source = excluded.source, \
-         updated_by = excluded.updated_by, updated_ms = excluded.updated_ms",
-    )
-    .bind(&policy.pattern)
-    .bind(&policy.rules_json)
-    .bind(&policy.source)
-    .bind(&policy.updated_by)
-    .bind(policy.updated_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

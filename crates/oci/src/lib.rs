@@ -16,4 +16,4 @@ pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use endpoint::{Endpoint, EndpointError, UploadId};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
-pub use name::{NameError, Reference, RepoName, Tag};
+pub use name::{NameError, Reference, RepoName, Tag, MAX_NAME_LEN, MAX_TAG_LEN};

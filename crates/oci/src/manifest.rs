@@ -30,6 +30,8 @@ pub enum ManifestError {
     MissingIndexFields,
     #[error("descriptor size must not be negative")]
     NegativeSize,
+    #[error("{field} {value:?} is not a media type (RFC 6838: printable ASCII)")]
+    MediaTypeInvalid { field: &'static str, value: String },
 }
 
 /// Whether a manifest describes one image/artifact or a list of manifests.
@@ -171,6 +173,24 @@ impl Manifest {
         if manifest.descriptors().any(|d| d.size < 0) {
             return Err(ManifestError::NegativeSize);
         }
+        // The registry records these as text (a referrer's artifact type
+        // comes from one of them), and answers filters with them.
+        let media_types = std::iter::once(("artifactType", manifest.artifact_type.as_ref()))
+            .chain(manifest.descriptors().flat_map(|d| {
+                [
+                    ("descriptor mediaType", Some(&d.media_type)),
+                    ("descriptor artifactType", d.artifact_type.as_ref()),
+                ]
+            }))
+            .filter_map(|(field, value)| value.map(|v| (field, v)));
+        for (field, value) in media_types {
+            if !media_type::is_plausible(value) {
+                return Err(ManifestError::MediaTypeInvalid {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
         Ok(manifest)
     }
 
@@ -296,6 +316,40 @@ mod tests {
             Manifest::parse(bad_digest.as_bytes(), None),
             Err(ManifestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn media_types_are_printable_ascii() {
+        let with = |from: &str, to: &str| image(media_type::OCI_MANIFEST).replacen(from, to, 1);
+        for (manifest, field) in [
+            (
+                with(r#""mediaType":"c""#, r#""mediaType":"c\u0000""#),
+                "descriptor mediaType",
+            ),
+            (
+                with(r#""mediaType":"l""#, r#""mediaType":"l\n""#),
+                "descriptor mediaType",
+            ),
+            (
+                with(r#""config""#, r#""artifactType":"application/x\u0000","config""#),
+                "artifactType",
+            ),
+            (
+                with(r#""config""#, r#""artifactType":"application/\u00e9","config""#),
+                "artifactType",
+            ),
+            (
+                with(r#""mediaType":"c","#, r#""mediaType":"c","artifactType":"\u0000","#),
+                "descriptor artifactType",
+            ),
+        ] {
+            match Manifest::parse(manifest.as_bytes(), None) {
+                Err(ManifestError::MediaTypeInvalid { field: f, .. }) => assert_eq!(f, field, "{manifest}"),
+                other => panic!("{manifest}: {other:?}"),
+            }
+        }
+        let fine = with(r#""config""#, r#""artifactType":"text/plain; charset=utf-8","config""#);
+        assert!(Manifest::parse(fine.as_bytes(), None).is_ok());
     }
 
     proptest::proptest! {

@@ -28,3 +28,11 @@ pub fn essence(content_type: &str) -> String {
         .trim()
         .to_ascii_lowercase()
 }
+
+/// Whether `text` holds only what a media type can hold: RFC 6838 names are
+/// ASCII, and a media type with parameters (`text/plain; charset=utf-8`)
+/// holds spaces and punctuation, but never a control character or anything
+/// beyond ASCII. (Whether it is empty is the caller's concern.)
+pub fn is_plausible(text: &str) -> bool {
+    text.bytes().all(|b| (b' '..=b'~').contains(&b))
+}

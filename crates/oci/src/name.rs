@@ -9,6 +9,9 @@ use crate::digest::{Digest, DigestError};
 /// Longest repository name we accept; clients limit host + "/" + name to 255.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The longest tag the spec allows, in bytes (a tag is ASCII).
+pub const MAX_TAG_LEN: usize = 128;
+
 /// Why a name, tag or reference was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -111,7 +114,7 @@ impl FromStr for Tag {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
         let ok = !b.is_empty()
-            && b.len() <= 128
+            && b.len() <= MAX_TAG_LEN
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
             && b[1..].iter().all(|&x| x.is_ascii_alphanumeric() || b"._-".contains(&x));
         if ok {

@@ -40,18 +40,20 @@ impl App {
     pub async fn open(mut config: Config) -> anyhow::Result<Self> {
         ensure_data_dir(&config.data_dir)?;
         let (meta, stores) = open_stores(&config).await?;
-        let clock = clock::from_env();
+        let clock = clock::from_env()?;
         let limits = Limits {
             manifest_max_bytes: config.limits.manifest_max_bytes,
             namespaces: NamespaceRules::from_config(&config.lifecycle)
                 .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
+            gc_grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         };
         let registry = Registry::new(meta.clone(), stores.clone(), clock.clone(), limits);
-        let lifecycle = Lifecycle::new(meta.clone(), stores, clock, &config)
+        let lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
-            .seeing_pulls_of(registry.pull_recorder());
+            .seeing_pulls_of(registry.pull_recorder())
+            .seeing_touches_of(registry.touch_recorder());
         share_token_key(&mut config, meta.as_ref()).await?;
-        let auth = Auth::open(&config.auth, &config.data_dir, meta).context("invalid auth configuration")?;
+        let auth = Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
         Ok(App {
             registry,
             auth,
@@ -248,18 +250,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    crate::connections::serve(listener, router, shutdown).await;
     if let Err(e) = app.registry.flush_pulls().await {
         tracing::warn!(error = %e, "recording the last pulls failed");
+    }
+    if let Err(e) = app.registry.flush_touches().await {
+        tracing::warn!(error = %e, "recording the last blob reads failed");
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// How often gathered pull counts are written.
+/// How often gathered pull counts and blob reads are written.
 const PULL_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 fn spawn_pull_flush(app: Arc<App>) {
@@ -270,6 +272,9 @@ fn spawn_pull_flush(app: Arc<App>) {
             tick.tick().await;
             if let Err(e) = app.registry.flush_pulls().await {
                 tracing::warn!(error = %e, "recording pulls failed; will retry");
+            }
+            if let Err(e) = app.registry.flush_touches().await {
+                tracing::warn!(error = %e, "recording blob reads failed; will retry");
             }
         }
     });

@@ -87,7 +87,7 @@ pub enum StorageBackend {
 }
 
 /// Where every fact but blob bytes lives. See `docs/scale-out.md`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetaConfig {
     /// `sqlite` (a file in the data directory) or `postgres`.
@@ -113,18 +113,37 @@ pub enum MetaBackend {
 impl MetaConfig {
     /// The PostgreSQL URL with any password replaced, for messages and logs.
     pub fn redacted_url(&self) -> String {
-        let Some(url) = &self.url else {
-            return "(no meta.url)".into();
-        };
-        match reqwest::Url::parse(url) {
-            Ok(mut parsed) if parsed.password().is_some() => {
-                // Only fails for URLs that cannot have a password, and this one has one.
-                let _ = parsed.set_password(Some("REDACTED"));
-                parsed.to_string()
-            }
-            Ok(parsed) => parsed.to_string(),
-            Err(_) => "(unparsable meta.url)".into(),
+        match &self.url {
+            Some(url) => redact_url(url),
+            None => "(no meta.url)".into(),
         }
+    }
+}
+
+/// `url` with any password replaced, for messages, logs and debug prints.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only fails for URLs that cannot have a password, and this one has one.
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        // Unparsable text may still hold a password: show none of it.
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+/// Shows the database URL without its password.
+impl std::fmt::Debug for MetaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaConfig")
+            .field("backend", &self.backend)
+            .field("url", &self.url.as_ref().map(|_| self.redacted_url()))
+            .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .finish()
     }
 }
 
@@ -248,7 +267,7 @@ pub enum AuthMode {
     Token,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Lifetime of the access tokens the token endpoint issues.
@@ -264,6 +283,18 @@ pub struct TokenConfig {
     pub key_file: Option<PathBuf>,
 }
 
+/// Shows whether a signing key is set, never the key.
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("lifetime_secs", &self.lifetime_secs)
+            .field("refresh_lifetime_secs", &self.refresh_lifetime_secs)
+            .field("key", &self.key.as_ref().map(|_| "<set>"))
+            .field("key_file", &self.key_file)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginLimitConfig {
@@ -272,7 +303,7 @@ pub struct LoginLimitConfig {
     pub window_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalAuthConfig {
     /// Base URL of the validation service (`/api/auth/info` is appended when
@@ -282,6 +313,17 @@ pub struct ExternalAuthConfig {
     /// How long a positive answer is reused; negative answers never are.
     pub cache_secs: u64,
     pub timeout_secs: u64,
+}
+
+/// Shows the service URL without a password it may carry.
+impl std::fmt::Debug for ExternalAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalAuthConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("cache_secs", &self.cache_secs)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -586,6 +628,50 @@ grants = ["acme/{repository}:push"]
             jail.set_env("BERTH_AUTH__EXTERNAL__URL", "https://wins.example");
             let c = Config::load(Some(Path::new("berth.toml")), Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.auth.external.url.as_deref(), Some("https://wins.example"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn no_secret_appears_in_a_debug_print_of_the_whole_config() {
+        const SECRETS: [&str; 7] = [
+            "token-key-0123456789abcdef0123456789",
+            "pg-password-x1",
+            "ext-password-x2",
+            "AKIA-default-x3",
+            "s3-secret-default-x4",
+            "s3-session-default-x5",
+            "s3-secret-named-x6",
+        ];
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "berth.toml",
+                &format!(
+                    r#"
+[auth]
+mode = "token"
+token = {{ key = "{}" }}
+external = {{ url = "https://svc:{}@auth.example/" }}
+[meta]
+backend = "postgres"
+url = "postgres://berth:{}@db:5432/berth"
+[storage]
+backend = "s3"
+s3 = {{ bucket = "b", access_key_id = "{}", secret_access_key = "{}", session_token = "{}" }}
+[storage.stores.team]
+backend = "s3"
+s3 = {{ bucket = "t", access_key_id = "id", secret_access_key = "{}" }}
+"#,
+                    SECRETS[0], SECRETS[2], SECRETS[1], SECRETS[3], SECRETS[4], SECRETS[5], SECRETS[6]
+                ),
+            )?;
+            let c = Config::load(Some(Path::new("berth.toml")), Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.token.key.as_deref(), Some(SECRETS[0]), "the secrets were read");
+            let printed = format!("{c:?} {c:#?}");
+            for secret in SECRETS {
+                assert!(!printed.contains(secret), "{secret} appears in {printed}");
+            }
+            assert!(printed.contains("auth.example") && printed.contains("db:5432"));
             Ok(())
         });
     }

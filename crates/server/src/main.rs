@@ -1,117 +1,15 @@
-//! The `berth` binary.
+//! The `berth` binary: parses the command line and runs the command.
 
-mod api;
-mod app;
-mod auth;
-mod cli;
-mod clock;
-mod config;
-mod lifecycle;
-mod migrate;
-mod operator;
-mod registry;
-mod telemetry;
-
+use berth_server::Cli;
 use clap::Parser;
-
-use crate::cli::{Cli, Command};
-use crate::config::{Config, Overrides};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match berth_server::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => {
-            let overrides = Overrides {
-                listen: args.listen,
-                data_dir: args.data_dir,
-            };
-            let config = Config::load(args.config.as_deref(), overrides)?;
-            telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(app::serve(config))
-        }
-        Command::User { store, action } => operator_runtime()?.block_on(operator::user(store, action)),
-        Command::Token { store, action } => operator_runtime()?.block_on(operator::token(store, action)),
-        Command::Grant { store, action } => operator_runtime()?.block_on(operator::grant(store, action)),
-        Command::Retention { store, action } => operator_runtime()?.block_on(operator::retention(store, action)),
-        Command::Gc {
-            store,
-            dry_run,
-            json,
-            nice,
-        } => {
-            lower_priority(nice);
-            operator_runtime()?.block_on(operator::gc(store, dry_run, json))
-        }
-        Command::Fsck {
-            store,
-            verify,
-            repair,
-            json,
-        } => operator_runtime()?.block_on(operator::fsck(store, verify, repair, json)),
-        Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
-        Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
-    }
-}
-
-fn operator_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
-
-/// Makes this process `by` steps nicer. On Linux a priority belongs to the
-/// thread, and threads inherit it when they start: call this before any
-/// runtime starts its threads. Failing only warns, since the work can run
-/// at the caller's priority just as well.
-fn lower_priority(by: u8) {
-    if by == 0 {
-        return;
-    }
-    // nice() returns the new value, which may be -1: errno tells failure.
-    // SAFETY: nice and errno touch only this thread's state.
-    let failed = unsafe {
-        *libc::__errno_location() = 0;
-        libc::nice(i32::from(by)) == -1 && *libc::__errno_location() != 0
-    };
-    if failed {
-        eprintln!(
-            "berth: warning: could not lower the CPU priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// This thread's nice value.
-    fn niceness() -> i32 {
-        // SAFETY: getpriority only reads its arguments.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-    }
-
-    #[test]
-    fn threads_started_after_lowering_the_priority_run_at_the_lower_one() {
-        // In a thread of its own: the test harness's threads keep theirs.
-        std::thread::spawn(|| {
-            let before = niceness();
-            super::lower_priority(3);
-            let after = niceness();
-            assert_eq!(after, (before + 3).min(19));
-            let child = std::thread::spawn(niceness).join().unwrap();
-            assert_eq!(child, after, "a thread started afterwards inherits it");
-            super::lower_priority(0);
-            assert_eq!(niceness(), after, "0 changes nothing");
-        })
-        .join()
-        .unwrap();
     }
 }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::app::{ensure_data_dir, open_meta, open_stores, Meta};
+use berth_meta::AccessStore;
+
+use crate::app::{ensure_data_dir, open_meta, open_stores};
 use crate::auth::access::Pattern;
-use crate::auth::manage;
+use crate::auth::manage::Accounts;
 use crate::auth::rfc3339;
 use crate::cli::{GrantCommand, RetentionCommand, StoreArgs, TokenCommand, UserCommand};
 use crate::clock;
@@ -24,10 +26,12 @@ fn load(args: &StoreArgs) -> anyhow::Result<Config> {
     Ok(Config::load(args.config.as_deref(), overrides)?)
 }
 
-async fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn Meta>> {
+/// The accounts of the configuration's metadata store.
+async fn open_accounts(args: &StoreArgs) -> anyhow::Result<Accounts> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
-    open_meta(&config).await
+    let meta: Arc<dyn AccessStore> = open_meta(&config).await?;
+    Ok(Accounts::new(meta, clock::from_env()?))
 }
 
 /// `cli:` and the operating-system user running the command.
@@ -98,30 +102,30 @@ impl Drop for EchoOff {
 }
 
 pub async fn user(args: StoreArgs, command: UserCommand) -> anyhow::Result<()> {
-    let store = open(&args).await?;
+    let accounts = open_accounts(&args).await?;
     let actor = actor();
     match command {
         UserCommand::Add { name, admin } => {
             let password = read_password()?;
-            manage::create_user(store.as_ref(), &name, &password, admin, &actor).await?;
+            accounts.create_user(&name, &password, admin, &actor).await?;
             eprintln!("user {name} added{}", if admin { " (administrator)" } else { "" });
         }
         UserCommand::Passwd { name } => {
             let password = read_password()?;
-            manage::set_password(store.as_ref(), &name, &password, &actor).await?;
+            accounts.set_password(&name, &password, &actor).await?;
             eprintln!("password of {name} changed");
         }
         UserCommand::Disable { name } => {
-            manage::set_disabled(store.as_ref(), &name, true, &actor).await?;
+            accounts.set_disabled(&name, true, &actor).await?;
             eprintln!("user {name} disabled");
         }
         UserCommand::Enable { name } => {
-            manage::set_disabled(store.as_ref(), &name, false, &actor).await?;
+            accounts.set_disabled(&name, false, &actor).await?;
             eprintln!("user {name} enabled");
         }
         UserCommand::List => {
             println!("{:<32} {:<6} {:<9} CREATED", "NAME", "ADMIN", "DISABLED");
-            for u in store.list_users().await? {
+            for u in accounts.list_users().await? {
                 println!(
                     "{:<32} {:<6} {:<9} {}",
                     u.name,
@@ -136,22 +140,24 @@ pub async fn user(args: StoreArgs, command: UserCommand) -> anyhow::Result<()> {
 }
 
 pub async fn token(args: StoreArgs, command: TokenCommand) -> anyhow::Result<()> {
-    let store = open(&args).await?;
+    let accounts = open_accounts(&args).await?;
     let actor = actor();
     match command {
         TokenCommand::Create { name, grants, expires } => {
-            let token = manage::create_token(store.as_ref(), &name, &grants, expires.as_deref(), &actor).await?;
+            let token = accounts
+                .create_token(&name, &grants, expires.as_deref(), &actor)
+                .await?;
             eprintln!("token {name} created; it is shown this once, use it as the password with any login name:");
             println!("{token}");
         }
         TokenCommand::List => {
-            let grants = store.list_grants().await?;
+            let grants = accounts.list_grants().await?;
             println!(
                 "{:<24} {:<8} {:<21} {:<21} GRANTS",
                 "NAME", "STATE", "EXPIRES", "LAST USED"
             );
-            let now = manage::now_ms();
-            for r in store.list_robots().await? {
+            let now = accounts.now_ms();
+            for r in accounts.list_robots().await? {
                 let state = if r.revoked_ms.is_some() {
                     "revoked"
                 } else if r.expires_ms.is_some_and(|e| e <= now) {
@@ -175,7 +181,7 @@ pub async fn token(args: StoreArgs, command: TokenCommand) -> anyhow::Result<()>
             }
         }
         TokenCommand::Revoke { name } => {
-            manage::revoke_token(store.as_ref(), &name, &actor).await?;
+            accounts.revoke_token(&name, &actor).await?;
             eprintln!("token {name} revoked");
         }
     }
@@ -183,23 +189,23 @@ pub async fn token(args: StoreArgs, command: TokenCommand) -> anyhow::Result<()>
 }
 
 pub async fn grant(args: StoreArgs, command: GrantCommand) -> anyhow::Result<()> {
-    let store = open(&args).await?;
+    let accounts = open_accounts(&args).await?;
     let actor = actor();
     match command {
         GrantCommand::Add { subject, pattern, role } => {
-            let id = manage::add_grant(store.as_ref(), &subject, &pattern, &role, &actor).await?;
+            let id = accounts.add_grant(&subject, &pattern, &role, &actor).await?;
             println!("{id}");
             eprintln!("grant {id}: {subject} {role} on {pattern}");
         }
         GrantCommand::List => {
             println!("{:<6} {:<32} {:<32} ROLE", "ID", "SUBJECT", "PATTERN");
-            for g in store.list_grants().await? {
+            for g in accounts.list_grants().await? {
                 let subject = format!("{}:{}", g.subject_kind.as_str(), g.subject);
                 println!("{:<6} {:<32} {:<32} {}", g.id, subject, g.pattern, g.role);
             }
         }
         GrantCommand::Remove { id } => {
-            manage::remove_grant(store.as_ref(), id, &actor).await?;
+            accounts.remove_grant(id, &actor).await?;
             eprintln!("grant {id} removed");
         }
     }
@@ -207,8 +213,8 @@ pub async fn grant(args: StoreArgs, command: GrantCommand) -> anyhow::Result<()>
 }
 
 pub async fn audit(args: StoreArgs, limit: u32) -> anyhow::Result<()> {
-    let store = open(&args).await?;
-    for e in store.audit_log(None, limit).await? {
+    let accounts = open_accounts(&args).await?;
+    for e in accounts.audit_log(None, limit).await? {
         println!(
             "{}  {:<20} {:<14} {:<28} {}",
             ms_text(Some(e.at_ms)),
@@ -227,7 +233,7 @@ async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
     let (meta, stores) = open_stores(&config).await?;
-    let lifecycle = Lifecycle::new(meta, stores, clock::from_env(), &config)
+    let lifecycle = Lifecycle::new(meta, stores, clock::from_env()?, &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
     lifecycle.sync_config_policies().await?;
     Ok(lifecycle)

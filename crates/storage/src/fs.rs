@@ -25,13 +25,15 @@ use crate::{BlobStore, ByteStream, StorageError, StoredFile};
 const READ_CHUNK: usize = 256 << 10;
 /// Chunks in flight between the disk and the socket when serving a blob.
 const READ_DEPTH: usize = 4;
-/// Batches in flight between the socket and the disk when receiving one.
-/// With [`READ_CHUNK`] and [`WRITE_BATCH`] these bound the memory one
-/// transfer holds to about a megabyte, whatever the blob size.
-const WRITE_DEPTH: usize = 2;
-/// Request-body chunks are gathered into batches of about this size before
-/// they are handed to the writer thread, so the threads wake rarely.
-const WRITE_BATCH: usize = 256 << 10;
+/// Request-body bytes are copied into one buffer of this size per upload,
+/// which the writer thread writes while the socket's bytes wait in the
+/// kernel's receive buffer. Copying releases each body chunk at once, so the
+/// connection reuses its read buffer instead of allocating another while
+/// chunks wait for the disk; an upload holds this buffer and nothing else,
+/// whatever the blob size. (A second buffer, filled while the first is
+/// written, bought no throughput: a write to the page cache takes a few
+/// microseconds, and cost 64 KiB per upload.)
+const WRITE_BATCH: usize = 32 << 10;
 /// Dirty bytes after which writeback is started, so the final fsync is short.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 /// Threads that share one `delete_many` call's unlinks. Many, because an
@@ -212,7 +214,9 @@ impl BlobStore for FsBlobStore {
 
     async fn append_upload(&self, id: &UploadId, offset: u64, mut data: ByteStream) -> Result<u64, StorageError> {
         let path = self.upload_path(id);
-        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_DEPTH);
+        // The full buffer goes to the writer, which sends it back once written.
+        let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(1);
+        let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(1);
         let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -230,42 +234,48 @@ impl BlobStore for FsBlobStore {
             file.set_len(offset)?;
             file.seek(SeekFrom::Start(offset))?;
             let (mut pos, mut flushed) = (offset, offset);
-            while let Some(batch) = rx.blocking_recv() {
-                for chunk in batch {
-                    file.write_all(&chunk)?;
-                    pos += chunk.len() as u64;
-                }
+            while let Some(mut buffer) = full_rx.blocking_recv() {
+                file.write_all(&buffer)?;
+                pos += buffer.len() as u64;
                 if pos - flushed >= WRITEBACK_EVERY {
                     start_writeback(&file, flushed, pos - flushed);
                     flushed = pos;
                 }
+                buffer.clear();
+                // Fails once the body has ended: then nothing more comes.
+                let _ = empty_tx.blocking_send(buffer);
             }
             Ok(pos)
         });
         let mut body_error = None;
-        let (mut batch, mut batched) = (Vec::new(), 0usize);
-        while let Some(chunk) = data.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    batched += bytes.len();
-                    batch.push(bytes);
-                    if batched >= WRITE_BATCH {
-                        batched = 0;
-                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                            break; // the writer failed; its error is reported below
-                        }
-                    }
-                }
+        let mut filling = Vec::with_capacity(WRITE_BATCH);
+        'body: while let Some(chunk) = data.next().await {
+            let mut chunk = match chunk {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     body_error = Some(e);
                     break;
                 }
+            };
+            while !chunk.is_empty() {
+                let take = chunk.len().min(WRITE_BATCH - filling.len());
+                filling.extend_from_slice(&chunk.split_to(take));
+                if filling.len() < WRITE_BATCH {
+                    continue;
+                }
+                if full_tx.send(std::mem::take(&mut filling)).await.is_err() {
+                    break 'body; // the writer failed; its error is reported below
+                }
+                filling = match empty_rx.recv().await {
+                    Some(buffer) => buffer,
+                    None => break 'body,
+                };
             }
         }
-        if body_error.is_none() && !batch.is_empty() {
-            let _ = tx.send(batch).await;
+        if body_error.is_none() && !filling.is_empty() {
+            let _ = full_tx.send(filling).await;
         }
-        drop(tx);
+        drop((full_tx, empty_rx));
         let written = writer
             .await
             .map_err(|e| io::Error::other(format!("upload writer failed: {e}")))??;

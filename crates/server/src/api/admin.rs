@@ -6,7 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,9 +19,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{basic_credentials, bearer};
+use super::query::Params;
 use super::ApiError;
 use crate::app::App;
-use crate::auth::manage::{self, ManageError};
+use crate::auth::manage::ManageError;
 use crate::config::AuthMode;
 
 type AdminResult = Result<Response, ApiError>;
@@ -44,7 +46,7 @@ impl From<ManageError> for ApiError {
             ManageError::Invalid(_) => ApiError::new(ErrorCode::InvalidRequest, message),
             ManageError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
             ManageError::NotFound(_) => ApiError::new(ErrorCode::NotFound, message),
-            ManageError::Store(ref inner) => ApiError::internal(inner),
+            ManageError::Store(ref inner) => ApiError::meta(inner),
         }
     }
 }
@@ -133,8 +135,11 @@ fn created(body: serde_json::Value) -> AdminResult {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-fn store_error(e: berth_meta::MetaError) -> ApiError {
-    ApiError::from(ManageError::Store(e))
+/// The path's parameters, with a JSON `INVALID_REQUEST` instead of axum's
+/// plain-text rejection (a segment that is not UTF-8 text, for instance).
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("path: {}", e.body_text())))
 }
 
 /// A JSON body, with a clear error instead of axum's plain-text rejection.
@@ -143,7 +148,7 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
 }
 
 async fn list_users(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
-    let users = app.auth.store().list_users().await.map_err(store_error)?;
+    let users = app.auth.accounts().list_users().await?;
     Ok(Json(json!({ "users": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -158,14 +163,10 @@ struct NewUser {
 
 async fn create_user(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let user: NewUser = parse_body(&body)?;
-    manage::create_user(
-        app.auth.store().as_ref(),
-        &user.name,
-        &user.password,
-        user.admin,
-        &actor,
-    )
-    .await?;
+    app.auth
+        .accounts()
+        .create_user(&user.name, &user.password, user.admin, &actor)
+        .await?;
     created(json!({ "name": user.name, "admin": user.admin }))
 }
 
@@ -177,32 +178,37 @@ struct NewPassword {
 
 async fn set_password(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     Admin(actor): Admin,
     body: axum::body::Bytes,
 ) -> AdminResult {
+    let name = path(name)?;
     let change: NewPassword = parse_body(&body)?;
-    manage::set_password(app.auth.store().as_ref(), &name, &change.password, &actor).await?;
+    app.auth
+        .accounts()
+        .set_password(&name, &change.password, &actor)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /users/{name}/disable` and `…/enable`.
 async fn set_user_state(
     State(app): State<Arc<App>>,
-    Path((name, state)): Path<(String, String)>,
+    params: Result<Path<(String, String)>, PathRejection>,
     Admin(actor): Admin,
 ) -> AdminResult {
+    let (name, state) = path(params)?;
     let disabled = match state.as_str() {
         "disable" => true,
         "enable" => false,
         _ => return Err(ApiError::new(ErrorCode::NotFound, format!("no such action {state:?}"))),
     };
-    manage::set_disabled(app.auth.store().as_ref(), &name, disabled, &actor).await?;
+    app.auth.accounts().set_disabled(&name, disabled, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_tokens(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
-    let robots = app.auth.store().list_robots().await.map_err(store_error)?;
+    let robots = app.auth.accounts().list_robots().await?;
     Ok(Json(json!({ "tokens": robots.iter().map(robot_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -217,24 +223,26 @@ struct NewToken {
 
 async fn create_token(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let new: NewToken = parse_body(&body)?;
-    let token = manage::create_token(
-        app.auth.store().as_ref(),
-        &new.name,
-        &new.grants,
-        new.expires.as_deref(),
-        &actor,
-    )
-    .await?;
+    let token = app
+        .auth
+        .accounts()
+        .create_token(&new.name, &new.grants, new.expires.as_deref(), &actor)
+        .await?;
     created(json!({ "name": new.name, "token": token }))
 }
 
-async fn revoke_token(State(app): State<Arc<App>>, Path(name): Path<String>, Admin(actor): Admin) -> AdminResult {
-    manage::revoke_token(app.auth.store().as_ref(), &name, &actor).await?;
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    Admin(actor): Admin,
+) -> AdminResult {
+    let name = path(name)?;
+    app.auth.accounts().revoke_token(&name, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_grants(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
-    let grants = app.auth.store().list_grants().await.map_err(store_error)?;
+    let grants = app.auth.accounts().list_grants().await?;
     Ok(Json(json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -248,15 +256,24 @@ struct NewGrantBody {
 
 async fn add_grant(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> AdminResult {
     let g: NewGrantBody = parse_body(&body)?;
-    let id = manage::add_grant(app.auth.store().as_ref(), &g.subject, &g.pattern, &g.role, &actor).await?;
+    let id = app
+        .auth
+        .accounts()
+        .add_grant(&g.subject, &g.pattern, &g.role, &actor)
+        .await?;
     created(json!({ "id": id, "subject": g.subject, "pattern": g.pattern, "role": g.role }))
 }
 
-async fn remove_grant(State(app): State<Arc<App>>, Path(id): Path<String>, Admin(actor): Admin) -> AdminResult {
+async fn remove_grant(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    Admin(actor): Admin,
+) -> AdminResult {
+    let id = path(id)?;
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("grant id {id:?} is not a number")))?;
-    manage::remove_grant(app.auth.store().as_ref(), id, &actor).await?;
+    app.auth.accounts().remove_grant(id, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -266,7 +283,7 @@ struct AuditQuery {
     before: Option<String>,
 }
 
-async fn audit_log(State(app): State<Arc<App>>, _: Admin, Query(q): Query<AuditQuery>) -> AdminResult {
+async fn audit_log(State(app): State<Arc<App>>, _: Admin, Params(q): Params<AuditQuery>) -> AdminResult {
     let number = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
         v.as_deref()
             .map(|s| {
@@ -279,9 +296,8 @@ async fn audit_log(State(app): State<Arc<App>>, _: Admin, Query(q): Query<AuditQ
     let before = number("before", &q.before)?;
     let entries = app
         .auth
-        .store()
+        .accounts()
         .audit_log(before, u32::try_from(limit).unwrap_or(100))
-        .await
-        .map_err(store_error)?;
+        .await?;
     Ok(Json(json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() })).into_response())
 }

@@ -188,7 +188,7 @@ impl From<AuthError> for ApiError {
             AuthError::TooManyAttempts(wait) => ApiError::new(ErrorCode::TooManyRequests, message)
                 .with_header(header::RETRY_AFTER, wait.as_secs().max(1).to_string()),
             AuthError::Unavailable(_) => ApiError::new(ErrorCode::Unavailable, message),
-            AuthError::Store(ref inner) => ApiError::internal(inner),
+            AuthError::Store(ref inner) => ApiError::meta(inner),
             AuthError::Internal(_) => ApiError::internal(&e),
         }
     }

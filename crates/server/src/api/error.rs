@@ -6,6 +6,7 @@
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_meta::MetaError;
 use berth_oci::{EndpointError, ErrorCode, NameError};
 use berth_storage::StorageError;
 use serde_json::json;
@@ -71,6 +72,24 @@ impl ApiError {
         .with_header(header::RETRY_AFTER, "5".to_string())
     }
 
+    /// The answer to a failure of the metadata store: a 503 when it could not
+    /// be reached, a 400 when it refused a value of the request (a backstop:
+    /// values are checked before they reach the store, see `crate::text`),
+    /// else a 500.
+    pub(super) fn meta(err: &MetaError) -> Self {
+        if err.is_unavailable() {
+            ApiError::unavailable("metadata database", err)
+        } else if err.is_bad_input() {
+            tracing::warn!(error = %err, "the metadata database refused a value of a request");
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "a value of this request cannot be stored or looked up",
+            )
+        } else {
+            ApiError::internal(err)
+        }
+    }
+
     pub(super) fn internal(err: &dyn std::error::Error) -> Self {
         tracing::error!(error = %err, "internal error");
         ApiError::new(ErrorCode::Unknown, ErrorCode::Unknown.default_message())
@@ -102,8 +121,10 @@ impl From<RegistryError> for ApiError {
             R::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, message),
             R::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, message),
             R::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, message),
-            R::ChunkOutOfOrder { current } => ApiError::new(ErrorCode::RangeInvalid, message)
-                .with_header(HeaderName::from_static("range"), super::upload_range(current)),
+            R::ChunkOutOfOrder { current } | R::UploadBusy { current } => {
+                ApiError::new(ErrorCode::RangeInvalid, message)
+                    .with_header(HeaderName::from_static("range"), super::upload_range(current))
+            }
             R::RangeNotSatisfiable { size } => ApiError::new(ErrorCode::RangeInvalid, message)
                 .with_header(HeaderName::from_static("content-range"), format!("bytes */{size}")),
             R::DigestInvalid(_) => ApiError::new(ErrorCode::DigestInvalid, message),
@@ -126,8 +147,7 @@ impl From<RegistryError> for ApiError {
             }
             R::Storage(ref inner @ StorageError::Backend(_)) => ApiError::unavailable("blob store", inner),
             R::Storage(ref inner) => ApiError::internal(inner),
-            R::Meta(ref inner) if inner.is_unavailable() => ApiError::unavailable("metadata database", inner),
-            R::Meta(ref inner) => ApiError::internal(inner),
+            R::Meta(ref inner) => ApiError::meta(inner),
         }
     }
 }
@@ -154,8 +174,6 @@ impl From<EndpointError> for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use berth_meta::MetaError;
-
     use super::*;
 
     fn status_of(e: RegistryError) -> (StatusCode, Option<String>) {

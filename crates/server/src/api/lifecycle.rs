@@ -5,19 +5,19 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use berth_oci::ErrorCode;
+use berth_oci::{Digest, ErrorCode, RepoName, Tag};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::admin::{parse_body, Admin};
 use super::auth::{basic_credentials, bearer, catalog_challenge};
+use super::query::Params;
 use super::ApiError;
 use crate::app::App;
 use crate::auth::access::{Action, Pattern};
@@ -43,6 +43,7 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match e {
             LifecycleError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
+            LifecycleError::Meta(inner) => ApiError::meta(&inner),
             other => ApiError::internal(&other),
         }
     }
@@ -93,12 +94,7 @@ struct PatternQuery {
     pattern: String,
 }
 
-async fn delete_policy(
-    State(app): State<Arc<App>>,
-    Admin(actor): Admin,
-    q: Result<Query<PatternQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
+async fn delete_policy(State(app): State<Arc<App>>, Admin(actor): Admin, Params(q): Params<PatternQuery>) -> ApiResult {
     if app.lifecycle.delete_policy(&q.pattern, &actor).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -116,8 +112,7 @@ struct RunQuery {
     deleted_only: bool,
 }
 
-async fn preview(State(app): State<Arc<App>>, _: Admin, q: Result<Query<RunQuery>, QueryRejection>) -> ApiResult {
-    let q = query(q)?;
+async fn preview(State(app): State<Arc<App>>, _: Admin, Params(q): Params<RunQuery>) -> ApiResult {
     let filter = pattern_param(q.repo.as_deref())?;
     let mut entries = Vec::new();
     let summary = app
@@ -129,12 +124,7 @@ async fn preview(State(app): State<Arc<App>>, _: Admin, q: Result<Query<RunQuery
     Ok(Json(json!({ "summary": summary, "entries": entries })).into_response())
 }
 
-async fn run(
-    State(app): State<Arc<App>>,
-    Admin(actor): Admin,
-    q: Result<Query<RunQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
+async fn run(State(app): State<Arc<App>>, Admin(actor): Admin, Params(q): Params<RunQuery>) -> ApiResult {
     let filter = pattern_param(q.repo.as_deref())?;
     let summary = app.lifecycle.run(filter.as_ref(), Scope::Retention, &actor).await?;
     Ok(Json(json!({ "summary": summary })).into_response())
@@ -146,12 +136,7 @@ struct GcQuery {
     dry_run: bool,
 }
 
-async fn collect_garbage(
-    State(app): State<Arc<App>>,
-    _: Admin,
-    q: Result<Query<GcQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
+async fn collect_garbage(State(app): State<Arc<App>>, _: Admin, Params(q): Params<GcQuery>) -> ApiResult {
     let report = app
         .lifecycle
         .collect_garbage(q.dry_run, |line| tracing::info!("gc: {line}"))
@@ -234,6 +219,9 @@ fn encode_cursor(cursor: &Cursor) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
+/// The position of a cursor, as [`encode_cursor`] writes it: a repository
+/// name and a tag, an `@digest` or nothing; anything else was not handed out
+/// here.
 fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
     let invalid = || ApiError::new(ErrorCode::InvalidRequest, "cursor is not one this registry handed out");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -241,17 +229,30 @@ fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (repo, item) = text.split_once('\n').ok_or_else(invalid)?;
-    if repo.is_empty() {
+    if repo.parse::<RepoName>().is_err() {
         return Err(invalid());
     }
+    let repo = repo.to_string();
     Ok(match item {
-        "" => Cursor::After { repo: repo.to_string() },
-        item => Cursor::Within {
-            repo: repo.to_string(),
-            item: item.to_string(),
-        },
+        "" => Cursor::After { repo },
+        item => {
+            let item_ok = match item.strip_prefix('@') {
+                Some(digest) => digest.parse::<Digest>().is_ok(),
+                None => item.parse::<Tag>().is_ok(),
+            };
+            if !item_ok {
+                return Err(invalid());
+            }
+            Cursor::Within {
+                repo,
+                item: item.to_string(),
+            }
+        }
     })
 }
+
+/// How a manifest can have arrived (`ManifestState::provenance`).
+const PROVENANCES: [&str; 3] = ["pushed", "mirrored", "snapshot"];
 
 fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
     if let Ok(secs) = text.parse::<i64>() {
@@ -267,12 +268,6 @@ fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0))
-}
-
-/// The query string, with a JSON `INVALID_REQUEST` instead of axum's plain-text rejection.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("query string: {}", e.body_text())))
 }
 
 fn image_json(image: &InventoryImage) -> serde_json::Value {
@@ -308,12 +303,17 @@ pub async fn inventory(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    q: Result<Query<InventoryParams>, QueryRejection>,
+    Params(q): Params<InventoryParams>,
 ) -> ApiResult {
-    let q = query(q)?;
     let reader = reader(&app, &headers, peer.ip()).await?;
     let limit = q.n.unwrap_or(INVENTORY_PAGE).clamp(1, INVENTORY_MAX_PAGE);
     let repositories = pattern_param(q.repository.as_deref())?;
+    if let Some(p) = q.provenance.as_deref().filter(|p| !PROVENANCES.contains(p)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("provenance {p:?}: use one of {}", PROVENANCES.join(", ")),
+        ));
+    }
     let may_see = |repo: &str| reader.may_see(repo);
     let page = app
         .lifecycle

@@ -28,6 +28,10 @@ struct Catalog<'a> {
 const MAX_PAGE: u32 = 10_000;
 /// Catalog page size when the client gives no `n`.
 const DEFAULT_CATALOG_PAGE: u32 = 1_000;
+/// Referrers page size when the client gives no `n`: a subject with more
+/// gets a `Link` to the rest (and a page also ends at about 1 MiB of
+/// descriptors: the registry's `REFERRERS_PAGE_BYTES`).
+const DEFAULT_REFERRERS_PAGE: u32 = 1_000;
 
 /// `n` from the query: `None` when absent, capped at [`MAX_PAGE`].
 fn page_size(query: &HashMap<String, String>) -> Result<Option<u32>, ApiError> {
@@ -103,8 +107,23 @@ pub async fn list_repositories(registry: &Registry, req: Request, access: &Acces
 pub async fn list_referrers(registry: &Registry, repo: RepoName, subject: Digest, req: Request) -> ApiResult {
     let query = query_of(&req);
     let filter = query.get("artifactType").filter(|t| !t.is_empty());
-    let referrers = registry.referrers(&repo, &subject, filter.map(String::as_str)).await?;
-    let manifests: Vec<serde_json::Value> = referrers
+    // The spec leaves the page size to the registry; `n` and `last` work as
+    // for tags, `last` being the digest the previous page ended with.
+    let n = page_size(&query)?.unwrap_or(DEFAULT_REFERRERS_PAGE);
+    let after = match query.get("last").filter(|l| !l.is_empty()) {
+        None => None,
+        Some(last) => Some(last.parse::<Digest>().map_err(|e| {
+            ApiError::new(
+                ErrorCode::DigestInvalid,
+                format!("last={last:?} is not the digest a previous page ended with: {e}"),
+            )
+        })?),
+    };
+    let page = registry
+        .referrers(&repo, &subject, filter.map(String::as_str), after.as_ref(), n)
+        .await?;
+    let manifests: Vec<serde_json::Value> = page
+        .referrers
         .into_iter()
         .map(|r| {
             let mut d = json!({
@@ -128,6 +147,22 @@ pub async fn list_referrers(registry: &Registry, repo: RepoName, subject: Digest
     set_header(&mut headers, header::CONTENT_TYPE, media_type::OCI_INDEX);
     if filter.is_some() {
         set_header(&mut headers, OCI_FILTERS_APPLIED, "artifactType");
+    }
+    // distribution-spec: when the descriptors do not fit one answer, a Link
+    // with rel="next"; each page is an image index of its own. The filter
+    // goes along, so every page is filtered.
+    if let Some(last) = page.next {
+        let filter = filter
+            .map(|t| format!("&artifactType={}", url_encode(t)))
+            .unwrap_or_default();
+        set_header(
+            &mut headers,
+            header::LINK,
+            &format!(
+                "</v2/{repo}/referrers/{subject}?n={n}&last={}{filter}>; rel=\"next\"",
+                url_encode(&last.to_string())
+            ),
+        );
     }
     let index = json!({
         "schemaVersion": 2,

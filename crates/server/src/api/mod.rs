@@ -10,6 +10,7 @@ mod error;
 mod lifecycle;
 mod listing;
 mod manifests;
+mod query;
 mod uploads;
 
 use std::collections::HashMap;
@@ -62,17 +63,9 @@ fn upload_range(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
 }
 
+/// The query parameters of a `/v2/` request, read leniently (see [`query`]).
 fn query_of(req: &Request) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .and_then(|q| serde_urlencoded_pairs(q).ok())
-        .unwrap_or_default()
-}
-
-fn serde_urlencoded_pairs(q: &str) -> Result<HashMap<String, String>, ()> {
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ())?)
-        .map(|axum::extract::Query(m)| m)
-        .map_err(|_| ())
+    query::lenient(req.uri())
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

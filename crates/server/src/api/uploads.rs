@@ -168,9 +168,13 @@ pub async fn patch_upload(registry: &Registry, repo: RepoName, id: UploadId, req
 }
 
 /// distribution-spec: a 416 for a misplaced chunk also says where the session is,
-/// so the client can resume from `Range` at `Location`.
+/// so the client can resume from `Range` at `Location`; so does the 416 for a
+/// chunk sent while another request writes to the session.
 fn with_session(err: RegistryError, repo: &RepoName, id: &UploadId) -> ApiError {
-    let resumable = matches!(err, RegistryError::ChunkOutOfOrder { .. });
+    let resumable = matches!(
+        err,
+        RegistryError::ChunkOutOfOrder { .. } | RegistryError::UploadBusy { .. }
+    );
     let api = ApiError::from(err);
     if resumable {
         api.with_header(header::LOCATION, format!("/v2/{repo}/blobs/uploads/{id}"))

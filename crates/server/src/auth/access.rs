@@ -137,6 +137,14 @@ pub struct Pattern {
 impl Pattern {
     pub fn parse(text: &str) -> Result<Pattern, String> {
         let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*?".contains(c);
+        // No longer than the names it matches: patterns are stored and shown.
+        if text.len() > berth_oci::MAX_NAME_LEN {
+            let start: String = text.chars().take(16).collect();
+            return Err(format!(
+                "pattern {start:?}…: longer than {} characters",
+                berth_oci::MAX_NAME_LEN
+            ));
+        }
         if text.is_empty() || !text.chars().all(allowed) {
             return Err(format!(
                 "pattern {text:?}: use lowercase repository name characters and the wildcards * ** ?"
@@ -266,6 +274,9 @@ mod tests {
         assert!(Pattern::parse("**").unwrap().matches("a/b/c"));
         assert!(Pattern::parse("Team/*").is_err());
         assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse(&"a".repeat(255)).is_ok());
+        assert!(Pattern::parse(&format!("{}é", "a".repeat(255))).is_err());
+        assert!(Pattern::parse(&"é".repeat(200)).is_err());
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! the token); negative ones never, so a revoked token stops working at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::Digest as _;
 
 use super::Failure;
+use crate::clock::Clock;
 
 const INFO_PATH: &str = "/api/auth/info";
 
@@ -54,7 +55,9 @@ pub struct ExternalValidator {
     log_url: String,
     client: reqwest::Client,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (ExternalUser, Instant)>>,
+    /// Answers by token hash, with the clock reading (ms) when they came.
+    cache: Mutex<HashMap<[u8; 32], (ExternalUser, i64)>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// `{url}/api/auth/info`, unless the URL already ends with that path.
@@ -114,7 +117,12 @@ fn parse_answer(body: &Value) -> Option<ExternalUser> {
 }
 
 impl ExternalValidator {
-    pub fn new(url: &str, ttl: Duration, timeout: Duration) -> anyhow::Result<ExternalValidator> {
+    pub fn new(
+        url: &str,
+        ttl: Duration,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<ExternalValidator> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -131,14 +139,21 @@ impl ExternalValidator {
             client,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            clock,
         })
     }
 
+    /// Whether an answer received at `at_ms` may still be used at `now_ms`.
+    fn fresh(&self, at_ms: i64, now_ms: i64) -> bool {
+        u128::try_from(now_ms.saturating_sub(at_ms)).is_ok_and(|age| age < self.ttl.as_millis())
+    }
+
     fn cached(&self, key: &[u8; 32]) -> Option<ExternalUser> {
+        let now_ms = self.clock.now_ms();
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, at_ms)| self.fresh(*at_ms, now_ms))
             .map(|(user, _)| user.clone())
     }
 
@@ -146,12 +161,12 @@ impl ExternalValidator {
         if self.ttl.is_zero() {
             return;
         }
+        let now_ms = self.clock.now_ms();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > PRUNE_ABOVE {
-            let ttl = self.ttl;
-            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            cache.retain(|_, (_, at_ms)| self.fresh(*at_ms, now_ms));
         }
-        cache.insert(key, (user.clone(), Instant::now()));
+        cache.insert(key, (user.clone(), now_ms));
     }
 
     /// The user the token belongs to, if the service vouches for it and

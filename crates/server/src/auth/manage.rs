@@ -1,14 +1,16 @@
 //! Changes to users, robot tokens and grants, shared by the CLI and the admin
 //! API so both check the same rules and write the same audit entries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use berth_meta::access::{Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
+use berth_meta::access::{Audit, AuditEntry, GrantRecord, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use berth_meta::{AccessStore, MetaError};
 
 use super::access::Grant;
 use super::secrets;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
+use crate::text;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -24,15 +26,11 @@ pub enum ManageError {
 
 type Result<T> = std::result::Result<T, ManageError>;
 
-pub fn now_ms() -> i64 {
-    SystemClock.now_ms()
-}
-
-pub fn audit(actor: &str) -> Audit {
-    Audit {
-        actor: actor.to_string(),
-        at_ms: now_ms(),
-    }
+/// The users, robot tokens and grants of a registry and its audit log, as
+/// the CLI and the admin API read and change them.
+pub struct Accounts {
+    store: Arc<dyn AccessStore>,
+    clock: Arc<dyn Clock>,
 }
 
 /// User and robot names: letters, digits and `._@-`, up to 128 characters
@@ -67,40 +65,6 @@ async fn hash(password: &str) -> Result<String> {
         .map_err(|e| ManageError::Invalid(e.to_string()))
 }
 
-pub async fn create_user(store: &dyn AccessStore, name: &str, password: &str, admin: bool, actor: &str) -> Result<()> {
-    check_name("user", name)?;
-    check_password(password)?;
-    let user = UserRecord {
-        name: name.to_string(),
-        password_hash: hash(password).await?,
-        admin,
-        disabled: false,
-        created_ms: now_ms(),
-    };
-    if store.create_user(&user, &audit(actor)).await? {
-        Ok(())
-    } else {
-        Err(ManageError::Conflict(format!("user {name} exists")))
-    }
-}
-
-pub async fn set_password(store: &dyn AccessStore, name: &str, password: &str, actor: &str) -> Result<()> {
-    check_password(password)?;
-    if store.set_password(name, &hash(password).await?, &audit(actor)).await? {
-        Ok(())
-    } else {
-        Err(ManageError::NotFound(format!("no user {name}")))
-    }
-}
-
-pub async fn set_disabled(store: &dyn AccessStore, name: &str, disabled: bool, actor: &str) -> Result<()> {
-    if store.set_disabled(name, disabled, &audit(actor)).await? {
-        Ok(())
-    } else {
-        Err(ManageError::NotFound(format!("no user {name}")))
-    }
-}
-
 /// `90s`, `90m`, `12h`, `30d` or `2w`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let invalid = || {
@@ -125,97 +89,173 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     n.checked_mul(unit_secs).map(Duration::from_secs).ok_or_else(invalid)
 }
 
-/// A new robot token with the given `PATTERN:ROLE` grants; returns the token,
-/// which is not stored and cannot be shown again.
-pub async fn create_token(
-    store: &dyn AccessStore,
-    name: &str,
-    grants: &[String],
-    expires: Option<&str>,
-    actor: &str,
-) -> Result<String> {
-    check_name("token", name)?;
-    if grants.is_empty() {
-        return Err(ManageError::Invalid(
-            "a token needs at least one grant, such as team/*:push".into(),
-        ));
-    }
-    let mut new_grants = Vec::new();
-    for spec in grants {
-        let grant = Grant::parse(spec).map_err(ManageError::Invalid)?;
-        new_grants.push(NewGrant {
-            subject_kind: SubjectKind::Robot,
-            subject: name.to_string(),
-            pattern: grant.pattern.as_str().to_string(),
-            role: grant.role.as_str().to_string(),
-        });
-    }
-    let now = now_ms();
-    let expires_ms = match expires {
-        Some(text) => {
-            let ms = i64::try_from(parse_duration(text)?.as_millis()).unwrap_or(i64::MAX);
-            Some(now.saturating_add(ms))
-        }
-        None => None,
-    };
-    let token = secrets::new_robot_token();
-    let robot = RobotRecord {
-        name: name.to_string(),
-        token_hash: secrets::robot_token_hash(&token),
-        created_by: actor.to_string(),
-        created_ms: now,
-        expires_ms,
-        revoked_ms: None,
-        last_used_ms: None,
-    };
-    if store.create_robot(&robot, &new_grants, &audit(actor)).await? {
-        Ok(token)
-    } else {
-        Err(ManageError::Conflict(format!("token {name} exists; revoke it first")))
-    }
-}
-
-pub async fn revoke_token(store: &dyn AccessStore, name: &str, actor: &str) -> Result<()> {
-    if store.revoke_robot(name, &audit(actor)).await? {
-        Ok(())
-    } else {
-        Err(ManageError::NotFound(format!("no live token {name}")))
-    }
-}
-
 /// `user:NAME`, `group:NAME` or `robot:NAME`.
 pub fn parse_subject(text: &str) -> Result<(SubjectKind, String)> {
     let (kind, name) = text
         .split_once(':')
         .and_then(|(k, n)| SubjectKind::parse(k).map(|k| (k, n)))
         .ok_or_else(|| ManageError::Invalid(format!("subject {text:?}: write user:NAME, group:NAME or robot:NAME")))?;
-    if name.is_empty() {
-        return Err(ManageError::Invalid(format!("subject {text:?} has no name")));
-    }
+    // Not the local name rule: a grant may name an external account or a
+    // group of an identity provider, whose names are theirs to choose.
+    text::name(name).map_err(|e| ManageError::Invalid(format!("subject {text:?}: its name {e}")))?;
     Ok((kind, name.to_string()))
 }
 
-/// Records a grant; returns its id.
-pub async fn add_grant(store: &dyn AccessStore, subject: &str, pattern: &str, role: &str, actor: &str) -> Result<i64> {
-    let (kind, name) = parse_subject(subject)?;
-    let grant = Grant::new(pattern, role).map_err(ManageError::Invalid)?;
-    let new = NewGrant {
-        subject_kind: kind,
-        subject: name,
-        pattern: grant.pattern.as_str().to_string(),
-        role: grant.role.as_str().to_string(),
-    };
-    store
-        .add_grant(&new, &audit(actor))
-        .await?
-        .ok_or_else(|| ManageError::Conflict(format!("{subject} already has {role} on {pattern}")))
-}
+impl Accounts {
+    pub fn new(store: Arc<dyn AccessStore>, clock: Arc<dyn Clock>) -> Accounts {
+        Accounts { store, clock }
+    }
 
-pub async fn remove_grant(store: &dyn AccessStore, id: i64, actor: &str) -> Result<()> {
-    if store.remove_grant(id, &audit(actor)).await? {
-        Ok(())
-    } else {
-        Err(ManageError::NotFound(format!("no grant {id}")))
+    /// The current time of this registry's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn audit(&self, actor: &str) -> Audit {
+        Audit {
+            actor: actor.to_string(),
+            at_ms: self.clock.now_ms(),
+        }
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        Ok(self.store.list_users().await?)
+    }
+
+    pub async fn list_robots(&self) -> Result<Vec<RobotRecord>> {
+        Ok(self.store.list_robots().await?)
+    }
+
+    pub async fn list_grants(&self) -> Result<Vec<GrantRecord>> {
+        Ok(self.store.list_grants().await?)
+    }
+
+    /// Audit entries before `before_ms` (all when `None`), newest first, at most `limit`.
+    pub async fn audit_log(&self, before_ms: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>> {
+        Ok(self.store.audit_log(before_ms, limit).await?)
+    }
+
+    pub async fn create_user(&self, name: &str, password: &str, admin: bool, actor: &str) -> Result<()> {
+        check_name("user", name)?;
+        check_password(password)?;
+        let user = UserRecord {
+            name: name.to_string(),
+            password_hash: hash(password).await?,
+            admin,
+            disabled: false,
+            created_ms: self.clock.now_ms(),
+        };
+        if self.store.create_user(&user, &self.audit(actor)).await? {
+            Ok(())
+        } else {
+            Err(ManageError::Conflict(format!("user {name} exists")))
+        }
+    }
+
+    pub async fn set_password(&self, name: &str, password: &str, actor: &str) -> Result<()> {
+        check_name("user", name)?;
+        check_password(password)?;
+        if self
+            .store
+            .set_password(name, &hash(password).await?, &self.audit(actor))
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ManageError::NotFound(format!("no user {name}")))
+        }
+    }
+
+    pub async fn set_disabled(&self, name: &str, disabled: bool, actor: &str) -> Result<()> {
+        check_name("user", name)?;
+        if self.store.set_disabled(name, disabled, &self.audit(actor)).await? {
+            Ok(())
+        } else {
+            Err(ManageError::NotFound(format!("no user {name}")))
+        }
+    }
+
+    /// A new robot token with the given `PATTERN:ROLE` grants; returns the token,
+    /// which is not stored and cannot be shown again.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        grants: &[String],
+        expires: Option<&str>,
+        actor: &str,
+    ) -> Result<String> {
+        check_name("token", name)?;
+        if grants.is_empty() {
+            return Err(ManageError::Invalid(
+                "a token needs at least one grant, such as team/*:push".into(),
+            ));
+        }
+        let mut new_grants = Vec::new();
+        for spec in grants {
+            let grant = Grant::parse(spec).map_err(ManageError::Invalid)?;
+            new_grants.push(NewGrant {
+                subject_kind: SubjectKind::Robot,
+                subject: name.to_string(),
+                pattern: grant.pattern.as_str().to_string(),
+                role: grant.role.as_str().to_string(),
+            });
+        }
+        let now = self.clock.now_ms();
+        let expires_ms = match expires {
+            Some(text) => {
+                let ms = i64::try_from(parse_duration(text)?.as_millis()).unwrap_or(i64::MAX);
+                Some(now.saturating_add(ms))
+            }
+            None => None,
+        };
+        let token = secrets::new_robot_token();
+        let robot = RobotRecord {
+            name: name.to_string(),
+            token_hash: secrets::robot_token_hash(&token),
+            created_by: actor.to_string(),
+            created_ms: now,
+            expires_ms,
+            revoked_ms: None,
+            last_used_ms: None,
+        };
+        if self.store.create_robot(&robot, &new_grants, &self.audit(actor)).await? {
+            Ok(token)
+        } else {
+            Err(ManageError::Conflict(format!("token {name} exists; revoke it first")))
+        }
+    }
+
+    pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<()> {
+        check_name("token", name)?;
+        if self.store.revoke_robot(name, &self.audit(actor)).await? {
+            Ok(())
+        } else {
+            Err(ManageError::NotFound(format!("no live token {name}")))
+        }
+    }
+
+    /// Records a grant; returns its id.
+    pub async fn add_grant(&self, subject: &str, pattern: &str, role: &str, actor: &str) -> Result<i64> {
+        let (kind, name) = parse_subject(subject)?;
+        let grant = Grant::new(pattern, role).map_err(ManageError::Invalid)?;
+        let new = NewGrant {
+            subject_kind: kind,
+            subject: name,
+            pattern: grant.pattern.as_str().to_string(),
+            role: grant.role.as_str().to_string(),
+        };
+        self.store
+            .add_grant(&new, &self.audit(actor))
+            .await?
+            .ok_or_else(|| ManageError::Conflict(format!("{subject} already has {role} on {pattern}")))
+    }
+
+    pub async fn remove_grant(&self, id: i64, actor: &str) -> Result<()> {
+        if self.store.remove_grant(id, &self.audit(actor)).await? {
+            Ok(())
+        } else {
+            Err(ManageError::NotFound(format!("no grant {id}")))
+        }
     }
 }
 
@@ -238,5 +278,11 @@ mod tests {
         assert_eq!(parse_subject("group:dev").unwrap(), (SubjectKind::Group, "dev".into()));
         assert!(parse_subject("team:dev").is_err());
         assert!(parse_subject("user:").is_err());
+        assert!(parse_subject("group:dev\0").is_err());
+        assert!(parse_subject(&format!("group:{}", "x".repeat(300))).is_err());
+        assert_eq!(
+            parse_subject("group:Développeurs Team").unwrap(),
+            (SubjectKind::Group, "Développeurs Team".into())
+        );
     }
 }

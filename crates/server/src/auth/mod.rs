@@ -26,10 +26,13 @@ use subtle::ConstantTimeEq;
 use self::access::{Grant, Pattern, Permissions, Role, Scope};
 use self::external::ExternalValidator;
 use self::limiter::LoginLimiter;
+use self::manage::Accounts;
 use self::oidc::OidcVerifier;
 use self::token::{AccessClaims, AccessEntry, TokenService};
 use self::verified::VerifiedTokens;
+use crate::clock::Clock;
 use crate::config::{AuthConfig, AuthMode};
+use crate::text;
 
 /// Why presented credentials were not accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +117,8 @@ pub struct Auth {
     tokens: TokenService,
     verified: VerifiedTokens,
     store: Arc<dyn AccessStore>,
+    accounts: Accounts,
+    clock: Arc<dyn Clock>,
     anonymous: Vec<Grant>,
     admin_groups: Vec<String>,
     external: Option<ExternalValidator>,
@@ -145,7 +150,12 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 impl Auth {
-    pub fn open(config: &AuthConfig, data_dir: &Path, store: Arc<dyn AccessStore>) -> anyhow::Result<Auth> {
+    pub fn open(
+        config: &AuthConfig,
+        data_dir: &Path,
+        store: Arc<dyn AccessStore>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Auth> {
         let key_file = config
             .token
             .key_file
@@ -175,6 +185,7 @@ impl Auth {
                 url,
                 Duration::from_secs(config.external.cache_secs),
                 Duration::from_secs(config.external.timeout_secs.max(1)),
+                clock.clone(),
             )?),
             _ => None,
         };
@@ -187,13 +198,16 @@ impl Auth {
                 &config.service,
                 Duration::from_secs(config.token.lifetime_secs.max(1)),
                 Duration::from_secs(config.token.refresh_lifetime_secs.max(1)),
+                clock.clone(),
             ),
             verified: VerifiedTokens::default(),
+            accounts: Accounts::new(store.clone(), clock.clone()),
             store,
             anonymous,
             admin_groups: config.admin_groups.clone(),
             external,
-            oidc: OidcVerifier::new(&config.oidc)?,
+            oidc: OidcVerifier::new(&config.oidc, clock.clone())?,
+            clock,
             limiter: LoginLimiter::new(
                 config.login_limit.failures,
                 Duration::from_secs(config.login_limit.window_secs),
@@ -202,8 +216,9 @@ impl Auth {
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn AccessStore> {
-        &self.store
+    /// Users, robot tokens, grants and the audit log, to read and change.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
     }
 
     /// Nobody: what anonymous access allows.
@@ -268,12 +283,15 @@ impl Auth {
     }
 
     async fn authenticate(&self, login: &str, password: &str) -> Result<Identity, Failure> {
-        if password.is_empty() {
+        // A login that no account can have is refused before a store or an
+        // identity provider sees it (see `crate::text`).
+        if password.is_empty() || text::printable(login, text::MAX_NAME_BYTES).is_err() {
             return Err(Failure::Invalid);
         }
         if let Some(iss) = oidc::unverified_issuer(password) {
             if self.oidc.knows(&iss) {
                 let who = self.oidc.verify(password).await?;
+                vouched_name("OIDC", &who.name)?;
                 let admin = who.admin || self.in_admin_group(&who.groups);
                 let mut grants = who.grants;
                 grants.extend(self.stored_grants(&group_subjects(&who.groups)).await?);
@@ -292,6 +310,7 @@ impl Auth {
         }
         if let Some(external) = &self.external {
             let who = external.validate(login, password).await?;
+            vouched_name("external", who.name())?;
             // A local user's name is never taken by an outside account, whichever
             // of its id, username or email it logged in with.
             if self.store.user(who.name()).await.map_err(store_failure)?.is_some() {
@@ -328,7 +347,7 @@ impl Auth {
             .await
             .map_err(store_failure)?
             .ok_or(Failure::Invalid)?;
-        let now_ms = manage::now_ms();
+        let now_ms = self.clock.now_ms();
         let equal: bool = robot.token_hash.as_bytes().ct_eq(hash.as_bytes()).into();
         let expired = robot.expires_ms.is_some_and(|e| e <= now_ms);
         if !equal || robot.revoked_ms.is_some() || expired {
@@ -359,7 +378,7 @@ impl Auth {
         }
         if let Some(name) = claims.sub.strip_prefix("robot:") {
             let robot = self.store.robot(name).await?;
-            let now_ms = manage::now_ms();
+            let now_ms = self.clock.now_ms();
             return match robot {
                 Some(r)
                     if r.revoked_ms.is_none()
@@ -494,22 +513,43 @@ impl Auth {
 
     /// The claims of a bearer token this registry issued.
     pub fn verify(&self, token: &str) -> Option<Arc<AccessClaims>> {
-        if let Some(claims) = self.verified.get(token) {
+        let now_secs = token::secs_of(self.clock.now_ms());
+        if let Some(claims) = self.verified.get(token, now_secs) {
             return Some(claims);
         }
         let claims = Arc::new(self.tokens.verify(token).ok()?);
-        self.verified.insert(token, claims.clone());
+        self.verified.insert(token, claims.clone(), now_secs);
         Some(claims)
     }
 }
 
+/// The grant subjects of an identity provider's groups; a group whose name no
+/// grant can hold (see `crate::text`) has no grants and is left out.
 fn group_subjects(groups: &[String]) -> Vec<(SubjectKind, String)> {
-    groups.iter().map(|g| (SubjectKind::Group, g.clone())).collect()
+    groups
+        .iter()
+        .filter(|g| text::name(g).is_ok())
+        .map(|g| (SubjectKind::Group, g.clone()))
+        .collect()
 }
 
 fn store_failure(e: MetaError) -> Failure {
+    if e.is_bad_input() {
+        // A backstop: names are checked before they are looked up.
+        tracing::warn!(error = %e, "the metadata database refused a name to look up");
+        return Failure::Invalid;
+    }
     tracing::error!(error = %e, "reading access facts failed");
     Failure::Unavailable("the registry cannot read its access facts".into())
+}
+
+/// Refuses an identity whose name, vouched for by an identity provider, the
+/// registry cannot keep (in audit entries, grants and `pushed_by`).
+fn vouched_name(provider: &str, name: &str) -> Result<(), Failure> {
+    text::name(name).map(drop).map_err(|e| {
+        tracing::warn!(provider, name = ?name, "identity refused: its name {e}");
+        Failure::Invalid
+    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 //! cached, fetched again when a token names an unknown `kid`), and `aud`,
 //! `exp` and `nbf` hold. Claim rules then decide what the token may do.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use globset::{GlobBuilder, GlobMatcher};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -14,7 +16,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use super::access::Grant;
-use super::Failure;
+use super::{token, Failure};
+use crate::clock::Clock;
 use crate::config::{OidcIssuerConfig, OidcRule};
 
 /// A JWKS older than this is fetched again even when every `kid` is known.
@@ -51,7 +54,10 @@ struct Issuer {
 
 pub struct OidcVerifier {
     issuers: Vec<Issuer>,
-    client: reqwest::Client,
+    /// Made only when an issuer is configured: a client loads the system's
+    /// CA certificates, most of the start-up work of a registry without OIDC.
+    client: Option<reqwest::Client>,
+    clock: Arc<dyn Clock>,
 }
 
 fn compile_rule(rule: &OidcRule) -> anyhow::Result<CompiledRule> {
@@ -147,12 +153,23 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     claims.get("iss")?.as_str().map(str::to_string)
 }
 
+/// A JWT NumericDate (RFC 7519 2: seconds, possibly fractional) as whole
+/// seconds; `None` for anything else, negative or out of range.
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
 fn asymmetric(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 impl OidcVerifier {
-    pub fn new(configs: &[OidcIssuerConfig]) -> anyhow::Result<OidcVerifier> {
+    pub fn new(configs: &[OidcIssuerConfig], clock: Arc<dyn Clock>) -> anyhow::Result<OidcVerifier> {
         let mut issuers = Vec::new();
         for config in configs {
             anyhow::ensure!(
@@ -172,11 +189,17 @@ impl OidcVerifier {
                 keys: Mutex::new(Keys::default()),
             });
         }
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
-        Ok(OidcVerifier { issuers, client })
+        let client = if issuers.is_empty() {
+            None
+        } else {
+            Some(
+                reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::limited(3))
+                    .build()?,
+            )
+        };
+        Ok(OidcVerifier { issuers, client, clock })
     }
 
     /// Whether `iss` is one of the configured issuers.
@@ -199,15 +222,26 @@ impl OidcVerifier {
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&issuer.config.issuer]);
         validation.set_audience(&[&issuer.config.audience]);
-        validation.leeway = issuer.config.leeway_secs;
-        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|e| {
                 tracing::info!(issuer = %iss, reason = %e, "OIDC token refused");
                 Failure::Invalid
             })?
             .claims;
+        // The times, by the registry's clock (see `token::valid_at`).
+        let exp = claims.get("exp").and_then(numeric_date).ok_or(Failure::Invalid)?;
+        let nbf = match claims.get("nbf") {
+            Some(value) => Some(numeric_date(value).ok_or(Failure::Invalid)?),
+            None => None,
+        };
+        let now = token::secs_of(self.clock.now_ms());
+        if !token::valid_at(exp, nbf, now, issuer.config.leeway_secs) {
+            tracing::info!(issuer = %iss, exp, ?nbf, now, "OIDC token refused: expired or not yet valid");
+            return Err(Failure::Invalid);
+        }
         let name = claims
             .get(&issuer.config.username_claim)
             .and_then(claim_text)
@@ -261,14 +295,8 @@ impl OidcVerifier {
 
     async fn fetch_jwks(&self, issuer: &str) -> anyhow::Result<JwkSet> {
         let discovery = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let doc: Value = self
-            .client
-            .get(&discovery)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let client = self.client.as_ref().context("no OpenID Connect issuer is configured")?;
+        let doc: Value = client.get(&discovery).send().await?.error_for_status()?.json().await?;
         anyhow::ensure!(
             doc.get("issuer").and_then(Value::as_str) == Some(issuer),
             "discovery document at {discovery} names another issuer"
@@ -277,14 +305,7 @@ impl OidcVerifier {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow::anyhow!("discovery document at {discovery} has no jwks_uri"))?;
-        Ok(self
-            .client
-            .get(jwks_uri)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        Ok(client.get(jwks_uri).send().await?.error_for_status()?.json().await?)
     }
 }
 

@@ -5,7 +5,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
@@ -13,6 +14,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+
+use crate::clock::Clock;
 
 /// Least length of a configured secret.
 const MIN_KEY_BYTES: usize = 32;
@@ -87,13 +90,31 @@ pub struct TokenService {
     lifetime: Duration,
     refresh_lifetime: Duration,
     access_validation: Validation,
+    clock: Arc<dyn Clock>,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Unix seconds of a clock reading in milliseconds (0 before 1970).
+pub fn secs_of(ms: i64) -> u64 {
+    u64::try_from(ms / 1000).unwrap_or(0)
+}
+
+/// Allowed clock difference between replicas for Berth's own tokens.
+const LEEWAY_SECS: u64 = 5;
+
+/// Whether a token with these `exp` and `nbf` claims is valid at `now`,
+/// allowing `leeway` seconds either way (RFC 7519 4.1.4, 4.1.5).
+///
+/// The claims' times are checked here rather than by `jsonwebtoken`, which
+/// reads the system clock: the registry's clock is the one tests can move.
+pub fn valid_at(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> bool {
+    exp.saturating_add(leeway) > now && nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway))
+}
+
+/// A validation that checks everything but the times, which [`valid_at`] checks.
+fn without_times(mut validation: Validation) -> Validation {
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation
 }
 
 fn token_id() -> String {
@@ -103,13 +124,17 @@ fn token_id() -> String {
 }
 
 impl TokenService {
-    pub fn new(secret: &[u8], service: &str, lifetime: Duration, refresh_lifetime: Duration) -> TokenService {
+    pub fn new(
+        secret: &[u8],
+        service: &str,
+        lifetime: Duration,
+        refresh_lifetime: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> TokenService {
         let digest = sha2::Sha256::digest(secret);
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[service]);
         validation.set_issuer(&[service]);
-        validation.validate_nbf = true;
-        validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         TokenService {
             encoding: EncodingKey::from_secret(secret),
@@ -118,8 +143,13 @@ impl TokenService {
             service: service.to_string(),
             lifetime,
             refresh_lifetime,
-            access_validation: validation,
+            access_validation: without_times(validation),
+            clock,
         }
+    }
+
+    fn now_secs(&self) -> u64 {
+        secs_of(self.clock.now_ms())
     }
 
     pub fn lifetime(&self) -> Duration {
@@ -140,7 +170,7 @@ impl TokenService {
         adm: bool,
         cat: Vec<String>,
     ) -> anyhow::Result<(String, u64)> {
-        let now = now_secs();
+        let now = self.now_secs();
         let claims = AccessClaims {
             iss: self.service.clone(),
             sub: sub.to_string(),
@@ -159,7 +189,7 @@ impl TokenService {
     }
 
     pub fn issue_refresh(&self, sub: &str, gen: &str) -> anyhow::Result<String> {
-        let now = now_secs();
+        let now = self.now_secs();
         let claims = RefreshClaims {
             iss: self.service.clone(),
             sub: sub.to_string(),
@@ -176,6 +206,10 @@ impl TokenService {
     /// The claims of a valid, unexpired access token of this registry.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, jsonwebtoken::errors::Error> {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.access_validation)?;
+        let claims = &data.claims;
+        if !valid_at(claims.exp, Some(claims.nbf), self.now_secs(), LEEWAY_SECS) {
+            return Err(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into());
+        }
         if data.claims.typ != ACCESS {
             return Err(jsonwebtoken::errors::ErrorKind::InvalidToken.into());
         }
@@ -185,8 +219,10 @@ impl TokenService {
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, jsonwebtoken::errors::Error> {
         let mut validation = self.access_validation.clone();
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<RefreshClaims>(token, &self.decoding, &validation)?;
+        if !valid_at(data.claims.exp, None, self.now_secs(), LEEWAY_SECS) {
+            return Err(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into());
+        }
         if data.claims.typ != REFRESH {
             return Err(jsonwebtoken::errors::ErrorKind::InvalidToken.into());
         }
@@ -250,9 +286,49 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
 
     fn service() -> TokenService {
-        TokenService::new(&[7u8; 32], "berth", Duration::from_secs(60), Duration::from_secs(600))
+        TokenService::new(
+            &[7u8; 32],
+            "berth",
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            Arc::new(SystemClock),
+        )
+    }
+
+    #[test]
+    fn tokens_expire_by_the_registry_clock() {
+        let clock = ManualClock::at(1_800_000_000_000);
+        let tokens = TokenService::new(
+            &[7u8; 32],
+            "berth",
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            clock.clone(),
+        );
+        let (access, issued) = tokens.issue("alice", vec![], false, vec![]).unwrap();
+        assert_eq!(issued, 1_800_000_000, "issued at the registry's time");
+        let refresh = tokens.issue_refresh("user:alice", "g1").unwrap();
+        clock.advance(64_000);
+        assert!(tokens.verify(&access).is_ok(), "within the lifetime and its leeway");
+        clock.advance(2_000);
+        assert!(tokens.verify(&access).is_err(), "past the lifetime and the leeway");
+        assert!(tokens.verify_refresh(&refresh).is_ok());
+        clock.advance(600_000);
+        assert!(tokens.verify_refresh(&refresh).is_err());
+    }
+
+    #[test]
+    fn times_are_valid_within_the_leeway() {
+        assert!(valid_at(100, Some(90), 99, 0));
+        assert!(!valid_at(100, Some(90), 100, 0), "exp is the first invalid second");
+        assert!(valid_at(100, None, 104, 5));
+        assert!(!valid_at(100, None, 105, 5));
+        assert!(!valid_at(100, Some(90), 84, 5), "not before nbf minus the leeway");
+        assert!(valid_at(100, Some(90), 85, 5));
+        assert!(valid_at(u64::MAX, Some(u64::MAX), u64::MAX - 1, 5), "no overflow");
     }
 
     #[test]
@@ -272,7 +348,13 @@ mod tests {
             tokens.verify_refresh(&token).is_err(),
             "an access token is not a refresh token"
         );
-        let other = TokenService::new(&[8u8; 32], "berth", Duration::from_secs(60), Duration::from_secs(600));
+        let other = TokenService::new(
+            &[8u8; 32],
+            "berth",
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            Arc::new(SystemClock),
+        );
         assert!(other.verify(&token).is_err(), "another key's token is refused");
         let mut tampered = token.clone();
         tampered.insert(tampered.len() - 3, 'A');

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use super::token::{now_secs, AccessClaims};
+use super::token::AccessClaims;
 
 /// Above this many entries the cache starts over; a registry sees far fewer
 /// live tokens than that within one token lifetime.
@@ -21,18 +21,18 @@ pub struct VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    /// The claims of `token` if it was verified before and has not expired.
-    pub fn get(&self, token: &str) -> Option<Arc<AccessClaims>> {
+    /// The claims of `token` if it was verified before and has not expired
+    /// at `now_secs`.
+    pub fn get(&self, token: &str, now_secs: u64) -> Option<Arc<AccessClaims>> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let claims = map.get(token)?;
-        (claims.exp > now_secs()).then(|| claims.clone())
+        (claims.exp > now_secs).then(|| claims.clone())
     }
 
-    pub fn insert(&self, token: &str, claims: Arc<AccessClaims>) {
+    pub fn insert(&self, token: &str, claims: Arc<AccessClaims>, now_secs: u64) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
-            let now = now_secs();
-            map.retain(|_, c| c.exp > now);
+            map.retain(|_, c| c.exp > now_secs);
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
@@ -63,15 +63,20 @@ mod tests {
 
     #[test]
     fn hits_are_exact_and_unexpired() {
+        let now = 1_800_000_000;
         let cache = VerifiedTokens::default();
-        cache.insert("a.b.c", claims(now_secs() + 60));
-        cache.insert("d.e.f", claims(now_secs().saturating_sub(1)));
-        assert!(cache.get("a.b.c").is_some());
-        assert!(cache.get("a.b.C").is_none());
-        assert!(cache.get("a.b.c ").is_none());
+        cache.insert("a.b.c", claims(now + 60), now);
+        cache.insert("d.e.f", claims(now - 1), now);
+        assert!(cache.get("a.b.c", now).is_some());
+        assert!(cache.get("a.b.C", now).is_none());
+        assert!(cache.get("a.b.c ", now).is_none());
         assert!(
-            cache.get("d.e.f").is_none(),
+            cache.get("d.e.f", now).is_none(),
             "expired tokens are not served from the cache"
+        );
+        assert!(
+            cache.get("a.b.c", now + 60).is_none(),
+            "nor once the clock passed their expiry"
         );
     }
 }

@@ -6,6 +6,10 @@
 //! and has been for the grace period. Uploads place blob files under the same
 //! write lock, so a push that re-references a blob during the run either
 //! commits first (and the blob stays) or finds the blob gone (and uploads it).
+//! A client's read of a blob moves its link's `linked_ms` (see
+//! `registry::touches`), which the candidate queries and the re-checks compare
+//! with the cutoff like any link; a collection writes the reads this process
+//! gathered in memory before it decides.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -185,6 +189,7 @@ impl Lifecycle {
         let _turn = self.take_turn().await;
         let started = Instant::now();
         self.flush_pulls().await?;
+        self.flush_touches().await?;
         let cutoff = self.now_ms().saturating_sub(self.grace_ms());
         let mut report = GcReport {
             dry_run,

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::auth::access::Pattern;
 use crate::clock::Clock;
 use crate::config::{Config, InvalidSuffix, LifecycleConfig};
-use crate::registry::{BlobStores, PullRecorder};
+use crate::registry::{BlobStores, PullRecorder, TouchRecorder};
 
 pub use plan::{RepoPlan, Settings};
 pub use policy::{Policies, Policy, Rules};
@@ -143,6 +143,9 @@ pub struct Lifecycle {
     /// Pulls the server holds in memory, written before each repository's
     /// removals so that a pull just made keeps what it pulled.
     pulls: Option<Arc<PullRecorder>>,
+    /// Blob reads the server holds in memory, written before a collection
+    /// decides, so that a blob just read stays for a grace period.
+    touches: Option<Arc<TouchRecorder>>,
 }
 
 /// How many repository names are read at a time.
@@ -176,6 +179,7 @@ impl Lifecycle {
             grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             busy: tokio::sync::Mutex::new(()),
             pulls: None,
+            touches: None,
         })
     }
 
@@ -183,6 +187,21 @@ impl Lifecycle {
     pub fn seeing_pulls_of(mut self, pulls: Arc<PullRecorder>) -> Lifecycle {
         self.pulls = Some(pulls);
         self
+    }
+
+    /// Has collections record the server's in-memory blob reads first.
+    pub fn seeing_touches_of(mut self, touches: Arc<TouchRecorder>) -> Lifecycle {
+        self.touches = Some(touches);
+        self
+    }
+
+    /// Writes the blob reads held in memory, so that a collection sees every
+    /// read made before it.
+    async fn flush_touches(&self) -> Result<()> {
+        if let Some(touches) = &self.touches {
+            touches.flush(self.store.as_ref()).await?;
+        }
+        Ok(())
     }
 
     /// Writes the pulls held in memory, so that a decision sees every pull made
@@ -255,6 +274,8 @@ impl Lifecycle {
     }
 
     pub async fn delete_policy(&self, pattern: &str, actor: &str) -> Result<bool> {
+        // Only a pattern a policy can have is looked up.
+        Pattern::parse(pattern).map_err(LifecycleError::Invalid)?;
         let audit = Audit {
             actor: actor.to_string(),
             at_ms: self.now_ms(),

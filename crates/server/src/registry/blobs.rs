@@ -11,6 +11,7 @@ use berth_oci::{Digest, RepoName};
 use berth_storage::{ByteStream, StorageError};
 
 use super::stores::NamedStore;
+use super::touches::Touch;
 use super::{Registry, RegistryError, Result};
 
 /// A single byte range as asked for in a `Range` header.
@@ -43,12 +44,9 @@ pub struct BlobContent {
 }
 
 impl Registry {
-    /// The size of a blob linked to `repo`.
+    /// The size of a blob linked to `repo` (a read: it touches the link).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        self.meta
-            .linked_blob_size(repo.as_str(), digest)
-            .await?
-            .ok_or(RegistryError::BlobUnknown)
+        Ok(self.linked_blob(repo, digest).await?.size)
     }
 
     /// Reaches the metadata store and the default blob store with a request
@@ -66,12 +64,22 @@ impl Registry {
         Ok(())
     }
 
-    /// The record of a blob linked to `repo`.
+    /// The record of a blob linked to `repo`, read by a client: the link's
+    /// garbage-collection grace period starts again (see [`super::touches`]).
     async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord> {
-        self.meta
+        let linked = self
+            .meta
             .linked_blob(repo.as_str(), digest)
             .await?
-            .ok_or(RegistryError::BlobUnknown)
+            .ok_or(RegistryError::BlobUnknown)?;
+        let now = self.now_ms();
+        if self.touches.touch(repo.as_str(), digest, linked.linked_ms, now) == Touch::WriteNow
+            && !self.meta.touch_link(repo.as_str(), digest, now).await?
+        {
+            // Collected since it was read: as if the read came after.
+            return Err(RegistryError::BlobUnknown);
+        }
+        Ok(linked.record)
     }
 
     /// The configured stores holding a copy of the blob, best first for a

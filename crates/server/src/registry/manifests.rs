@@ -1,9 +1,10 @@
 //! Manifests, tags, listings and referrers.
 
 use berth_meta::{NewManifest, Referrer, StoredManifest};
-use berth_oci::{media_type, Algorithm, Digest, Manifest, Reference, RepoName};
+use berth_oci::{media_type, Algorithm, Digest, Manifest, Reference, RepoName, MAX_NAME_LEN, MAX_TAG_LEN};
 
 use super::{Registry, RegistryError, Result};
+use crate::text;
 
 /// The result of a manifest push.
 #[derive(Debug)]
@@ -164,15 +165,18 @@ impl Registry {
 
     /// The platforms an image or index is for, as `os/architecture[/variant]`:
     /// from an index's descriptors, or from an image's config blob. Unknown
-    /// (not an error) when the config is not an image config or is unreadable.
+    /// (not an error) when the config is not an image config or is unreadable,
+    /// and for a platform that is not printable text (the manifest is still
+    /// stored as pushed; only this fact about it is not recorded).
     async fn platforms(&self, repo: &RepoName, manifest: &Manifest) -> Vec<String> {
         fn describe(p: &serde_json::Value) -> Option<String> {
             let os = p.get("os")?.as_str()?;
             let arch = p.get("architecture")?.as_str()?;
-            Some(match p.get("variant").and_then(|v| v.as_str()) {
+            let platform = match p.get("variant").and_then(|v| v.as_str()) {
                 Some(variant) => format!("{os}/{arch}/{variant}"),
                 None => format!("{os}/{arch}"),
-            })
+            };
+            text::name(&platform).is_ok().then_some(platform)
         }
         if !manifest.manifests.is_empty() {
             let mut all: Vec<String> = manifest
@@ -217,11 +221,12 @@ impl Registry {
         }
     }
 
-    /// Tags of `repo` after `last`, at most `limit` of them.
+    /// Tags of `repo` after `last` (any text), at most `limit` of them.
     pub async fn list_tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<ManifestPage> {
         if !self.meta.repository_exists(repo.as_str()).await? {
             return Err(RegistryError::NameUnknown);
         }
+        let last = last.map(|l| start_after(l, MAX_TAG_LEN));
         let items = self
             .meta
             .list_tags(repo.as_str(), last, limit.saturating_add(1))
@@ -229,8 +234,9 @@ impl Registry {
         Ok(page(items, limit))
     }
 
-    /// Repository names after `last`, at most `limit` of them.
+    /// Repository names after `last` (any text), at most `limit` of them.
     pub async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<ManifestPage> {
+        let last = last.map(|l| start_after(l, MAX_NAME_LEN));
         let items = self.meta.list_repositories(last, limit.saturating_add(1)).await?;
         Ok(page(items, limit))
     }
@@ -244,7 +250,7 @@ impl Registry {
     ) -> Result<ManifestPage> {
         const BATCH: u32 = 1000;
         let mut kept = Vec::new();
-        let mut cursor = last.map(str::to_string);
+        let mut cursor = last.map(|l| start_after(l, MAX_NAME_LEN).to_string());
         loop {
             let batch = self.meta.list_repositories(cursor.as_deref(), BATCH).await?;
             let exhausted = batch.len() < BATCH as usize;
@@ -256,16 +262,106 @@ impl Registry {
         }
     }
 
-    /// Manifests of `repo` whose subject is `subject`.
+    /// One page of the manifests of `repo` whose subject is `subject`: those
+    /// after `after` in digest order, at most `limit` of them and, past the
+    /// first, no more than [`REFERRERS_PAGE_BYTES`] of descriptors.
     pub async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Referrer>> {
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<ReferrerPage> {
         // distribution-spec: a registry that supports referrers MUST NOT answer 404,
         // or clients fall back to the tag schema; an unknown repository has none.
-        Ok(self.meta.referrers(repo.as_str(), subject, artifact_type).await?)
+        // Nor has a filter that no manifest can name (pushes refuse such media types).
+        if artifact_type.is_some_and(|t| !media_type::is_plausible(t)) {
+            return Ok(ReferrerPage {
+                referrers: Vec::new(),
+                next: None,
+            });
+        }
+        let found = self
+            .meta
+            .referrers(repo.as_str(), subject, artifact_type, after, limit.saturating_add(1))
+            .await?;
+        Ok(ReferrerPage::of(found, limit))
+    }
+}
+
+/// About the most bytes of descriptors one page of referrers holds: a page
+/// stops before the descriptor that would pass it (a single larger one is
+/// still served alone). Annotations make descriptors of any size, so a count
+/// alone does not bound an answer; 1 MiB stays far below the 4 MiB that ORAS
+/// clients accept for one page.
+pub const REFERRERS_PAGE_BYTES: usize = 1 << 20;
+
+/// One page of a subject's referrers.
+#[derive(Debug)]
+pub struct ReferrerPage {
+    pub referrers: Vec<Referrer>,
+    /// Where the next page starts (this page's last digest), when more follow.
+    pub next: Option<Digest>,
+}
+
+impl ReferrerPage {
+    /// The page of `found` (up to `limit + 1` referrers in digest order) that
+    /// fits `limit` and [`REFERRERS_PAGE_BYTES`].
+    fn of(mut found: Vec<Referrer>, limit: u32) -> ReferrerPage {
+        let mut more = found.len() > limit as usize;
+        found.truncate(limit as usize);
+        let mut bytes = 0;
+        let fitting = found
+            .iter()
+            .take_while(|r| {
+                bytes += descriptor_bytes(r);
+                bytes <= REFERRERS_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        if fitting < found.len() {
+            found.truncate(fitting);
+            more = true;
+        }
+        let next = if more {
+            found.last().map(|r| r.digest.clone())
+        } else {
+            None
+        };
+        ReferrerPage { referrers: found, next }
+    }
+}
+
+/// About the length of a referrer's descriptor in the JSON index: its
+/// strings plus the keys, quotes and the size.
+fn descriptor_bytes(r: &Referrer) -> usize {
+    const FRAME: usize = 96;
+    FRAME
+        + r.media_type.len()
+        + r.digest.hex().len()
+        + r.artifact_type.as_ref().map_or(0, String::len)
+        + r.annotations_json.as_ref().map_or(0, String::len)
+}
+
+/// Where a listing starts: the shortest prefix of `last` that every item of
+/// at most `longest` bytes and without a NUL compares with as with `last`.
+///
+/// distribution-spec: a listing (of tags, of repositories) holds the items
+/// after `last` in lexical order, whatever text `last` is; Berth's order is
+/// byte order on both backends. PostgreSQL text cannot hold a NUL, so `last`
+/// is cut at its first NUL: an item (which has none) sorts after `p\0…`
+/// exactly when it sorts after `p`, as an item starting with `p` and longer
+/// is greater than both, and `p` itself is smaller than both. It is also cut
+/// to `longest + 1` bytes (at a character boundary), which changes no
+/// comparison with an item of at most `longest` bytes: the first byte where
+/// they differ, or the item's end, comes before the cut. So SQLite and
+/// PostgreSQL answer the same, and the store gets a short key.
+fn start_after(last: &str, longest: usize) -> &str {
+    let last = last.split('\0').next().unwrap_or_default();
+    match last.char_indices().map(|(i, _)| i).find(|&i| i > longest) {
+        Some(cut) => &last[..cut],
+        None => last,
     }
 }
 
@@ -284,7 +380,79 @@ fn dedup(digests: impl Iterator<Item = Digest>) -> Vec<Digest> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn referrer(i: u32, annotations: usize) -> Referrer {
+        Referrer {
+            digest: Digest::sha256_of(&i.to_be_bytes()),
+            media_type: media_type::OCI_MANIFEST.into(),
+            size: 100,
+            artifact_type: Some("application/example".into()),
+            annotations_json: Some(format!(r#"{{"a":"{}"}}"#, "x".repeat(annotations))),
+        }
+    }
+
+    fn digests(page: &ReferrerPage) -> Vec<Digest> {
+        page.referrers.iter().map(|r| r.digest.clone()).collect()
+    }
+
+    #[test]
+    fn a_referrer_page_ends_at_its_limit() {
+        let found: Vec<Referrer> = (0..4).map(|i| referrer(i, 10)).collect();
+        let page = ReferrerPage::of(found.clone(), 3);
+        assert_eq!(page.referrers, found[..3]);
+        assert_eq!(page.next.as_ref(), Some(&found[2].digest));
+        let page = ReferrerPage::of(found[..3].to_vec(), 3);
+        assert_eq!(page.referrers.len(), 3);
+        assert_eq!(page.next, None, "nothing after the last");
+        assert!(ReferrerPage::of(Vec::new(), 3).next.is_none());
+    }
+
+    #[test]
+    fn a_referrer_page_ends_before_its_byte_budget() {
+        // Four descriptors of about 300 KiB: three fit in 1 MiB.
+        let found: Vec<Referrer> = (0..5).map(|i| referrer(i, 300 << 10)).collect();
+        let page = ReferrerPage::of(found.clone(), 1000);
+        assert_eq!(
+            digests(&page),
+            found[..3].iter().map(|r| r.digest.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(page.next.as_ref(), Some(&found[2].digest));
+        // One descriptor larger than the budget is still served, alone.
+        let huge: Vec<Referrer> = (0..2).map(|i| referrer(i, REFERRERS_PAGE_BYTES)).collect();
+        let page = ReferrerPage::of(huge.clone(), 1000);
+        assert_eq!(page.referrers, huge[..1]);
+        assert_eq!(page.next.as_ref(), Some(&huge[0].digest));
+    }
+
+    proptest! {
+        /// An item (no NUL, at most `longest` bytes) follows the start of a
+        /// listing exactly when it follows `last` in byte order.
+        #[test]
+        fn a_listing_starts_where_last_puts_it(
+            items in proptest::collection::vec("[a-c_.-]{0,6}", 1..20),
+            last in "(\\PC|\u{0}|[a-c_.-]){0,12}",
+        ) {
+            let start = start_after(&last, 6);
+            prop_assert!(!start.contains('\0') && start.len() <= 7 + 3);
+            for item in &items {
+                prop_assert_eq!(item.as_bytes() > last.as_bytes(), item.as_bytes() > start.as_bytes(), "{:?}", item);
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_start_is_cut_at_a_nul_and_after_the_longest_item() {
+        assert_eq!(start_after("v1\0zzz", 128), "v1");
+        assert_eq!(start_after("\0\u{fffd}", 128), "");
+        assert_eq!(start_after("' OR 1=1 --", 128), "' OR 1=1 --");
+        assert_eq!(start_after(&"a".repeat(1000), 128), "a".repeat(129));
+        // Cut at a character boundary: 'é' is two bytes.
+        assert_eq!(start_after("aé", 1), "aé");
+        assert_eq!(start_after("aéb", 1), "aé");
+    }
 
     #[test]
     fn accept_negotiation() {

@@ -5,9 +5,11 @@
 //! [`RegistryError`] to OCI error JSON in one place (`api::error`).
 
 mod blobs;
+mod claims;
 mod manifests;
 mod pulls;
 pub mod stores;
+mod touches;
 mod uploads;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ pub use blobs::ByteRange;
 pub use manifests::ManifestPage;
 pub use pulls::PullRecorder;
 pub use stores::{BlobStores, NamedStore};
+pub use touches::TouchRecorder;
 pub use uploads::{ChunkRange, MountOrUpload, UploadProgress};
 
 /// Why a registry operation failed.
@@ -35,6 +38,9 @@ pub enum RegistryError {
     UploadInvalid(String),
     #[error("chunk does not start at the session's offset {current}")]
     ChunkOutOfOrder { current: u64 },
+    /// Another request is writing to the session (on this replica or another).
+    #[error("another request is writing to this upload session; resume from offset {current} once it is done")]
+    UploadBusy { current: u64 },
     #[error("range not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
@@ -88,6 +94,9 @@ pub struct Limits {
     pub manifest_max_bytes: usize,
     /// Which tag suffixes a push may use.
     pub namespaces: crate::lifecycle::NamespaceRules,
+    /// The garbage collector's grace period, which decides when a read's
+    /// touch of a blob link must be written before the answer.
+    pub gc_grace_ms: i64,
 }
 
 /// The registry core, shared by the API handlers and background jobs.
@@ -100,6 +109,7 @@ pub struct Registry {
     /// Copies of a blob into a store being made by a mount, one at a time.
     copies: uploads::KeyedLocks<(Digest, String)>,
     pulls: Arc<PullRecorder>,
+    touches: Arc<TouchRecorder>,
 }
 
 impl Registry {
@@ -109,6 +119,7 @@ impl Registry {
             meta,
             stores,
             clock,
+            touches: Arc::new(TouchRecorder::new(limits.gc_grace_ms)),
             limits,
             sessions: uploads::KeyedLocks::default(),
             copies: uploads::KeyedLocks::default(),
@@ -125,6 +136,18 @@ impl Registry {
     /// The pulls gathered in memory, for jobs that must see them before deciding.
     pub fn pull_recorder(&self) -> Arc<PullRecorder> {
         self.pulls.clone()
+    }
+
+    /// Writes the touches of blob links gathered since the last call; returns
+    /// how many links were touched.
+    pub async fn flush_touches(&self) -> Result<usize> {
+        Ok(self.touches.flush(self.meta.as_ref()).await?)
+    }
+
+    /// The touches gathered in memory, which the garbage collector writes
+    /// before it decides.
+    pub fn touch_recorder(&self) -> Arc<TouchRecorder> {
+        self.touches.clone()
     }
 
     /// The manifest size limit in bytes.

@@ -9,17 +9,22 @@
 //! A session lives in the blob store its repository's route named when it
 //! started, and the session records that store: every later request uses it,
 //! so a route changed meanwhile never breaks an upload in flight.
+//!
+//! A request that writes a session's bytes (a chunk, the final `PUT`) claims
+//! the session first, on this replica and in a store that replicas share
+//! (see [`super::claims`]); one that finds it claimed gets 416.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use berth_meta::UploadRecord;
+use berth_meta::{UploadClaim, UploadRecord};
 use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
 use berth_storage::{ByteStream, StorageError};
 use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 
+use super::claims::{SessionClaim, LEASE_MS};
 use super::stores::NamedStore;
 use super::{Registry, RegistryError, Result};
 
@@ -67,6 +72,7 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
     fn try_lock(&self, id: &K) -> Option<OwnedMutexGuard<()>> {
         let lock = {
             let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            map.retain(|_, l| Arc::strong_count(l) > 1);
             map.entry(id.clone()).or_default().clone()
         };
         lock.try_lock_owned().ok()
@@ -100,6 +106,35 @@ impl Registry {
             Some(rec) if rec.repo == repo.as_str() => Ok(rec),
             _ => Err(RegistryError::UploadUnknown),
         }
+    }
+
+    /// The session, claimed for a request that writes to it (see
+    /// [`super::claims`]); a session another request holds is refused with
+    /// its current offset.
+    async fn claim_session(&self, repo: &RepoName, id: &UploadId) -> Result<(UploadRecord, SessionClaim)> {
+        let Some(local) = self.sessions.try_lock(id) else {
+            let current = self.session(repo, id).await?.offset;
+            return Err(RegistryError::UploadBusy { current });
+        };
+        let token = uuid::Uuid::new_v4().to_string();
+        let now = self.now_ms();
+        let (record, claim) = match self.meta.claim_upload(id, &token, now, now + LEASE_MS).await? {
+            UploadClaim::Unknown => return Err(RegistryError::UploadUnknown),
+            UploadClaim::Busy(rec) if rec.repo == repo.as_str() => {
+                return Err(RegistryError::UploadBusy { current: rec.offset })
+            }
+            UploadClaim::Busy(_) => return Err(RegistryError::UploadUnknown),
+            UploadClaim::Claimed { record, leased: false } => (record, SessionClaim::local(local)),
+            UploadClaim::Claimed { record, leased: true } => {
+                let claim = SessionClaim::leased(local, id.clone(), token, now, self.meta.clone(), self.clock.clone());
+                (record, claim)
+            }
+        };
+        // Dropping the claim releases a lease taken on another repository's session.
+        if record.repo != repo.as_str() {
+            return Err(RegistryError::UploadUnknown);
+        }
+        Ok((record, claim))
     }
 
     /// The store holding a session's bytes.
@@ -171,7 +206,7 @@ impl Registry {
             tracing::info!(%digest, from = source.name(), to = target.name(), size = record.size, "copying a mounted blob between stores");
             let session = self.start_upload_in(repo, target).await?;
             let range = record.size.checked_sub(1).map(|end| ChunkRange { start: 0, end });
-            self.finish_upload(repo, &session.id, digest, range, Some(body)).await?;
+            self.finish_new_upload(repo, &session.id, digest, range, body).await?;
             return Ok(true);
         }
         match last_error {
@@ -206,7 +241,22 @@ impl Registry {
         let range = expected_len
             .and_then(|len| len.checked_sub(1))
             .map(|end| ChunkRange { start: 0, end });
-        self.finish_upload(repo, &progress.id, digest, range, Some(body)).await
+        self.finish_new_upload(repo, &progress.id, digest, range, body).await
+    }
+
+    /// Completes a session this request opened itself (no client knows its
+    /// id, so nobody else can write it: it needs no claim in the store).
+    async fn finish_new_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+    ) -> Result<Digest> {
+        let claim = SessionClaim::local(self.sessions.lock(id).await);
+        let rec = self.session(repo, id).await?;
+        self.finish_claimed(repo, rec, claim, digest, range, Some(body)).await
     }
 
     /// How far a session has come.
@@ -227,11 +277,12 @@ impl Registry {
         range: Option<ChunkRange>,
         body: ByteStream,
     ) -> Result<UploadProgress> {
-        let _guard = self.sessions.lock(id).await;
-        let rec = self.session(repo, id).await?;
-        let (offset, _) = self
-            .write_chunk(&rec, range, body, Algorithm::Sha256, Progress::Record)
-            .await?;
+        let (rec, claim) = self.claim_session(repo, id).await?;
+        let written = self
+            .write_chunk(&rec, &claim, range, body, Algorithm::Sha256, Progress::Record)
+            .await;
+        claim.release().await;
+        let (offset, _) = written?;
         Ok(UploadProgress { id: rec.id, offset })
     }
 
@@ -245,31 +296,59 @@ impl Registry {
         range: Option<ChunkRange>,
         last_chunk: Option<ByteStream>,
     ) -> Result<Digest> {
-        let _guard = self.sessions.lock(id).await;
-        let rec = self.session(repo, id).await?;
-        let store = self.session_store(&rec)?;
+        let (rec, claim) = self.claim_session(repo, id).await?;
+        self.finish_claimed(repo, rec, claim, digest, range, last_chunk).await
+    }
+
+    async fn finish_claimed(
+        &self,
+        repo: &RepoName,
+        rec: UploadRecord,
+        mut claim: SessionClaim,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        last_chunk: Option<ByteStream>,
+    ) -> Result<Digest> {
+        let finished = self
+            .finish_session(repo, &rec, &mut claim, digest, range, last_chunk)
+            .await;
+        claim.release().await;
+        finished
+    }
+
+    async fn finish_session(
+        &self,
+        repo: &RepoName,
+        rec: &UploadRecord,
+        claim: &mut SessionClaim,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        last_chunk: Option<ByteStream>,
+    ) -> Result<Digest> {
+        let id = &rec.id;
+        let store = self.session_store(rec)?;
         let (len, hasher, staged) = match last_chunk {
             // The whole blob in this request: the store may write it where it
             // belongs straight away, to be published once the digest matches.
             Some(body) if rec.offset == 0 => {
-                let expected_len = chunk_length(&rec, range)?;
-                let (hashed, hasher) = hashing(body, DigestHasher::new(digest.algorithm()));
+                let expected_len = chunk_length(rec, range)?;
+                let (hashed, hasher) = hashing(claim.fence(body), DigestHasher::new(digest.algorithm()));
                 let staged = store
                     .store()
                     .stage_blob(id, digest, hashed)
                     .await
-                    .map_err(upload_error)?;
+                    .map_err(|e| claim_lost_or(rec, claim, upload_error(e)))?;
                 check_length(expected_len, staged.len())?;
                 (staged.len(), take_hasher(&hasher)?, Some(staged))
             }
             // The session ends here, so its progress needs no saving.
             Some(body) => {
                 let (len, hasher) = self
-                    .write_chunk(&rec, range, body, digest.algorithm(), Progress::Discard)
+                    .write_chunk(rec, claim, range, body, digest.algorithm(), Progress::Discard)
                     .await?;
                 (len, hasher, None)
             }
-            None => (rec.offset, self.hasher_for(&rec, digest.algorithm()).await?, None),
+            None => (rec.offset, self.hasher_for(rec, digest.algorithm()).await?, None),
         };
         let hasher = if hasher.algorithm() == digest.algorithm() {
             hasher
@@ -282,6 +361,7 @@ impl Registry {
             // stored. Dropping staged bytes abandons them.
             drop(staged);
             self.drop_session(store, id).await;
+            claim.session_ended();
             return Err(RegistryError::DigestInvalid(format!(
                 "provided digest {digest} does not match the uploaded content ({actual}, {len} bytes)"
             )));
@@ -292,16 +372,35 @@ impl Registry {
         let place = Box::pin(async move {
             let placed = match staged {
                 Some(staged) => staged.publish().await,
-                None => store.store().commit_upload(id, len, digest).await,
+                None => match store.store().commit_upload(id, len, digest).await {
+                    // A process that died after moving the bytes into place
+                    // but before recording them left the session without
+                    // bytes and the blob in place; the bytes hashed to
+                    // `digest` above, and a blob file is only ever put in
+                    // place after its digest matched, so the retried PUT
+                    // records what is there.
+                    Err(StorageError::UploadNotFound) if matches!(store.store().stat(digest).await, Ok(Some(size)) if size == len) =>
+                    {
+                        tracing::info!(upload = %id, %digest, "session bytes already in place; recording the blob");
+                        Ok(())
+                    }
+                    placed => placed,
+                },
             };
             placed.map_err(|e| Box::new(e) as berth_meta::BoxError)
         });
+        if !claim.writable() {
+            return Err(RegistryError::UploadBusy { current: rec.offset });
+        }
         match self
             .meta
             .complete_upload(id, repo.as_str(), digest, len, store.name(), self.now_ms(), place)
             .await
         {
-            Ok(()) => Ok(actual),
+            Ok(()) => {
+                claim.session_ended();
+                Ok(actual)
+            }
             Err(berth_meta::MetaError::Placement(e)) => match e.downcast::<StorageError>() {
                 Ok(storage) => Err(upload_error(*storage)),
                 Err(other) => Err(RegistryError::Meta(berth_meta::MetaError::Placement(other))),
@@ -404,23 +503,29 @@ impl Registry {
     async fn write_chunk(
         &self,
         rec: &UploadRecord,
+        claim: &SessionClaim,
         range: Option<ChunkRange>,
         body: ByteStream,
         algorithm: Algorithm,
         progress: Progress,
     ) -> Result<(u64, DigestHasher)> {
         let expected_len = chunk_length(rec, range)?;
-        let (hashed, hasher) = hashing(body, self.hasher_for(rec, algorithm).await?);
+        let (hashed, hasher) = hashing(claim.fence(body), self.hasher_for(rec, algorithm).await?);
         let new_len = self
             .session_store(rec)?
             .store()
             .append_upload(&rec.id, rec.offset, hashed)
             .await
-            .map_err(upload_error)?;
+            .map_err(|e| claim_lost_or(rec, claim, upload_error(e)))?;
         check_length(expected_len, new_len - rec.offset)?;
         let hasher = take_hasher(&hasher)?;
         if progress == Progress::Discard {
             return Ok((new_len, hasher));
+        }
+        // Recorded only while the claim holds: once it may have run out,
+        // another request may be writing these bytes again.
+        if !claim.writable() {
+            return Err(RegistryError::UploadBusy { current: rec.offset });
         }
         let advanced = self
             .meta
@@ -437,6 +542,16 @@ impl Registry {
             });
         }
         Ok((new_len, hasher))
+    }
+}
+
+/// `err`, unless the request's claim on the session ran out: then the chunk
+/// was cut off on purpose, and the client may resume from the session's offset.
+fn claim_lost_or(rec: &UploadRecord, claim: &SessionClaim, err: RegistryError) -> RegistryError {
+    if claim.writable() {
+        err
+    } else {
+        RegistryError::UploadBusy { current: rec.offset }
     }
 }
 

@@ -22,9 +22,10 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A server with `auth.mode = "token"` plus `extra` TOML under `[auth]`.
+/// A server with `auth.mode = "token"` plus `extra` TOML under `[auth]`,
+/// and a clock that [`TestApp::advance_clock`] moves.
 pub fn token_app(extra: &str) -> TestApp {
-    TestApp::start_with_config(&format!("[auth]\nmode = \"token\"\n{extra}\n"), &[])
+    TestApp::start_with_clock(&format!("[auth]\nmode = \"token\"\n{extra}\n"))
 }
 
 pub fn add_user(app: &TestApp, name: &str, password: &str, admin: bool) {

@@ -91,18 +91,31 @@ async fn an_id_token_from_a_configured_issuer_maps_to_grants_by_claim_rules() {
 
 #[tokio::test]
 async fn expired_and_not_yet_valid_tokens_are_refused() {
-    let idp = provider(&["--id-token-ttl", "1"]);
+    // Times are the registry's: its clock moves, the provider's does not.
+    let idp = provider(&["--id-token-ttl", "60"]);
     let app = token_app(&config(&idp.url));
     let id_token = mint(&idp.url, MAIN, "berth");
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(token_response(&app, Some(("ci", &id_token)), &[]).await.0, 200);
+    app.advance_clock(61_000);
     assert_eq!(token_response(&app, Some(("ci", &id_token)), &[]).await.0, 401);
     drop(idp);
 
     let later = now_secs() + 3600;
-    let idp = provider(&["--extra-claims", &format!(r#"{{"nbf":{later}}}"#)]);
+    let idp = provider(&[
+        "--id-token-ttl",
+        "7200",
+        "--extra-claims",
+        &format!(r#"{{"nbf":{later}}}"#),
+    ]);
     let app = token_app(&config(&idp.url));
     let id_token = mint(&idp.url, MAIN, "berth");
     assert_eq!(token_response(&app, Some(("ci", &id_token)), &[]).await.0, 401);
+    app.advance_clock(3_601_000);
+    assert_eq!(
+        token_response(&app, Some(("ci", &id_token)), &[]).await.0,
+        200,
+        "valid once the registry's clock passed nbf"
+    );
 }
 
 #[tokio::test]

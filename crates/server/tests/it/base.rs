@@ -1,6 +1,6 @@
 //! The API version check, health and readiness.
 
-use crate::harness::{header, TestApp};
+use crate::harness::{header, raw_request, TestApp};
 
 #[tokio::test]
 async fn version_check_answers_200_with_the_api_version_header() {
@@ -22,4 +22,23 @@ async fn health_and_readiness_answer_200_when_the_stores_do() {
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.text().await.unwrap_or_default(), body, "{path}");
     }
+}
+
+/// Request heads up to 12 KiB (a long bearer token, many headers) are served;
+/// a larger one is refused with a client error and the server keeps serving.
+/// (The connection's read buffer is bounded: `connections::READ_BUFFER_MAX`.)
+#[tokio::test]
+async fn large_request_heads_are_served_and_oversized_ones_refused() {
+    let app = TestApp::start();
+    let head = |filler: usize| {
+        format!(
+            "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(filler)
+        )
+    };
+    let (status, _) = raw_request(&app.base, &head(12 << 10), Vec::new());
+    assert_eq!(status, 200, "a 12 KiB head is served");
+    let (status, _) = raw_request(&app.base, &head(64 << 10), Vec::new());
+    assert!((400..500).contains(&status), "a 64 KiB head is a client error, not {status}");
+    assert_eq!(app.get("/v2/").await.status(), 200, "the server still serves");
 }

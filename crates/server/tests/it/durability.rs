@@ -139,7 +139,17 @@ async fn acknowledged_pushes_survive_sigkill() {
         .map(|id| tokio::spawn(writer(app.client.clone(), app.base.clone(), id, record.clone())))
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill once the writers have something acknowledged to lose, however
+    // slow the machine is, at a moment within a chunk or a manifest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while record.lock().unwrap().manifests.len() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writers acknowledged nothing in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(rand::random_range(0..200))).await;
     app.kill9();
     for w in writers {
         w.await.expect("a writer panicked");

@@ -279,7 +279,8 @@ impl TestApp {
         app
     }
 
-    fn launch(&mut self) {
+    /// `berth serve` on a free port over this app's data dir, configuration and stores.
+    fn serve_command(&self) -> Command {
         let mut cmd = berth_command();
         cmd.arg("serve")
             .arg("--listen")
@@ -292,7 +293,23 @@ impl TestApp {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        match spawn_server(cmd) {
+        cmd
+    }
+
+    /// Starts another replica over the same PostgreSQL database and S3
+    /// bucket (scale-out only: on the embedded backend one process owns the
+    /// data directory). Dropping it kills it.
+    pub fn replica(&self) -> Server {
+        assert!(
+            scaleout(),
+            "replicas share PostgreSQL and S3: run with {BACKEND_ENV}=scaleout"
+        );
+        spawn_server(self.serve_command())
+            .unwrap_or_else(|f| panic!("a replica did not start (status {:?}); stderr:\n{}", f.status, f.stderr))
+    }
+
+    fn launch(&mut self) {
+        match spawn_server(self.serve_command()) {
             Ok(server) => {
                 self.base = server.base();
                 self.server = Some(server);

@@ -245,9 +245,7 @@ async fn gc_waits_out_the_grace_period_then_removes_exactly_the_unreferenced_blo
     assert_eq!(dry["links_removed"], 3, "{dry}");
     assert_eq!(dry["manifests_removed"], 0, "{dry}");
     assert_eq!(app.stored_blobs().await, before, "a dry run removes no file");
-    for digest in &unique {
-        assert_eq!(app.head(&format!("/v2/{repo}/blobs/{digest}")).await.status(), 200);
-    }
+    // (No HEAD of them here: a read restarts a blob's grace period.)
 
     let real = collect(&app, false).await;
     assert_eq!(real["links_removed"], 3, "{real}");

@@ -128,6 +128,51 @@ async fn chunked_upload_then_put_without_body() {
     assert_error(patch(&app, &url, None, b"more").await, 404, "BLOB_UPLOAD_UNKNOWN").await;
 }
 
+/// Removes the session's bytes behind the server's back: a file on the
+/// filesystem, a folder of objects on S3.
+async fn remove_session_bytes(app: &TestApp, id: &str) {
+    let keys: Vec<String> = app
+        .stored_keys("uploads")
+        .await
+        .into_iter()
+        .filter(|key| key.strip_prefix("uploads/").and_then(|k| k.split('/').next()) == Some(id))
+        .collect();
+    assert!(!keys.is_empty(), "the session {id} has bytes in the store");
+    for key in keys {
+        app.remove_stored(&key).await;
+    }
+}
+
+#[tokio::test]
+async fn a_put_retried_after_a_crash_between_placing_and_recording_the_blob_succeeds() {
+    let app = TestApp::start();
+    let bytes = random_bytes(150_000);
+    let digest = sha256(&bytes);
+    let url = app.start_upload("a").await;
+    assert_eq!(patch(&app, &url, Some((0, 149_999)), &bytes).await.status(), 202);
+    let id = url.rsplit('/').next().unwrap().to_string();
+
+    // What a process killed inside the final PUT leaves: the bytes moved to
+    // the blob's place, the session record still there, nothing recorded.
+    remove_session_bytes(&app, &id).await;
+    app.put_stored_blob(&digest, &bytes).await;
+    assert_eq!(app.head(&format!("/v2/a/blobs/{digest}")).await.status(), 404);
+
+    let resp = finish(&app, &url, &digest).await;
+    assert_eq!(resp.status(), 201, "the retried PUT records the blob in place");
+    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_blob(&app, "a", &digest, &bytes).await;
+
+    // Without the blob in place the session's bytes are simply gone.
+    let other = random_bytes(1000);
+    let url = app.start_upload("a").await;
+    assert_eq!(patch(&app, &url, Some((0, 999)), &other).await.status(), 202);
+    let id = url.rsplit('/').next().unwrap().to_string();
+    remove_session_bytes(&app, &id).await;
+    assert_error(finish(&app, &url, &sha256(&other)).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    app.assert_blob_unknown("a", &sha256(&other)).await;
+}
+
 #[tokio::test]
 async fn chunked_upload_with_a_last_chunk_in_the_put() {
     let app = TestApp::start();
@@ -592,15 +637,18 @@ async fn concurrent_uploads_of_the_same_blob_both_succeed() {
 
 #[tokio::test]
 async fn stale_sessions_are_purged() {
-    let app = TestApp::start_with_env(&[
-        ("BERTH_UPLOADS__STALE_AFTER_SECS", "1"),
-        ("BERTH_UPLOADS__PURGE_INTERVAL_SECS", "1"),
-    ]);
+    let app = TestApp::start_with_clock("[uploads]\nstale_after_secs = 3600\npurge_interval_secs = 1\n");
     let url = app.start_upload("a").await;
     assert_eq!(patch(&app, &url, Some((0, 9)), &[1u8; 10]).await.status(), 202);
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 204);
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An hour later by the server's clock, the next purge (each second) takes it.
+    app.advance_clock(3_601_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.client.get(&url).send().await.unwrap().status() == 204 {
+        assert!(std::time::Instant::now() < deadline, "the session was never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     assert_error(app.client.get(&url).send().await.unwrap(), 404, "BLOB_UPLOAD_UNKNOWN").await;
     let id = url.rsplit('/').next().unwrap();
