@@ -39,6 +39,9 @@ async fn large_request_heads_are_served_and_oversized_ones_refused() {
     let (status, _) = raw_request(&app.base, &head(12 << 10), Vec::new());
     assert_eq!(status, 200, "a 12 KiB head is served");
     let (status, _) = raw_request(&app.base, &head(64 << 10), Vec::new());
-    assert!((400..500).contains(&status), "a 64 KiB head is a client error, not {status}");
+    assert!(
+        (400..500).contains(&status),
+        "a 64 KiB head is a client error, not {status}"
+    );
     assert_eq!(app.get("/v2/").await.status(), 200, "the server still serves");
 }
