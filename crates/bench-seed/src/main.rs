@@ -13,6 +13,9 @@
 //! Each repository gets one shared layer and, per tag, a unique image config
 //! and a manifest referencing both. Tags are pushed at shuffled times spread
 //! over the past `--days`, so "keep the newest N" is not "keep the last N names".
+//! With `--unreferenced N`, the repositories also hold N blobs between them
+//! that were uploaded and linked but that no manifest references, as left by
+//! pushes that never finished: garbage for the collector to find.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -60,6 +63,14 @@ struct Args {
     /// Threads that write blob files while the database is filled.
     #[arg(long, default_value_t = 2)]
     writers: usize,
+    /// Blobs no manifest references, spread over the repositories (each
+    /// linked to its repository, as an upload links it), all as old as the
+    /// oldest push.
+    #[arg(long, default_value_t = 0)]
+    unreferenced: u64,
+    /// The size of each unreferenced blob, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    unreferenced_size: usize,
 }
 
 /// One tag of a seeded repository: its image config and manifest.
@@ -78,6 +89,8 @@ struct RepoImage {
     layer: Vec<u8>,
     layer_digest: Digest,
     tags: Vec<TagImage>,
+    /// Blobs of this repository that no manifest references.
+    unreferenced: Vec<(Digest, Vec<u8>)>,
 }
 
 /// An OCI content descriptor, in the field order clients write.
@@ -166,11 +179,24 @@ impl RepoImage {
                 manifest_digest,
             });
         }
+        // The first `unreferenced % repos` repositories take one more.
+        let share = args.unreferenced / u64::from(args.repos.max(1))
+            + u64::from(u64::from(index) < args.unreferenced % u64::from(args.repos.max(1)));
+        let unreferenced = (0..share)
+            .map(|_| {
+                let bytes: Vec<u8> = (0..args.unreferenced_size.div_ceil(8))
+                    .flat_map(|_| splitmix64(&mut rng).to_le_bytes())
+                    .take(args.unreferenced_size)
+                    .collect();
+                (Digest::of(Algorithm::Sha256, &bytes), bytes)
+            })
+            .collect();
         Ok(RepoImage {
             name,
             layer,
             layer_digest,
             tags,
+            unreferenced,
         })
     }
 
@@ -181,6 +207,9 @@ impl RepoImage {
         files.push((path(&self.layer_digest), std::mem::take(&mut self.layer)));
         for t in &mut self.tags {
             files.push((path(&t.config_digest), std::mem::take(&mut t.config)));
+        }
+        for (digest, bytes) in &mut self.unreferenced {
+            files.push((path(digest), std::mem::take(bytes)));
         }
         files
     }
@@ -194,6 +223,7 @@ async fn insert_repo(
     repo: &RepoImage,
     layer_size: usize,
     config_sizes: &[usize],
+    unreferenced_size: usize,
     created_ms: i64,
 ) -> Result<()> {
     let blobs: Vec<(String, usize)> = std::iter::once((repo.layer_digest.to_string(), layer_size))
@@ -202,6 +232,11 @@ async fn insert_repo(
                 .iter()
                 .zip(config_sizes)
                 .map(|(t, size)| (t.config_digest.to_string(), *size)),
+        )
+        .chain(
+            repo.unreferenced
+                .iter()
+                .map(|(digest, _)| (digest.to_string(), unreferenced_size)),
         )
         .collect();
     // [tag, manifest digest, manifest body, pushed_ms, config digest, total size]
@@ -353,7 +388,15 @@ async fn main() -> Result<()> {
             .send(files)
             .map_err(|_| anyhow::anyhow!("the blob file writers stopped"))?;
         let t = Instant::now();
-        insert_repo(&mut conn, &repo, args.layer_size, &config_sizes, oldest_ms).await?;
+        insert_repo(
+            &mut conn,
+            &repo,
+            args.layer_size,
+            &config_sizes,
+            args.unreferenced_size,
+            oldest_ms,
+        )
+        .await?;
         db_time += t.elapsed();
         if (index + 1) % 100 == 0 || index + 1 == args.repos {
             eprintln!(
@@ -380,10 +423,11 @@ async fn main() -> Result<()> {
 
     let tags = u64::from(args.repos) * u64::from(args.tags);
     println!(
-        "seeded {} repositories, {tags} tags, {tags} manifests, {} blobs ({files_written} files) in {:.1} s \
-         (database {:.1} s)",
+        "seeded {} repositories, {tags} tags, {tags} manifests, {} blobs ({} unreferenced; {files_written} files) \
+         in {:.1} s (database {:.1} s)",
         args.repos,
-        tags + u64::from(args.repos),
+        tags + u64::from(args.repos) + args.unreferenced,
+        args.unreferenced,
         started.elapsed().as_secs_f64(),
         db_time.as_secs_f64()
     );

@@ -626,7 +626,8 @@ pub async fn run_lifecycle<S: MetaStore + LifecycleStore + AccessStore>(store: &
     removals_recheck_what_changed_since_the_plan(store).await;
     collection_rechecks_inside_the_transaction(store).await;
     a_failed_placement_records_nothing(store).await;
-    signature_tags_without_subject_are_found(store).await;
+    referrer_tags_without_subject_are_found(store).await;
+    a_tag_that_follows_a_subject_goes_only_once_the_subject_is_gone(store).await;
     blobs_remember_the_stores_holding_them(store).await;
     sweeps_remove_what_they_find(store).await;
 }
@@ -855,6 +856,7 @@ fn tag_removal(name: &str, digest: &Digest, pushed_ms: i64, last_pulled_ms: Opti
             digest: digest.clone(),
             pushed_ms,
             last_pulled_ms,
+            follows: None,
         },
         rule: "test".into(),
         reason: "a test removal".into(),
@@ -1134,23 +1136,83 @@ async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store
     assert!(ids.contains(&"lc-placement".to_string()));
 }
 
-async fn signature_tags_without_subject_are_found<S: MetaStore + LifecycleStore>(store: &S) {
-    let repo = "lc/sig";
-    let subject = manifest(r#"{"lc":"subject"}"#, vec![], vec![], None);
-    let sig = manifest(r#"{"lc":"sig"}"#, vec![], vec![], None);
+async fn a_tag_that_follows_a_subject_goes_only_once_the_subject_is_gone<S: MetaStore + LifecycleStore>(store: &S) {
+    let repo = "lc/follows";
+    let subject = manifest(r#"{"lc":"followed"}"#, vec![], vec![], None);
+    let sig = manifest(r#"{"lc":"follower"}"#, vec![], vec![], None);
     store.put_manifest(repo, &subject, Some("v1"), 10).await.unwrap();
     let tag = format!("sha256-{}.sig", subject.digest.hex());
     store.put_manifest(repo, &sig, Some(&tag), 10).await.unwrap();
-    assert!(store.orphaned_signature_tags(100, 10).await.unwrap().is_empty());
+    let mut follower = tag_removal(&tag, &sig.digest, 10, None);
+    if let Removal::Tag { follows, .. } = &mut follower.removal {
+        *follows = Some(subject.digest.clone());
+    }
+    let sig_removal = manifest_removal(&sig.digest, 10, None);
+    // The subject stays (its tag was pulled after the plan, say): so do the
+    // signature's tag and, since that still names it, the signature.
+    let applied = store
+        .remove(repo, &[follower.clone(), sig_removal.clone()], &gc_audit(20))
+        .await
+        .unwrap();
+    assert_eq!(applied, [false, false]);
+    assert!(store.manifest_by_tag(repo, &tag).await.unwrap().is_some());
+    // In one transaction, the subject first: then both follow it.
+    let applied = store
+        .remove(
+            repo,
+            &[
+                tag_removal("v1", &subject.digest, 10, None),
+                manifest_removal(&subject.digest, 10, None),
+                follower,
+                sig_removal,
+            ],
+            &gc_audit(21),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, true, true, true]);
+}
+
+async fn referrer_tags_without_subject_are_found<S: MetaStore + LifecycleStore>(store: &S) {
+    let repo = "lc/sig";
+    let subject = manifest(r#"{"lc":"subject"}"#, vec![], vec![], None);
+    let sig = manifest(r#"{"lc":"sig"}"#, vec![], vec![], None);
+    let att = manifest(r#"{"lc":"att"}"#, vec![], vec![], Some(subject.digest.clone()));
+    let plain = manifest(r#"{"lc":"plain"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &subject, Some("v1"), 10).await.unwrap();
+    let tag = format!("sha256-{}.sig", subject.digest.hex());
+    store.put_manifest(repo, &sig, Some(&tag), 10).await.unwrap();
+    // An attestation under two ordinary tags follows its declared subject.
+    store.put_manifest(repo, &att, Some("att-ref"), 10).await.unwrap();
+    store.put_manifest(repo, &att, Some("att-ref2"), 10).await.unwrap();
+    // Tags that only look like the schema are plain tags, never orphans.
+    store
+        .put_manifest(repo, &plain, Some("sha256-latest"), 10)
+        .await
+        .unwrap();
+    let lookalike = format!("sha256-{}.txt", "0".repeat(64));
+    store.put_manifest(repo, &plain, Some(&lookalike), 10).await.unwrap();
+    assert!(store.orphaned_referrer_tags(100, None, 10).await.unwrap().is_empty());
     store.delete_manifest(repo, &subject.digest, 20).await.unwrap();
-    let found = store.orphaned_signature_tags(100, 10).await.unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(
-        (found[0].repo.as_str(), found[0].tag.name.as_str()),
-        (repo, tag.as_str())
-    );
+    let found = store.orphaned_referrer_tags(100, None, 10).await.unwrap();
+    let names: Vec<&str> = found.iter().map(|o| o.tag.name.as_str()).collect();
+    assert_eq!(names, ["att-ref", "att-ref2", tag.as_str()]);
+    assert!(found.iter().all(|o| o.repo == repo && o.manifest_pushed_ms == 10));
+    let tag_counts: Vec<u64> = found.iter().map(|o| o.manifest_tags).collect();
+    assert_eq!(tag_counts, [2, 2, 1]);
+
+    // In pages, each after the last tag of the one before.
+    let first = store.orphaned_referrer_tags(100, None, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let last = &first[1];
+    let rest = store
+        .orphaned_referrer_tags(100, Some((last.repo_id, &last.tag.name)), 2)
+        .await
+        .unwrap();
+    let names: Vec<&str> = rest.iter().map(|o| o.tag.name.as_str()).collect();
+    assert_eq!(names, [tag.as_str()]);
     assert!(
-        store.orphaned_signature_tags(10, 10).await.unwrap().is_empty(),
+        store.orphaned_referrer_tags(10, None, 10).await.unwrap().is_empty(),
         "pushed at 10, not before"
     );
 }

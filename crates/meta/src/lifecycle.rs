@@ -59,6 +59,11 @@ pub enum Removal {
         digest: Digest,
         pushed_ms: i64,
         last_pulled_ms: Option<i64>,
+        /// For a tag that lives and dies with a subject (a signature's,
+        /// an attestation's): removed only while the repository holds no
+        /// manifest of this digest, so a subject that stays (pulled or
+        /// pushed again after the decision) keeps its signatures.
+        follows: Option<Digest>,
     },
     /// Removed only while no tag names it, no index in the repository lists it
     /// and its subject (if any) is gone.
@@ -168,13 +173,23 @@ pub struct UntaggedManifest {
     pub touched_ms: i64,
 }
 
-/// A tag of the signature schema (`sha256-<hex>[.sig|.att|.sbom]`) whose
-/// subject manifest is not in its repository.
+/// A tag that follows a subject which is not in its repository: a tag of the
+/// signature schema (`sha256-<hex>[.sig|.att|.sbom]`) naming a manifest that
+/// is not there, or any tag of a manifest whose declared `subject` is not
+/// there. (Should the tag name one subject and its manifest declare another,
+/// the tag is orphaned only when neither is there.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct OrphanedSignatureTag {
+pub struct OrphanedReferrerTag {
     pub repo_id: i64,
     pub repo: String,
     pub tag: TagState,
+    /// The subject it follows (the one its name says, if any).
+    pub subject: Digest,
+    /// The tagged manifest as it was found, for its removal's re-check.
+    pub manifest_pushed_ms: i64,
+    pub manifest_last_pulled_ms: Option<i64>,
+    /// How many tags (orphaned or not) name the tagged manifest.
+    pub manifest_tags: u64,
 }
 
 /// Manifests (repository id, digest) a dry run of garbage collection counts
@@ -278,9 +293,15 @@ pub trait LifecycleStore: MetaStore {
         gone: Pretend<'_>,
     ) -> Result<Vec<UntaggedManifest>>;
 
-    /// Signature-schema tags whose subject is gone, where both the tag and its
-    /// manifest are untouched since before `cutoff_ms`.
-    async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>>;
+    /// Tags that follow a subject which is gone, where both the tag and its
+    /// manifest are untouched since before `cutoff_ms`, after `after`
+    /// (repository id, tag name) in key order.
+    async fn orphaned_referrer_tags(
+        &self,
+        cutoff_ms: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<OrphanedReferrerTag>>;
 
     /// Recorded blobs whose hex digest starts with `hex_prefix`, in digest order.
     async fn blobs_with_prefix(&self, algorithm: &str, hex_prefix: &str) -> Result<Vec<RecordedBlob>>;

@@ -20,7 +20,7 @@ use sqlx::Row;
 
 use crate::access::Audit;
 use crate::lifecycle::{
-    BlobFiles, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval, PolicyRecord,
+    BlobFiles, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedReferrerTag, PlannedRemoval, PolicyRecord,
     Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::postgres::{digest_strings, lock, parse_digest, retrying, to_u64, LockKey, LockMode, PgTx};
@@ -65,16 +65,21 @@ impl PgMeta {
                 digest,
                 pushed_ms,
                 last_pulled_ms,
+                follows,
             } => {
                 let unchanged: Option<i32> = sqlx::query_scalar(
                     "SELECT 1 FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest = $3 \
-                     AND pushed_ms = $4 AND last_pulled_ms IS NOT DISTINCT FROM $5::bigint FOR UPDATE",
+                     AND pushed_ms = $4 AND last_pulled_ms IS NOT DISTINCT FROM $5::bigint \
+                     AND ($6::text IS NULL OR NOT EXISTS \
+                          (SELECT 1 FROM manifests s WHERE s.repo_id = $1 AND s.digest = $6::text)) \
+                     FOR UPDATE",
                 )
                 .bind(repo_id)
                 .bind(name)
                 .bind(digest.to_string())
                 .bind(pushed_ms)
                 .bind(last_pulled_ms)
+                .bind(follows.as_ref().map(Digest::to_string))
                 .fetch_optional(&mut **tx)
                 .await?;
                 if unchanged.is_none() || !Self::remove_tag_row(tx, repo_id, name, audit.at_ms).await? {
@@ -135,7 +140,11 @@ impl PgMeta {
         let mut manifests = Vec::new();
         for planned in removals {
             match &planned.removal {
-                Removal::Tag { name, .. } => keys.push(LockKey::tag(repo, name)),
+                Removal::Tag { name, follows, .. } => {
+                    keys.push(LockKey::tag(repo, name));
+                    // A push of the subject it follows waits, as for a referrer.
+                    keys.extend(follows.iter().map(|s| LockKey::manifest(repo, &s.to_string())));
+                }
                 Removal::Manifest { digest, .. } => manifests.push(digest.to_string()),
             }
         }
@@ -531,24 +540,45 @@ impl LifecycleStore for PgMeta {
             .collect()
     }
 
-    async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>> {
-        // `sha256-` holds no LIKE wildcard (`_`, `%`), so this is a plain prefix.
+    async fn orphaned_referrer_tags(
+        &self,
+        cutoff_ms: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<OrphanedReferrerTag>> {
+        let (after_id, after_name) = after.unwrap_or((i64::MIN, ""));
+        // `named` is the subject a tag of the signature schema names (as the
+        // planner reads it; `sha256-latest` is plain). `sha256-` holds no LIKE
+        // wildcard, so that is a plain prefix.
         let rows = sqlx::query(
-            "SELECT r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, t.last_pulled_ms, t.pull_count, t.repo_id \
-             FROM tags t JOIN repositories r ON r.id = t.repo_id \
-             JOIN manifests sig ON sig.repo_id = t.repo_id AND sig.digest = t.manifest_digest \
-             WHERE t.name LIKE 'sha256-%' AND t.pushed_ms < $1 AND sig.touched_ms < $1 \
-             AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = t.repo_id \
-                             AND m.digest = 'sha256:' || substr(t.name, 8, 64)) \
-             ORDER BY r.name, t.name LIMIT $2",
+            "WITH f AS (SELECT t.repo_id, r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, \
+               t.last_pulled_ms, t.pull_count, m.pushed_ms AS m_pushed_ms, m.last_pulled_ms AS m_last_pulled_ms, \
+               m.subject, \
+               CASE WHEN t.name ~ '^sha256-[0-9a-f]{64}(\\.(sig|att|sbom))?$' \
+                    THEN 'sha256:' || substr(t.name, 8, 64) END AS named \
+               FROM tags t JOIN repositories r ON r.id = t.repo_id \
+               JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+               WHERE (t.repo_id, t.name) > ($2, $3) AND t.pushed_ms < $1 AND m.touched_ms < $1 \
+               AND (m.subject IS NOT NULL OR t.name LIKE 'sha256-%')) \
+             SELECT f.*, (SELECT count(*) FROM tags o WHERE o.repo_id = f.repo_id \
+                          AND o.manifest_digest = f.manifest_digest) AS manifest_tags, \
+               coalesce(named, subject) AS followed \
+             FROM f WHERE (named IS NOT NULL OR subject IS NOT NULL) \
+               AND (named IS NULL OR NOT EXISTS \
+                    (SELECT 1 FROM manifests s WHERE s.repo_id = f.repo_id AND s.digest = f.named)) \
+               AND (subject IS NULL OR NOT EXISTS \
+                    (SELECT 1 FROM manifests s WHERE s.repo_id = f.repo_id AND s.digest = f.subject)) \
+             ORDER BY repo_id, name LIMIT $4",
         )
         .bind(cutoff_ms)
+        .bind(after_id)
+        .bind(after_name)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(OrphanedSignatureTag {
+                Ok(OrphanedReferrerTag {
                     repo_id: r.try_get("repo_id")?,
                     repo: r.try_get("repo")?,
                     tag: TagState {
@@ -558,6 +588,10 @@ impl LifecycleStore for PgMeta {
                         last_pulled_ms: r.try_get("last_pulled_ms")?,
                         pull_count: to_u64(r.try_get("pull_count")?),
                     },
+                    subject: parse_digest(r.try_get("followed")?)?,
+                    manifest_pushed_ms: r.try_get("m_pushed_ms")?,
+                    manifest_last_pulled_ms: r.try_get("m_last_pulled_ms")?,
+                    manifest_tags: to_u64(r.try_get("manifest_tags")?),
                 })
             })
             .collect()

@@ -10,7 +10,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::access::Audit;
 use crate::lifecycle::{
-    BlobFiles, BlobSweep, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedSignatureTag, PlannedRemoval,
+    BlobFiles, BlobSweep, FileRemover, LifecycleStore, LinkKey, ManifestState, OrphanedReferrerTag, PlannedRemoval,
     PolicyRecord, Pretend, RecordedBlob, Removal, RepoState, TagState, UntaggedManifest, UnusedBlob,
 };
 use crate::sql::access::write_audit;
@@ -87,6 +87,23 @@ fn files_of(removed: &[UnusedBlob]) -> Vec<BlobFiles> {
         .collect()
 }
 
+/// An orphaned referrer tag as packed: repository id and name, tag name,
+/// digest, push, pull, pull count, the manifest's push and pull, its tag
+/// count, the subject followed.
+type OrphanRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+    Option<i64>,
+    i64,
+    String,
+);
+
 /// Rows packed by the query as one JSON array of arrays, read straight into
 /// tuples: sqlx hands rows over one at a time between threads, which dominates
 /// reading a repository of thousands of tags.
@@ -113,16 +130,19 @@ impl SqliteMeta {
                 digest,
                 pushed_ms,
                 last_pulled_ms,
+                follows,
             } => {
                 let unchanged: Option<i64> = sqlx::query_scalar(
                     "SELECT 1 FROM tags WHERE repo_id = $1 AND name = $2 AND manifest_digest = $3 \
-                     AND pushed_ms = $4 AND last_pulled_ms IS $5",
+                     AND pushed_ms = $4 AND last_pulled_ms IS $5 \
+                     AND ($6 IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repo_id = $1 AND s.digest = $6))",
                 )
                 .bind(repo_id)
                 .bind(name)
                 .bind(digest.to_string())
                 .bind(pushed_ms)
                 .bind(last_pulled_ms)
+                .bind(follows.as_ref().map(Digest::to_string))
                 .fetch_optional(&mut **tx)
                 .await?;
                 if unchanged.is_none() || !Self::remove_tag_row(tx, repo_id, name, audit.at_ms).await? {
@@ -473,37 +493,78 @@ impl LifecycleStore for SqliteMeta {
             .collect()
     }
 
-    async fn orphaned_signature_tags(&self, cutoff_ms: i64, limit: u32) -> Result<Vec<OrphanedSignatureTag>> {
+    async fn orphaned_referrer_tags(
+        &self,
+        cutoff_ms: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<OrphanedReferrerTag>> {
+        let (after_id, after_name) = after.unwrap_or((i64::MIN, ""));
+        // `named` is the subject a tag of the signature schema names: exactly
+        // `sha256-` and 64 lowercase hex digits, then `.sig`, `.att`, `.sbom`
+        // or nothing (as the planner reads it; `sha256-latest` is plain).
         let packed: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(repo, name, manifest_digest, pushed_ms, last_pulled_ms, pull_count, \
-              repo_id)) \
-             FROM (SELECT r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, t.last_pulled_ms, t.pull_count, \
-              t.repo_id FROM tags t JOIN repositories r ON r.id = t.repo_id \
-              JOIN manifests sig ON sig.repo_id = t.repo_id AND sig.digest = t.manifest_digest \
-              WHERE t.name GLOB 'sha256-*' AND t.pushed_ms < $1 AND sig.touched_ms < $1 \
-              AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = t.repo_id \
-                              AND m.digest = 'sha256:' || substr(t.name, 8, 64)) \
-              ORDER BY r.name, t.name LIMIT $2)",
+            "WITH f AS (SELECT t.repo_id, r.name AS repo, t.name, t.manifest_digest, t.pushed_ms, \
+               t.last_pulled_ms, t.pull_count, m.pushed_ms AS m_pushed_ms, m.last_pulled_ms AS m_last_pulled_ms, \
+               m.subject, \
+               CASE WHEN t.name GLOB 'sha256-*' AND length(t.name) >= 71 \
+                         AND substr(t.name, 8, 64) NOT GLOB '*[^0-9a-f]*' \
+                         AND (length(t.name) = 71 OR substr(t.name, 72) IN ('.sig', '.att', '.sbom')) \
+                    THEN 'sha256:' || substr(t.name, 8, 64) END AS named \
+               FROM tags t JOIN repositories r ON r.id = t.repo_id \
+               JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+               WHERE (t.repo_id, t.name) > ($2, $3) AND t.pushed_ms < $1 AND m.touched_ms < $1 \
+               AND (m.subject IS NOT NULL OR t.name GLOB 'sha256-*')) \
+             SELECT json_group_array(json_array(repo_id, repo, name, manifest_digest, pushed_ms, last_pulled_ms, \
+               pull_count, m_pushed_ms, m_last_pulled_ms, \
+               (SELECT count(*) FROM tags o WHERE o.repo_id = f.repo_id AND o.manifest_digest = f.manifest_digest), \
+               coalesce(named, subject))) \
+             FROM (SELECT * FROM f WHERE (named IS NOT NULL OR subject IS NOT NULL) \
+               AND (named IS NULL OR NOT EXISTS \
+                    (SELECT 1 FROM manifests s WHERE s.repo_id = f.repo_id AND s.digest = f.named)) \
+               AND (subject IS NULL OR NOT EXISTS \
+                    (SELECT 1 FROM manifests s WHERE s.repo_id = f.repo_id AND s.digest = f.subject)) \
+               ORDER BY repo_id, name LIMIT $4) f",
         )
         .bind(cutoff_ms)
+        .bind(after_id)
+        .bind(after_name)
         .bind(i64::from(limit))
         .fetch_one(&self.reader)
         .await?;
-        typed_rows::<(String, String, String, i64, Option<i64>, i64, i64)>(&packed)?
+        typed_rows::<OrphanRow>(&packed)?
             .into_iter()
-            .map(|(repo, name, digest, pushed_ms, last_pulled_ms, pull_count, repo_id)| {
-                Ok(OrphanedSignatureTag {
+            .map(
+                |(
                     repo_id,
                     repo,
-                    tag: TagState {
-                        name,
-                        digest: parse_digest(&digest)?,
-                        pushed_ms,
-                        last_pulled_ms,
-                        pull_count: to_u64(pull_count),
-                    },
-                })
-            })
+                    name,
+                    digest,
+                    pushed_ms,
+                    last_pulled_ms,
+                    pull_count,
+                    manifest_pushed_ms,
+                    manifest_last_pulled_ms,
+                    manifest_tags,
+                    subject,
+                )| {
+                    Ok(OrphanedReferrerTag {
+                        repo_id,
+                        repo,
+                        tag: TagState {
+                            name,
+                            digest: parse_digest(&digest)?,
+                            pushed_ms,
+                            last_pulled_ms,
+                            pull_count: to_u64(pull_count),
+                        },
+                        subject: parse_digest(&subject)?,
+                        manifest_pushed_ms,
+                        manifest_last_pulled_ms,
+                        manifest_tags: to_u64(manifest_tags),
+                    })
+                },
+            )
             .collect()
     }
 

@@ -303,7 +303,7 @@ where
 /// Runs `job` when this process leads `name` among the replicas sharing the
 /// metadata store; otherwise another replica runs it now, and this turn is skipped.
 async fn when_leading<Fut: std::future::Future<Output = ()>>(app: &App, name: &str, job: Fut) {
-    match app.lifecycle.store().lead_job(name).await {
+    match app.lifecycle.lead_job(name).await {
         Ok(Some(_lease)) => job.await,
         Ok(None) => tracing::debug!(job = name, "another replica runs this job now"),
         Err(e) => {

@@ -261,7 +261,7 @@ pub async fn retention(args: StoreArgs, command: RetentionCommand) -> anyhow::Re
         }
         RetentionCommand::Show => {
             println!("{:<32} {:<7} {:<21} RULES", "PATTERN", "SOURCE", "UPDATED");
-            for p in lifecycle.store().policies().await? {
+            for p in lifecycle.stored_policies().await? {
                 println!(
                     "{:<32} {:<7} {:<21} {}",
                     p.pattern,

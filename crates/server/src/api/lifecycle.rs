@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use berth_meta::lifecycle::{ManifestState, RepoState};
 use berth_oci::{Digest, ErrorCode, RepoName, Tag};
 use serde::Deserialize;
 use serde_json::json;
@@ -24,8 +23,8 @@ use crate::app::App;
 use crate::auth::access::{Action, Pattern};
 use crate::auth::rfc3339;
 use crate::config::AuthMode;
-use crate::lifecycle::plan::TagDecision;
-use crate::lifecycle::{LifecycleError, Policies, Rules, Scope};
+use crate::lifecycle::inventory::{Cursor, InventoryImage, InventoryQuery};
+use crate::lifecycle::{LifecycleError, Rules, Scope};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -61,7 +60,7 @@ fn time_text(ms: i64) -> String {
 }
 
 async fn list_policies(State(app): State<Arc<App>>, _: Admin) -> ApiResult {
-    let records = app.lifecycle.store().policies().await.map_err(LifecycleError::from)?;
+    let records = app.lifecycle.stored_policies().await?;
     let policies: Vec<serde_json::Value> = records
         .iter()
         .map(|p| {
@@ -197,7 +196,7 @@ async fn reader(app: &App, headers: &HeaderMap, peer: IpAddr) -> Result<Reader, 
 }
 
 #[derive(Deserialize)]
-pub(super) struct InventoryQuery {
+pub(super) struct InventoryParams {
     /// A repository name or pattern.
     repository: Option<String>,
     provenance: Option<String>,
@@ -210,29 +209,46 @@ pub(super) struct InventoryQuery {
 const INVENTORY_PAGE: u32 = 100;
 const INVENTORY_MAX_PAGE: u32 = 1000;
 
-/// A position in the inventory: after this repository and item (a tag, or
-/// `@digest` for an untagged image).
-fn encode_cursor(repo: &str, item: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{repo}\n{item}"))
+/// A cursor as handed out: base64 of `repository \n item`, where an empty
+/// item means "after the whole repository" (a row key is never empty).
+fn encode_cursor(cursor: &Cursor) -> String {
+    let text = match cursor {
+        Cursor::Within { repo, item } => format!("{repo}\n{item}"),
+        Cursor::After { repo } => format!("{repo}\n"),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-/// The position of a cursor: a repository name and a tag or `@digest`, as
-/// [`encode_cursor`] writes them; anything else was not handed out here.
-fn decode_cursor(text: &str) -> Result<(String, String), ApiError> {
+/// The position of a cursor, as [`encode_cursor`] writes it: a repository
+/// name and a tag, an `@digest` or nothing; anything else was not handed out
+/// here.
+fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
     let invalid = || ApiError::new(ErrorCode::InvalidRequest, "cursor is not one this registry handed out");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (repo, item) = text.split_once('\n').ok_or_else(invalid)?;
-    let item_ok = match item.strip_prefix('@') {
-        Some(digest) => digest.parse::<Digest>().is_ok(),
-        None => item.parse::<Tag>().is_ok(),
-    };
-    if repo.parse::<RepoName>().is_err() || !item_ok {
+    if repo.parse::<RepoName>().is_err() {
         return Err(invalid());
     }
-    Ok((repo.to_string(), item.to_string()))
+    let repo = repo.to_string();
+    Ok(match item {
+        "" => Cursor::After { repo },
+        item => {
+            let item_ok = match item.strip_prefix('@') {
+                Some(digest) => digest.parse::<Digest>().is_ok(),
+                None => item.parse::<Tag>().is_ok(),
+            };
+            if !item_ok {
+                return Err(invalid());
+            }
+            Cursor::Within {
+                repo,
+                item: item.to_string(),
+            }
+        }
+    })
 }
 
 /// How a manifest can have arrived (`ManifestState::provenance`).
@@ -254,30 +270,12 @@ fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
         .unwrap_or(0))
 }
 
-/// Where a row key sorts in a repository's listing: tags by name, then the
-/// untagged `@digest` rows (a tag never starts with `@`).
-fn row_order(key: &str) -> (bool, &str) {
-    (key.starts_with('@'), key)
-}
-
-/// One image of the inventory.
-struct Row<'a> {
-    key: String,
-    tag: Option<&'a TagDecision>,
-    manifest: &'a ManifestState,
-    lifecycle: serde_json::Value,
-    expires_ms: Option<i64>,
-}
-
-fn image_json(repo: &str, row: &Row<'_>) -> serde_json::Value {
-    let m = row.manifest;
-    let (pushed_ms, last_pulled_ms, pull_count) = match row.tag {
-        Some(t) => (t.tag.pushed_ms, t.tag.last_pulled_ms, t.tag.pull_count),
-        None => (m.pushed_ms, m.last_pulled_ms, m.pull_count),
-    };
+fn image_json(image: &InventoryImage) -> serde_json::Value {
+    let m = &image.manifest;
+    let verdict = &image.lifecycle;
     json!({
-        "repository": repo,
-        "tag": row.tag.map(|t| t.tag.name.clone()),
+        "repository": image.repository,
+        "tag": image.tag,
         "digest": m.digest.to_string(),
         "media_type": m.media_type,
         "artifact_type": m.artifact_type,
@@ -285,150 +283,50 @@ fn image_json(repo: &str, row: &Row<'_>) -> serde_json::Value {
         "total_size": m.total_size,
         "provenance": m.provenance,
         "pushed_by": m.pushed_by,
-        "pushed_at": time_text(pushed_ms),
-        "last_pulled_at": last_pulled_ms.map(time_text),
-        "pull_count": pull_count,
-        "lifecycle": row.lifecycle,
+        "pushed_at": time_text(image.pushed_ms),
+        "last_pulled_at": image.last_pulled_ms.map(time_text),
+        "pull_count": image.pull_count,
+        "lifecycle": {
+            "rule": verdict.rule,
+            "action": if verdict.keep { "keep" } else { "delete" },
+            "reason": verdict.reason,
+            "expires_at": verdict.expires_ms.map(time_text),
+        },
     })
 }
 
-/// The images of one repository in cursor order: tags by name, then untagged
-/// top-level manifests as `@digest`.
-fn rows<'a>(state: &'a RepoState, plan: &'a crate::lifecycle::RepoPlan) -> Vec<Row<'a>> {
-    let by_digest: std::collections::HashMap<_, _> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
-    let mut rows: Vec<Row<'a>> = plan
-        .tags
-        .iter()
-        .filter_map(|t| {
-            let manifest = by_digest.get(&t.tag.digest)?;
-            Some(Row {
-                key: t.tag.name.clone(),
-                tag: Some(t),
-                manifest,
-                lifecycle: json!({
-                    "rule": t.rule,
-                    "action": if t.keep { "keep" } else { "delete" },
-                    "reason": t.reason,
-                    "expires_at": t.expires_ms.map(time_text),
-                }),
-                expires_ms: t.expires_ms,
-            })
-        })
-        .collect();
-    let tagged: std::collections::HashSet<_> = state.tags.iter().map(|t| &t.digest).collect();
-    let listed: std::collections::HashSet<_> = state.manifests.iter().flat_map(|m| m.children.iter()).collect();
-    let going: std::collections::HashMap<_, _> = plan.manifests.iter().map(|m| (&m.digest, m)).collect();
-    let mut untagged: Vec<Row<'a>> = state
-        .manifests
-        .iter()
-        .filter(|m| !tagged.contains(&m.digest) && !listed.contains(&m.digest) && m.subject.is_none())
-        .map(|m| {
-            let lifecycle = match going.get(&m.digest) {
-                Some(d) => json!({"rule": d.rule, "action": "delete", "reason": d.reason, "expires_at": null}),
-                None => json!({"rule": "gc", "action": "keep",
-                    "reason": "untagged: garbage collection removes it once the grace period has passed",
-                    "expires_at": null}),
-            };
-            Row {
-                key: format!("@{}", m.digest),
-                tag: None,
-                manifest: m,
-                lifecycle,
-                expires_ms: None,
-            }
-        })
-        .collect();
-    rows.sort_by(|a, b| a.key.cmp(&b.key));
-    untagged.sort_by(|a, b| a.key.cmp(&b.key));
-    rows.extend(untagged);
-    rows
-}
-
 /// `GET /v1/images`: every image the caller may pull, with provenance, use
-/// and the lifecycle rule that applies, filtered and paginated by cursor.
+/// and the lifecycle rule that applies, filtered and paginated by cursor. A
+/// page may end before `n` images when its work bound is reached; its `Link`
+/// then resumes where the work stopped.
 pub async fn inventory(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Params(q): Params<InventoryQuery>,
+    Params(q): Params<InventoryParams>,
 ) -> ApiResult {
-    let peer = peer.ip();
-    let reader = reader(&app, &headers, peer).await?;
-    let limit = q.n.unwrap_or(INVENTORY_PAGE).clamp(1, INVENTORY_MAX_PAGE) as usize;
-    let repo_filter = pattern_param(q.repository.as_deref())?;
-    let expiring_before = q.expiring_before.as_deref().map(parse_time_ms).transpose()?;
-    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let reader = reader(&app, &headers, peer.ip()).await?;
+    let limit = q.n.unwrap_or(INVENTORY_PAGE).clamp(1, INVENTORY_MAX_PAGE);
+    let repositories = pattern_param(q.repository.as_deref())?;
     if let Some(p) = q.provenance.as_deref().filter(|p| !PROVENANCES.contains(p)) {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
             format!("provenance {p:?}: use one of {}", PROVENANCES.join(", ")),
         ));
     }
-    app.registry.flush_pulls().await?;
-    let policies: Policies = app.lifecycle.policies().await?;
-    // (repository, item key, image)
-    let mut images: Vec<(String, String, serde_json::Value)> = Vec::new();
-    let mut next: Option<String> = None;
-    // Listing is exclusive of its start, so start just before the cursor's
-    // repository and skip whatever sorts before it.
-    let mut after_repo: Option<String> = cursor.as_ref().map(|(repo, _)| {
-        let mut before = repo.clone();
-        before.pop();
-        before
-    });
-    'outer: loop {
-        let names = app
-            .registry
-            .list_repositories_where(after_repo.as_deref(), 200, |name| {
-                reader.may_see(name) && repo_filter.as_ref().is_none_or(|f| f.matches(name))
-            })
-            .await?;
-        for repo in &names.items {
-            let resume = match &cursor {
-                Some((cursor_repo, _)) if repo < cursor_repo => continue,
-                Some((cursor_repo, item)) if repo == cursor_repo => Some(item.as_str()),
-                _ => None,
-            };
-            let Some(state) = app
-                .lifecycle
-                .store()
-                .repository_state(repo)
-                .await
-                .map_err(LifecycleError::from)?
-            else {
-                continue;
-            };
-            let plan = crate::lifecycle::plan::plan(
-                &state,
-                crate::lifecycle::Settings {
-                    now_ms: app.lifecycle.now_ms(),
-                    suffix_rules: app.lifecycle.namespaces.suffix_rules(repo),
-                    keep_latest: app.lifecycle.namespaces.keep_latest(repo),
-                    policy: policies.for_repository(repo),
-                },
-            );
-            for row in rows(&state, &plan) {
-                if resume.is_some_and(|after| row_order(&row.key) <= row_order(after)) {
-                    continue;
-                }
-                if q.provenance.as_ref().is_some_and(|p| *p != row.manifest.provenance) {
-                    continue;
-                }
-                if expiring_before.is_some_and(|before| row.expires_ms.is_none_or(|e| e >= before)) {
-                    continue;
-                }
-                if images.len() == limit {
-                    next = images.last().map(|(r, k, _)| encode_cursor(r, k));
-                    break 'outer;
-                }
-                images.push((repo.clone(), row.key.clone(), image_json(repo, &row)));
-            }
-        }
-        if !names.more {
-            break;
-        }
-        after_repo = names.items.last().cloned();
-    }
+    let may_see = |repo: &str| reader.may_see(repo);
+    let page = app
+        .lifecycle
+        .inventory(&InventoryQuery {
+            repositories: repositories.as_ref(),
+            provenance: q.provenance.as_deref(),
+            expiring_before_ms: q.expiring_before.as_deref().map(parse_time_ms).transpose()?,
+            limit: limit as usize,
+            cursor: q.cursor.as_deref().map(decode_cursor).transpose()?,
+            may_see: &may_see,
+        })
+        .await?;
+    let next = page.next.as_ref().map(encode_cursor);
     let mut response_headers = HeaderMap::new();
     if let Some(cursor) = &next {
         let mut link = format!("</v1/images?n={limit}&cursor={cursor}");
@@ -449,7 +347,7 @@ pub async fn inventory(
             response_headers.insert(header::LINK, v);
         }
     }
-    let images: Vec<serde_json::Value> = images.into_iter().map(|(_, _, v)| v).collect();
+    let images: Vec<serde_json::Value> = page.images.iter().map(image_json).collect();
     Ok((
         StatusCode::OK,
         response_headers,

@@ -86,7 +86,7 @@ impl Lifecycle {
         // store each listing is a round trip.
         let mut listings = futures::stream::iter(shards())
             .map(|shard| async move {
-                let recorded: Vec<RecordedBlob> = self.store().blobs_with_prefix(alg, &shard).await?;
+                let recorded: Vec<RecordedBlob> = self.store.blobs_with_prefix(alg, &shard).await?;
                 let mut present = Vec::with_capacity(self.stores().all().len());
                 for store in self.stores().all() {
                     present.push((store, store.store().list_blobs(alg, &shard).await?));
@@ -124,7 +124,7 @@ impl Lifecycle {
             self.stores().all().len()
         ));
 
-        let sessions: HashSet<String> = self.store().upload_ids().await?.into_iter().collect();
+        let sessions: HashSet<String> = self.store.upload_ids().await?.into_iter().collect();
         let mut upload_files = Vec::new();
         for store in self.stores().all() {
             for file in store.store().list_uploads().await? {
@@ -213,7 +213,7 @@ impl Lifecycle {
             // Removed only if still not recorded there inside the write
             // transaction, so an upload committing right now keeps its file.
             let removed: HashSet<Digest> = if repair {
-                self.store()
+                self.store
                     .remove_orphan_files(store.name(), &digests, files)
                     .await?
                     .into_iter()
@@ -242,7 +242,7 @@ impl Lifecycle {
             // when this store held its one copy: forgetting it would lose
             // the others. A used one is reported so the image can be pushed again.
             let only_copy = blob.stores.names().eq([store.name()]);
-            let repaired = repair && only_copy && self.store().forget_unreferenced_blob(&blob.digest).await?;
+            let repaired = repair && only_copy && self.store.forget_unreferenced_blob(&blob.digest).await?;
             report.problems.push(Problem::MissingBlob {
                 digest: blob.digest.to_string(),
                 store: store.name().to_string(),
@@ -266,7 +266,7 @@ impl Lifecycle {
 
     async fn users(&self, digest: &Digest) -> Result<Vec<String>> {
         Ok(self
-            .store()
+            .store
             .blob_users(digest)
             .await?
             .into_iter()

@@ -11,7 +11,7 @@
 //! with the cutoff like any link; a collection writes the reads this process
 //! gathered in memory before it decides.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -32,6 +32,8 @@ pub struct GcReport {
     /// A dry run that counted too many manifests to keep simulating their
     /// removal: the blob and link counts leave out what those free.
     pub approximate: bool,
+    /// Tags of signatures, attestations and SBOMs (of the tag schema, or of
+    /// a manifest with a `subject`) whose subject is gone.
     pub signature_tags_removed: u64,
     pub manifests_removed: u64,
     pub links_removed: u64,
@@ -97,6 +99,91 @@ pub(crate) fn shards() -> impl Iterator<Item = String> {
 }
 
 impl Lifecycle {
+    /// Phase 1 of a collection: removes, a batch at a time, the tags that
+    /// follow a subject which is gone (signatures, attestations, SBOMs), and
+    /// their manifests once no tag names them. A dry run counts a manifest
+    /// as removed when it has counted all of its tags, and adds it to `gone`.
+    async fn collect_orphaned_referrer_tags(
+        &self,
+        cutoff: i64,
+        dry_run: bool,
+        report: &mut GcReport,
+        gone: &mut Vec<(i64, Digest)>,
+    ) -> Result<()> {
+        // Dry run: how many of each manifest's tags were counted so far.
+        let mut counted: HashMap<(i64, Digest), u64> = HashMap::new();
+        let mut after: Option<(i64, String)> = None;
+        loop {
+            let batch = self
+                .store
+                .orphaned_referrer_tags(cutoff, after.as_ref().map(|(id, name)| (*id, name.as_str())), BATCH)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = Some((last.repo_id, last.tag.name.clone()));
+            let full = batch.len() == BATCH as usize;
+            if dry_run {
+                for o in &batch {
+                    report.signature_tags_removed += 1;
+                    let seen = counted.entry((o.repo_id, o.tag.digest.clone())).or_default();
+                    *seen += 1;
+                    if *seen == o.manifest_tags {
+                        report.manifests_removed += 1;
+                        gone.push((o.repo_id, o.tag.digest.clone()));
+                    }
+                }
+            } else {
+                // The batch is in repository order: one transaction per
+                // repository, its tags first, then their manifests, each of
+                // which the store removes only once no tag names it.
+                for group in batch.chunk_by(|a, b| a.repo_id == b.repo_id) {
+                    let mut removals: Vec<PlannedRemoval> = group
+                        .iter()
+                        .map(|o| PlannedRemoval {
+                            removal: Removal::Tag {
+                                name: o.tag.name.clone(),
+                                digest: o.tag.digest.clone(),
+                                pushed_ms: o.tag.pushed_ms,
+                                last_pulled_ms: o.tag.last_pulled_ms,
+                                follows: Some(o.subject.clone()),
+                            },
+                            rule: "follows_subject".into(),
+                            reason: "tag of a signature or other referrer whose subject is gone".into(),
+                        })
+                        .collect();
+                    let tags = removals.len();
+                    let mut manifests: HashSet<&Digest> = HashSet::new();
+                    for o in group {
+                        if manifests.insert(&o.tag.digest) {
+                            removals.push(PlannedRemoval {
+                                removal: Removal::Manifest {
+                                    digest: o.tag.digest.clone(),
+                                    pushed_ms: o.manifest_pushed_ms,
+                                    last_pulled_ms: o.manifest_last_pulled_ms,
+                                    untouched_since: None,
+                                    collected: true,
+                                },
+                                rule: "follows_subject".into(),
+                                reason: "a signature or other referrer whose subject is gone".into(),
+                            });
+                        }
+                    }
+                    let audit = Audit {
+                        actor: "gc".into(),
+                        at_ms: self.now_ms(),
+                    };
+                    let applied = self.store.remove(&group[0].repo, &removals, &audit).await?;
+                    let (tags_applied, manifests_applied) = applied.split_at(tags.min(applied.len()));
+                    report.signature_tags_removed += tags_applied.iter().filter(|a| **a).count() as u64;
+                    report.manifests_removed += manifests_applied.iter().filter(|a| **a).count() as u64;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one collection. `progress` hears one line per phase.
     pub async fn collect_garbage(&self, dry_run: bool, mut progress: impl FnMut(&str)) -> Result<GcReport> {
         let _turn = self.take_turn().await;
@@ -117,51 +204,11 @@ impl Lifecycle {
         // real run would leave.
         let mut gone: Vec<(i64, Digest)> = Vec::new();
 
-        // 1. Signature-schema tags whose subject is gone, with their manifests.
-        let orphaned = self.store().orphaned_signature_tags(cutoff, u32::MAX).await?;
-        for o in &orphaned {
-            if dry_run {
-                report.signature_tags_removed += 1;
-                if !orphaned
-                    .iter()
-                    .any(|other| other.tag.name != o.tag.name && other.tag.digest == o.tag.digest)
-                    && !gone.contains(&(o.repo_id, o.tag.digest.clone()))
-                {
-                    report.manifests_removed += 1;
-                    gone.push((o.repo_id, o.tag.digest.clone()));
-                }
-                continue;
-            }
-            let mut removals = vec![PlannedRemoval {
-                removal: Removal::Tag {
-                    name: o.tag.name.clone(),
-                    digest: o.tag.digest.clone(),
-                    pushed_ms: o.tag.pushed_ms,
-                    last_pulled_ms: o.tag.last_pulled_ms,
-                },
-                rule: "follows_subject".into(),
-                reason: "signature tag of a manifest that is gone".into(),
-            }];
-            // The signature manifest goes too, unless something else keeps it.
-            if let Some(facts) = self.store.manifest_facts(&o.repo, &o.tag.digest).await? {
-                removals.push(PlannedRemoval {
-                    removal: Removal::Manifest {
-                        digest: o.tag.digest.clone(),
-                        pushed_ms: facts.pushed_ms,
-                        last_pulled_ms: facts.last_pulled_ms,
-                        untouched_since: None,
-                        collected: true,
-                    },
-                    rule: "follows_subject".into(),
-                    reason: "signature of a manifest that is gone".into(),
-                });
-            }
-            let applied = self.store().remove(&o.repo, &removals, &audit()).await?;
-            report.signature_tags_removed += u64::from(applied.first().copied().unwrap_or(false));
-            report.manifests_removed += u64::from(applied.get(1).copied().unwrap_or(false));
-        }
+        // 1. Tags that follow a subject which is gone, with their manifests.
+        self.collect_orphaned_referrer_tags(cutoff, dry_run, &mut report, &mut gone)
+            .await?;
         progress(&format!(
-            "signature tags of deleted manifests: {}",
+            "tags of signatures and other referrers whose subject is gone: {}",
             report.signature_tags_removed
         ));
 
@@ -173,7 +220,7 @@ impl Lifecycle {
             let mut after: Option<(i64, Digest)> = None;
             loop {
                 let batch = self
-                    .store()
+                    .store
                     .untagged_manifests(cutoff, after.as_ref().map(|(id, d)| (*id, d)), BATCH, &gone)
                     .await?;
                 let Some(last) = batch.last() else { break };
@@ -209,7 +256,7 @@ impl Lifecycle {
                         }
                     }
                     for (repo, removals) in by_repo {
-                        let applied = self.store().remove(&repo, &removals, &audit()).await?;
+                        let applied = self.store.remove(&repo, &removals, &audit()).await?;
                         removed_this_pass += applied.into_iter().filter(|a| *a).count() as u64;
                     }
                 }
@@ -231,13 +278,13 @@ impl Lifecycle {
         // 3. Links no manifest of their repository uses.
         let mut after: Option<LinkKey> = None;
         loop {
-            let batch = self.store().stale_links(cutoff, after.as_ref(), BATCH, &gone).await?;
+            let batch = self.store.stale_links(cutoff, after.as_ref(), BATCH, &gone).await?;
             let Some(last) = batch.last() else { break };
             after = Some(last.clone());
             report.links_removed += if dry_run {
                 batch.len() as u64
             } else {
-                self.store().remove_links(&batch, cutoff).await?
+                self.store.remove_links(&batch, cutoff).await?
             };
             if batch.len() < BATCH as usize {
                 break;
@@ -255,12 +302,12 @@ impl Lifecycle {
         loop {
             let sweep = if dry_run {
                 let found = self
-                    .store()
+                    .store
                     .unreferenced_blobs(cutoff, after.as_ref(), BATCH, &gone)
                     .await?;
                 BlobSweep::split(found, BATCH, &removable)
             } else {
-                self.store()
+                self.store
                     .sweep_blobs(cutoff, after.as_ref(), BATCH, &removable, &files)
                     .await?
             };
@@ -292,10 +339,7 @@ impl Lifecycle {
         // listing is a round trip, and there are 256 of them.
         let mut listings = futures::stream::iter(shards())
             .map(|shard| async move {
-                let recorded = self
-                    .store()
-                    .blobs_with_prefix(Algorithm::Sha256.as_str(), &shard)
-                    .await?;
+                let recorded = self.store.blobs_with_prefix(Algorithm::Sha256.as_str(), &shard).await?;
                 let mut per_store = Vec::with_capacity(self.stores().all().len());
                 for store in self.stores().all() {
                     let known: HashSet<&Digest> = recorded
@@ -333,7 +377,7 @@ impl Lifecycle {
                     orphans.iter().map(|(d, _)| d.clone()).collect()
                 } else {
                     let digests: Vec<Digest> = orphans.iter().map(|(d, _)| d.clone()).collect();
-                    self.store().remove_orphan_files(store, &digests, &files).await?
+                    self.store.remove_orphan_files(store, &digests, &files).await?
                 };
                 report.orphan_files_removed += removed.len() as u64;
                 report.orphan_bytes_reclaimed += orphans
@@ -355,7 +399,7 @@ impl Lifecycle {
         for store in self.stores().all() {
             upload_files.push((store, store.store().list_uploads().await?));
         }
-        let sessions: HashSet<String> = self.store().upload_ids().await?.into_iter().collect();
+        let sessions: HashSet<String> = self.store.upload_ids().await?.into_iter().collect();
         for (store, files) in upload_files {
             let stray: Vec<UploadId> = files
                 .into_iter()

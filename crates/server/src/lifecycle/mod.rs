@@ -9,6 +9,7 @@
 
 pub mod fsck;
 pub mod gc;
+pub mod inventory;
 pub mod plan;
 pub mod policy;
 pub mod tags;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use berth_meta::access::Audit;
 use berth_meta::lifecycle::{LifecycleStore, PolicyRecord};
-use berth_meta::MetaError;
+use berth_meta::{JobLease, MetaError};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -216,8 +217,15 @@ impl Lifecycle {
         self.clock.now_ms()
     }
 
-    pub fn store(&self) -> &dyn LifecycleStore {
-        self.store.as_ref()
+    /// Leads the periodic job named `job` among the replicas sharing the
+    /// metadata store, or `None` while another one leads it.
+    pub async fn lead_job(&self, job: &str) -> Result<Option<JobLease>> {
+        Ok(self.store.lead_job(job).await?)
+    }
+
+    /// The retention policies as stored, with who set them and when.
+    pub async fn stored_policies(&self) -> Result<Vec<PolicyRecord>> {
+        Ok(self.store.policies().await?)
     }
 
     /// Makes the database's `config` policies those of the configuration file.

@@ -39,6 +39,8 @@ pub struct TagDecision {
     /// When the deciding rule stops keeping the tag (or, for a deletion,
     /// when it became due), if that is a fixed time.
     pub expires_ms: Option<i64>,
+    /// The subject a `follows_subject` tag lives and dies with.
+    pub follows: Option<Digest>,
 }
 
 /// A manifest that goes, and why.
@@ -97,27 +99,38 @@ impl RepoPlan {
         tags.chain(manifests).collect()
     }
 
-    /// The removals to apply, tags first, each manifest after whatever
-    /// listed it or was its subject, each with the state it was decided on.
+    /// The removals to apply, each with the state it was decided on: the
+    /// tags the rules delete first; then each manifest after whatever listed
+    /// it or was its subject, a subject's follower tags right after it (they
+    /// go only once it is gone), and a follower's manifest after its tags.
     pub fn removals(&self, state: &RepoState) -> Vec<PlannedRemoval> {
-        let mut out: Vec<PlannedRemoval> = self
-            .tags
-            .iter()
-            .filter(|d| !d.keep)
-            .map(|d| PlannedRemoval {
-                removal: Removal::Tag {
-                    name: d.tag.name.clone(),
-                    digest: d.tag.digest.clone(),
-                    pushed_ms: d.tag.pushed_ms,
-                    last_pulled_ms: d.tag.last_pulled_ms,
-                },
-                rule: d.rule.to_string(),
-                reason: d.reason.clone(),
-            })
+        let tag_removal = |d: &TagDecision| PlannedRemoval {
+            removal: Removal::Tag {
+                name: d.tag.name.clone(),
+                digest: d.tag.digest.clone(),
+                pushed_ms: d.tag.pushed_ms,
+                last_pulled_ms: d.tag.last_pulled_ms,
+                follows: d.follows.clone(),
+            },
+            rule: d.rule.to_string(),
+            reason: d.reason.clone(),
+        };
+        let deleted = self.tags.iter().filter(|d| !d.keep);
+        let mut out: Vec<PlannedRemoval> = deleted
+            .clone()
+            .filter(|d| d.follows.is_none())
+            .map(tag_removal)
             .collect();
+        let mut followers: HashMap<&Digest, Vec<&TagDecision>> = HashMap::new();
+        for d in deleted.filter(|d| d.follows.is_some()) {
+            if let Some(subject) = &d.follows {
+                followers.entry(subject).or_default().push(d);
+            }
+        }
         let by_digest: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
         let going: HashSet<&Digest> = self.manifests.iter().map(|m| &m.digest).collect();
-        // Parents (indexes listing it, its subject) that are going too.
+        // Parents (indexes listing it, its subject, the subject a tag of it
+        // follows) that are going too.
         let mut waits_for: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
         for m in &state.manifests {
             for child in &m.children {
@@ -128,6 +141,13 @@ impl RepoPlan {
             if let Some(subject) = &m.subject {
                 if going.contains(subject) && going.contains(&m.digest) {
                     waits_for.entry(&m.digest).or_default().push(subject);
+                }
+            }
+        }
+        for (subject, tags) in &followers {
+            for t in tags {
+                if going.contains(subject) && going.contains(&t.tag.digest) {
+                    waits_for.entry(&t.tag.digest).or_default().push(subject);
                 }
             }
         }
@@ -159,6 +179,9 @@ impl RepoPlan {
                     rule: d.rule.to_string(),
                     reason: d.reason.clone(),
                 });
+                if let Some(tags) = followers.remove(&d.digest) {
+                    out.extend(tags.into_iter().map(tag_removal));
+                }
             }
             if rest.len() == before {
                 // A cycle cannot be pushed (digests would have to name each
@@ -167,6 +190,11 @@ impl RepoPlan {
             }
             pending = rest;
         }
+        // Followers of a subject that is not removed here are tried anyway:
+        // the store removes them only if the subject is gone.
+        let mut left: Vec<&TagDecision> = followers.into_values().flatten().collect();
+        left.sort_by(|a, b| a.tag.name.cmp(&b.tag.name));
+        out.extend(left.into_iter().map(tag_removal));
         out
     }
 }
@@ -188,17 +216,81 @@ fn window_text(window_ms: i64) -> String {
     }
 }
 
+/// A tag that lives and dies with a subject manifest instead of being
+/// decided by the rules: a tag of the signature schema
+/// (`sha256-<hex>.sig`, which names its subject), or any tag of a manifest
+/// that declares a `subject` (an attestation, an SBOM or a signature pushed
+/// with the referrers API), whatever the tag is called. Such a tag never
+/// takes an image's place in `keep_last`, `keep_days`, `keep_min` or
+/// keep-latest counting, and no suffix rule applies to it.
+#[derive(Debug, Clone)]
+struct Follower<'a> {
+    tag: &'a TagState,
+    subject: Digest,
+    /// Whether the tag's name says the subject (rather than its manifest).
+    by_name: bool,
+}
+
+impl<'a> Follower<'a> {
+    /// The follower `tag` is, if any. Should the subject its name says not
+    /// be here while the one its manifest declares is, the declared one
+    /// counts: that is the one the manifest is alive with.
+    fn of(tag: &'a TagState, manifest: Option<&ManifestState>, present: impl Fn(&Digest) -> bool) -> Option<Self> {
+        let declared = manifest.and_then(|m| m.subject.clone());
+        let (subject, by_name) = match (signature_subject(&tag.name), declared) {
+            (Some(named), Some(declared)) if !present(&named) && present(&declared) => (declared, false),
+            (Some(named), _) => (named, true),
+            (None, Some(declared)) => (declared, false),
+            (None, None) => return None,
+        };
+        Some(Follower { tag, subject, by_name })
+    }
+
+    fn decision(&self, fate: SubjectFate) -> TagDecision {
+        let what = if self.by_name {
+            format!("signature tag of {}", self.subject)
+        } else {
+            format!("its manifest's subject is {}", self.subject)
+        };
+        let (keep, outcome) = match fate {
+            SubjectFate::Stays => (true, "which stays"),
+            SubjectFate::Deleted => (false, "which is deleted"),
+            SubjectFate::Absent => (
+                true,
+                "which is not in the repository: garbage collection removes it after the grace period",
+            ),
+        };
+        TagDecision {
+            tag: self.tag.clone(),
+            keep,
+            rule: "follows_subject",
+            reason: format!("{what}, {outcome}"),
+            expires_ms: None,
+            follows: Some(self.subject.clone()),
+        }
+    }
+}
+
+/// What the plan does with a follower's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubjectFate {
+    Stays,
+    Deleted,
+    /// Never pushed here, or deleted before: the garbage collector's case.
+    Absent,
+}
+
 /// Decides one repository.
 pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
     let now = settings.now_ms;
     let manifests: HashMap<&Digest, &ManifestState> = state.manifests.iter().map(|m| (&m.digest, m)).collect();
     let mut decided: Vec<TagDecision> = Vec::with_capacity(state.tags.len());
-    let mut signature_tags: Vec<(&TagState, Digest)> = Vec::new();
+    let mut followers: Vec<Follower<'_>> = Vec::new();
     let mut plain: Vec<&TagState> = Vec::new();
 
     for tag in &state.tags {
-        if let Some(subject) = signature_subject(&tag.name) {
-            signature_tags.push((tag, subject));
+        if let Some(follower) = Follower::of(tag, manifests.get(&tag.digest).copied(), |d| manifests.contains_key(d)) {
+            followers.push(follower);
             continue;
         }
         let rule = if settings.suffix_rules {
@@ -234,6 +326,7 @@ pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
                 rule: "no_policy",
                 reason: format!("policy {} has no tag rules", policy.pattern),
                 expires_ms: None,
+                follows: None,
             })),
             None => decided.extend(plain.iter().map(|t| TagDecision {
                 tag: (*t).clone(),
@@ -241,13 +334,13 @@ pub fn plan(state: &RepoState, settings: Settings<'_>) -> RepoPlan {
                 rule: "no_policy",
                 reason: "no retention policy applies".into(),
                 expires_ms: None,
+                follows: None,
             })),
         }
     }
 
     let untagged_days = settings.policy.and_then(|p| p.rules.untagged);
-    let (tag_decisions, manifest_deletions) =
-        manifests_and_signatures(state, decided, &signature_tags, untagged_days, now);
+    let (tag_decisions, manifest_deletions) = manifests_and_followers(state, decided, &followers, untagged_days, now);
     RepoPlan {
         repo: state.name.clone(),
         tags: tag_decisions,
@@ -296,6 +389,7 @@ fn suffix_decision(tag: &TagState, rule: SuffixRule, manifest: Option<&ManifestS
         rule: rule.name(),
         reason,
         expires_ms: Some(expires),
+        follows: None,
     }
 }
 
@@ -316,6 +410,7 @@ fn keep_latest(plain: &[&TagState]) -> Vec<TagDecision> {
                 format!("keep_latest: {} was pushed later", newest.name)
             },
             expires_ms: None,
+            follows: None,
         })
         .collect()
 }
@@ -344,6 +439,7 @@ fn retention(
                     rule: "keep_patterns",
                     reason: format!("keep_patterns: matches {:?}", p.1),
                     expires_ms: None,
+                    follows: None,
                 };
             }
             if let Some(n) = rules.keep_last.filter(|n| rank < *n as usize) {
@@ -353,6 +449,7 @@ fn retention(
                     rule: "keep_last",
                     reason: format!("keep_last: number {} of the {n} most recent", rank + 1),
                     expires_ms: None,
+                    follows: None,
                 };
             }
             let pushed_until = rules.keep_days.map(|d| t.pushed_ms + i64::from(d) * DAY_MS);
@@ -373,6 +470,7 @@ fn retention(
                         rules.keep_days.unwrap_or(0)
                     ),
                     expires_ms: Some(u),
+                    follows: None,
                 },
                 (_, Some(u)) => TagDecision {
                     tag,
@@ -384,6 +482,7 @@ fn retention(
                         rules.keep_pulled_within.unwrap_or(0)
                     ),
                     expires_ms: Some(u),
+                    follows: None,
                 },
                 _ => TagDecision {
                     tag,
@@ -395,6 +494,7 @@ fn retention(
                         why_not_kept(t, last_pull(t), rank, policy, now)
                     ),
                     expires_ms: Some(now),
+                    follows: None,
                 },
             }
         })
@@ -439,12 +539,12 @@ fn why_not_kept(t: &TagState, last_pull: Option<i64>, rank: usize, policy: &Poli
     why.join("; ")
 }
 
-/// Which manifests survive the tag decisions, which signature tags follow
+/// Which manifests survive the tag decisions, which follower tags stay with
 /// their subject, and which manifests go with what.
-fn manifests_and_signatures(
+fn manifests_and_followers(
     state: &RepoState,
     mut decided: Vec<TagDecision>,
-    signature_tags: &[(&TagState, Digest)],
+    followers: &[Follower<'_>],
     untagged_days: Option<u32>,
     now: i64,
 ) -> (Vec<TagDecision>, Vec<ManifestDeletion>) {
@@ -461,9 +561,13 @@ fn manifests_and_signatures(
             referrers.entry(s).or_default().push(&m.digest);
         }
     }
+    // A referrer's subject, when that is a manifest of this repository: the
+    // referrer is alive exactly when its subject is (or an index lists it).
+    let follows_present = |m: &ManifestState| m.subject.as_ref().is_some_and(|s| present.contains(s));
 
     // Roots: manifests with a tag that stays, and untagged top-level manifests
     // that no untagged rule removes (those are the garbage collector's).
+    // A manifest with a present subject is never a root: it follows.
     let mut untagged_deletions = Vec::new();
     let kept: HashSet<Digest> = decided
         .iter()
@@ -472,7 +576,7 @@ fn manifests_and_signatures(
         .collect();
     let mut roots: Vec<&Digest> = by_digest.keys().copied().filter(|d| kept.contains(*d)).collect();
     for m in &state.manifests {
-        let top_level = !listed_by.contains_key(&m.digest) && m.subject.as_ref().is_none_or(|s| !present.contains(s));
+        let top_level = !listed_by.contains_key(&m.digest) && !follows_present(m);
         if tagged_before.contains(&m.digest) || !top_level {
             continue;
         }
@@ -487,7 +591,7 @@ fn manifests_and_signatures(
     }
 
     let mut alive: HashSet<&Digest> = HashSet::new();
-    let mut signature_kept = vec![false; signature_tags.len()];
+    let mut fates: Vec<Option<SubjectFate>> = vec![None; followers.len()];
     loop {
         let mut stack: Vec<&Digest> = std::mem::take(&mut roots);
         while let Some(d) = stack.pop() {
@@ -501,34 +605,34 @@ fn manifests_and_signatures(
                 stack.extend(r.iter().copied());
             }
         }
-        // A signature tag stays while its subject does; one whose subject was
-        // never here (or went earlier) is left to the garbage collector's grace.
+        // A follower tag stays while its subject does, and keeps its own
+        // manifest (a signature of the schema names its subject only in the
+        // tag). One whose subject was never here (or went earlier) is left to
+        // the garbage collector's grace, and so is its manifest, unless that
+        // declares a subject which is here and goes.
         let mut grew = false;
-        for (i, (tag, subject)) in signature_tags.iter().enumerate() {
-            if !signature_kept[i] && (alive.contains(subject) || !present.contains(subject)) {
-                signature_kept[i] = true;
-                roots.push(&tag.digest);
-                grew = true;
+        for (i, f) in followers.iter().enumerate() {
+            if fates[i].is_some() {
+                continue;
             }
+            let fate = if alive.contains(&f.subject) {
+                SubjectFate::Stays
+            } else if !present.contains(&f.subject) {
+                SubjectFate::Absent
+            } else {
+                continue;
+            };
+            fates[i] = Some(fate);
+            roots.push(&f.tag.digest);
+            grew = true;
         }
         if !grew {
             break;
         }
     }
 
-    for (i, (tag, subject)) in signature_tags.iter().enumerate() {
-        let keep = signature_kept[i];
-        decided.push(TagDecision {
-            tag: (*tag).clone(),
-            keep,
-            rule: "follows_subject",
-            reason: if keep {
-                format!("signature of {subject}, which stays")
-            } else {
-                format!("signature of {subject}, which is deleted")
-            },
-            expires_ms: None,
-        });
+    for (f, fate) in followers.iter().zip(fates) {
+        decided.push(f.decision(fate.unwrap_or(SubjectFate::Deleted)));
     }
 
     let untagged_going: HashSet<Digest> = untagged_deletions.iter().map(|d| d.digest.clone()).collect();
@@ -542,12 +646,12 @@ fn manifests_and_signatures(
         if alive.contains(&m.digest) || untagged_going.contains(&m.digest) {
             continue;
         }
-        let (rule, reason) = if let Some((rule, tag)) = tag_rule.get(&m.digest) {
+        let (rule, reason) = if let Some(subject) = m.subject.as_ref().filter(|s| present.contains(s)) {
+            ("follows_subject", format!("its subject {subject} is deleted"))
+        } else if let Some((rule, tag)) = tag_rule.get(&m.digest) {
             (*rule, format!("its last tag {tag} is deleted"))
         } else if let Some(parent) = listed_by.get(&m.digest).and_then(|p| p.first()) {
             ("cascade", format!("the index {parent} that lists it is deleted"))
-        } else if let Some(subject) = &m.subject {
-            ("cascade", format!("its subject {subject} is deleted"))
         } else {
             continue;
         };
@@ -833,6 +937,162 @@ mod tests {
         assert_eq!(kept(&plan), expected, "signature tags are not counted by keep_last");
         let going: HashSet<Digest> = plan.manifests.iter().map(|m| m.digest.clone()).collect();
         assert_eq!(going, HashSet::from([d(1), d(30), d(40)]));
+        // A signature of the schema names its subject only in its tag: the
+        // tag goes after the subject, the signature after the tag.
+        let order: Vec<String> = plan
+            .removals(&state)
+            .iter()
+            .map(|r| match &r.removal {
+                Removal::Tag { name, .. } => name.clone(),
+                Removal::Manifest { digest, .. } => digest.to_string(),
+            })
+            .collect();
+        let at = |x: &str| order.iter().position(|o| o == x).unwrap();
+        assert!(at(&d(1).to_string()) < at(&sig(1)), "{order:?}");
+        assert!(at(&sig(1)) < at(&d(40).to_string()), "{order:?}");
+    }
+
+    /// A manifest whose `subject` is manifest `of`.
+    fn referrer(n: u8, of: u8) -> ManifestState {
+        let mut m = manifest(n);
+        m.subject = Some(d(of));
+        m.artifact_type = Some("application/vnd.in-toto+json".into());
+        m
+    }
+
+    fn decision<'p>(plan: &'p RepoPlan, tag: &str) -> &'p TagDecision {
+        plan.tags.iter().find(|t| t.tag.name == tag).unwrap()
+    }
+
+    #[test]
+    fn a_tagged_referrer_is_not_an_image_and_goes_with_its_subject() {
+        // The case of the issue: the attestation of `old`, pushed last under an
+        // ordinary tag, once took keep_last's only place.
+        let state = repo(
+            vec![
+                tag("old", 1, 30),
+                tag("mid", 2, 20),
+                tag("new", 3, 10),
+                tag("att-ref", 30, 1),
+            ],
+            vec![manifest(1), manifest(2), manifest(3), referrer(30, 1)],
+        );
+        let p = policy(Rules {
+            keep_last: Some(1),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        assert_eq!(kept(&plan), ["new"]);
+        assert_eq!(
+            decision(&plan, "new").reason,
+            "keep_last: number 1 of the 1 most recent"
+        );
+        let att = decision(&plan, "att-ref");
+        assert_eq!(att.rule, "follows_subject");
+        assert!(
+            att.reason.contains(&format!("subject is {}, which is deleted", d(1))),
+            "{}",
+            att.reason
+        );
+        let going: Vec<(&Digest, &str)> = plan.manifests.iter().map(|m| (&m.digest, m.rule)).collect();
+        assert_eq!(
+            going,
+            [(&d(1), "retention"), (&d(2), "retention"), (&d(30), "follows_subject")]
+        );
+        // The subject goes first, then the tag that follows it (which the
+        // store removes only once the subject is gone), then the referrer.
+        let removals = plan.removals(&state);
+        let follows = removals.iter().find_map(|r| match &r.removal {
+            Removal::Tag { name, follows, .. } if name == "att-ref" => Some(follows.clone()),
+            _ => None,
+        });
+        assert_eq!(follows, Some(Some(d(1))));
+        let order: Vec<String> = removals
+            .iter()
+            .map(|r| match &r.removal {
+                Removal::Tag { name, .. } => name.clone(),
+                Removal::Manifest { digest, .. } => digest.to_string(),
+            })
+            .collect();
+        let at = |x: &str| order.iter().position(|o| o == x).unwrap();
+        assert!(at("old") < at(&d(1).to_string()), "{order:?}");
+        assert!(at(&d(1).to_string()) < at("att-ref"), "{order:?}");
+        assert!(at("att-ref") < at(&d(30).to_string()), "{order:?}");
+    }
+
+    #[test]
+    fn a_tagged_referrer_stays_with_its_subject_whatever_its_tag_says() {
+        let state = repo(
+            vec![
+                tag("old", 1, 30),
+                tag("new", 2, 10),
+                tag("att-ref", 30, 1),
+                tag("sbom--ttl-1h", 31, 5),
+                tag("dangling", 32, 50),
+            ],
+            vec![
+                manifest(1),
+                manifest(2),
+                referrer(30, 2),
+                referrer(31, 2),
+                referrer(32, 99),
+            ],
+        );
+        for (keep_latest, rules) in [
+            (
+                false,
+                Rules {
+                    keep_days: Some(15),
+                    ..Rules::default()
+                },
+            ),
+            (true, Rules::default()),
+        ] {
+            let p = policy(rules);
+            let mut s = settings(Some(&p));
+            s.keep_latest = keep_latest;
+            let plan = plan(&state, s);
+            assert_eq!(
+                kept(&plan),
+                ["att-ref", "dangling", "new", "sbom--ttl-1h"],
+                "keep_latest {keep_latest}"
+            );
+            assert_eq!(decision(&plan, "sbom--ttl-1h").rule, "follows_subject");
+            let dangling = decision(&plan, "dangling");
+            assert_eq!(dangling.rule, "follows_subject");
+            assert!(dangling.reason.contains("garbage collection"), "{}", dangling.reason);
+            let going: Vec<&Digest> = plan.manifests.iter().map(|m| &m.digest).collect();
+            assert_eq!(going, [&d(1)]);
+        }
+    }
+
+    #[test]
+    fn referrers_pushed_by_digest_follow_their_subject() {
+        let state = repo(
+            vec![tag("old", 1, 30), tag("new", 2, 10)],
+            vec![
+                manifest(1),
+                manifest(2),
+                referrer(30, 1),
+                referrer(31, 2),
+                referrer(32, 30),
+            ],
+        );
+        let p = policy(Rules {
+            keep_last: Some(1),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        let going: Vec<(&Digest, &str)> = plan.manifests.iter().map(|m| (&m.digest, m.rule)).collect();
+        assert_eq!(
+            going,
+            [
+                (&d(1), "retention"),
+                (&d(30), "follows_subject"),
+                (&d(32), "follows_subject")
+            ],
+            "a signature of the attestation goes with it"
+        );
     }
 
     #[test]

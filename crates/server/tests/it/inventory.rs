@@ -442,3 +442,43 @@ async fn anonymous_callers_see_what_anonymous_pull_allows() {
     let (_, body) = inventory_with(&anonymous, &app.base, "/v1/images").await;
     assert_eq!(rows(&body), vec![tagged("public/base", "1")], "{body}");
 }
+
+/// Repositories one inventory request plans at most (`lifecycle::inventory`).
+const REPOSITORIES_PER_PAGE: usize = 50;
+
+#[tokio::test]
+async fn a_page_bounds_its_work_and_links_to_where_it_stopped() {
+    // `expiring_before=0` matches nothing: one request used to plan every
+    // repository to say so.
+    let app = TestApp::start();
+    let count = 2 * REPOSITORIES_PER_PAGE + 20;
+    let repos: Vec<String> = (0..count).map(|i| format!("many/r{i:03}")).collect();
+    for chunk in repos.chunks(8) {
+        let pushes = chunk.iter().map(|repo| {
+            let (client, base, repo) = (app.client.clone(), app.base.clone(), repo.clone());
+            tokio::spawn(async move { Image::random(0).push(&client, &base, &repo, "v1").await })
+        });
+        for push in pushes.collect::<Vec<_>>() {
+            push.await.expect("push task");
+        }
+    }
+
+    let (headers, body) = inventory_with(&app.client, &app.base, "/v1/images?expiring_before=0").await;
+    assert_eq!(rows(&body), vec![], "{body}");
+    let next = next_link(&headers).expect("a Link to where the work stopped");
+    assert!(next.contains("expiring_before=0"), "{next}");
+    let (got, sizes) = all_pages(&app, "/v1/images?expiring_before=0").await;
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(sizes, [0, 0, 0], "{count} repositories, {REPOSITORIES_PER_PAGE} a page");
+
+    // Without a filter, pages end where the work does, before n images,
+    // and together hold every image once, in order.
+    let (got, sizes) = all_pages(&app, "/v1/images?n=1000").await;
+    let want: Vec<_> = repos.iter().map(|r| tagged(r, "v1")).collect();
+    assert_eq!(got, want);
+    assert_eq!(sizes, [REPOSITORIES_PER_PAGE, REPOSITORIES_PER_PAGE, 20]);
+    // A page that fills up before its work bound is full, as before.
+    let (got, sizes) = all_pages(&app, "/v1/images?n=30").await;
+    assert_eq!(got, want);
+    assert_eq!(sizes, [30, 30, 30, 30]);
+}

@@ -469,6 +469,191 @@ async fn signatures_live_exactly_as_long_as_their_subject() {
     assert_eq!(referrers["manifests"].as_array().unwrap().len(), 1);
 }
 
+/// Pushes `body` by digest only, as `oras attach` and `cosign` with the
+/// referrers API do; returns its digest.
+async fn push_by_digest(app: &TestApp, repo: &str, body: &[u8]) -> String {
+    app.push_manifest(repo, &sha256(body), OCI_MANIFEST, body).await
+}
+
+/// The preview's deletions: `tag` for a tag, `@digest` for a manifest.
+fn deletions(entries: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = entries
+        .iter()
+        .filter(|e| e["action"] == "delete")
+        .map(|e| match e["tag"].as_str() {
+            Some(tag) => tag.to_string(),
+            None => format!("@{}", e["digest"].as_str().unwrap_or_default()),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn artifacts_are_not_counted_as_images_and_go_with_their_subject() {
+    // The case of issue 17: an attestation of `old` under the ordinary tag
+    // `att-ref`, pushed last, took keep_last's only place and `new` went.
+    let app = TestApp::start_with_clock(MANUAL);
+    app.push_blob("r", b"{}").await;
+    let old = app.push_image("r", "old", 1).await;
+    app.advance_clock(60_000);
+    let mid = app.push_image("r", "mid", 1).await;
+    app.advance_clock(60_000);
+    let new = app.push_image("r", "new", 1).await;
+    app.advance_clock(60_000);
+    let att_body = referrer_of(&old, "application/vnd.in-toto+json");
+    let att = app.push_manifest("r", "att-ref", OCI_MANIFEST, &att_body).await;
+    app.advance_clock(60_000);
+    // The same kind of artifact of the image that stays, also under a tag.
+    let att_new = app
+        .push_manifest(
+            "r",
+            "att-new",
+            OCI_MANIFEST,
+            &referrer_of(&new, "application/vnd.in-toto+json"),
+        )
+        .await;
+    // Signatures and SBOMs pushed by digest only.
+    let sig_new = push_by_digest(
+        &app,
+        "r",
+        &referrer_of(&new, "application/vnd.dev.cosign.artifact.sig.v1+json"),
+    )
+    .await;
+    let sbom_mid = push_by_digest(&app, "r", &referrer_of(&mid, "application/spdx+json")).await;
+    let att_body_image = Image {
+        manifest: att_body.clone(),
+        digest: att.clone(),
+        ..Image::random(0)
+    };
+    let sig_att = push_by_digest(
+        &app,
+        "r",
+        &referrer_of(&att_body_image, "application/vnd.dev.cosign.artifact.sig.v1+json"),
+    )
+    .await;
+    set_policy(&app, "r", json!({"keep_last": 1})).await;
+
+    let entries = preview(&app).await;
+    let new_entry = entry(&entries, "new");
+    assert_eq!(new_entry["action"], "keep", "{new_entry}");
+    assert_eq!(new_entry["reason"], "keep_last: number 1 of the 1 most recent");
+    let att_entry = entry(&entries, "att-ref");
+    assert_eq!(att_entry["action"], "delete", "{att_entry}");
+    assert_eq!(att_entry["rule"], "follows_subject");
+    assert!(
+        att_entry["reason"].as_str().unwrap().contains(&old.digest),
+        "the reason names the subject: {att_entry}"
+    );
+    assert_eq!(entry(&entries, "att-new")["action"], "keep");
+    assert_eq!(entry(&entries, "att-new")["rule"], "follows_subject");
+    let mut expected = vec![
+        "att-ref".to_string(),
+        "mid".to_string(),
+        "old".to_string(),
+        format!("@{}", old.digest),
+        format!("@{}", mid.digest),
+        format!("@{att}"),
+        format!("@{sbom_mid}"),
+        format!("@{sig_att}"),
+    ];
+    expected.sort();
+    assert_eq!(deletions(&entries), expected);
+    for referrer in [&att, &sbom_mid, &sig_att] {
+        let e = entries
+            .iter()
+            .find(|e| e["tag"].is_null() && e["digest"] == referrer.as_str())
+            .unwrap();
+        assert_eq!(e["rule"], "follows_subject", "{e}");
+    }
+
+    // The CLI preview and the inventory say the same.
+    let (ok, out, _) = app.cli(&["retention", "preview", "--deleted-only", "--json"], "");
+    assert!(ok);
+    let cli: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(deletions(&cli), expected);
+    let inventory: Value = app.get("/v1/images?repository=r").await.json().await.unwrap();
+    for image in inventory["images"].as_array().unwrap() {
+        let tag = image["tag"].as_str().unwrap_or_default();
+        let wanted = match tag {
+            "new" | "att-new" => "keep",
+            _ => "delete",
+        };
+        assert_eq!(image["lifecycle"]["action"], wanted, "{image}");
+    }
+
+    run_retention(&app);
+    assert_eq!(tags(&app, "r").await, ["att-new", "new"]);
+    for gone in [&old.digest, &mid.digest, &att, &sbom_mid, &sig_att] {
+        assert_eq!(manifest_status(&app, "r", gone).await, 404, "{gone} went");
+    }
+    for kept in [&new.digest, &att_new, &sig_new] {
+        assert_eq!(manifest_status(&app, "r", kept).await, 200, "{kept} stays");
+    }
+    let referrers: Value = app
+        .get(&format!("/v2/r/referrers/{}", new.digest))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(referrers["manifests"].as_array().unwrap().len(), 2, "{referrers}");
+    let rows = app.audit().await;
+    for (target, action) in [
+        ("r:att-ref".to_string(), "tag.delete"),
+        (format!("r@{att}"), "manifest.delete"),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["target"] == target.as_str() && r["action"] == action)
+            .unwrap_or_else(|| panic!("no audit row for {target}"));
+        let detail: Value = serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+        assert_eq!(detail["rule"], "follows_subject", "{row}");
+    }
+    // What is left is stable: a second run would remove nothing.
+    assert_eq!(deletions(&preview(&app).await), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn artifacts_take_no_place_in_keep_latest_or_keep_days() {
+    let config = format!("{MANUAL}\n[[lifecycle.namespaces]]\npattern = \"ci/*\"\nkeep_latest = true\n");
+    let app = TestApp::start_with_clock(&config);
+    app.push_blob("ci/app", b"{}").await;
+    app.push_blob("d", b"{}").await;
+    let first = app.push_image("ci/app", "build-1", 1).await;
+    let old = app.push_image("d", "old", 1).await;
+    app.advance_clock(30 * DAY_MS);
+    app.push_image("ci/app", "build-2", 1).await;
+    app.push_image("d", "new", 1).await;
+    app.advance_clock(60_000);
+    app.push_manifest(
+        "ci/app",
+        "att-ref",
+        OCI_MANIFEST,
+        &referrer_of(&first, "application/vnd.in-toto+json"),
+    )
+    .await;
+    app.push_manifest(
+        "d",
+        "att-ref",
+        OCI_MANIFEST,
+        &referrer_of(&old, "application/vnd.in-toto+json"),
+    )
+    .await;
+    set_policy(&app, "d", json!({"keep_days": 7})).await;
+
+    run_retention(&app);
+    assert_eq!(
+        tags(&app, "ci/app").await,
+        ["build-2"],
+        "keep-latest keeps the newest image"
+    );
+    assert_eq!(
+        tags(&app, "d").await,
+        ["new"],
+        "keep_days keeps the image pushed within 7 days"
+    );
+}
+
 #[tokio::test]
 async fn a_manifest_pushed_again_after_the_preview_is_not_deleted() {
     let app = TestApp::start_with_clock(MANUAL);

@@ -497,6 +497,65 @@ async fn signatures_and_referrers_of_a_deleted_manifest_go_after_the_grace_perio
 }
 
 #[tokio::test]
+async fn tagged_referrers_of_a_deleted_manifest_go_like_signatures_and_the_dry_run_counts_them_exactly() {
+    // A manifest with a `subject` lives and dies with its subject whatever
+    // its tags are called; a tag that only looks like the signature schema
+    // is an ordinary tag.
+    let app = TestApp::start_with_clock(QUIET);
+    let repo = "team/att";
+    let subject = app.push_image(repo, "v1", 1).await;
+    let (referrer, _) = push_referrer(&app, repo, &subject).await;
+    let body = app
+        .get(&format!("/v2/{repo}/manifests/{referrer}"))
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    app.push_manifest(repo, "att-ref", OCI_MANIFEST, &body).await;
+    app.push_manifest(repo, "sbom-of-v1", OCI_MANIFEST, &body).await;
+    let (sig_tag, sig, _) = push_signature(&app, repo, &subject).await;
+    // The same signature manifest under a second schema tag.
+    let sig_body = app
+        .get(&format!("/v2/{repo}/manifests/{sig}"))
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let att_tag = sig_tag.replace(".sig", ".att");
+    app.push_manifest(repo, &att_tag, OCI_MANIFEST, &sig_body).await;
+    let lookalike = app.push_image(repo, "sha256-latest", 1).await;
+
+    delete_manifest(&app, repo, &subject.digest).await;
+    app.advance_clock(PAST_GRACE_MS);
+    let dry = collect(&app, true).await;
+    let report = collect(&app, false).await;
+    assert_eq!(report["signature_tags_removed"], 4, "{report}");
+    assert_eq!(
+        report["manifests_removed"], 2,
+        "the attestation and the signature, each once: {report}"
+    );
+    assert_eq!(removals(&dry), removals(&report), "dry run {dry}, real run {report}");
+    for gone in ["att-ref", "sbom-of-v1", &sig_tag, &att_tag, &referrer, &sig] {
+        assert_manifest_unknown(&app, repo, gone).await;
+    }
+    assert_pullable(&app, repo, "sha256-latest", &lookalike).await;
+    let audited: Vec<String> = app
+        .audit()
+        .await
+        .iter()
+        .filter(|e| e["actor"] == "gc" && e["action"] == "tag.delete")
+        .map(|e| {
+            assert_eq!(detail_of(e)["rule"], "follows_subject", "{e}");
+            e["target"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert!(audited.contains(&format!("{repo}:att-ref")), "{audited:?}");
+    assert_nothing_removed(&collect(&app, false).await);
+}
+
+#[tokio::test]
 async fn what_a_deletion_frees_waits_out_the_grace_period_from_the_deletion() {
     // DESIGN.md: a manifest is a candidate only after it has been
     // unreferenced for the grace period. Children of an index and referrers
