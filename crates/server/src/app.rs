@@ -21,7 +21,8 @@ use crate::auth::Auth;
 use crate::clock;
 use crate::config::AuthMode;
 use crate::config::{Config, MetaBackend, StorageBackend};
-use crate::lifecycle::{Lifecycle, NamespaceRules, Scope};
+use crate::lifecycle::{Lifecycle, Scope};
+use crate::namespaces::NamespaceRules;
 use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
 

@@ -1,6 +1,6 @@
 //! Time, behind a trait so lifecycle rules can be tested without sleeping.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of the current time in Unix milliseconds.
 pub trait Clock: Send + Sync + 'static {
@@ -72,6 +72,16 @@ impl Clock for OffsetClock {
     }
 }
 
+/// Latest second that RFC 3339 can write (9999-12-31T23:59:59Z).
+const RFC3339_MAX_SECS: u64 = 253_402_300_799;
+
+/// `2026-11-23T12:14:30Z`; a later time than RFC 3339 can write is written
+/// as its last second.
+pub fn rfc3339(secs: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(secs.min(RFC3339_MAX_SECS));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// The clock of this process: the wall clock, unless a debug build is given
 /// [`OFFSET_FILE_ENV`].
 pub fn from_env() -> anyhow::Result<std::sync::Arc<dyn Clock>> {
@@ -95,6 +105,14 @@ pub fn from_env() -> anyhow::Result<std::sync::Arc<dyn Clock>> {
 #[cfg(all(test, debug_assertions))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_436_070), "2026-11-23T12:14:30Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+    }
 
     #[test]
     fn the_offset_file_moves_the_clock() {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a `berth serve` process.
@@ -147,6 +148,69 @@ impl std::fmt::Debug for MetaConfig {
     }
 }
 
+/// A policy's rules. A tag survives if any keep rule keeps it; `keep_min` is
+/// a floor under the result; `untagged` removes untagged manifests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// Keep the N most recently pushed tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep tags pushed in the last N days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u32>,
+    /// Keep tags pulled in the last N days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_pulled_within: Option<u32>,
+    /// Tag globs (`v*`, `latest`) never deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_patterns: Vec<String>,
+    /// Never leave fewer than N tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_min: Option<u32>,
+    /// Delete untagged manifests N days after they lost their last tag (or
+    /// were pushed without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untagged: Option<u32>,
+}
+
+impl Rules {
+    /// Whether any rule decides about tags. A policy with none (only
+    /// `untagged` or `keep_min`) deletes no tag: no rule means no deletion.
+    pub fn decides_tags(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_days.is_some()
+            || self.keep_pulled_within.is_some()
+            || !self.keep_patterns.is_empty()
+    }
+
+    /// Checks the rules and compiles the tag globs.
+    pub fn compile(&self) -> Result<Vec<GlobMatcher>, String> {
+        for (name, days) in [
+            ("keep_days", self.keep_days),
+            ("keep_pulled_within", self.keep_pulled_within),
+            ("untagged", self.untagged),
+        ] {
+            if let Some(days) = days {
+                if !(1..=36_500).contains(&days) {
+                    return Err(format!("{name} must be between 1 and 36500 days, not {days}"));
+                }
+            }
+        }
+        self.keep_patterns
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    return Err("keep_patterns holds an empty pattern".to_string());
+                }
+                Glob::new(p)
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| format!("keep_patterns {p:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
 /// Tag-suffix rules and keep-latest mode. See `docs/lifecycle.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,7 +255,7 @@ pub struct RetentionConfig {
     /// How often retention runs; 0 turns the schedule off.
     pub interval_secs: u64,
     /// Policies by repository pattern; `"**"` is the global default.
-    pub policies: std::collections::BTreeMap<String, crate::lifecycle::Rules>,
+    pub policies: std::collections::BTreeMap<String, Rules>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,8 +10,11 @@ mod config;
 mod connections;
 mod lifecycle;
 mod migrate;
+mod namespaces;
 mod operator;
+mod pattern;
 mod registry;
+mod tag_names;
 mod telemetry;
 mod text;
 

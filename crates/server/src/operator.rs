@@ -10,13 +10,13 @@ use anyhow::Context;
 use berth_meta::AccessStore;
 
 use crate::app::{ensure_data_dir, open_meta, open_stores};
-use crate::auth::access::Pattern;
 use crate::auth::manage::Accounts;
-use crate::auth::rfc3339;
 use crate::cli::{GrantCommand, RetentionCommand, StoreArgs, TokenCommand, UserCommand};
 use crate::clock;
+use crate::clock::rfc3339;
 use crate::config::{Config, Overrides};
 use crate::lifecycle::{Lifecycle, Rules, Scope};
+use crate::pattern::Pattern;
 
 fn load(args: &StoreArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {

@@ -18,7 +18,7 @@ use berth_oci::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{basic_credentials, bearer};
+use super::credentials::{basic_credentials, bearer};
 use super::query::Params;
 use super::ApiError;
 use crate::app::App;

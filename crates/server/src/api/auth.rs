@@ -7,60 +7,17 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use berth_oci::{Endpoint, ErrorCode, Intent};
 
+use super::credentials::{basic_credentials, bearer};
 use super::{header_str, ApiError};
 use crate::app::App;
-use crate::auth::access::{Action, Pattern, Scope};
-use crate::auth::token::AccessClaims;
+use crate::auth::access::{Access, Action, Scope};
 use crate::auth::{Auth, AuthError, Identity};
 use crate::config::AuthMode;
 
 /// Largest token request body read (a form with credentials and scopes).
 const MAX_FORM_BYTES: usize = 64 * 1024;
-
-/// What the caller of a `/v2/` request may do.
-pub enum Access {
-    /// `auth.mode = "none"`: everything.
-    Open,
-    Token(Arc<AccessClaims>),
-}
-
-impl Access {
-    pub fn may(&self, repo: &str, action: Action) -> bool {
-        match self {
-            Access::Open => true,
-            Access::Token(claims) => claims.allows(repo, action.as_str()),
-        }
-    }
-
-    /// Whether the catalog may list `repo`: pullable by the holder.
-    pub fn may_list(&self) -> impl Fn(&str) -> bool + '_ {
-        let everything = self.sees_everything();
-        let patterns: Vec<Pattern> = match self {
-            Access::Token(claims) if !everything => claims.cat.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
-            _ => Vec::new(),
-        };
-        move |repo| everything || patterns.iter().any(|p| p.matches(repo))
-    }
-
-    /// The token's subject, for `pushed_by`; `None` without auth.
-    pub fn subject(&self) -> Option<&str> {
-        match self {
-            Access::Open => None,
-            Access::Token(claims) => Some(claims.sub.as_str()).filter(|s| !s.is_empty()),
-        }
-    }
-
-    /// Whether the holder may read every repository (so no per-repository check is needed).
-    pub fn sees_everything(&self) -> bool {
-        match self {
-            Access::Open => true,
-            Access::Token(claims) => claims.adm,
-        }
-    }
-}
 
 /// What an endpoint needs.
 enum Needs<'a> {
@@ -138,13 +95,6 @@ pub(super) fn catalog_challenge(auth: &Auth, headers: &HeaderMap) -> ApiError {
     challenge(auth, headers, &Needs::Catalog, true, false)
 }
 
-/// The token of an `Authorization: Bearer` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = header_str(headers, "authorization")?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// Checks a `/v2/` request's token against what its endpoint needs.
 pub fn authorize(auth: &Auth, endpoint: &Endpoint, headers: &HeaderMap) -> Result<Access, ApiError> {
     if auth.mode == AuthMode::None {
@@ -165,26 +115,6 @@ pub fn authorize(auth: &Auth, endpoint: &Endpoint, headers: &HeaderMap) -> Resul
     } else {
         Err(challenge(auth, headers, &needs, false, true))
     }
-}
-
-/// `Basic` credentials of a request: login and password.
-pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
-    let Some(value) = header_str(headers, "authorization") else {
-        return Ok(None);
-    };
-    let Some((scheme, encoded)) = value.split_once(' ') else {
-        return Ok(None);
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Ok(None);
-    }
-    let malformed = || ApiError::new(ErrorCode::Unauthorized, "malformed Basic credentials");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| malformed())?;
-    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
-    let (login, password) = text.split_once(':').ok_or_else(malformed)?;
-    Ok(Some((login.to_string(), password.to_string())))
 }
 
 impl From<AuthError> for ApiError {

@@ -16,15 +16,17 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::admin::{parse_body, Admin};
-use super::auth::{basic_credentials, bearer, catalog_challenge};
+use super::auth::catalog_challenge;
+use super::credentials::{basic_credentials, bearer};
 use super::query::Params;
 use super::ApiError;
 use crate::app::App;
-use crate::auth::access::{Action, Pattern};
-use crate::auth::rfc3339;
+use crate::auth::access::Action;
+use crate::clock::rfc3339;
 use crate::config::AuthMode;
 use crate::lifecycle::inventory::{Cursor, InventoryImage, InventoryQuery};
 use crate::lifecycle::{LifecycleError, Rules, Scope};
+use crate::pattern::Pattern;
 
 type ApiResult = Result<Response, ApiError>;
 

@@ -9,8 +9,8 @@ use axum::response::IntoResponse;
 use berth_oci::{media_type, Digest, ErrorCode, RepoName};
 use serde_json::json;
 
-use super::auth::Access;
 use super::{query_of, set_header, ApiError, ApiResult, OCI_FILTERS_APPLIED};
+use crate::auth::access::Access;
 use crate::registry::{ManifestPage, Registry};
 
 #[derive(serde::Serialize)]

@@ -6,6 +6,7 @@
 mod admin;
 pub(crate) mod auth;
 mod blobs;
+mod credentials;
 mod error;
 mod lifecycle;
 mod listing;

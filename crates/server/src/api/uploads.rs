@@ -11,11 +11,11 @@ use berth_oci::{Digest, ErrorCode, RepoName, UploadId};
 use berth_storage::ByteStream;
 use futures::TryStreamExt;
 
-use super::auth::Access;
 use super::{
     content_length, empty, header_str, query_of, set_header, upload_range, ApiError, ApiResult, CONTENT_DIGEST,
     UPLOAD_UUID,
 };
+use crate::auth::access::Access;
 use crate::auth::access::Action;
 use crate::registry::{MountOrUpload, Registry, RegistryError, UploadProgress};
 

@@ -1,9 +1,12 @@
-//! What an identity may do: actions, roles, repository name patterns and the
+//! What an identity may do: actions, roles, grants on repository patterns and the
 //! scopes of the Docker token protocol.
 
 use std::fmt;
 
-use globset::{GlobBuilder, GlobMatcher};
+use std::sync::Arc;
+
+use super::token::AccessClaims;
+use crate::pattern::Pattern;
 
 /// An action on a repository, as named in token scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,55 +129,6 @@ impl Role {
     }
 }
 
-/// A repository name pattern: `*` matches within one path component, `**`
-/// across components, `?` one character.
-#[derive(Debug, Clone)]
-pub struct Pattern {
-    text: String,
-    matcher: GlobMatcher,
-}
-
-impl Pattern {
-    pub fn parse(text: &str) -> Result<Pattern, String> {
-        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*?".contains(c);
-        // No longer than the names it matches: patterns are stored and shown.
-        if text.len() > berth_oci::MAX_NAME_LEN {
-            let start: String = text.chars().take(16).collect();
-            return Err(format!(
-                "pattern {start:?}…: longer than {} characters",
-                berth_oci::MAX_NAME_LEN
-            ));
-        }
-        if text.is_empty() || !text.chars().all(allowed) {
-            return Err(format!(
-                "pattern {text:?}: use lowercase repository name characters and the wildcards * ** ?"
-            ));
-        }
-        let glob = GlobBuilder::new(text)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("pattern {text:?}: {e}"))?;
-        Ok(Pattern {
-            text: text.to_string(),
-            matcher: glob.compile_matcher(),
-        })
-    }
-
-    pub fn matches(&self, repo: &str) -> bool {
-        self.matcher.is_match(repo)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
 /// A role on a pattern.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -259,25 +213,51 @@ impl Scope {
     }
 }
 
+/// What the caller of a `/v2/` request may do.
+pub enum Access {
+    /// `auth.mode = "none"`: everything.
+    Open,
+    Token(Arc<AccessClaims>),
+}
+
+impl Access {
+    pub fn may(&self, repo: &str, action: Action) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token(claims) => claims.allows(repo, action.as_str()),
+        }
+    }
+
+    /// Whether the catalog may list `repo`: pullable by the holder.
+    pub fn may_list(&self) -> impl Fn(&str) -> bool + '_ {
+        let everything = self.sees_everything();
+        let patterns: Vec<Pattern> = match self {
+            Access::Token(claims) if !everything => claims.cat.iter().filter_map(|p| Pattern::parse(p).ok()).collect(),
+            _ => Vec::new(),
+        };
+        move |repo| everything || patterns.iter().any(|p| p.matches(repo))
+    }
+
+    /// The token's subject, for `pushed_by`; `None` without auth.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Access::Open => None,
+            Access::Token(claims) => Some(claims.sub.as_str()).filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// Whether the holder may read every repository (so no per-repository check is needed).
+    pub fn sees_everything(&self) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token(claims) => claims.adm,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn star_stays_in_one_component_and_double_star_crosses() {
-        let one = Pattern::parse("team/*").unwrap();
-        assert!(one.matches("team/app"));
-        assert!(!one.matches("team/app/sub"));
-        assert!(!one.matches("teams/app"));
-        let any = Pattern::parse("team/**").unwrap();
-        assert!(any.matches("team/app/sub"));
-        assert!(Pattern::parse("**").unwrap().matches("a/b/c"));
-        assert!(Pattern::parse("Team/*").is_err());
-        assert!(Pattern::parse("").is_err());
-        assert!(Pattern::parse(&"a".repeat(255)).is_ok());
-        assert!(Pattern::parse(&format!("{}é", "a".repeat(255))).is_err());
-        assert!(Pattern::parse(&"é".repeat(200)).is_err());
-    }
 
     #[test]
     fn roles_include_pull_and_admin_includes_everything() {

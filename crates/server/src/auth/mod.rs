@@ -23,7 +23,7 @@ use berth_meta::access::SubjectKind;
 use berth_meta::{AccessStore, MetaError};
 use subtle::ConstantTimeEq;
 
-use self::access::{Grant, Pattern, Permissions, Role, Scope};
+use self::access::{Grant, Permissions, Role, Scope};
 use self::external::ExternalValidator;
 use self::limiter::LoginLimiter;
 use self::manage::Accounts;
@@ -32,6 +32,7 @@ use self::token::{AccessClaims, AccessEntry, TokenService};
 use self::verified::VerifiedTokens;
 use crate::clock::Clock;
 use crate::config::{AuthConfig, AuthMode};
+use crate::pattern::Pattern;
 use crate::text;
 
 /// Why presented credentials were not accepted.
@@ -125,28 +126,6 @@ pub struct Auth {
     oidc: OidcVerifier,
     limiter: LoginLimiter,
     password_checks: tokio::sync::Semaphore,
-}
-
-/// `2026-11-23T12:14:30Z`.
-pub fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 impl Auth {
@@ -506,7 +485,7 @@ impl Auth {
             access_token: token.clone(),
             token,
             expires_in: self.tokens.lifetime().as_secs(),
-            issued_at: rfc3339(issued),
+            issued_at: crate::clock::rfc3339(issued),
             refresh_token,
         })
     }
@@ -550,16 +529,4 @@ fn vouched_name(provider: &str, name: &str) -> Result<(), Failure> {
         tracing::warn!(provider, name = ?name, "identity refused: its name {e}");
         Failure::Invalid
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issue_times_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_436_070), "2026-11-23T12:14:30Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 }

@@ -16,7 +16,7 @@ use berth_meta::lifecycle::{ManifestState, RepoState};
 
 use super::plan::{self, RepoPlan};
 use super::{Lifecycle, Result, Scope};
-use crate::auth::access::Pattern;
+use crate::pattern::Pattern;
 
 /// Most repositories one page plans.
 pub const REPOSITORIES_PER_PAGE: usize = 50;

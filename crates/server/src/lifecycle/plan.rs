@@ -10,7 +10,7 @@ use berth_meta::lifecycle::{ManifestState, PlannedRemoval, Removal, RepoState, T
 use berth_oci::Digest;
 
 use super::policy::Policy;
-use super::tags::{signature_subject, suffix_rule, SuffixRule};
+use crate::tag_names::{signature_subject, suffix_rule, SuffixRule};
 
 const DAY_MS: i64 = 86_400_000;
 

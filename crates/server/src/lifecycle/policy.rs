@@ -1,80 +1,10 @@
 //! Retention policies: which rules apply to which repository.
 
 use berth_meta::lifecycle::PolicyRecord;
-use globset::{Glob, GlobMatcher};
-use serde::{Deserialize, Serialize};
+use globset::GlobMatcher;
 
-use crate::auth::access::Pattern;
-
-/// A policy's rules. A tag survives if any keep rule keeps it; `keep_min` is
-/// a floor under the result; `untagged` removes untagged manifests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rules {
-    /// Keep the N most recently pushed tags.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_last: Option<u32>,
-    /// Keep tags pushed in the last N days.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_days: Option<u32>,
-    /// Keep tags pulled in the last N days.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_pulled_within: Option<u32>,
-    /// Tag globs (`v*`, `latest`) never deleted.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keep_patterns: Vec<String>,
-    /// Never leave fewer than N tags.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_min: Option<u32>,
-    /// Delete untagged manifests N days after they lost their last tag (or
-    /// were pushed without one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub untagged: Option<u32>,
-}
-
-impl Rules {
-    /// Whether any rule decides about tags. A policy with none (only
-    /// `untagged` or `keep_min`) deletes no tag: no rule means no deletion.
-    pub fn decides_tags(&self) -> bool {
-        self.keep_last.is_some()
-            || self.keep_days.is_some()
-            || self.keep_pulled_within.is_some()
-            || !self.keep_patterns.is_empty()
-    }
-
-    /// Checks the rules and compiles the tag globs.
-    pub fn compile(&self) -> Result<Vec<GlobMatcher>, String> {
-        for (name, days) in [
-            ("keep_days", self.keep_days),
-            ("keep_pulled_within", self.keep_pulled_within),
-            ("untagged", self.untagged),
-        ] {
-            if let Some(days) = days {
-                if !(1..=36_500).contains(&days) {
-                    return Err(format!("{name} must be between 1 and 36500 days, not {days}"));
-                }
-            }
-        }
-        self.keep_patterns
-            .iter()
-            .map(|p| {
-                if p.is_empty() {
-                    return Err("keep_patterns holds an empty pattern".to_string());
-                }
-                Glob::new(p)
-                    .map(|g| g.compile_matcher())
-                    .map_err(|e| format!("keep_patterns {p:?}: {e}"))
-            })
-            .collect()
-    }
-}
-
-/// How specific a repository pattern is: more literal characters first, then
-/// fewer wildcards (`team/*` before `team/**`).
-pub(crate) fn specificity(pattern: &str) -> (usize, std::cmp::Reverse<usize>) {
-    let wildcards = pattern.chars().filter(|c| "*?".contains(*c)).count();
-    (pattern.len() - wildcards, std::cmp::Reverse(wildcards))
-}
+pub use crate::config::Rules;
+use crate::pattern::Pattern;
 
 /// A policy ready to be applied.
 #[derive(Debug, Clone)]
@@ -101,7 +31,7 @@ impl Policy {
     }
 
     fn specificity(&self) -> (usize, std::cmp::Reverse<usize>) {
-        specificity(self.pattern.as_str())
+        self.pattern.specificity()
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod blobs;
 mod claims;
+mod locks;
 mod manifests;
 mod pulls;
 pub mod stores;
@@ -92,7 +93,7 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 pub struct Limits {
     pub manifest_max_bytes: usize,
     /// Which tag suffixes a push may use.
-    pub namespaces: crate::lifecycle::NamespaceRules,
+    pub namespaces: crate::namespaces::NamespaceRules,
     /// The garbage collector's grace period, which decides when a read's
     /// touch of a blob link must be written before the answer.
     pub gc_grace_ms: i64,
@@ -104,9 +105,9 @@ pub struct Registry {
     stores: Arc<BlobStores>,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    sessions: uploads::KeyedLocks<berth_oci::UploadId>,
+    sessions: locks::KeyedLocks<berth_oci::UploadId>,
     /// Copies of a blob into a store being made by a mount, one at a time.
-    copies: uploads::KeyedLocks<(Digest, String)>,
+    copies: locks::KeyedLocks<(Digest, String)>,
     pulls: Arc<PullRecorder>,
     touches: Arc<TouchRecorder>,
 }
@@ -120,8 +121,8 @@ impl Registry {
             clock,
             touches: Arc::new(TouchRecorder::new(limits.gc_grace_ms)),
             limits,
-            sessions: uploads::KeyedLocks::default(),
-            copies: uploads::KeyedLocks::default(),
+            sessions: locks::KeyedLocks::default(),
+            copies: locks::KeyedLocks::default(),
             pulls: Arc::new(PullRecorder::default()),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use berth_meta::{StoreSet, DEFAULT_STORE};
 use berth_storage::BlobStore;
 
-use crate::auth::access::Pattern;
+use crate::pattern::Pattern;
 
 /// A blob store with the name the configuration gives it.
 pub struct NamedStore {
