@@ -1335,22 +1335,31 @@ mod tests {
                 .unwrap();
         }
         let attempts = std::sync::atomic::AtomicU32::new(0);
+        // Both first attempts hold their first row before either asks for its
+        // second, so they deadlock however slowly each one starts; the one
+        // PostgreSQL aborts runs again alone.
+        let both_hold_one = tokio::sync::Barrier::new(2);
         let bump = |first: &'static str, second: &'static str| {
-            let (meta, attempts) = (&meta, &attempts);
-            retrying("test", move || async move {
-                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut tx = meta.pool.begin().await?;
-                for (i, id) in [first, second].into_iter().enumerate() {
-                    sqlx::query("UPDATE uploads SET byte_offset = byte_offset + 1 WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    if i == 0 {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+            let (meta, attempts, both_hold_one) = (&meta, &attempts, &both_hold_one);
+            let mut own_attempts = 0;
+            retrying("test", move || {
+                let own_attempt = own_attempts;
+                own_attempts += 1;
+                async move {
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut tx = meta.pool.begin().await?;
+                    for (i, id) in [first, second].into_iter().enumerate() {
+                        sqlx::query("UPDATE uploads SET byte_offset = byte_offset + 1 WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        if i == 0 && own_attempt == 0 {
+                            both_hold_one.wait().await;
+                        }
                     }
+                    tx.commit().await?;
+                    Ok::<_, MetaError>(())
                 }
-                tx.commit().await?;
-                Ok::<_, MetaError>(())
             })
         };
         let (a, b) = tokio::join!(bump("dl-a", "dl-b"), bump("dl-b", "dl-a"));
