@@ -91,12 +91,8 @@ WRK_CONNS=${WRK_CONNS:-4}
 WRK_DELAY_MS=${WRK_DELAY_MS:-2}
 MIGRATE_JOBS=${MIGRATE_JOBS:-16}
 
-if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
-  case ":$PATH:" in
-    *":${CARGO_HOME:-$HOME/.cargo}/bin:"*) ;;
-    *) export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" ;;
-  esac
-fi
+# shellcheck source=lib/bench-common.sh source-path=SCRIPTDIR
+source "$ROOT/scripts/lib/bench-common.sh"
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
 for c in wrk curl jq python3; do
   command -v "$c" >/dev/null 2>&1 || die "'$c' not found (scripts/install-deps.sh installs wrk, curl and jq)"
@@ -178,7 +174,6 @@ mkdir -p "$OUT"
 cat "$OUT/run-info.txt"
 
 # ---------------------------------------------------------------- helpers
-stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%T.%3N)" "$line"; done; }
 # timed STEP STDOUT CMD...: runs CMD under time -v; its stdout goes to STDOUT,
 # its stderr (time-stamped) to STEP.err. Fails the benchmark when CMD fails.
 timed() {
@@ -195,17 +190,7 @@ timed() {
   fi
   printf '%s: %s s\n' "$step" "$(wall_s "$step")"
 }
-# Wall time of a step in seconds, from "Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02.34".
-wall_s() {
-  awk -F': ' '/Elapsed \(wall clock\)/ {
-    n = split($2, p, ":"); s = 0
-    for (i = 1; i <= n; i++) s = s * 60 + p[i]
-    printf "%.2f", s
-  }' "$OUT/$1.time"
-}
 cpu_s() { awk -F': ' '/User time|System time/ {s += $2} END {printf "%.1f", s}' "$OUT/$1.time"; }
-# A field of wrk's RESULT line (written by the Lua script).
-wrk_field() { sed -n "s/^RESULT .*\\b$2=\\([0-9]*\\).*/\\1/p" "$OUT/$1"; }
 # Seconds of the day of a stamp `HH:MM:SS.mmm`.
 day_s() { awk -F: '{printf "%.3f", $1 * 3600 + $2 * 60 + $3}'; }
 # The stamp of the gc progress line starting with TEXT, in seconds of the day.
@@ -334,7 +319,6 @@ for l in "${legs[@]}"; do
 done
 
 # ---------------------------------------------------------------- summary
-us_to_ms() { awk '{printf "%.2f", $1 / 1000}'; }
 lat_cells() {  # lat_cells FILE: req/s | p50 | p99 | p99.9 | max | errors
   printf '%s | %s | %s | %s | %s | %s' \
     "$(awk -v n="$(wrk_field "$1" requests)" -v us="$(wrk_field "$1" duration_us)" 'BEGIN {printf "%.0f", n / us * 1e6}')" \

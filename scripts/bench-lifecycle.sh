@@ -108,12 +108,8 @@ WRK_CONNS=${WRK_CONNS:-4}
 WRK_DELAY_MS=${WRK_DELAY_MS:-2}
 keep_last=$((tags / 2))
 
-if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
-  case ":$PATH:" in
-    *":${CARGO_HOME:-$HOME/.cargo}/bin:"*) ;;
-    *) export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" ;;
-  esac
-fi
+# shellcheck source=lib/bench-common.sh source-path=SCRIPTDIR
+source "$ROOT/scripts/lib/bench-common.sh"
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
 for c in wrk curl jq python3 sha256sum; do
   command -v "$c" >/dev/null 2>&1 || die "'$c' not found (scripts/install-deps.sh installs wrk, curl and jq)"
@@ -202,7 +198,6 @@ mkdir -p "$OUT"
 cat "$OUT/run-info.txt"
 
 # ---------------------------------------------------------------- helpers
-stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%T.%3N)" "$line"; done; }
 # timed STEP STDOUT CMD...: runs CMD under time -v; its stdout goes to STDOUT,
 # its stderr (time-stamped) to STEP.err, its peak RssAnon (KiB) to STEP.anon.
 # Fails the benchmark when CMD fails.
@@ -233,18 +228,8 @@ timed() {
   printf '%s: %s s, max RSS %s MiB, peak anonymous RSS %s MiB\n' "$step" "$(wall_s "$step")" "$(rss_mib "$step")" \
     "$(anon_mib "$step")"
 }
-# Wall time of a step in seconds, from "Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02.34".
-wall_s() {
-  awk -F': ' '/Elapsed \(wall clock\)/ {
-    n = split($2, p, ":"); s = 0
-    for (i = 1; i <= n; i++) s = s * 60 + p[i]
-    printf "%.2f", s
-  }' "$OUT/$1.time"
-}
 rss_mib() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$OUT/$1.time"; }
 anon_mib() { awk '{printf "%.0f", $1 / 1024}' "$OUT/$1.anon"; }
-# A field of wrk's RESULT line (written by the Lua script).
-wrk_field() { sed -n "s/^RESULT .*\\b$2=\\([0-9]*\\).*/\\1/p" "$OUT/$1"; }
 # The paced tags/list load, for as long as -dSECONDS says (env execs wrk, so $! is wrk's pid).
 wrk_cmd=(env BENCH_REPOS="$repos" BENCH_DELAY_MS="$WRK_DELAY_MS"
   wrk -t1 -c"$WRK_CONNS" --timeout 10s --latency -s "$LUA" "$URL")
@@ -353,7 +338,6 @@ row() {  # row STEP LABEL TARGET_TEXT TARGET_SECONDS
   printf '| %s | %s | %s | %s | %s | %s |\n' "$2" "$w" "$(rss_mib "$1")" "$(anon_mib "$1")" "${3:--}" \
     "$([ -n "${4:-}" ] && met "$w" "$4" || echo -)"
 }
-us_to_ms() { awk '{printf "%.2f", $1 / 1000}'; }
 lat_row() {  # lat_row FILE LABEL
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" \
     "$(wrk_field "$1" requests)" \
