@@ -8,6 +8,28 @@ use berth_oci::{
 use super::{Registry, RegistryError, Result};
 use crate::text;
 
+/// How a manifest arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// Pushed by a client.
+    Pushed,
+    /// Pulled through from an upstream registry.
+    Mirrored,
+    /// Imported from an archive or preloaded.
+    Snapshot,
+}
+
+impl Provenance {
+    /// The name recorded in the metadata store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provenance::Pushed => "pushed",
+            Provenance::Mirrored => "mirrored",
+            Provenance::Snapshot => "snapshot",
+        }
+    }
+}
+
 /// The result of a manifest push.
 #[derive(Debug)]
 pub struct PushedManifest {
@@ -34,6 +56,22 @@ impl Registry {
         content_type: Option<&str>,
         body: Vec<u8>,
         pushed_by: Option<&str>,
+    ) -> Result<PushedManifest> {
+        self.store_manifest(repo, reference, content_type, body, pushed_by, Provenance::Pushed)
+            .await
+    }
+
+    /// Validates and stores a manifest that arrived as `provenance` says
+    /// (a push, a pull through an upstream, an import): the same rules apply
+    /// whatever its source.
+    pub async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        pushed_by: Option<&str>,
+        provenance: Provenance,
     ) -> Result<PushedManifest> {
         if body.len() > self.limits.manifest_max_bytes {
             return Err(RegistryError::ManifestTooLarge {
@@ -87,7 +125,7 @@ impl Registry {
             blobs,
             children: dedup(manifest.manifests.iter().map(|d| d.digest.clone())),
             pushed_by: pushed_by.map(str::to_string),
-            provenance: "pushed".into(),
+            provenance: provenance.as_str().into(),
             platforms,
             blob_bytes,
         };

@@ -21,7 +21,7 @@ use berth_storage::StorageError;
 
 use crate::clock::Clock;
 
-pub use manifests::ManifestPage;
+pub use manifests::{ManifestPage, Provenance};
 pub use pulls::PullRecorder;
 pub use stores::{BlobStores, NamedStore};
 pub use touches::TouchRecorder;
