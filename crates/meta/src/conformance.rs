@@ -30,6 +30,7 @@ fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Opti
         provenance: "pushed".into(),
         platforms: vec![],
         blob_bytes: 0,
+        fetched_on_demand: false,
     }
 }
 

@@ -190,6 +190,11 @@ pub struct NewManifest {
     pub platforms: Vec<String>,
     /// Total size of the distinct blobs it references.
     pub blob_bytes: u64,
+    /// A pull-through copy, whose blobs and children are fetched from its
+    /// upstream when a client asks for them: they need not be present yet.
+    /// The references are recorded all the same, so that what arrives later
+    /// is kept alive by the manifest.
+    pub fetched_on_demand: bool,
 }
 
 /// Pulls of one manifest (and, when pulled by tag, of that tag) since the

@@ -350,7 +350,12 @@ impl MetaStore for SqliteMeta {
     async fn put_manifest(&self, repo: &str, m: &NewManifest, tag: Option<&str>, now_ms: i64) -> Result<()> {
         let mut tx = self.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo, now_ms).await?;
-        for blob in &m.blobs {
+        let (must_have_blobs, must_have_children): (&[Digest], &[Digest]) = if m.fetched_on_demand {
+            (&[], &[])
+        } else {
+            (&m.blobs, &m.children)
+        };
+        for blob in must_have_blobs {
             let linked: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
                 .bind(repo_id)
                 .bind(blob.to_string())
@@ -360,7 +365,7 @@ impl MetaStore for SqliteMeta {
                 return Err(MetaError::MissingReference(blob.clone()));
             }
         }
-        for child in &m.children {
+        for child in must_have_children {
             let present: Option<i64> = sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2")
                 .bind(repo_id)
                 .bind(child.to_string())

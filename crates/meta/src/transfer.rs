@@ -1058,6 +1058,7 @@ mod tests {
             provenance: "pushed".into(),
             platforms: vec!["linux/amd64".into()],
             blob_bytes: 5,
+            fetched_on_demand: false,
         };
         {
             let meta = SqliteMeta::open(&dir.path().join("berth.db")).await.unwrap();

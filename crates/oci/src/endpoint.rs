@@ -242,6 +242,26 @@ fn nameless(repo: RepoName, resource: Resource, intent: Intent, cause: EndpointE
 }
 
 impl Endpoint {
+    /// The repository the request is about, when it names one.
+    pub fn repo_mut(&mut self) -> Option<&mut RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::ListTags { repo }
+            | Endpoint::GetManifest { repo, .. }
+            | Endpoint::PutManifest { repo, .. }
+            | Endpoint::DeleteManifest { repo, .. }
+            | Endpoint::GetBlob { repo, .. }
+            | Endpoint::DeleteBlob { repo, .. }
+            | Endpoint::StartUpload { repo }
+            | Endpoint::GetUpload { repo, .. }
+            | Endpoint::PatchUpload { repo, .. }
+            | Endpoint::FinishUpload { repo, .. }
+            | Endpoint::CancelUpload { repo, .. }
+            | Endpoint::ListReferrers { repo, .. } => Some(repo),
+            Endpoint::Nameless(nameless) => Some(&mut nameless.repo),
+        }
+    }
+
     /// Routes `method` and `path`, the part of the request path after `/v2/`
     /// exactly as sent (still percent-encoded).
     ///

@@ -23,6 +23,7 @@ use crate::config::AuthMode;
 use crate::config::{Config, MetaBackend, StorageBackend};
 use crate::lifecycle::{Lifecycle, Scope};
 use crate::namespaces::NamespaceRules;
+use crate::proxy::Proxy;
 use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
 
@@ -30,7 +31,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Everything a request handler may use.
 pub struct App {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    pub proxy: Proxy,
     pub auth: Auth,
     pub lifecycle: Lifecycle,
     pub config: Config,
@@ -48,15 +50,24 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
             gc_grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         };
-        let registry = Registry::new(meta.clone(), stores.clone(), clock.clone(), limits);
+        let registry = Arc::new(Registry::new(meta.clone(), stores.clone(), clock.clone(), limits));
         let lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder())
             .seeing_touches_of(registry.touch_recorder());
         share_token_key(&mut config, meta.as_ref()).await?;
+        let proxy = Proxy::new(
+            &config.proxy,
+            config.registry.mode,
+            registry.clone(),
+            clock.clone(),
+            config.data_dir.join("proxy-spool"),
+        )
+        .context("invalid proxy configuration")?;
         let auth = Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
         Ok(App {
             registry,
+            proxy,
             auth,
             lifecycle,
             config,

@@ -29,6 +29,8 @@ pub struct Config {
     pub gc: GcConfig,
     pub storage: StorageConfig,
     pub meta: MetaConfig,
+    pub registry: crate::proxy::config::RegistryConfig,
+    pub proxy: crate::proxy::config::ProxyConfig,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -511,6 +513,8 @@ impl Default for Config {
                 min_connections: 1,
                 acquire_timeout_secs: 10,
             },
+            registry: Default::default(),
+            proxy: Default::default(),
         }
     }
 }
@@ -526,7 +530,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "log",
@@ -538,6 +542,8 @@ const TOP_LEVEL_KEYS: [&str; 11] = [
     "gc",
     "storage",
     "meta",
+    "registry",
+    "proxy",
 ];
 
 /// The variable other tools use to name an external token validation service.

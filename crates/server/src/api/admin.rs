@@ -37,6 +37,32 @@ pub fn router() -> Router<Arc<App>> {
         .route("/grants", get(list_grants).post(add_grant))
         .route("/grants/{id}", delete(remove_grant))
         .route("/audit", get(audit_log))
+        .route("/proxy/upstreams", get(list_upstreams))
+}
+
+/// `GET /api/v1/proxy/upstreams`: the configured upstreams and what the
+/// cache has done since the process started.
+async fn list_upstreams(State(app): State<Arc<App>>, _admin: Admin) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters = &app.proxy.counters;
+    let upstreams: Vec<_> = app
+        .proxy
+        .upstream_names()
+        .into_iter()
+        .map(|(name, url)| serde_json::json!({ "name": name, "url": url }))
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "mode": if app.proxy.mirror_only() { "mirror" } else { "registry" },
+        "upstreams": upstreams,
+        "counters": {
+            "hits": counters.hits.load(Relaxed),
+            "misses": counters.misses.load(Relaxed),
+            "upstream_errors": counters.upstream_errors.load(Relaxed),
+            "served_stale": counters.served_stale.load(Relaxed),
+            "blob_fetches": counters.blob_fetches.load(Relaxed),
+        },
+    }))
+    .into_response())
 }
 
 impl From<ManageError> for ApiError {

@@ -12,6 +12,8 @@ use berth_oci::{EndpointError, ErrorCode, NameError};
 use berth_storage::StorageError;
 use serde_json::json;
 
+use crate::proxy::upstream::UpstreamError;
+use crate::proxy::ProxyError;
 use crate::registry::RegistryError;
 
 /// An error answer of the `/v2/` API (boxed: it travels in every `Result` of
@@ -118,6 +120,25 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         response.headers_mut().extend(this.headers);
         response
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        let message = e.to_string();
+        match e {
+            ProxyError::Registry(e) => e.into(),
+            ProxyError::ReadOnlyRemote { .. } | ProxyError::MirrorOnly | ProxyError::VirtualReadOnly { .. } => {
+                ApiError::new(ErrorCode::Denied, message)
+            }
+            ProxyError::Upstream(upstream) => match upstream.as_ref() {
+                UpstreamError::NotFound { .. } => ApiError::new(ErrorCode::ManifestUnknown, message),
+                UpstreamError::Denied { .. } | UpstreamError::Invalid { .. } | UpstreamError::Unavailable { .. } => {
+                    tracing::warn!(error = %message, "pull through an upstream failed");
+                    ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::BAD_GATEWAY)
+                }
+            },
+        }
     }
 }
 

@@ -83,6 +83,33 @@ pub async fn list_tags(registry: &Registry, repo: RepoName, req: Request) -> Api
         .into_response())
 }
 
+/// `tags/list` of a repository whose tags were gathered elsewhere (from an
+/// upstream, from the members of a virtual repository): `tags` sorted and
+/// without duplicates, paginated as the registry's own are.
+pub fn list_gathered_tags(name: &RepoName, tags: Vec<String>, req: &Request) -> ApiResult {
+    let query = query_of(req);
+    let n = page_size(&query)?;
+    let limit = n.unwrap_or(u32::MAX - 1);
+    let after: Vec<String> = match query.get("last") {
+        Some(last) => tags.into_iter().filter(|t| t.as_bytes() > last.as_bytes()).collect(),
+        None => tags,
+    };
+    let more = after.len() > limit as usize;
+    let items: Vec<String> = after.into_iter().take(limit as usize).collect();
+    let page = ManifestPage { items, more };
+    let mut headers = HeaderMap::new();
+    next_link(&mut headers, &format!("/v2/{name}/tags/list"), limit, &page);
+    Ok((
+        StatusCode::OK,
+        headers,
+        axum::Json(TagList {
+            name: name.as_str(),
+            tags: &page.items,
+        }),
+    )
+        .into_response())
+}
+
 pub async fn list_repositories(registry: &Registry, req: Request, access: &Access) -> ApiResult {
     let query = query_of(&req);
     let n = page_size(&query)?.unwrap_or(DEFAULT_CATALOG_PAGE);

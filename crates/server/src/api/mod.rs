@@ -11,6 +11,7 @@ mod error;
 mod lifecycle;
 mod listing;
 mod manifests;
+mod pull_through;
 mod query;
 mod uploads;
 
@@ -26,6 +27,7 @@ use axum::Router;
 use berth_oci::Endpoint;
 
 use crate::app::App;
+use crate::proxy::routes::Route;
 pub use error::ApiError;
 
 type ApiResult = Result<Response, ApiError>;
@@ -99,9 +101,34 @@ async fn route(app: &App, req: Request) -> ApiResult {
     let rest = path.strip_prefix("/v2").unwrap_or(path);
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     // The path goes to the parser as sent: it decodes each segment on its own.
-    let endpoint = Endpoint::parse(req.method().as_str(), rest)?;
+    let mut endpoint = Endpoint::parse(req.method().as_str(), rest)?;
+    // Grants apply to the name as the client addressed it, which is what its
+    // token names; the cache behind it is the same whichever name is used.
     let access = auth::authorize(&app.auth, &endpoint, req.headers())?;
     let registry = &app.registry;
+    let writes = is_write(&endpoint);
+    let target = match endpoint.repo_mut() {
+        Some(repo) => {
+            let ns = query_of(&req).remove("ns");
+            let route = app.proxy.resolve(repo, ns.as_deref());
+            if writes {
+                *repo = app.proxy.writable(route)?;
+                None
+            } else {
+                match route {
+                    Route::Local(local) => {
+                        *repo = local;
+                        None
+                    }
+                    other => Some(other),
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(route) = target {
+        return pull_through::serve(app, endpoint, route, req).await;
+    }
     match endpoint {
         Endpoint::Base => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),
         Endpoint::Catalog => listing::list_repositories(registry, req, &access).await,
@@ -125,6 +152,23 @@ async fn route(app: &App, req: Request) -> ApiResult {
             let absent = registry.absent(&nameless.repo, nameless.resource).await;
             Err(ApiError::nameless(absent, &nameless.cause))
         }
+    }
+}
+
+/// Whether the endpoint changes a repository (or an upload session of one):
+/// refused for remote repositories and in mirror mode.
+fn is_write(endpoint: &Endpoint) -> bool {
+    match endpoint {
+        Endpoint::PutManifest { .. }
+        | Endpoint::DeleteManifest { .. }
+        | Endpoint::DeleteBlob { .. }
+        | Endpoint::StartUpload { .. }
+        | Endpoint::GetUpload { .. }
+        | Endpoint::PatchUpload { .. }
+        | Endpoint::FinishUpload { .. }
+        | Endpoint::CancelUpload { .. } => true,
+        Endpoint::Nameless(nameless) => nameless.intent != berth_oci::Intent::Read,
+        _ => false,
     }
 }
 

@@ -111,6 +111,23 @@ impl Registry {
         Err(RegistryError::BlobUnknown)
     }
 
+    /// Whether the registry holds the blob at all (in any repository).
+    pub async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.blob_record(digest).await?.is_some())
+    }
+
+    /// Whether the blob is linked to `repo`, without touching the link.
+    pub async fn has_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.linked_blob_size(repo.as_str(), digest).await?.is_some())
+    }
+
+    /// Leads the work named `job` among the replicas sharing the metadata
+    /// store (one fetch of a blob from an upstream, say), or `None` while
+    /// another replica leads it.
+    pub async fn lead(&self, job: &str) -> Result<Option<berth_meta::JobLease>> {
+        Ok(self.meta.lead_job(job).await?)
+    }
+
     /// Removes the blob's link from `repo`; the bytes stay until garbage collection.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         if self.meta.unlink_blob(repo.as_str(), digest).await? {

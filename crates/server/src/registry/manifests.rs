@@ -128,6 +128,7 @@ impl Registry {
             provenance: provenance.as_str().into(),
             platforms,
             blob_bytes,
+            fetched_on_demand: provenance == Provenance::Mirrored,
         };
         self.meta
             .put_manifest(repo.as_str(), &record, tag, self.now_ms())
@@ -167,6 +168,14 @@ impl Registry {
             self.pulls.record(repo.as_str(), &manifest.digest, tag, self.now_ms());
         }
         Ok(manifest)
+    }
+
+    /// The manifest at `reference`, if stored, without counting a pull.
+    pub async fn find_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<StoredManifest>> {
+        Ok(match reference {
+            Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
+            Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d).await?,
+        })
     }
 
     /// Deletes a manifest and its tags (by digest) or only a tag (by tag).
@@ -261,6 +270,18 @@ impl Registry {
             .list_tags(repo.as_str(), last, limit.saturating_add(1))
             .await?;
         Ok(page(items, limit))
+    }
+
+    /// Every tag of `repo`, in lexical order.
+    pub async fn all_tags(&self, repo: &RepoName) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.list_tags(repo, all.last().map(String::as_str), 1000).await?;
+            all.extend(page.items);
+            if !page.more {
+                return Ok(all);
+            }
+        }
     }
 
     /// Repository names after `last` (any text), at most `limit` of them.

@@ -86,6 +86,7 @@ mod tests {
             provenance: "pushed".into(),
             platforms: vec![],
             blob_bytes: 0,
+            fetched_on_demand: false,
         };
         meta.put_manifest("a/b", &m, Some("t"), 10).await.unwrap();
         let pulls = PullRecorder::default();

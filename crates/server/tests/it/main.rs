@@ -22,6 +22,7 @@ mod listing;
 mod manifests;
 mod migrate;
 mod mount;
+mod proxy;
 mod referrers;
 mod routes;
 mod stress;

@@ -1,0 +1,274 @@
+//! One fetch of a blob from an upstream, shared by every client that asks
+//! for it meanwhile (single-flight), each served bytes as they arrive.
+//!
+//! The fetch writes what arrives to an unnamed spool file and announces how
+//! far it got; readers read the spool at their own pace, positionally, so
+//! a hundred readers of a 1 GiB blob cost a hundred small buffers, not a
+//! hundred copies. The last byte is held back until the blob store has
+//! checked the digest and stored the blob: a client whose blob turns out
+//! corrupt has its connection cut one byte short, never a complete body.
+//! A reader that goes away does not stop the fetch; the spool disappears
+//! with the last handle on it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use berth_oci::Digest;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::upstream::UpstreamError;
+
+/// How a fetch ended.
+#[derive(Debug, Clone)]
+pub enum FetchEnd {
+    /// The blob is verified and stored; every byte may be read.
+    Stored,
+    /// Another replica fetched it: read it from the blob store.
+    StoredElsewhere,
+    /// Nothing was stored; readers get an error in place of the rest.
+    Failed(Arc<UpstreamError>),
+}
+
+/// How far a fetch has come.
+#[derive(Debug, Clone, Default)]
+pub struct FetchState {
+    /// The blob's size, once the upstream said.
+    pub size: Option<u64>,
+    /// Bytes in the spool.
+    pub written: u64,
+    pub end: Option<FetchEnd>,
+}
+
+/// A fetch in flight (or just finished), as readers see it.
+pub struct Fetch {
+    state: watch::Receiver<FetchState>,
+    spool: Arc<std::fs::File>,
+}
+
+/// The writing side of a fetch, held by the task that runs it.
+pub struct FetchWriter {
+    state: watch::Sender<FetchState>,
+    spool: Arc<std::fs::File>,
+}
+
+impl FetchWriter {
+    pub fn set_size(&self, size: u64) {
+        self.state.send_modify(|s| s.size = Some(size));
+    }
+
+    /// Appends a chunk to the spool and lets readers have it.
+    pub fn append(&self, chunk: &Bytes) -> std::io::Result<()> {
+        let at = self.state.borrow().written;
+        // A write into the page cache: short enough to run on the async
+        // thread, and it keeps the chunks in order without a hand-off.
+        self.spool.write_all_at(chunk, at)?;
+        self.state.send_modify(|s| s.written += chunk.len() as u64);
+        Ok(())
+    }
+
+    pub fn finish(&self, end: FetchEnd) {
+        self.state.send_modify(|s| s.end = Some(end));
+    }
+}
+
+/// The fetches in flight in this process, by digest.
+pub struct Fetches {
+    inflight: Mutex<HashMap<Digest, Arc<Fetch>>>,
+    spool_dir: PathBuf,
+}
+
+impl Fetches {
+    pub fn new(spool_dir: PathBuf) -> Fetches {
+        Fetches {
+            inflight: Mutex::new(HashMap::new()),
+            spool_dir,
+        }
+    }
+
+    /// The fetch of `digest` in flight, or a new one whose writer is
+    /// returned too (the caller starts the task that feeds it).
+    pub fn join_or_start(&self, digest: &Digest) -> std::io::Result<(Arc<Fetch>, Option<FetchWriter>)> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fetch) = inflight.get(digest) {
+            return Ok((fetch.clone(), None));
+        }
+        std::fs::create_dir_all(&self.spool_dir)?;
+        let spool = Arc::new(tempfile::tempfile_in(&self.spool_dir)?);
+        let (tx, rx) = watch::channel(FetchState::default());
+        let fetch = Arc::new(Fetch {
+            state: rx,
+            spool: spool.clone(),
+        });
+        inflight.insert(digest.clone(), fetch.clone());
+        Ok((fetch, Some(FetchWriter { state: tx, spool })))
+    }
+
+    /// Forgets a finished fetch: later requests find the blob in the store.
+    pub fn forget(&self, digest: &Digest) {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+    }
+
+    /// How many fetches are in flight.
+    pub fn len(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// How much a reader reads from the spool at once.
+const READ_CHUNK: u64 = 256 << 10;
+
+impl Fetch {
+    /// Waits until the size is known or the fetch ended.
+    pub async fn started(&self) -> FetchState {
+        let mut rx = self.state.clone();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            if state.size.is_some() || state.end.is_some() {
+                return state;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
+    }
+
+    /// Waits until the fetch ended.
+    pub async fn ended(&self) -> FetchEnd {
+        let mut rx = self.state.clone();
+        loop {
+            if let Some(end) = rx.borrow_and_update().end.clone() {
+                return end;
+            }
+            if rx.changed().await.is_err() {
+                return FetchEnd::Failed(Arc::new(UpstreamError::Unavailable {
+                    upstream: String::new(),
+                    reason: "the fetch stopped".into(),
+                }));
+            }
+        }
+    }
+
+    /// The bytes `start..end` of the blob as they arrive.
+    pub fn read(self: &Arc<Self>, start: u64, end: u64) -> berth_storage::ByteStream {
+        let reader = Reader {
+            fetch: self.clone(),
+            rx: self.state.clone(),
+            pos: start,
+            end,
+        };
+        Box::pin(futures::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            match reader.next().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(reader))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        }))
+    }
+}
+
+struct Reader {
+    fetch: Arc<Fetch>,
+    rx: watch::Receiver<FetchState>,
+    pos: u64,
+    end: u64,
+}
+
+impl Reader {
+    async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            if self.pos >= self.end {
+                return Ok(None);
+            }
+            let state = self.rx.borrow_and_update().clone();
+            let readable = match &state.end {
+                Some(FetchEnd::Failed(e)) => return Err(std::io::Error::other(e.to_string())),
+                Some(FetchEnd::StoredElsewhere) => {
+                    return Err(std::io::Error::other("the blob was stored by another replica"))
+                }
+                Some(FetchEnd::Stored) => state.written,
+                // The last byte waits for the digest check.
+                None => state.written.saturating_sub(1),
+            };
+            let until = readable.min(self.end);
+            if self.pos < until {
+                let len = (until - self.pos).min(READ_CHUNK);
+                let spool = self.fetch.spool.clone();
+                let at = self.pos;
+                let chunk = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; len as usize];
+                    spool.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                self.pos += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            if self.rx.changed().await.is_err() && self.rx.borrow().end.is_none() {
+                return Err(std::io::Error::other("the fetch stopped"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    async fn collect(mut s: berth_storage::ByteStream) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn readers_get_bytes_as_they_arrive_and_the_last_one_after_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetches = Fetches::new(dir.path().join("spool"));
+        let digest = Digest::sha256_of(b"abcdef");
+        let (fetch, writer) = fetches.join_or_start(&digest).unwrap();
+        let writer = writer.unwrap();
+        let (again, none) = fetches.join_or_start(&digest).unwrap();
+        assert!(none.is_none() && Arc::ptr_eq(&fetch, &again), "one fetch per digest");
+        writer.set_size(6);
+        writer.append(&Bytes::from_static(b"abc")).unwrap();
+        let mut early = fetch.read(0, 6);
+        assert_eq!(early.next().await.unwrap().unwrap(), Bytes::from_static(b"ab"));
+        writer.append(&Bytes::from_static(b"def")).unwrap();
+        assert_eq!(early.next().await.unwrap().unwrap(), Bytes::from_static(b"cde"));
+        let last = tokio::spawn(async move { early.next().await });
+        tokio::task::yield_now().await;
+        assert!(!last.is_finished(), "the last byte waits for the check");
+        let ranged = fetch.read(1, 3);
+        writer.finish(FetchEnd::Stored);
+        assert_eq!(last.await.unwrap().unwrap().unwrap(), Bytes::from_static(b"f"));
+        assert_eq!(collect(ranged).await.unwrap(), b"bc");
+        assert_eq!(collect(fetch.read(0, 6)).await.unwrap(), b"abcdef");
+        fetches.forget(&digest);
+        assert_eq!(fetches.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_cuts_readers_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetches = Fetches::new(dir.path().to_path_buf());
+        let digest = Digest::sha256_of(b"xyz");
+        let (fetch, writer) = fetches.join_or_start(&digest).unwrap();
+        let writer = writer.unwrap();
+        writer.set_size(3);
+        writer.append(&Bytes::from_static(b"xyq")).unwrap();
+        writer.finish(FetchEnd::Failed(Arc::new(UpstreamError::Invalid {
+            upstream: "u".into(),
+            reason: "digest mismatch".into(),
+        })));
+        let err = collect(fetch.read(0, 3)).await.unwrap_err();
+        assert!(err.contains("digest mismatch"), "{err}");
+    }
+}

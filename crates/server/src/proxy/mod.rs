@@ -1,0 +1,656 @@
+//! Pull-through caching: remote repositories answer the same questions as
+//! local ones, and a miss (or a stale tag) goes to the upstream.
+//!
+//! A remote repository's content is stored like pushed content, under its
+//! canonical name (see [`routes`]), with provenance `mirrored` and the
+//! upstream's name as who put it there. Reads are then served by the
+//! registry core from the stores; only what is missing or stale is asked of
+//! the upstream. Blobs are teed: streamed to the clients while they are
+//! written to the store, one fetch per blob however many clients wait
+//! ([`fetch`]), one replica fetching when several share the stores.
+
+pub mod config;
+mod fetch;
+pub mod routes;
+pub mod ssrf;
+pub mod upstream;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_oci::headers::ByteRange;
+use berth_oci::{Digest, Reference, RepoName};
+use futures::StreamExt as _;
+
+use self::config::{ProxyConfig, RegistryMode};
+use self::fetch::{FetchEnd, Fetches};
+use self::routes::{Addressing, Remote, Route, Routes, VirtualAddressing};
+use self::ssrf::NetworkPolicy;
+use self::upstream::{Timeouts, UpstreamClient, UpstreamError};
+use crate::clock::Clock;
+use crate::registry::{Provenance, Registry, RegistryError};
+
+/// Why a pull through an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Upstream(Arc<UpstreamError>),
+    /// A push or delete to a repository this registry only caches.
+    #[error("{repo} is a cache of the upstream {upstream}; push to the upstream instead")]
+    ReadOnlyRemote { repo: String, upstream: String },
+    /// A push or delete to a registry running as a pull-only mirror.
+    #[error("this registry is a pull-only mirror: pushes and deletes are refused")]
+    MirrorOnly,
+    /// A push to a virtual repository without a local member for pushes.
+    #[error("{repo} is a virtual repository that takes no pushes")]
+    VirtualReadOnly { repo: String },
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        ProxyError::Upstream(Arc::new(e))
+    }
+}
+
+pub type Result<T, E = ProxyError> = std::result::Result<T, E>;
+
+/// Why a proxy configuration cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamConfigError),
+    #[error("proxy.allowed_networks: {0}")]
+    Networks(String),
+    #[error("proxy: {0}")]
+    Invalid(String),
+}
+
+/// Counts of what the cache did, for the admin API and metrics.
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    /// Reads answered from the cache without asking an upstream.
+    pub hits: AtomicU64,
+    /// Reads that had to ask an upstream.
+    pub misses: AtomicU64,
+    /// Upstream requests that failed.
+    pub upstream_errors: AtomicU64,
+    /// Cached tags served because their upstream could not be asked.
+    pub served_stale: AtomicU64,
+    /// Blob fetches started (one per blob however many clients wait).
+    pub blob_fetches: AtomicU64,
+}
+
+/// A blob read of a remote repository.
+pub enum BlobAnswer {
+    /// The blob is in the cache: the registry serves it from the repository.
+    Cached(RepoName),
+    /// Its size, for a `HEAD` of a blob not cached (nothing is fetched).
+    Size(u64),
+    /// It is being fetched: the bytes of `range` (or all) as they arrive.
+    Streaming {
+        size: u64,
+        range: Option<std::ops::Range<u64>>,
+        body: berth_storage::ByteStream,
+    },
+}
+
+/// The pull-through cache and the routes to it.
+pub struct Proxy {
+    registry: Arc<Registry>,
+    routes: Routes,
+    /// Configured upstreams, in the order of [`Routes`]' indexes.
+    upstreams: Vec<Arc<UpstreamClient>>,
+    /// Clients of hosts that only `allow_any_upstream` lets in, made when first asked.
+    any_hosts: Mutex<HashMap<String, Arc<UpstreamClient>>>,
+    policy: Arc<NetworkPolicy>,
+    timeouts: Timeouts,
+    fetches: Arc<Fetches>,
+    /// When each cached tag was last confirmed with its upstream (ms). A
+    /// cache of this process: a restart only means asking once more.
+    confirmed: Mutex<HashMap<(String, String), i64>>,
+    freshness_ms: i64,
+    offline: bool,
+    serve_deleted: bool,
+    mirror_only: bool,
+    clock: Arc<dyn Clock>,
+    pub counters: Arc<ProxyCounters>,
+}
+
+impl Proxy {
+    /// The cache configured by `config`, over `registry`; spooled blob bytes
+    /// go under `spool_dir`.
+    pub fn new(
+        config: &ProxyConfig,
+        mode: RegistryMode,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        spool_dir: std::path::PathBuf,
+    ) -> Result<Proxy, ProxyConfigError> {
+        let policy = Arc::new(
+            NetworkPolicy::new(&config.allowed_networks).map_err(|e| ProxyConfigError::Networks(e.to_string()))?,
+        );
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(config.connect_timeout_secs.max(1)),
+            read: Duration::from_secs(config.read_timeout_secs.max(1)),
+        };
+        let mut addressing = Vec::new();
+        let mut upstreams = Vec::new();
+        for u in &config.upstreams {
+            if u.name.is_empty() {
+                return Err(ProxyConfigError::Invalid("every [[proxy.upstreams]] needs a name".into()));
+            }
+            if upstreams.iter().any(|c: &Arc<UpstreamClient>| c.name() == u.name) {
+                return Err(ProxyConfigError::Invalid(format!("upstream {:?} is configured twice", u.name)));
+            }
+            let client = UpstreamClient::configured(u, timeouts, policy.clone())?;
+            let host = match &u.host {
+                Some(h) => h.to_ascii_lowercase(),
+                None => host_of(client.base()),
+            };
+            let prefix = u.prefix.clone().unwrap_or_else(|| u.name.clone());
+            if prefix.parse::<RepoName>().is_err() {
+                return Err(ProxyConfigError::Invalid(format!(
+                    "upstream {:?}: prefix {prefix:?} is not a repository name",
+                    u.name
+                )));
+            }
+            addressing.push(Addressing {
+                library_prefix: u.library_prefix.unwrap_or(host == "docker.io"),
+                prefix,
+                host,
+            });
+            upstreams.push(Arc::new(client));
+        }
+        let virtuals = config
+            .virtuals
+            .iter()
+            .map(|v| VirtualAddressing {
+                name: v.name.clone(),
+                members: v.members.clone(),
+                push_to: v.push_to.clone(),
+            })
+            .collect();
+        Ok(Proxy {
+            registry,
+            routes: Routes::new(addressing, virtuals, config.allow_any_upstream),
+            upstreams,
+            any_hosts: Mutex::new(HashMap::new()),
+            policy,
+            timeouts,
+            fetches: Arc::new(Fetches::new(spool_dir)),
+            confirmed: Mutex::new(HashMap::new()),
+            freshness_ms: i64::try_from(config.freshness_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            offline: config.offline,
+            serve_deleted: config.serve_deleted,
+            mirror_only: mode == RegistryMode::Mirror,
+            clock,
+            counters: Arc::new(ProxyCounters::default()),
+        })
+    }
+
+    /// Where a request for `name` (with containerd's `?ns=`, if given) goes.
+    pub fn resolve(&self, name: &RepoName, ns: Option<&str>) -> Route {
+        if self.routes.is_empty() {
+            return Route::Local(name.clone());
+        }
+        self.routes.resolve(name, ns)
+    }
+
+    /// Whether the registry refuses every push and delete.
+    pub fn mirror_only(&self) -> bool {
+        self.mirror_only
+    }
+
+    /// The configured upstreams: name, URL and host, for the admin API.
+    pub fn upstream_names(&self) -> Vec<(String, String)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name().to_string(), u.base().to_string()))
+            .collect()
+    }
+
+    /// Refuses a write (push, delete, upload) to `route` when it is not a
+    /// local repository; returns the repository it goes to.
+    pub fn writable(&self, route: Route) -> Result<RepoName> {
+        if self.mirror_only {
+            return Err(ProxyError::MirrorOnly);
+        }
+        match route {
+            Route::Local(repo) => Ok(repo),
+            Route::Remote(r) => Err(ProxyError::ReadOnlyRemote {
+                repo: r.repo.to_string(),
+                upstream: self.upstreams[r.upstream].name().to_string(),
+            }),
+            Route::AnyHost(r) => Err(ProxyError::ReadOnlyRemote {
+                repo: r.repo.to_string(),
+                upstream: r.host,
+            }),
+            Route::Virtual { push_to, members } => match push_to {
+                Some(repo) => Ok(repo),
+                None => Err(ProxyError::VirtualReadOnly {
+                    repo: members
+                        .first()
+                        .and_then(|m| m.repo())
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                }),
+            },
+        }
+    }
+
+    fn client(&self, remote: &Remote, any_host: bool) -> Result<Arc<UpstreamClient>> {
+        if !any_host {
+            return Ok(self.upstreams[remote.upstream].clone());
+        }
+        let mut clients = self.any_hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&remote.host) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(
+            UpstreamClient::any_host(&remote.host, self.timeouts, self.policy.clone()).map_err(|e| {
+                UpstreamError::Unavailable {
+                    upstream: remote.host.clone(),
+                    reason: e.to_string(),
+                }
+            })?,
+        );
+        clients.insert(remote.host.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Makes sure the cache holds what `reference` names in the remote
+    /// repository, as fresh as the rules want it: a digest once, a tag
+    /// confirmed with the upstream after the freshness time. When the
+    /// upstream cannot be asked, a cached tag is served as it is; when it
+    /// says the tag is gone, the cached one is kept (`serve_deleted`).
+    /// Afterwards the registry answers from the repository `remote.repo`.
+    pub async fn fill_manifest(&self, remote: &Remote, any_host: bool, reference: &Reference) -> Result<()> {
+        let cached = self.registry.find_manifest(&remote.repo, reference).await?;
+        let tag = match reference {
+            Reference::Digest(_) if cached.is_some() => return self.hit(),
+            Reference::Digest(_) => None,
+            Reference::Tag(t) => Some(t.as_str()),
+        };
+        if self.offline {
+            return self.hit();
+        }
+        if let (Some(tag), Some(_)) = (tag, &cached) {
+            if self.fresh(&remote.repo, tag) {
+                return self.hit();
+            }
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let client = self.client(remote, any_host)?;
+        let reference_text = reference.to_string();
+        let outcome = async {
+            if let Some(cached) = &cached {
+                // A HEAD says whether the tag moved, without the body.
+                if let Some(digest) = client.head_manifest(&remote.path, &reference_text).await? {
+                    if digest == cached.digest {
+                        return Ok(());
+                    }
+                    return self.fetch_manifest(&client, remote, &digest.to_string(), tag).await;
+                }
+            }
+            self.fetch_manifest(&client, remote, &reference_text, tag).await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                if let Some(tag) = tag {
+                    self.confirm(&remote.repo, tag);
+                }
+                Ok(())
+            }
+            Err(ProxyError::Upstream(e)) => {
+                self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                match (e.as_ref(), &cached) {
+                    (UpstreamError::NotFound { .. }, Some(_)) if self.serve_deleted => {
+                        tracing::warn!(repo = %remote.repo, reference = %reference_text, upstream = client.name(),
+                            "the upstream no longer has this tag; serving the cached image (proxy.serve_deleted)");
+                        if let Some(tag) = tag {
+                            self.confirm(&remote.repo, tag);
+                        }
+                        Ok(())
+                    }
+                    (UpstreamError::NotFound { .. }, _) => Ok(()),
+                    (_, Some(_)) if e.is_unavailable() => {
+                        self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(repo = %remote.repo, reference = %reference_text, error = %e,
+                            "serving the cached tag without confirming it with its upstream");
+                        Ok(())
+                    }
+                    _ => Err(ProxyError::Upstream(e)),
+                }
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn hit(&self) -> Result<()> {
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fetches the manifest `reference` names, checks its digest, and stores
+    /// it byte for byte (moving `tag` to it).
+    async fn fetch_manifest(
+        &self,
+        client: &UpstreamClient,
+        remote: &Remote,
+        reference: &str,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        let limit = self.registry.manifest_limit();
+        let (body, content_type) = client.get_manifest(&remote.path, reference, limit).await?;
+        let digest = match reference.parse::<Digest>() {
+            Ok(wanted) => {
+                let actual = Digest::of(wanted.algorithm(), &body);
+                if actual != wanted {
+                    return Err(UpstreamError::Invalid {
+                        upstream: client.name().to_string(),
+                        reason: format!("a manifest whose digest is {actual}, not the {wanted} asked for"),
+                    }
+                    .into());
+                }
+                actual
+            }
+            Err(_) => Digest::sha256_of(&body),
+        };
+        let store_as = match tag {
+            Some(t) => t.parse().map(Reference::Tag).ok(),
+            None => None,
+        }
+        .unwrap_or(Reference::Digest(digest));
+        self.registry
+            .store_manifest(
+                &remote.repo,
+                &store_as,
+                content_type.as_deref(),
+                body,
+                Some(client.name()),
+                Provenance::Mirrored,
+            )
+            .await
+            .map_err(|e| match e {
+                // What the upstream sent is not a manifest this registry takes.
+                RegistryError::ManifestInvalid(reason) | RegistryError::DigestInvalid(reason) => {
+                    UpstreamError::Invalid {
+                        upstream: client.name().to_string(),
+                        reason: format!("a manifest this registry refuses: {reason}"),
+                    }
+                    .into()
+                }
+                other => ProxyError::Registry(other),
+            })?;
+        Ok(())
+    }
+
+    fn fresh(&self, repo: &RepoName, tag: &str) -> bool {
+        let confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed
+            .get(&(repo.to_string(), tag.to_string()))
+            .is_some_and(|at| self.clock.now_ms().saturating_sub(*at) < self.freshness_ms)
+    }
+
+    fn confirm(&self, repo: &RepoName, tag: &str) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed.insert((repo.to_string(), tag.to_string()), self.clock.now_ms());
+    }
+
+    /// A blob of a remote repository: from the cache, or fetched (once,
+    /// however many ask) and streamed while it is stored.
+    pub async fn blob(
+        &self,
+        remote: &Remote,
+        any_host: bool,
+        digest: &Digest,
+        head: bool,
+        wanted: Option<ByteRange>,
+    ) -> Result<BlobAnswer> {
+        if self.registry.has_blob(&remote.repo, digest).await? || self.mount_cached(remote, digest).await? {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(BlobAnswer::Cached(remote.repo.clone()));
+        }
+        if self.offline {
+            return Err(RegistryError::BlobUnknown.into());
+        }
+        let client = self.client(remote, any_host)?;
+        if head {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            return match client.head_blob(&remote.path, digest).await {
+                Ok(size) => Ok(BlobAnswer::Size(size)),
+                Err(UpstreamError::NotFound { .. }) => Err(RegistryError::BlobUnknown.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let (fetch, writer) = self
+            .fetches
+            .join_or_start(digest)
+            .map_err(|e| RegistryError::Storage(e.into()))?;
+        if let Some(writer) = writer {
+            self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
+            let job = BlobFetch {
+                registry: self.registry.clone(),
+                client,
+                repo: remote.repo.clone(),
+                path: remote.path.clone(),
+                digest: digest.clone(),
+                fetches: self.fetches.clone(),
+                counters: self.counters.clone(),
+            };
+            // Its own task: a client that goes away does not stop it.
+            tokio::spawn(job.run(writer));
+        }
+        let state = fetch.started().await;
+        match (state.size, state.end) {
+            (_, Some(FetchEnd::Failed(e))) => match e.as_ref() {
+                UpstreamError::NotFound { .. } => Err(RegistryError::BlobUnknown.into()),
+                _ => Err(ProxyError::Upstream(e)),
+            },
+            (_, Some(FetchEnd::StoredElsewhere)) => {
+                self.mount_cached(remote, digest).await?;
+                Ok(BlobAnswer::Cached(remote.repo.clone()))
+            }
+            (_, Some(FetchEnd::Stored)) if self.registry.has_blob(&remote.repo, digest).await? => {
+                Ok(BlobAnswer::Cached(remote.repo.clone()))
+            }
+            (Some(size), _) => {
+                let range = match wanted {
+                    None => None,
+                    Some(r) => Some(
+                        r.resolve(size)
+                            .ok_or(RegistryError::RangeNotSatisfiable { size })?,
+                    ),
+                };
+                let (start, end) = range.as_ref().map_or((0, size), |r| (r.start, r.end));
+                Ok(BlobAnswer::Streaming {
+                    size,
+                    range,
+                    body: fetch.read(start, end),
+                })
+            }
+            (None, _) => Err(RegistryError::BlobUnknown.into()),
+        }
+    }
+
+    /// Links a blob the registry already holds into `remote.repo` when
+    /// another repository of the same upstream has it (fetched through
+    /// another name): the upstream need not be asked again. Blobs of other
+    /// repositories are never lent this way, so a cached name cannot be
+    /// used to read a private blob by its digest.
+    async fn mount_cached(&self, remote: &Remote, digest: &Digest) -> Result<bool> {
+        if !self.registry.holds_blob(digest).await? {
+            return Ok(false);
+        }
+        let prefix = remote
+            .repo
+            .as_str()
+            .strip_suffix(remote.path.as_str())
+            .unwrap_or_default();
+        for source in self.registry.repositories_with_blob(digest).await? {
+            if !prefix.is_empty() && source.as_str().starts_with(prefix) {
+                return Ok(self.registry.mount_blob(&remote.repo, digest, Some(&source)).await?);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Tags of a remote repository: the upstream's, with the cached ones
+    /// (an upstream that cannot be asked leaves the cached ones alone).
+    pub async fn tags(&self, remote: &Remote, any_host: bool) -> Result<Vec<String>> {
+        const MAX_TAGS: usize = 10_000;
+        let mut tags: BTreeSet<String> = self.cached_tags(&remote.repo).await?.into_iter().collect();
+        if !self.offline {
+            match self.client(remote, any_host)?.list_tags(&remote.path, MAX_TAGS).await {
+                Ok(upstream) => tags.extend(upstream),
+                Err(UpstreamError::NotFound { .. }) if !tags.is_empty() => {}
+                Err(UpstreamError::NotFound { .. }) => return Err(RegistryError::NameUnknown.into()),
+                Err(e) if e.is_unavailable() && !tags.is_empty() => {
+                    self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(repo = %remote.repo, error = %e, "listing only the cached tags");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else if tags.is_empty() {
+            return Err(RegistryError::NameUnknown.into());
+        }
+        Ok(tags.into_iter().collect())
+    }
+
+    async fn cached_tags(&self, repo: &RepoName) -> Result<Vec<String>> {
+        match self.registry.all_tags(repo).await {
+            Err(RegistryError::NameUnknown) => Ok(Vec::new()),
+            other => Ok(other?),
+        }
+    }
+}
+
+/// The host (and port, if not the scheme's default) of an upstream URL.
+fn host_of(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// One blob fetched from an upstream into the store, spooled for readers.
+struct BlobFetch {
+    registry: Arc<Registry>,
+    client: Arc<UpstreamClient>,
+    repo: RepoName,
+    path: String,
+    digest: Digest,
+    fetches: Arc<Fetches>,
+    counters: Arc<ProxyCounters>,
+}
+
+impl BlobFetch {
+    async fn run(self, writer: fetch::FetchWriter) {
+        let end = match self.fetch(&writer).await {
+            Ok(end) => end,
+            Err(e) => {
+                self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fetch failed");
+                FetchEnd::Failed(Arc::new(e))
+            }
+        };
+        // Later requests find the blob in the store (or fetch again after a failure).
+        self.fetches.forget(&self.digest);
+        writer.finish(end);
+    }
+
+    async fn fetch(&self, writer: &fetch::FetchWriter) -> std::result::Result<FetchEnd, UpstreamError> {
+        let store_error = |e: RegistryError| UpstreamError::Unavailable {
+            upstream: self.client.name().to_string(),
+            reason: format!("storing the blob failed: {e}"),
+        };
+        // Replicas sharing the stores fetch a blob once: the one leading
+        // this job fetches, the others wait for the blob to be recorded.
+        let job = format!("proxy-fetch {}", self.digest);
+        let lease = loop {
+            if self.registry.holds_blob(&self.digest).await.map_err(store_error)? {
+                return Ok(FetchEnd::StoredElsewhere);
+            }
+            match self.registry.lead(&job).await.map_err(store_error)? {
+                Some(lease) => break lease,
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        if self.registry.holds_blob(&self.digest).await.map_err(store_error)? {
+            return Ok(FetchEnd::StoredElsewhere);
+        }
+        let answer = self.client.get_blob(&self.path, &self.digest).await?;
+        let size = answer.content_length().ok_or_else(|| UpstreamError::Invalid {
+            upstream: self.client.name().to_string(),
+            reason: "a blob without a Content-Length".into(),
+        })?;
+        writer.set_size(size);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
+        let body: berth_storage::ByteStream = Box::pin(tokio_stream_from(rx));
+        let store = self.registry.push_blob(&self.repo, &self.digest, body, Some(size));
+        let client_name = self.client.name().to_string();
+        let pump = async move {
+            let mut upstream = Box::pin(answer.into_stream());
+            let mut received: u64 = 0;
+            while let Some(chunk) = upstream.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return Err(UpstreamError::Unavailable {
+                            upstream: client_name,
+                            reason: format!("the blob's body broke off: {e}"),
+                        });
+                    }
+                };
+                received += chunk.len() as u64;
+                if received > size {
+                    let _ = tx.send(Err(std::io::Error::other("longer than announced"))).await;
+                    return Err(UpstreamError::Invalid {
+                        upstream: client_name,
+                        reason: format!("a blob longer than its Content-Length of {size} bytes"),
+                    });
+                }
+                if let Err(e) = writer.append(&chunk) {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return Err(UpstreamError::Unavailable {
+                        upstream: client_name,
+                        reason: format!("spooling the blob failed: {e}"),
+                    });
+                }
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The store stopped reading: its error says why.
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        let (stored, pumped) = tokio::join!(store, pump);
+        drop(lease);
+        pumped?;
+        match stored {
+            Ok(_) => Ok(FetchEnd::Stored),
+            Err(RegistryError::DigestInvalid(reason) | RegistryError::UploadInvalid(reason)) => {
+                Err(UpstreamError::Invalid {
+                    upstream: self.client.name().to_string(),
+                    reason: format!("a blob that does not match {}: {reason}", self.digest),
+                })
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+/// A stream of what a channel receives, until its senders are gone.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}

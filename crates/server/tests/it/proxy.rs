@@ -1,0 +1,233 @@
+//! Pull-through caching against real upstream registries: a second `berth`
+//! here (the reference registry and TLS/auth upstreams are in `proxy_upstreams`).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// A downstream configuration caching `upstream` under the prefix `up`,
+/// also reachable as the host `upstream.test`.
+fn caching(upstream: &TestApp, extra: &str) -> String {
+    format!(
+        "[proxy]\n{extra}\n[[proxy.upstreams]]\nname = \"up\"\nurl = \"{}\"\nhost = \"upstream.test\"\n",
+        upstream.base
+    )
+}
+
+async fn manifest_of(app: &TestApp, path: &str) -> (StatusCode, String, Vec<u8>) {
+    let resp = app
+        .client
+        .get(app.url(path))
+        .header("accept", OCI_MANIFEST)
+        .header("accept", OCI_INDEX)
+        .send()
+        .await
+        .expect("GET manifest");
+    let status = resp.status();
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, digest, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+}
+
+async fn blob_of(app: &TestApp, path: &str) -> (StatusCode, Result<Vec<u8>, String>) {
+    let resp = app.get(path).await;
+    let status = resp.status();
+    (status, resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string()))
+}
+
+async fn counters(app: &TestApp) -> Value {
+    let resp = app.get("/api/v1/proxy/upstreams").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json::<Value>().await.expect("JSON")["counters"].clone()
+}
+
+#[tokio::test]
+async fn every_addressing_form_pulls_through_into_one_cache_that_outlives_the_upstream() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 2).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+
+    for path in [
+        "/v2/up/team/app/manifests/v1",
+        "/v2/upstream.test/team/app/manifests/v1",
+        "/v2/team/app/manifests/v1?ns=upstream.test",
+    ] {
+        let (status, digest, body) = manifest_of(&cache, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(digest, image.digest, "{path}");
+        assert_eq!(body, image.manifest, "{path}: byte for byte");
+    }
+    for layer in image.layers.iter().chain([&image.config]) {
+        for repo in ["up/team/app", "upstream.test/team/app"] {
+            let (status, bytes) = blob_of(&cache, &format!("/v2/{repo}/blobs/{}", sha256(layer))).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(bytes.unwrap(), *layer);
+        }
+    }
+    let c = counters(&cache).await;
+    assert_eq!(c["blob_fetches"], 3, "each blob fetched once: {c}");
+    // One cache: the repository is listed once, under its prefix.
+    let catalog: Value = cache.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!(["up/team/app"]));
+    let images: Value = cache.get("/v1/images?repo=up/team/app").await.json().await.unwrap();
+    assert!(images.to_string().contains("mirrored"), "{images}");
+
+    drop(upstream);
+    let (status, digest, _) = manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
+    assert_eq!((status, digest.as_str()), (StatusCode::OK, image.digest.as_str()));
+    let (status, digest, _) = manifest_of(&cache, &format!("/v2/up/team/app/manifests/{}", image.digest)).await;
+    assert_eq!((status, digest.as_str()), (StatusCode::OK, image.digest.as_str()));
+    let (status, bytes) = blob_of(&cache, &format!("/v2/up/team/app/blobs/{}", sha256(&image.config))).await;
+    assert_eq!((status, bytes.unwrap()), (StatusCode::OK, image.config.clone()));
+    // What was never cached is a clear error naming the upstream.
+    let resp = cache.get("/v2/up/team/other/manifests/v1").await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("upstream up"), "{body}");
+}
+
+#[tokio::test]
+async fn a_cached_tag_is_served_when_the_upstream_is_down_and_a_moved_tag_is_seen_after_the_freshness_time() {
+    let upstream = TestApp::start();
+    let first = upstream.push_image("team/app", "v1", 1).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, "freshness_secs = 1"), &[]);
+    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1, first.digest);
+
+    let second = upstream.push_image("team/app", "v1", 1).await;
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1,
+        first.digest,
+        "fresh for a second"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1, second.digest);
+
+    drop(upstream);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, digest, _) = manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
+    assert_eq!((status, digest.as_str()), (StatusCode::OK, second.digest.as_str()));
+    let c = counters(&cache).await;
+    assert!(c["served_stale"].as_u64().unwrap() >= 1, "{c}");
+    let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+}
+
+#[tokio::test]
+async fn a_tag_deleted_upstream_is_still_served_and_tags_merge_with_the_upstreams() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    upstream.push_image("team/app", "v2", 1).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, "freshness_secs = 0"), &[]);
+    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1, image.digest);
+    let tags: Value = cache.get("/v2/up/team/app/tags/list?n=1").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(tags["name"], "up/team/app");
+
+    assert_eq!(upstream.delete("/v2/team/app/manifests/v1").await.status(), StatusCode::ACCEPTED);
+    let (status, digest, _) = manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
+    assert_eq!((status, digest.as_str()), (StatusCode::OK, image.digest.as_str()));
+    assert!(cache.log().contains("no longer has this tag"), "logged");
+    // Never cached and not upstream: unknown.
+    assert_error(cache.get("/v2/up/team/app/manifests/v9").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_error(cache.get("/v2/up/team/none/manifests/v1").await, 404, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn pushes_to_a_remote_repository_and_every_write_in_mirror_mode_are_denied() {
+    let upstream = TestApp::start();
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    let resp = cache
+        .client
+        .post(cache.url("/v2/up/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 403, "DENIED").await;
+    assert!(body.to_string().contains("upstream up"), "{body}");
+    let resp = cache.put_manifest("upstream.test/x", "v1", OCI_MANIFEST, b"{}").await;
+    assert_error(resp, 403, "DENIED").await;
+    // Local repositories still take pushes.
+    cache.push_image("team/app", "v1", 1).await;
+
+    let mirror = TestApp::start_with_config(&format!("[registry]\nmode = \"mirror\"\n{}", caching(&upstream, "")), &[]);
+    let resp = mirror.client.post(mirror.url("/v2/team/app/blobs/uploads/")).send().await.unwrap();
+    let body = assert_error(resp, 403, "DENIED").await;
+    assert!(body.to_string().contains("pull-only mirror"), "{body}");
+    assert_error(mirror.delete("/v2/team/app/manifests/v1").await, 403, "DENIED").await;
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    assert_eq!(manifest_of(&mirror, "/v2/up/team/app/manifests/v1").await.1, image.digest);
+}
+
+#[tokio::test]
+async fn a_blob_the_upstream_corrupts_is_cut_short_and_never_stored() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    let layer = &image.layers[0];
+    let digest = sha256(layer);
+    let mut bad = layer.clone();
+    bad[0] ^= 0xff;
+    upstream.put_stored_blob(&digest, &bad).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    for _ in 0..2 {
+        let (_, bytes) = blob_of(&cache, &format!("/v2/up/team/app/blobs/{digest}")).await;
+        assert!(bytes.is_err(), "the body is cut, never complete: {bytes:?}");
+    }
+    assert_eq!(cache.stored_blob(&digest).await, None);
+    assert_eq!(cache.head(&format!("/v2/up/team/app/blobs/{digest}")).await.status(), StatusCode::OK,
+        "a HEAD asks the upstream, which still has it");
+    let log = cache.log();
+    assert!(log.contains("does not match"), "{log}");
+}
+
+#[tokio::test]
+async fn many_clients_asking_for_one_uncached_blob_cause_one_fetch() {
+    let upstream = TestApp::start();
+    let layer = random_bytes(8 << 20);
+    let image = Image::of_layers(vec![layer.clone()]);
+    image.push(&upstream.client, &upstream.base, "team/big", "v1").await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    let url = cache.url(&format!("/v2/up/team/big/blobs/{}", sha256(&layer)));
+    let pulls = (0..50).map(|_| {
+        let client = cache.client.clone();
+        let url = url.clone();
+        tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() })
+    });
+    for pull in futures::future::join_all(pulls).await {
+        assert_eq!(pull.unwrap().len(), layer.len());
+    }
+    assert_eq!(counters(&cache).await["blob_fetches"], 1);
+    assert_eq!(cache.stored_blob(&sha256(&layer)).await.map(|b| b.len()), Some(layer.len()));
+}
+
+#[tokio::test]
+async fn a_virtual_repository_resolves_in_order_merges_tags_and_pushes_to_its_local_member() {
+    let upstream = TestApp::start();
+    let remote_v1 = upstream.push_image("team/app", "v1", 1).await;
+    let remote_v2 = upstream.push_image("team/app", "v2", 1).await;
+    let config = format!(
+        "{}\n[[proxy.virtual]]\nname = \"all\"\nmembers = [\"local\", \"up\"]\npush_to = \"local\"\n",
+        caching(&upstream, "")
+    );
+    let cache = TestApp::start_with_config(&config, &[]);
+    let local_v1 = cache.push_image("local/team/app", "v1", 1).await;
+    assert_eq!(manifest_of(&cache, "/v2/all/team/app/manifests/v1").await.1, local_v1.digest);
+    assert_eq!(manifest_of(&cache, "/v2/all/team/app/manifests/v2").await.1, remote_v2.digest);
+    assert_ne!(local_v1.digest, remote_v1.digest);
+    let (status, bytes) = blob_of(&cache, &format!("/v2/all/team/app/blobs/{}", sha256(&remote_v2.layers[0]))).await;
+    assert_eq!((status, bytes.unwrap()), (StatusCode::OK, remote_v2.layers[0].clone()));
+    let tags: Value = cache.get("/v2/all/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
+    let pushed = Image::random(1);
+    pushed.push(&cache.client, &cache.base, "all/team/app", "v3").await;
+    assert_eq!(manifest_of(&cache, "/v2/local/team/app/manifests/v3").await.1, pushed.digest);
+    assert_error(cache.get("/v2/all/team/app/manifests/v9").await, 404, "MANIFEST_UNKNOWN").await;
+}
