@@ -80,7 +80,8 @@ pub struct ProxyCounters {
     pub upstream_errors: AtomicU64,
     /// Cached tags served because their upstream could not be asked.
     pub served_stale: AtomicU64,
-    /// Blob fetches started (one per blob however many clients wait).
+    /// Blobs fetched from an upstream (one per blob however many clients
+    /// wait, and however many replicas share the stores).
     pub blob_fetches: AtomicU64,
 }
 
@@ -434,7 +435,6 @@ impl Proxy {
             .join_or_start(digest)
             .map_err(|e| RegistryError::Storage(e.into()))?;
         if let Some(writer) = writer {
-            self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
             let job = BlobFetch {
                 registry: self.registry.clone(),
                 client,
@@ -586,6 +586,7 @@ impl BlobFetch {
         if self.registry.holds_blob(&self.digest).await.map_err(store_error)? {
             return Ok(FetchEnd::StoredElsewhere);
         }
+        self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
         let answer = self.client.get_blob(&self.path, &self.digest).await?;
         let size = answer.content_length().ok_or_else(|| UpstreamError::Invalid {
             upstream: self.client.name().to_string(),

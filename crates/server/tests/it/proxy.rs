@@ -231,3 +231,38 @@ async fn a_virtual_repository_resolves_in_order_merges_tags_and_pushes_to_its_lo
     assert_eq!(manifest_of(&cache, "/v2/local/team/app/manifests/v3").await.1, pushed.digest);
     assert_error(cache.get("/v2/all/team/app/manifests/v9").await, 404, "MANIFEST_UNKNOWN").await;
 }
+
+#[tokio::test]
+async fn replicas_sharing_the_stores_fetch_a_blob_once() {
+    if !scaleout() {
+        eprintln!("replicas need PostgreSQL and S3: run with BERTH_IT_BACKEND=scaleout");
+        return;
+    }
+    let upstream = TestApp::start();
+    let layer = random_bytes(4 << 20);
+    let image = Image::of_layers(vec![layer.clone()]);
+    image.push(&upstream.client, &upstream.base, "team/big", "v1").await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    let replica = cache.replica();
+    let path = format!("/v2/up/team/big/blobs/{}", sha256(&layer));
+    let pulls = (0..20).map(|i| {
+        let client = cache.client.clone();
+        let url = if i % 2 == 0 { cache.url(&path) } else { format!("{}{path}", replica.base()) };
+        tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() })
+    });
+    for pull in futures::future::join_all(pulls).await {
+        assert_eq!(pull.unwrap().len(), layer.len());
+    }
+    let replica_counters: Value = cache
+        .client
+        .get(format!("{}/api/v1/proxy/upstreams", replica.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fetched = counters(&cache).await["blob_fetches"].as_u64().unwrap()
+        + replica_counters["counters"]["blob_fetches"].as_u64().unwrap();
+    assert_eq!(fetched, 1, "one fetch between the two replicas");
+}
