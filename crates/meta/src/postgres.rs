@@ -514,7 +514,12 @@ impl PgMeta {
             .into_iter()
             .collect();
         let checked = !m.fetched_on_demand;
-        if let Some(missing) = m.blobs.iter().zip(&blobs).find(|(_, s)| checked && !linked.contains(*s)) {
+        if let Some(missing) = m
+            .blobs
+            .iter()
+            .zip(&blobs)
+            .find(|(_, s)| checked && !linked.contains(*s))
+        {
             return Err(MetaError::MissingReference(missing.0.clone()));
         }
         let present: HashSet<String> = sqlx::query_scalar(MANIFESTS_AMONG)
@@ -524,7 +529,12 @@ impl PgMeta {
             .await?
             .into_iter()
             .collect();
-        if let Some(missing) = m.children.iter().zip(&children).find(|(_, s)| checked && !present.contains(*s)) {
+        if let Some(missing) = m
+            .children
+            .iter()
+            .zip(&children)
+            .find(|(_, s)| checked && !present.contains(*s))
+        {
             return Err(MetaError::MissingReference(missing.0.clone()));
         }
         // What the inventory shows as the image's size: the manifest, its blobs

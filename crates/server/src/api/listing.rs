@@ -132,6 +132,19 @@ pub async fn list_repositories(registry: &Registry, req: Request, access: &Acces
 }
 
 pub async fn list_referrers(registry: &Registry, repo: RepoName, subject: Digest, req: Request) -> ApiResult {
+    list_referrers_with(registry, repo, subject, req, Vec::new()).await
+}
+
+/// The referrers list of `subject` with `extra` referrers that the store
+/// does not list by subject (a pull-through cache's tag-schema
+/// signatures): they go on the first page.
+pub async fn list_referrers_with(
+    registry: &Registry,
+    repo: RepoName,
+    subject: Digest,
+    req: Request,
+    extra: Vec<berth_meta::Referrer>,
+) -> ApiResult {
     let query = query_of(&req);
     let filter = query.get("artifactType").filter(|t| !t.is_empty());
     // The spec leaves the page size to the registry; `n` and `last` work as
@@ -149,9 +162,16 @@ pub async fn list_referrers(registry: &Registry, repo: RepoName, subject: Digest
     let page = registry
         .referrers(&repo, &subject, filter.map(String::as_str), after.as_ref(), n)
         .await?;
+    let listed: std::collections::HashSet<Digest> = page.referrers.iter().map(|r| r.digest.clone()).collect();
+    let extra = extra.into_iter().filter(|r| {
+        after.is_none()
+            && filter.is_none_or(|t| r.artifact_type.as_deref() == Some(t.as_str()))
+            && !listed.contains(&r.digest)
+    });
     let manifests: Vec<serde_json::Value> = page
         .referrers
         .into_iter()
+        .chain(extra)
         .map(|r| {
             let mut d = json!({
                 "mediaType": r.media_type,

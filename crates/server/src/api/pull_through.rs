@@ -33,9 +33,7 @@ fn members(route: &Route) -> Vec<Member<'_>> {
 fn is_absent(e: &ProxyError) -> bool {
     matches!(
         e,
-        ProxyError::Registry(
-            RegistryError::ManifestUnknown | RegistryError::NameUnknown | RegistryError::BlobUnknown
-        )
+        ProxyError::Registry(RegistryError::ManifestUnknown | RegistryError::NameUnknown | RegistryError::BlobUnknown)
     )
 }
 
@@ -118,8 +116,15 @@ pub async fn serve(app: &App, endpoint: Endpoint, route: Route, req: Request) ->
             listing::list_gathered_tags(&repo, tags.into_iter().collect(), &req)
         }
         Endpoint::ListReferrers { digest, .. } => {
-            let repo = first_repo(&members).ok_or(RegistryError::NameUnknown)?;
-            listing::list_referrers(registry, repo, digest, req).await
+            // A virtual repository answers from its first member.
+            match members.first() {
+                Some(Member::Remote { remote, any_host }) => {
+                    let extra = app.proxy.fill_referrers(remote, *any_host, &digest).await?;
+                    listing::list_referrers_with(registry, remote.repo.clone(), digest, req, extra).await
+                }
+                Some(Member::Local(repo)) => listing::list_referrers(registry, (*repo).clone(), digest, req).await,
+                None => Err(RegistryError::NameUnknown.into()),
+            }
         }
         Endpoint::Nameless(nameless) => {
             let absent = match first_repo(&members) {

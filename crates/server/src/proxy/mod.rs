@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_meta::Referrer;
 use berth_oci::headers::ByteRange;
 use berth_oci::{Digest, Reference, RepoName};
 use futures::StreamExt as _;
@@ -142,10 +143,15 @@ impl Proxy {
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
             if u.name.is_empty() {
-                return Err(ProxyConfigError::Invalid("every [[proxy.upstreams]] needs a name".into()));
+                return Err(ProxyConfigError::Invalid(
+                    "every [[proxy.upstreams]] needs a name".into(),
+                ));
             }
             if upstreams.iter().any(|c: &Arc<UpstreamClient>| c.name() == u.name) {
-                return Err(ProxyConfigError::Invalid(format!("upstream {:?} is configured twice", u.name)));
+                return Err(ProxyConfigError::Invalid(format!(
+                    "upstream {:?} is configured twice",
+                    u.name
+                )));
             }
             let client = UpstreamClient::configured(u, timeouts, policy.clone())?;
             let host = match &u.host {
@@ -463,10 +469,7 @@ impl Proxy {
             (Some(size), _) => {
                 let range = match wanted {
                     None => None,
-                    Some(r) => Some(
-                        r.resolve(size)
-                            .ok_or(RegistryError::RangeNotSatisfiable { size })?,
-                    ),
+                    Some(r) => Some(r.resolve(size).ok_or(RegistryError::RangeNotSatisfiable { size })?),
                 };
                 let (start, end) = range.as_ref().map_or((0, size), |r| (r.start, r.end));
                 Ok(BlobAnswer::Streaming {
@@ -523,12 +526,100 @@ impl Proxy {
         Ok(tags.into_iter().collect())
     }
 
+    /// Brings the upstream's referrers of `subject` into the cache: those its
+    /// referrers API lists are fetched by digest (the registry's own
+    /// referrers API then lists them with what was cached before), and so are
+    /// the tag schema's `sha256-<hex>.sig|.att|.sbom` tags (all an upstream
+    /// without a referrers API has, and where cosign keeps signatures).
+    /// Returns the manifests cached under such tags
+    /// that name no subject themselves, for the answer to list too.
+    pub async fn fill_referrers(&self, remote: &Remote, any_host: bool, subject: &Digest) -> Result<Vec<Referrer>> {
+        if !self.offline {
+            let client = self.client(remote, any_host)?;
+            match client.referrers(&remote.path, subject).await {
+                Ok(Some(index)) => {
+                    #[derive(serde::Deserialize)]
+                    struct Index {
+                        #[serde(default)]
+                        manifests: Vec<Listed>,
+                    }
+                    #[derive(serde::Deserialize)]
+                    struct Listed {
+                        digest: String,
+                    }
+                    let index: Index = serde_json::from_slice(&index).map_err(|e| UpstreamError::Invalid {
+                        upstream: client.name().to_string(),
+                        reason: format!("a referrers index that is not an image index: {e}"),
+                    })?;
+                    for listed in index.manifests {
+                        let Ok(digest) = listed.digest.parse::<Digest>() else {
+                            continue;
+                        };
+                        if let Err(e) = self.fill_manifest(remote, any_host, &Reference::Digest(digest)).await {
+                            tracing::warn!(repo = %remote.repo, error = %e, "a referrer listed upstream was not cached");
+                        }
+                    }
+                }
+                // No referrers API: the tag schema below is all there is.
+                Ok(None) => {}
+                Err(e) if e.is_unavailable() => {
+                    self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(repo = %remote.repo, error = %e, "listing only the cached referrers");
+                }
+                Err(UpstreamError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            // cosign keeps signatures under tags even where a referrers API
+            // exists, so the tag schema is looked at either way.
+            for tag in tag_schema(subject) {
+                let Ok(tag) = tag.parse() else { continue };
+                match self.fill_manifest(remote, any_host, &Reference::Tag(tag)).await {
+                    Ok(()) | Err(ProxyError::Registry(RegistryError::ManifestUnknown | RegistryError::NameUnknown)) => {
+                    }
+                    Err(e) => tracing::warn!(repo = %remote.repo, error = %e, "a tag-schema referrer was not cached"),
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for tag in tag_schema(subject) {
+            let Ok(tag) = tag.parse() else { continue };
+            let Some(stored) = self.registry.find_manifest(&remote.repo, &Reference::Tag(tag)).await? else {
+                continue;
+            };
+            let Ok(parsed) = berth_oci::Manifest::parse(&stored.body, Some(&stored.media_type)) else {
+                continue;
+            };
+            if parsed.subject.is_some() {
+                // The referrers API lists it by its subject already.
+                continue;
+            }
+            found.push(Referrer {
+                artifact_type: parsed
+                    .referrer_artifact_type()
+                    .or_else(|| parsed.config.as_ref().map(|c| c.media_type.clone())),
+                annotations_json: parsed.annotations.as_ref().and_then(|a| serde_json::to_string(a).ok()),
+                size: stored.body.len() as u64,
+                digest: stored.digest,
+                media_type: stored.media_type,
+            });
+        }
+        Ok(found)
+    }
+
     async fn cached_tags(&self, repo: &RepoName) -> Result<Vec<String>> {
         match self.registry.all_tags(repo).await {
             Err(RegistryError::NameUnknown) => Ok(Vec::new()),
             other => Ok(other?),
         }
     }
+}
+
+/// The tags under which cosign and other tools of the referrers tag schema
+/// keep a signature, attestation or SBOM of `subject`.
+fn tag_schema(subject: &Digest) -> [String; 3] {
+    let base = format!("{}-{}", subject.algorithm().as_str(), subject.hex());
+    [format!("{base}.sig"), format!("{base}.att"), format!("{base}.sbom")]
 }
 
 /// The host (and port, if not the scheme's default) of an upstream URL.

@@ -39,7 +39,10 @@ pub enum Route {
     AnyHost(Remote),
     /// A virtual repository: its members' names for this request, in order,
     /// and where pushes go.
-    Virtual { members: Vec<Route>, push_to: Option<RepoName> },
+    Virtual {
+        members: Vec<Route>,
+        push_to: Option<RepoName>,
+    },
 }
 
 /// A remote repository: its canonical name here and its name upstream.
@@ -169,10 +172,7 @@ impl Routes {
             Some(self.direct(&name))
         };
         let members = v.members.iter().filter_map(|m| member_route(m)).collect();
-        let push_to = v
-            .push_to
-            .as_ref()
-            .and_then(|p| format!("{p}/{rest}").parse().ok());
+        let push_to = v.push_to.as_ref().and_then(|p| format!("{p}/{rest}").parse().ok());
         Some(Route::Virtual { members, push_to })
     }
 }
@@ -180,7 +180,9 @@ impl Routes {
 /// What follows `prefix` in `name`, when `name` is `prefix` plus at least
 /// one more path component.
 fn strip_components<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-    name.strip_prefix(prefix)?.strip_prefix('/').filter(|rest| !rest.is_empty())
+    name.strip_prefix(prefix)?
+        .strip_prefix('/')
+        .filter(|rest| !rest.is_empty())
 }
 
 /// Docker Hub's official images live under `library/`: `alpine` is `library/alpine`.
@@ -264,7 +266,11 @@ mod tests {
         let r = routes(false);
         assert_eq!(
             remote(r.resolve(&name("acme/dockerhub-mirror/library/alpine"), None)),
-            ("acme/dockerhub-mirror/library/alpine".into(), 1, "library/alpine".into())
+            (
+                "acme/dockerhub-mirror/library/alpine".into(),
+                1,
+                "library/alpine".into()
+            )
         );
         assert_eq!(
             remote(r.resolve(&name("registry.k8s.io/kube-scheduler"), None)),
@@ -288,7 +294,10 @@ mod tests {
             assert_eq!(r.resolve(&name(local), None), Route::Local(name(local)), "{local}");
         }
         // An unknown ?ns= (containerd naming this registry itself) changes nothing.
-        assert_eq!(r.resolve(&name("team/app"), Some("berth.local:5000")), Route::Local(name("team/app")));
+        assert_eq!(
+            r.resolve(&name("team/app"), Some("berth.local:5000")),
+            Route::Local(name("team/app"))
+        );
     }
 
     #[test]
@@ -306,7 +315,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A host with a port has no in-path name; by ?ns= it has none either.
-        assert_eq!(r.resolve(&name("etcd"), Some("quay.io:443")), Route::Local(name("etcd")));
+        assert_eq!(
+            r.resolve(&name("etcd"), Some("quay.io:443")),
+            Route::Local(name("etcd"))
+        );
         assert_eq!(r.resolve(&name("team/app"), None), Route::Local(name("team/app")));
     }
 

@@ -244,10 +244,7 @@ impl NetworkPolicy {
 /// trailing dot of a fully qualified name.
 fn normalize_host(host: &str) -> String {
     let host = host.trim();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
@@ -259,7 +256,10 @@ fn normalize_host(host: &str) -> String {
 pub enum SsrfError {
     #[error("proxy.allowed_networks: {0:?} is not a network such as 10.0.0.0/8 or fd00::/8, nor an address")]
     InvalidNetwork(String),
-    #[error("{host} resolves only to addresses upstream requests may not reach: {}", list(refused))]
+    #[error(
+        "{host} resolves only to addresses upstream requests may not reach: {}",
+        list(refused)
+    )]
     NoPermittedAddress {
         host: String,
         refused: Vec<(IpAddr, Forbidden)>,
@@ -272,7 +272,9 @@ pub enum SsrfError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{origin} is a {class} address, which upstream requests may not reach unless proxy.allowed_networks lists it")]
+    #[error(
+        "{origin} is a {class} address, which upstream requests may not reach unless proxy.allowed_networks lists it"
+    )]
     ForbiddenAddress { origin: String, class: Forbidden },
     #[error("connected to {peer}, a {class} address, which upstream requests may not reach unless proxy.allowed_networks lists it")]
     ForbiddenPeer { peer: IpAddr, class: Forbidden },
@@ -633,7 +635,10 @@ mod tests {
     fn an_allowed_network_that_is_not_one_is_an_error() {
         for bad in ["", "10.0.0.0/33", "localhost", "10.0.0.0/8,fd00::/8"] {
             let err = NetworkPolicy::new(&[bad]).unwrap_err();
-            assert!(matches!(err, SsrfError::InvalidNetwork(ref t) if t == bad.trim()), "{bad}: {err}");
+            assert!(
+                matches!(err, SsrfError::InvalidNetwork(ref t) if t == bad.trim()),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -736,7 +741,9 @@ mod tests {
         let guarded = client(&[]);
         let by_name = refusal(&guarded, &format!("http://localhost:{port}/")).await;
         assert!(
-            by_name.starts_with("localhost resolves only to addresses upstream requests may not reach: 127.0.0.1 (loopback)"),
+            by_name.starts_with(
+                "localhost resolves only to addresses upstream requests may not reach: 127.0.0.1 (loopback)"
+            ),
             "{by_name}"
         );
         let by_literal = refusal(&guarded, &format!("http://127.0.0.1:{port}/")).await;
@@ -760,7 +767,11 @@ mod tests {
         let resp = by_name.get(format!("http://localhost:{port}/")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let by_literal = client_of(policy(&[]).trusting(["127.0.0.1"]));
-        let resp = by_literal.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+        let resp = by_literal
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         // Trusting one loopback address does not open the others.
         refusal(&by_literal, &format!("http://localhost:{port}/")).await;

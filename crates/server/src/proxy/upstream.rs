@@ -140,7 +140,9 @@ impl UpstreamClient {
         };
         let base = base_url(&config.url).map_err(invalid)?;
         let timeouts = Timeouts {
-            connect: config.connect_timeout_secs.map_or(defaults.connect, Duration::from_secs),
+            connect: config
+                .connect_timeout_secs
+                .map_or(defaults.connect, Duration::from_secs),
             read: config.read_timeout_secs.map_or(defaults.read, Duration::from_secs),
         };
         let mut builder = reqwest::Client::builder()
@@ -161,9 +163,7 @@ impl UpstreamClient {
                 let mut pem =
                     std::fs::read(cert).map_err(|e| invalid(format!("client_cert_file {}: {e}", cert.display())))?;
                 pem.push(b'\n');
-                pem.extend(
-                    std::fs::read(key).map_err(|e| invalid(format!("client_key_file {}: {e}", key.display())))?,
-                );
+                pem.extend(std::fs::read(key).map_err(|e| invalid(format!("client_key_file {}: {e}", key.display())))?);
                 let identity = reqwest::Identity::from_pem(&pem)
                     .map_err(|e| invalid(format!("client certificate or key: {e}")))?;
                 builder = builder.identity(identity);
@@ -210,7 +210,11 @@ impl UpstreamClient {
     /// anonymous HTTPS, every address checked.
     pub fn any_host(host: &str, timeouts: Timeouts, policy: Arc<NetworkPolicy>) -> reqwest::Result<UpstreamClient> {
         // Docker Hub's API is not on the host its images are named by.
-        let api_host = if host == "docker.io" { "registry-1.docker.io" } else { host };
+        let api_host = if host == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            host
+        };
         let guarded = ssrf::guarded_client(policy.clone(), timeouts.connect, timeouts.read)?;
         let base = base_url(&format!("https://{api_host}")).unwrap_or_else(|_| {
             // A host that fits a repository name's first component always makes a URL.
@@ -305,8 +309,8 @@ impl UpstreamClient {
             let answer = self.send(Method::GET, path, &endpoint, "application/json").await?;
             let next = next_link(&answer.headers);
             let body = self.read_limited(answer, 4 << 20).await?;
-            let page: TagList = serde_json::from_slice(&body)
-                .map_err(|e| self.invalid(format!("a tag list that is not JSON: {e}")))?;
+            let page: TagList =
+                serde_json::from_slice(&body).map_err(|e| self.invalid(format!("a tag list that is not JSON: {e}")))?;
             tags.extend(page.tags.unwrap_or_default());
             match next {
                 Some(query) if tags.len() < max => endpoint = format!("tags/list?{query}"),
@@ -387,9 +391,14 @@ impl UpstreamClient {
                 upstream: self.name.clone(),
             }),
             StatusCode::TOO_MANY_REQUESTS => {
-                let wait = retry_after(response.headers()).unwrap_or(DEFAULT_BACKOFF).min(MAX_BACKOFF);
+                let wait = retry_after(response.headers())
+                    .unwrap_or(DEFAULT_BACKOFF)
+                    .min(MAX_BACKOFF);
                 self.back_off(wait);
-                Err(self.unavailable(format!("429 Too Many Requests; leaving it alone for {}s", wait.as_secs())))
+                Err(self.unavailable(format!(
+                    "429 Too Many Requests; leaving it alone for {}s",
+                    wait.as_secs()
+                )))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(UpstreamError::Denied {
                 upstream: self.name.clone(),
@@ -625,7 +634,9 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     let mut params = HashMap::new();
     let mut rest = rest.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
         let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
@@ -696,14 +707,24 @@ mod tests {
         let (scheme, params) = parse_challenge("Bearer");
         assert_eq!((scheme.as_str(), params.len()), ("Bearer", 0));
         // Hostile input parses to something, never panics.
-        for text in ["", "=", "Bearer =\"", "Bearer a=\"\\", "Bearer ,,,=,", "Bearer realm=\"é"] {
+        for text in [
+            "",
+            "=",
+            "Bearer =\"",
+            "Bearer a=\"\\",
+            "Bearer ,,,=,",
+            "Bearer realm=\"é",
+        ] {
             let _ = parse_challenge(text);
         }
     }
 
     #[test]
     fn base_urls_end_in_v2() {
-        assert_eq!(base_url("https://r.example.test").unwrap().as_str(), "https://r.example.test/v2/");
+        assert_eq!(
+            base_url("https://r.example.test").unwrap().as_str(),
+            "https://r.example.test/v2/"
+        );
         assert_eq!(
             base_url("http://127.0.0.1:5000/v2/").unwrap().as_str(),
             "http://127.0.0.1:5000/v2/"
@@ -724,7 +745,10 @@ mod tests {
         let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
         headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
         let wait = retry_after(&headers).unwrap();
-        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
         headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
     }

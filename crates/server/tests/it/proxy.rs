@@ -33,13 +33,20 @@ async fn manifest_of(app: &TestApp, path: &str) -> (StatusCode, String, Vec<u8>)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    (status, digest, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+    (
+        status,
+        digest,
+        resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
 }
 
 async fn blob_of(app: &TestApp, path: &str) -> (StatusCode, Result<Vec<u8>, String>) {
     let resp = app.get(path).await;
     let status = resp.status();
-    (status, resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string()))
+    (
+        status,
+        resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string()),
+    )
 }
 
 async fn counters(app: &TestApp) -> Value {
@@ -98,7 +105,10 @@ async fn a_cached_tag_is_served_when_the_upstream_is_down_and_a_moved_tag_is_see
     let upstream = TestApp::start();
     let first = upstream.push_image("team/app", "v1", 1).await;
     let cache = TestApp::start_with_config(&caching(&upstream, "freshness_secs = 1"), &[]);
-    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1, first.digest);
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1,
+        first.digest
+    );
 
     let second = upstream.push_image("team/app", "v1", 1).await;
     assert_eq!(
@@ -107,7 +117,10 @@ async fn a_cached_tag_is_served_when_the_upstream_is_down_and_a_moved_tag_is_see
         "fresh for a second"
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1, second.digest);
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1,
+        second.digest
+    );
 
     drop(upstream);
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -125,14 +138,20 @@ async fn a_tag_deleted_upstream_is_still_served_and_tags_merge_with_the_upstream
     let image = upstream.push_image("team/app", "v1", 1).await;
     upstream.push_image("team/app", "v2", 1).await;
     let cache = TestApp::start_with_config(&caching(&upstream, "freshness_secs = 0"), &[]);
-    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1, image.digest);
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1,
+        image.digest
+    );
     let tags: Value = cache.get("/v2/up/team/app/tags/list?n=1").await.json().await.unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["v1"]));
     let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
     assert_eq!(tags["name"], "up/team/app");
 
-    assert_eq!(upstream.delete("/v2/team/app/manifests/v1").await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        upstream.delete("/v2/team/app/manifests/v1").await.status(),
+        StatusCode::ACCEPTED
+    );
     let (status, digest, _) = manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
     assert_eq!((status, digest.as_str()), (StatusCode::OK, image.digest.as_str()));
     assert!(cache.log().contains("no longer has this tag"), "logged");
@@ -158,13 +177,24 @@ async fn pushes_to_a_remote_repository_and_every_write_in_mirror_mode_are_denied
     // Local repositories still take pushes.
     cache.push_image("team/app", "v1", 1).await;
 
-    let mirror = TestApp::start_with_config(&format!("[registry]\nmode = \"mirror\"\n{}", caching(&upstream, "")), &[]);
-    let resp = mirror.client.post(mirror.url("/v2/team/app/blobs/uploads/")).send().await.unwrap();
+    let mirror = TestApp::start_with_config(
+        &format!("[registry]\nmode = \"mirror\"\n{}", caching(&upstream, "")),
+        &[],
+    );
+    let resp = mirror
+        .client
+        .post(mirror.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let body = assert_error(resp, 403, "DENIED").await;
     assert!(body.to_string().contains("pull-only mirror"), "{body}");
     assert_error(mirror.delete("/v2/team/app/manifests/v1").await, 403, "DENIED").await;
     let image = upstream.push_image("team/app", "v1", 1).await;
-    assert_eq!(manifest_of(&mirror, "/v2/up/team/app/manifests/v1").await.1, image.digest);
+    assert_eq!(
+        manifest_of(&mirror, "/v2/up/team/app/manifests/v1").await.1,
+        image.digest
+    );
 }
 
 #[tokio::test]
@@ -182,8 +212,11 @@ async fn a_blob_the_upstream_corrupts_is_cut_short_and_never_stored() {
         assert!(bytes.is_err(), "the body is cut, never complete: {bytes:?}");
     }
     assert_eq!(cache.stored_blob(&digest).await, None);
-    assert_eq!(cache.head(&format!("/v2/up/team/app/blobs/{digest}")).await.status(), StatusCode::OK,
-        "a HEAD asks the upstream, which still has it");
+    assert_eq!(
+        cache.head(&format!("/v2/up/team/app/blobs/{digest}")).await.status(),
+        StatusCode::OK,
+        "a HEAD asks the upstream, which still has it"
+    );
     let log = cache.log();
     assert!(log.contains("does not match"), "{log}");
 }
@@ -205,7 +238,10 @@ async fn many_clients_asking_for_one_uncached_blob_cause_one_fetch() {
         assert_eq!(pull.unwrap().len(), layer.len());
     }
     assert_eq!(counters(&cache).await["blob_fetches"], 1);
-    assert_eq!(cache.stored_blob(&sha256(&layer)).await.map(|b| b.len()), Some(layer.len()));
+    assert_eq!(
+        cache.stored_blob(&sha256(&layer)).await.map(|b| b.len()),
+        Some(layer.len())
+    );
 }
 
 #[tokio::test]
@@ -219,17 +255,35 @@ async fn a_virtual_repository_resolves_in_order_merges_tags_and_pushes_to_its_lo
     );
     let cache = TestApp::start_with_config(&config, &[]);
     let local_v1 = cache.push_image("local/team/app", "v1", 1).await;
-    assert_eq!(manifest_of(&cache, "/v2/all/team/app/manifests/v1").await.1, local_v1.digest);
-    assert_eq!(manifest_of(&cache, "/v2/all/team/app/manifests/v2").await.1, remote_v2.digest);
+    assert_eq!(
+        manifest_of(&cache, "/v2/all/team/app/manifests/v1").await.1,
+        local_v1.digest
+    );
+    assert_eq!(
+        manifest_of(&cache, "/v2/all/team/app/manifests/v2").await.1,
+        remote_v2.digest
+    );
     assert_ne!(local_v1.digest, remote_v1.digest);
-    let (status, bytes) = blob_of(&cache, &format!("/v2/all/team/app/blobs/{}", sha256(&remote_v2.layers[0]))).await;
+    let (status, bytes) = blob_of(
+        &cache,
+        &format!("/v2/all/team/app/blobs/{}", sha256(&remote_v2.layers[0])),
+    )
+    .await;
     assert_eq!((status, bytes.unwrap()), (StatusCode::OK, remote_v2.layers[0].clone()));
     let tags: Value = cache.get("/v2/all/team/app/tags/list").await.json().await.unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
     let pushed = Image::random(1);
     pushed.push(&cache.client, &cache.base, "all/team/app", "v3").await;
-    assert_eq!(manifest_of(&cache, "/v2/local/team/app/manifests/v3").await.1, pushed.digest);
-    assert_error(cache.get("/v2/all/team/app/manifests/v9").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_eq!(
+        manifest_of(&cache, "/v2/local/team/app/manifests/v3").await.1,
+        pushed.digest
+    );
+    assert_error(
+        cache.get("/v2/all/team/app/manifests/v9").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -247,7 +301,11 @@ async fn replicas_sharing_the_stores_fetch_a_blob_once() {
     let path = format!("/v2/up/team/big/blobs/{}", sha256(&layer));
     let pulls = (0..20).map(|i| {
         let client = cache.client.clone();
-        let url = if i % 2 == 0 { cache.url(&path) } else { format!("{}{path}", replica.base()) };
+        let url = if i % 2 == 0 {
+            cache.url(&path)
+        } else {
+            format!("{}{path}", replica.base())
+        };
         tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() })
     });
     for pull in futures::future::join_all(pulls).await {
@@ -265,4 +323,55 @@ async fn replicas_sharing_the_stores_fetch_a_blob_once() {
     let fetched = counters(&cache).await["blob_fetches"].as_u64().unwrap()
         + replica_counters["counters"]["blob_fetches"].as_u64().unwrap();
     assert_eq!(fetched, 1, "one fetch between the two replicas");
+}
+
+#[tokio::test]
+async fn referrers_of_a_mirrored_image_come_from_the_upstream_and_its_tag_schema() {
+    use crate::referrers::{push_referrer, SBOM, SIGNATURE};
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    let (sbom, _) = push_referrer(
+        &upstream,
+        "team/app",
+        &image.descriptor(),
+        Some(SBOM),
+        serde_json::json!({}),
+    )
+    .await;
+    // A cosign-style signature: no subject, kept under the tag schema's tag.
+    let sig = Image::random(1);
+    let sig_tag = format!("sha256-{}.sig", image.digest.trim_start_matches("sha256:"));
+    sig.push(&upstream.client, &upstream.base, "team/app", &sig_tag).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1,
+        image.digest
+    );
+
+    let resp = cache.get(&format!("/v2/up/team/app/referrers/{}", image.digest)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let index: Value = resp.json().await.unwrap();
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&sbom.as_str()), "{index}");
+    assert!(listed.contains(&sig.digest.as_str()), "{index}");
+    // Cached: still listed with the upstream gone, and the signature's tag is pullable.
+    drop(upstream);
+    let index: Value = cache
+        .get(&format!("/v2/up/team/app/referrers/{}", image.digest))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    assert_eq!(
+        manifest_of(&cache, &format!("/v2/up/team/app/manifests/{sig_tag}"))
+            .await
+            .1,
+        sig.digest
+    );
 }
