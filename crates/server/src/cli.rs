@@ -222,6 +222,13 @@ pub struct RulesArgs {
     /// Delete untagged manifests after N days.
     #[arg(long)]
     pub untagged: Option<u32>,
+    /// keep_by_age: tags expire N days after their last access (push,
+    /// caching or pull); for pull-through caches.
+    #[arg(long)]
+    pub max_age_days: Option<u32>,
+    /// keep_by_age: keep tags pulled in the last N days (needs --max-age-days).
+    #[arg(long, requires = "max_age_days")]
+    pub match_pulled_in_last_days: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

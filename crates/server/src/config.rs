@@ -174,6 +174,22 @@ pub struct Rules {
     /// were pushed without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untagged: Option<u32>,
+    /// A cache's rule: keep what was pulled recently, let the rest go some
+    /// days after it was last used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_by_age: Option<KeepByAge>,
+}
+
+/// `keep_by_age = { max_age_days = 30, match_pulled_in_last_days = 14 }`:
+/// a tag pulled in the last `match_pulled_in_last_days` is kept; any other
+/// expires `max_age_days` after its last access (its push or caching, or
+/// its last pull, whichever is later).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepByAge {
+    pub max_age_days: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_pulled_in_last_days: Option<u32>,
 }
 
 impl Rules {
@@ -183,6 +199,7 @@ impl Rules {
         self.keep_last.is_some()
             || self.keep_days.is_some()
             || self.keep_pulled_within.is_some()
+            || self.keep_by_age.is_some()
             || !self.keep_patterns.is_empty()
     }
 
@@ -192,6 +209,11 @@ impl Rules {
             ("keep_days", self.keep_days),
             ("keep_pulled_within", self.keep_pulled_within),
             ("untagged", self.untagged),
+            ("keep_by_age.max_age_days", self.keep_by_age.as_ref().map(|k| k.max_age_days)),
+            (
+                "keep_by_age.match_pulled_in_last_days",
+                self.keep_by_age.as_ref().and_then(|k| k.match_pulled_in_last_days),
+            ),
         ] {
             if let Some(days) = days {
                 if !(1..=36_500).contains(&days) {

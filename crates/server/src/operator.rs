@@ -255,6 +255,10 @@ pub async fn retention(args: StoreArgs, command: RetentionCommand) -> anyhow::Re
                 keep_patterns: rules.keep_patterns,
                 keep_min: rules.keep_min,
                 untagged: rules.untagged,
+                keep_by_age: rules.max_age_days.map(|max_age_days| crate::config::KeepByAge {
+                    max_age_days,
+                    match_pulled_in_last_days: rules.match_pulled_in_last_days,
+                }),
             };
             lifecycle.set_policy(&pattern, rules, &actor).await?;
             eprintln!("retention policy for {pattern} set");

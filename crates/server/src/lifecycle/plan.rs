@@ -452,39 +452,57 @@ fn retention(
                     follows: None,
                 };
             }
-            let pushed_until = rules.keep_days.map(|d| t.pushed_ms + i64::from(d) * DAY_MS);
-            let pulled_until = rules
-                .keep_pulled_within
-                .zip(last_pull(t))
-                .map(|(d, p)| p + i64::from(d) * DAY_MS);
-            let by_push = pushed_until.filter(|u| now < *u);
-            let by_pull = pulled_until.filter(|u| now < *u);
-            match (by_push, by_pull) {
-                (Some(u), pull) if pull.is_none_or(|p| u >= p) => TagDecision {
+            // Each time rule keeps the tag until some moment; the one that
+            // keeps it longest is the reason it stays.
+            let mut until: Vec<(i64, &'static str, String)> = Vec::new();
+            if let Some(d) = rules.keep_days {
+                until.push((
+                    t.pushed_ms + i64::from(d) * DAY_MS,
+                    "keep_days",
+                    format!("keep_days: pushed {} ago, within {d} days", days(now - t.pushed_ms)),
+                ));
+            }
+            if let (Some(d), Some(p)) = (rules.keep_pulled_within, last_pull(t)) {
+                until.push((
+                    p + i64::from(d) * DAY_MS,
+                    "keep_pulled_within",
+                    format!("keep_pulled_within: pulled {} ago, within {d} days", days(now - p)),
+                ));
+            }
+            if let Some(k) = &rules.keep_by_age {
+                if let (Some(d), Some(p)) = (k.match_pulled_in_last_days, last_pull(t)) {
+                    until.push((
+                        p + i64::from(d) * DAY_MS,
+                        "keep_by_age",
+                        format!("keep_by_age: pulled {} ago, within {d} days", days(now - p)),
+                    ));
+                }
+                let access = last_pull(t).map_or(t.pushed_ms, |p| p.max(t.pushed_ms));
+                until.push((
+                    access + i64::from(k.max_age_days) * DAY_MS,
+                    "keep_by_age",
+                    format!(
+                        "keep_by_age: last used {} ago, within max_age_days {}",
+                        days(now - access),
+                        k.max_age_days
+                    ),
+                ));
+            }
+            // The first of equals wins, as keep_days did before keep_pulled_within.
+            let longest = until
+                .into_iter()
+                .filter(|(u, _, _)| now < *u)
+                .reduce(|best, next| if next.0 > best.0 { next } else { best });
+            match longest {
+                Some((u, rule, reason)) => TagDecision {
                     tag,
                     keep: true,
-                    rule: "keep_days",
-                    reason: format!(
-                        "keep_days: pushed {} ago, within {} days",
-                        days(now - t.pushed_ms),
-                        rules.keep_days.unwrap_or(0)
-                    ),
+                    rule,
+                    reason,
                     expires_ms: Some(u),
                     follows: None,
                 },
-                (_, Some(u)) => TagDecision {
-                    tag,
-                    keep: true,
-                    rule: "keep_pulled_within",
-                    reason: format!(
-                        "keep_pulled_within: pulled {} ago, within {} days",
-                        days(now - last_pull(t).unwrap_or(now)),
-                        rules.keep_pulled_within.unwrap_or(0)
-                    ),
-                    expires_ms: Some(u),
-                    follows: None,
-                },
-                _ => TagDecision {
+                None => TagDecision {
                     tag,
                     keep: false,
                     rule: "retention",
@@ -532,6 +550,14 @@ fn why_not_kept(t: &TagState, last_pull: Option<i64>, rank: usize, policy: &Poli
             Some(p) => why.push(format!("pulled {} ago, beyond keep_pulled_within {d}", days(now - p))),
             None => why.push(format!("never pulled (keep_pulled_within {d})")),
         }
+    }
+    if let Some(k) = &rules.keep_by_age {
+        let access = last_pull.map_or(t.pushed_ms, |p| p.max(t.pushed_ms));
+        why.push(format!(
+            "last used {} ago, beyond keep_by_age's max_age_days {}",
+            days(now - access),
+            k.max_age_days
+        ));
     }
     if !rules.keep_patterns.is_empty() {
         why.push(format!("matches none of keep_patterns {:?}", rules.keep_patterns));
@@ -841,6 +867,36 @@ mod tests {
         assert_eq!(kept(&plan), ["a"]);
         let b = plan.tags.iter().find(|t| t.tag.name == "b").unwrap();
         assert!(b.reason.contains("never pulled"), "{}", b.reason);
+    }
+
+    #[test]
+    fn keep_by_age_keeps_what_was_pulled_lately_and_lets_the_rest_go_after_its_last_use() {
+        // OrbitalReg's cache rule: pulled in the last 14 days stays; the rest
+        // goes 30 days after it was cached or last pulled.
+        let mut pulled_lately = manifest(1);
+        pulled_lately.last_pulled_ms = Some(NOW - 10 * DAY_MS);
+        let mut pulled_long_ago = manifest(3);
+        pulled_long_ago.last_pulled_ms = Some(NOW - 40 * DAY_MS);
+        let state = repo(
+            vec![tag("lately", 1, 90), tag("cached", 2, 20), tag("old", 3, 90), tag("never", 4, 45)],
+            vec![pulled_lately, manifest(2), pulled_long_ago, manifest(4)],
+        );
+        let p = policy(Rules {
+            keep_by_age: Some(crate::config::KeepByAge {
+                max_age_days: 30,
+                match_pulled_in_last_days: Some(14),
+            }),
+            ..Rules::default()
+        });
+        let plan = plan(&state, settings(Some(&p)));
+        assert_eq!(kept(&plan), ["cached", "lately"]);
+        let decision = |n: &str| plan.tags.iter().find(|t| t.tag.name == n).unwrap();
+        assert_eq!(decision("lately").rule, "keep_by_age");
+        // Pulled 10 days ago: kept until 30 days after that pull (longer than 14).
+        assert_eq!(decision("lately").expires_ms, Some(NOW + 20 * DAY_MS));
+        assert_eq!(decision("cached").expires_ms, Some(NOW + 10 * DAY_MS));
+        assert!(decision("old").reason.contains("last used 40"), "{}", decision("old").reason);
+        assert!(decision("never").reason.contains("beyond keep_by_age"), "{}", decision("never").reason);
     }
 
     #[test]

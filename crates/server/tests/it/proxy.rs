@@ -375,3 +375,50 @@ async fn referrers_of_a_mirrored_image_come_from_the_upstream_and_its_tag_schema
         sig.digest
     );
 }
+
+/// Cache retention is the retention engine with a cache's rule: what was
+/// pulled lately stays, the rest goes after its last use; preview, run and
+/// garbage collection work on cached content as on pushed content.
+#[tokio::test]
+async fn cache_retention_expires_what_was_not_used_and_gc_reclaims_it() {
+    let upstream = TestApp::start();
+    let used = upstream.push_image("team/app", "used", 1).await;
+    let unused = upstream.push_image("team/app", "unused", 1).await;
+    let config = format!(
+        "[retention]\ninterval_secs = 0\n[retention.policies.\"up/**\"]\n\
+         keep_by_age = {{ max_age_days = 30, match_pulled_in_last_days = 14 }}\n\
+         [gc]\ninterval_secs = 0\ngrace_secs = 60\n[lifecycle]\nexpiry_interval_secs = 0\n{}",
+        caching(&upstream, "")
+    );
+    let cache = TestApp::start_with_clock(&config);
+    for tag in ["used", "unused"] {
+        manifest_of(&cache, &format!("/v2/up/team/app/manifests/{tag}")).await;
+    }
+    let unused_layer = sha256(&unused.layers[0]);
+    assert_eq!(blob_of(&cache, &format!("/v2/up/team/app/blobs/{unused_layer}")).await.0, StatusCode::OK);
+    cache.advance_clock(20 * DAY_MS);
+    manifest_of(&cache, "/v2/up/team/app/manifests/used").await;
+    cache.advance_clock(15 * DAY_MS);
+
+    let preview: Value = cache.get("/api/v1/retention/preview").await.json().await.unwrap();
+    let entries = preview["entries"].as_array().unwrap();
+    let of = |tag: &str| entries.iter().find(|e| e["tag"] == tag).cloned().unwrap_or_default();
+    assert_eq!(of("used")["action"], "keep", "{preview}");
+    assert_eq!(of("used")["rule"], "keep_by_age");
+    assert_eq!(of("unused")["action"], "delete", "{preview}");
+    assert!(of("unused")["reason"].as_str().unwrap().contains("keep_by_age"), "{preview}");
+
+    let run = cache.client.post(cache.url("/api/v1/retention/run")).send().await.unwrap();
+    assert_eq!(run.status(), StatusCode::OK);
+    let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["unused", "used"]), "the upstream still lists both");
+    drop(upstream);
+    let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["used"]), "only the kept one is cached");
+    cache.advance_clock(2 * DAY_MS);
+    let gc = cache.client.post(cache.url("/api/v1/gc?dry_run=false")).send().await.unwrap();
+    assert_eq!(gc.status(), StatusCode::OK);
+    assert_eq!(cache.stored_blob(&unused_layer).await, None, "its blob is collected");
+    assert!(cache.stored_blob(&sha256(&used.layers[0])).await.is_none(), "never fetched, never stored");
+    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/used").await.1, used.digest);
+}
