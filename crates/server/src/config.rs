@@ -209,7 +209,10 @@ impl Rules {
             ("keep_days", self.keep_days),
             ("keep_pulled_within", self.keep_pulled_within),
             ("untagged", self.untagged),
-            ("keep_by_age.max_age_days", self.keep_by_age.as_ref().map(|k| k.max_age_days)),
+            (
+                "keep_by_age.max_age_days",
+                self.keep_by_age.as_ref().map(|k| k.max_age_days),
+            ),
             (
                 "keep_by_age.match_pulled_in_last_days",
                 self.keep_by_age.as_ref().and_then(|k| k.match_pulled_in_last_days),

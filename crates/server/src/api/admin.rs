@@ -38,6 +38,34 @@ pub fn router() -> Router<Arc<App>> {
         .route("/grants/{id}", delete(remove_grant))
         .route("/audit", get(audit_log))
         .route("/proxy/upstreams", get(list_upstreams))
+        .route("/proxy/cache/{*image}", delete(evict_cached))
+}
+
+/// `DELETE /api/v1/proxy/cache/<repository>@<digest>`: evicts a cached
+/// image (its manifest and tags; garbage collection reclaims its blobs).
+/// Only repositories that are caches of an upstream: pushed content is
+/// deleted through `/v2/`.
+async fn evict_cached(
+    State(app): State<Arc<App>>,
+    admin: Admin,
+    Path(image): Path<String>,
+) -> Result<Response, ApiError> {
+    let invalid = |why: String| ApiError::new(ErrorCode::InvalidRequest, why);
+    let (repo, digest) = image
+        .rsplit_once('@')
+        .ok_or_else(|| invalid(format!("{image:?} is not <repository>@<digest>")))?;
+    let repo: berth_oci::RepoName = repo.parse().map_err(|e| invalid(format!("{e}")))?;
+    let digest: berth_oci::Digest = digest.parse().map_err(|e| invalid(format!("{e}")))?;
+    match app.proxy.resolve(&repo, None) {
+        crate::proxy::routes::Route::Remote(remote) | crate::proxy::routes::Route::AnyHost(remote)
+            if remote.repo == repo => {}
+        _ => return Err(invalid(format!("{repo} is not a cache of an upstream"))),
+    }
+    app.registry
+        .delete_manifest(&repo, &berth_oci::Reference::Digest(digest.clone()))
+        .await?;
+    tracing::info!(actor = %admin.0, %repo, %digest, "cached image evicted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /api/v1/proxy/upstreams`: the configured upstreams and what the

@@ -489,10 +489,11 @@ fn retention(
                 ));
             }
             // The first of equals wins, as keep_days did before keep_pulled_within.
-            let longest = until
-                .into_iter()
-                .filter(|(u, _, _)| now < *u)
-                .reduce(|best, next| if next.0 > best.0 { next } else { best });
+            let longest =
+                until
+                    .into_iter()
+                    .filter(|(u, _, _)| now < *u)
+                    .reduce(|best, next| if next.0 > best.0 { next } else { best });
             match longest {
                 Some((u, rule, reason)) => TagDecision {
                     tag,
@@ -878,7 +879,12 @@ mod tests {
         let mut pulled_long_ago = manifest(3);
         pulled_long_ago.last_pulled_ms = Some(NOW - 40 * DAY_MS);
         let state = repo(
-            vec![tag("lately", 1, 90), tag("cached", 2, 20), tag("old", 3, 90), tag("never", 4, 45)],
+            vec![
+                tag("lately", 1, 90),
+                tag("cached", 2, 20),
+                tag("old", 3, 90),
+                tag("never", 4, 45),
+            ],
             vec![pulled_lately, manifest(2), pulled_long_ago, manifest(4)],
         );
         let p = policy(Rules {
@@ -895,8 +901,16 @@ mod tests {
         // Pulled 10 days ago: kept until 30 days after that pull (longer than 14).
         assert_eq!(decision("lately").expires_ms, Some(NOW + 20 * DAY_MS));
         assert_eq!(decision("cached").expires_ms, Some(NOW + 10 * DAY_MS));
-        assert!(decision("old").reason.contains("last used 40"), "{}", decision("old").reason);
-        assert!(decision("never").reason.contains("beyond keep_by_age"), "{}", decision("never").reason);
+        assert!(
+            decision("old").reason.contains("last used 40"),
+            "{}",
+            decision("old").reason
+        );
+        assert!(
+            decision("never").reason.contains("beyond keep_by_age"),
+            "{}",
+            decision("never").reason
+        );
     }
 
     #[test]

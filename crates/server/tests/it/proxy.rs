@@ -395,7 +395,12 @@ async fn cache_retention_expires_what_was_not_used_and_gc_reclaims_it() {
         manifest_of(&cache, &format!("/v2/up/team/app/manifests/{tag}")).await;
     }
     let unused_layer = sha256(&unused.layers[0]);
-    assert_eq!(blob_of(&cache, &format!("/v2/up/team/app/blobs/{unused_layer}")).await.0, StatusCode::OK);
+    assert_eq!(
+        blob_of(&cache, &format!("/v2/up/team/app/blobs/{unused_layer}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
     cache.advance_clock(20 * DAY_MS);
     manifest_of(&cache, "/v2/up/team/app/manifests/used").await;
     cache.advance_clock(15 * DAY_MS);
@@ -406,19 +411,85 @@ async fn cache_retention_expires_what_was_not_used_and_gc_reclaims_it() {
     assert_eq!(of("used")["action"], "keep", "{preview}");
     assert_eq!(of("used")["rule"], "keep_by_age");
     assert_eq!(of("unused")["action"], "delete", "{preview}");
-    assert!(of("unused")["reason"].as_str().unwrap().contains("keep_by_age"), "{preview}");
+    assert!(
+        of("unused")["reason"].as_str().unwrap().contains("keep_by_age"),
+        "{preview}"
+    );
 
-    let run = cache.client.post(cache.url("/api/v1/retention/run")).send().await.unwrap();
+    let run = cache
+        .client
+        .post(cache.url("/api/v1/retention/run"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(run.status(), StatusCode::OK);
     let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
-    assert_eq!(tags["tags"], serde_json::json!(["unused", "used"]), "the upstream still lists both");
+    assert_eq!(
+        tags["tags"],
+        serde_json::json!(["unused", "used"]),
+        "the upstream still lists both"
+    );
     drop(upstream);
     let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["used"]), "only the kept one is cached");
     cache.advance_clock(2 * DAY_MS);
-    let gc = cache.client.post(cache.url("/api/v1/gc?dry_run=false")).send().await.unwrap();
+    let gc = cache
+        .client
+        .post(cache.url("/api/v1/gc?dry_run=false"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gc.status(), StatusCode::OK);
     assert_eq!(cache.stored_blob(&unused_layer).await, None, "its blob is collected");
-    assert!(cache.stored_blob(&sha256(&used.layers[0])).await.is_none(), "never fetched, never stored");
-    assert_eq!(manifest_of(&cache, "/v2/up/team/app/manifests/used").await.1, used.digest);
+    assert!(
+        cache.stored_blob(&sha256(&used.layers[0])).await.is_none(),
+        "never fetched, never stored"
+    );
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/used").await.1,
+        used.digest
+    );
+}
+
+#[tokio::test]
+async fn the_inventory_lists_cached_images_with_their_upstream_and_an_admin_can_evict_one() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 2).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    cache.push_image("team/local", "v1", 1).await;
+    manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
+    manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
+    // Pull counts are written about once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listed: Value = cache.get("/v1/images?provenance=mirrored").await.json().await.unwrap();
+    let images = listed["images"].as_array().expect("images");
+    assert_eq!(images.len(), 1, "{listed}");
+    let cached = &images[0];
+    assert_eq!(cached["repository"], "up/team/app", "{cached}");
+    assert_eq!(cached["provenance"], "mirrored", "{cached}");
+    assert_eq!(cached["pushed_by"], "up", "the upstream it came from: {cached}");
+    assert_eq!(cached["pull_count"], 2, "{cached}");
+    assert!(cached["last_pulled_at"].is_string(), "{cached}");
+    assert!(cached["total_size"].as_u64().unwrap() > 0, "{cached}");
+
+    let evict = |path: String| {
+        let client = cache.client.clone();
+        let url = cache.url(&path);
+        async move { client.delete(url).send().await.unwrap().status() }
+    };
+    assert_eq!(
+        evict(format!("/api/v1/proxy/cache/team/local@{}", image.digest)).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        evict(format!("/api/v1/proxy/cache/up/team/app@{}", image.digest)).await,
+        StatusCode::NO_CONTENT
+    );
+    let listed: Value = cache.get("/v1/images?provenance=mirrored").await.json().await.unwrap();
+    assert_eq!(listed["images"].as_array().unwrap().len(), 0, "{listed}");
+    // Evicted, not refused: the next pull fetches it again.
+    assert_eq!(
+        manifest_of(&cache, "/v2/up/team/app/manifests/v1").await.1,
+        image.digest
+    );
 }
