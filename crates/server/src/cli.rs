@@ -61,6 +61,13 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
         nice: u8,
     },
+    /// Work on the pull-through cache.
+    Cache {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Check that the metadata database and the blob store agree.
     Fsck {
         #[command(flatten)]
@@ -229,6 +236,19 @@ pub struct RulesArgs {
     /// keep_by_age: keep tags pulled in the last N days (needs --max-age-days).
     #[arg(long, requires = "max_age_days")]
     pub match_pulled_in_last_days: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Pull the images listed in FILE (one `NAME[:TAG|@DIGEST] [PLATFORM]`
+    /// per line, `-` for standard input) into the cache from their upstreams;
+    /// what is cached already is skipped.
+    Preload {
+        file: PathBuf,
+        /// Images pulled at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             repair,
             json,
         } => operator_runtime()?.block_on(operator::fsck(store, verify, repair, json)),
+        Command::Cache { store, action } => operator_runtime()?.block_on(operator::cache(store, action)),
         Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
         Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
     }

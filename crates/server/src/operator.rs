@@ -11,7 +11,7 @@ use berth_meta::AccessStore;
 
 use crate::app::{ensure_data_dir, open_meta, open_stores};
 use crate::auth::manage::Accounts;
-use crate::cli::{GrantCommand, RetentionCommand, StoreArgs, TokenCommand, UserCommand};
+use crate::cli::{CacheCommand, GrantCommand, RetentionCommand, StoreArgs, TokenCommand, UserCommand};
 use crate::clock;
 use crate::clock::rfc3339;
 use crate::config::{Config, Overrides};
@@ -391,4 +391,60 @@ pub async fn fsck(args: StoreArgs, verify: bool, repair: bool, json: bool) -> an
         }
     );
     Ok(())
+}
+
+/// `berth cache preload`: pulls a list of images into the cache.
+pub async fn cache(args: StoreArgs, command: CacheCommand) -> anyhow::Result<()> {
+    match command {
+        CacheCommand::Preload { file, concurrency } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the list from standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let items =
+                crate::proxy::preload::parse_list(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let app = crate::app::App::open(load(&args)?).await?;
+            let started = std::time::Instant::now();
+            let bar = indicatif::ProgressBar::new(items.len() as u64);
+            if !std::io::stderr().is_terminal() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let summary = app
+                .proxy
+                .preload(items, concurrency, |line, error| {
+                    bar.inc(1);
+                    match error {
+                        Some(e) => bar.suspend(|| eprintln!("berth: {line}: {e}")),
+                        None => bar.set_message(line.to_string()),
+                    }
+                })
+                .await;
+            bar.finish_and_clear();
+            // What was pulled must be counted before the process ends.
+            app.registry.flush_pulls().await.ok();
+            app.registry.flush_touches().await.ok();
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "preloaded {} images ({} failed): {} manifests, {} blobs fetched ({} bytes), {} blobs already cached, in {:.1}s",
+                n(&summary.images),
+                n(&summary.failed),
+                n(&summary.manifests),
+                n(&summary.blobs_fetched),
+                n(&summary.bytes_fetched),
+                n(&summary.blobs_cached),
+                started.elapsed().as_secs_f64()
+            );
+            anyhow::ensure!(
+                n(&summary.failed) == 0,
+                "{} images could not be preloaded",
+                n(&summary.failed)
+            );
+            Ok(())
+        }
+    }
 }

@@ -88,6 +88,7 @@ async fn list_upstreams(State(app): State<Arc<App>>, _admin: Admin) -> Result<Re
             "upstream_errors": counters.upstream_errors.load(Relaxed),
             "served_stale": counters.served_stale.load(Relaxed),
             "blob_fetches": counters.blob_fetches.load(Relaxed),
+            "bytes_fetched": counters.bytes_fetched.load(Relaxed),
         },
     }))
     .into_response())

@@ -131,6 +131,9 @@ impl From<ProxyError> for ApiError {
             ProxyError::ReadOnlyRemote { .. } | ProxyError::MirrorOnly | ProxyError::VirtualReadOnly { .. } => {
                 ApiError::new(ErrorCode::Denied, message)
             }
+            // A preload's errors; no request meets them.
+            ProxyError::NotRemote(_) => ApiError::new(ErrorCode::NameUnknown, message),
+            ProxyError::NoSuchPlatform { .. } => ApiError::new(ErrorCode::ManifestUnknown, message),
             ProxyError::Upstream(upstream) => match upstream.as_ref() {
                 UpstreamError::NotFound { .. } => ApiError::new(ErrorCode::ManifestUnknown, message),
                 UpstreamError::Denied { .. } | UpstreamError::Invalid { .. } | UpstreamError::Unavailable { .. } => {

@@ -11,6 +11,7 @@
 
 pub mod config;
 mod fetch;
+pub mod preload;
 pub mod routes;
 pub mod ssrf;
 pub mod upstream;
@@ -49,6 +50,12 @@ pub enum ProxyError {
     /// A push to a virtual repository without a local member for pushes.
     #[error("{repo} is a virtual repository that takes no pushes")]
     VirtualReadOnly { repo: String },
+    /// A preload of a name that no upstream serves.
+    #[error("{0} is not the name of an upstream's repository (no configured prefix or host matches)")]
+    NotRemote(String),
+    /// A preload asked for a platform the index does not list.
+    #[error("{image}: the index lists no image for the platform {platform}")]
+    NoSuchPlatform { image: String, platform: String },
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -84,6 +91,8 @@ pub struct ProxyCounters {
     /// Blobs fetched from an upstream (one per blob however many clients
     /// wait, and however many replicas share the stores).
     pub blob_fetches: AtomicU64,
+    /// Bytes of blobs fetched from upstreams.
+    pub bytes_fetched: AtomicU64,
 }
 
 /// A blob read of a remote repository.
@@ -276,6 +285,19 @@ impl Proxy {
     /// says the tag is gone, the cached one is kept (`serve_deleted`).
     /// Afterwards the registry answers from the repository `remote.repo`.
     pub async fn fill_manifest(&self, remote: &Remote, any_host: bool, reference: &Reference) -> Result<()> {
+        self.fill_manifest_as(remote, any_host, reference, Provenance::Mirrored)
+            .await
+    }
+
+    /// [`Proxy::fill_manifest`], recording what it fetches as `provenance`
+    /// (a preload's are snapshots).
+    pub async fn fill_manifest_as(
+        &self,
+        remote: &Remote,
+        any_host: bool,
+        reference: &Reference,
+        provenance: Provenance,
+    ) -> Result<()> {
         let cached = self.registry.find_manifest(&remote.repo, reference).await?;
         let tag = match reference {
             Reference::Digest(_) if cached.is_some() => return self.hit(),
@@ -300,10 +322,13 @@ impl Proxy {
                     if digest == cached.digest {
                         return Ok(());
                     }
-                    return self.fetch_manifest(&client, remote, &digest.to_string(), tag).await;
+                    return self
+                        .fetch_manifest(&client, remote, &digest.to_string(), tag, provenance)
+                        .await;
                 }
             }
-            self.fetch_manifest(&client, remote, &reference_text, tag).await
+            self.fetch_manifest(&client, remote, &reference_text, tag, provenance)
+                .await
         }
         .await;
         match outcome {
@@ -351,6 +376,7 @@ impl Proxy {
         remote: &Remote,
         reference: &str,
         tag: Option<&str>,
+        provenance: Provenance,
     ) -> Result<()> {
         let limit = self.registry.manifest_limit();
         let (body, content_type) = client.get_manifest(&remote.path, reference, limit).await?;
@@ -374,13 +400,13 @@ impl Proxy {
         }
         .unwrap_or(Reference::Digest(digest));
         self.registry
-            .store_manifest(
+            .store_fetched_manifest(
                 &remote.repo,
                 &store_as,
                 content_type.as_deref(),
                 body,
-                Some(client.name()),
-                Provenance::Mirrored,
+                client.name(),
+                provenance,
             )
             .await
             .map_err(|e| match e {
@@ -688,6 +714,7 @@ impl BlobFetch {
         let body: berth_storage::ByteStream = Box::pin(tokio_stream_from(rx));
         let store = self.registry.push_blob(&self.repo, &self.digest, body, Some(size));
         let client_name = self.client.name().to_string();
+        let counters = self.counters.clone();
         let pump = async move {
             let mut upstream = Box::pin(answer.into_stream());
             let mut received: u64 = 0;
@@ -703,6 +730,7 @@ impl BlobFetch {
                     }
                 };
                 received += chunk.len() as u64;
+                counters.bytes_fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if received > size {
                     let _ = tx.send(Err(std::io::Error::other("longer than announced"))).await;
                     return Err(UpstreamError::Invalid {

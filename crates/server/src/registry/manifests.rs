@@ -30,6 +30,15 @@ impl Provenance {
     }
 }
 
+/// A manifest on its way into the store, with how it came.
+struct IncomingManifest<'a> {
+    content_type: Option<&'a str>,
+    body: Vec<u8>,
+    pushed_by: Option<&'a str>,
+    provenance: Provenance,
+    fetched_on_demand: bool,
+}
+
 /// The result of a manifest push.
 #[derive(Debug)]
 pub struct PushedManifest {
@@ -62,8 +71,7 @@ impl Registry {
     }
 
     /// Validates and stores a manifest that arrived as `provenance` says
-    /// (a push, a pull through an upstream, an import): the same rules apply
-    /// whatever its source.
+    /// (a push, an import): the same rules apply whatever its source.
     pub async fn store_manifest(
         &self,
         repo: &RepoName,
@@ -73,6 +81,51 @@ impl Registry {
         pushed_by: Option<&str>,
         provenance: Provenance,
     ) -> Result<PushedManifest> {
+        let manifest = IncomingManifest {
+            content_type,
+            body,
+            pushed_by,
+            provenance,
+            fetched_on_demand: false,
+        };
+        self.store(repo, reference, manifest).await
+    }
+
+    /// Stores a manifest fetched from `upstream` for a pull-through cache:
+    /// validated like any other, but its blobs and children are fetched
+    /// when a client asks for them, so they need not be present yet.
+    pub async fn store_fetched_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        upstream: &str,
+        provenance: Provenance,
+    ) -> Result<PushedManifest> {
+        let manifest = IncomingManifest {
+            content_type,
+            body,
+            pushed_by: Some(upstream),
+            provenance,
+            fetched_on_demand: true,
+        };
+        self.store(repo, reference, manifest).await
+    }
+
+    async fn store(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        incoming: IncomingManifest<'_>,
+    ) -> Result<PushedManifest> {
+        let IncomingManifest {
+            content_type,
+            body,
+            pushed_by,
+            provenance,
+            fetched_on_demand,
+        } = incoming;
         if body.len() > self.limits.manifest_max_bytes {
             return Err(RegistryError::ManifestTooLarge {
                 limit: self.limits.manifest_max_bytes,
@@ -128,7 +181,7 @@ impl Registry {
             provenance: provenance.as_str().into(),
             platforms,
             blob_bytes,
-            fetched_on_demand: provenance == Provenance::Mirrored,
+            fetched_on_demand,
         };
         self.meta
             .put_manifest(repo.as_str(), &record, tag, self.now_ms())

@@ -493,3 +493,72 @@ async fn the_inventory_lists_cached_images_with_their_upstream_and_an_admin_can_
         image.digest
     );
 }
+
+#[tokio::test]
+async fn preload_fills_the_cache_once_and_a_second_run_fetches_nothing() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 2).await;
+    let (amd, arm) = (Image::random(1), Image::random(1));
+    let platforms = [
+        serde_json::json!({ "os": "linux", "architecture": "amd64" }),
+        serde_json::json!({ "os": "linux", "architecture": "arm64" }),
+    ];
+    upstream
+        .push_index("team/multi", "1", &[amd.clone(), arm.clone()], &platforms)
+        .await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    let list = cache.data_dir().join("preload.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# edge images\nup/team/app:v1\nupstream.test/team/multi:1 linux/arm64\nup/team/app@{}\n",
+            image.digest
+        ),
+    )
+    .unwrap();
+    let list = list.display().to_string();
+    let (ok, _, err) = cache.cli(&["cache", "preload", &list], "");
+    assert!(ok, "{err}");
+    assert!(err.contains("preloaded 3 images (0 failed)"), "{err}");
+    // app: config + 2 layers; multi's arm64 child: config + 1 layer.
+    assert!(err.contains("5 blobs fetched"), "{err}");
+    let (ok, _, err) = cache.cli(&["cache", "preload", &list], "");
+    assert!(ok, "{err}");
+    assert!(err.contains("0 blobs fetched"), "a second run fetches nothing: {err}");
+
+    drop(upstream);
+    let (status, digest, _) = manifest_of(&cache, "/v2/up/team/multi/manifests/1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        manifest_of(&cache, &format!("/v2/up/team/multi/manifests/{}", arm.digest))
+            .await
+            .1,
+        arm.digest
+    );
+    assert!(!digest.is_empty());
+    for blob in [&arm.config, &arm.layers[0], &image.config, &image.layers[1]] {
+        let (status, bytes) = blob_of(&cache, &format!("/v2/up/team/multi/blobs/{}", sha256(blob))).await;
+        let repo_of_blob = if status == StatusCode::OK { "multi" } else { "app" };
+        if repo_of_blob == "app" {
+            let (status, bytes) = blob_of(&cache, &format!("/v2/up/team/app/blobs/{}", sha256(blob))).await;
+            assert_eq!((status, bytes.unwrap()), (StatusCode::OK, blob.clone()));
+        } else {
+            assert_eq!(bytes.unwrap(), *blob);
+        }
+    }
+    // The amd64 child was left out.
+    assert_eq!(
+        blob_of(&cache, &format!("/v2/up/team/multi/blobs/{}", sha256(&amd.layers[0])))
+            .await
+            .0,
+        StatusCode::BAD_GATEWAY
+    );
+    let images: Value = cache.get("/v1/images?provenance=snapshot").await.json().await.unwrap();
+    assert!(
+        !images["images"].as_array().unwrap().is_empty(),
+        "preloaded images are snapshots: {images}"
+    );
+
+    let (ok, _, err) = cache.cli(&["cache", "preload", "/nonexistent/list"], "");
+    assert!(!ok && err.contains("/nonexistent/list"), "{err}");
+}
