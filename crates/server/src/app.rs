@@ -360,6 +360,28 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
             }
         });
     }
+    if app.config.proxy.max_bytes > 0 {
+        let app = app.clone();
+        every(app.config.proxy.evict_interval_secs, move || {
+            let app = app.clone();
+            async move {
+                when_leading(&app, "proxy-evict", async {
+                    let cap = app.config.proxy.max_bytes;
+                    match crate::proxy::evict::evict_over_cap(&app.lifecycle, &app.registry, cap).await {
+                        Ok(e) if e.images_evicted > 0 => tracing::info!(
+                            images_evicted = e.images_evicted,
+                            bytes_evicted = e.bytes_evicted,
+                            cached_bytes = e.cached_bytes,
+                            "cache over proxy.max_bytes: evicted the least recently used"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cache eviction failed; will retry"),
+                    }
+                })
+                .await;
+            }
+        });
+    }
     every(app.config.gc.interval_secs, move || {
         let app = app.clone();
         async move {

@@ -39,6 +39,24 @@ pub fn router() -> Router<Arc<App>> {
         .route("/audit", get(audit_log))
         .route("/proxy/upstreams", get(list_upstreams))
         .route("/proxy/cache/{*image}", delete(evict_cached))
+        .route("/proxy/evict", post(evict_over_cap))
+}
+
+/// `POST /api/v1/proxy/evict`: applies `proxy.max_bytes` now.
+async fn evict_over_cap(State(app): State<Arc<App>>, _admin: Admin) -> Result<Response, ApiError> {
+    if app.config.proxy.max_bytes == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "proxy.max_bytes is not set: the cache has no size cap",
+        ));
+    }
+    let report = crate::proxy::evict::evict_over_cap(&app.lifecycle, &app.registry, app.config.proxy.max_bytes)
+        .await
+        .map_err(|e| match e {
+            crate::proxy::evict::EvictionError::Registry(e) => ApiError::from(e),
+            crate::proxy::evict::EvictionError::Lifecycle(e) => ApiError::from(e),
+        })?;
+    Ok(Json(report).into_response())
 }
 
 /// `DELETE /api/v1/proxy/cache/<repository>@<digest>`: evicts a cached

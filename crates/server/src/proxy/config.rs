@@ -54,6 +54,8 @@ pub struct ProxyConfig {
     /// The most bytes of cached blobs to keep; least recently pulled cached
     /// images are evicted beyond it. 0: no cap.
     pub max_bytes: u64,
+    /// How often the cap is checked (with `max_bytes` set); 0: never on a schedule.
+    pub evict_interval_secs: u64,
     /// Defaults for every upstream's connect and read timeouts.
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
@@ -72,6 +74,7 @@ impl Default for ProxyConfig {
             freshness_secs: 300,
             serve_deleted: true,
             max_bytes: 0,
+            evict_interval_secs: 300,
             connect_timeout_secs: 10,
             read_timeout_secs: 60,
             upstreams: Vec::new(),

@@ -10,6 +10,7 @@
 //! ([`fetch`]), one replica fetching when several share the stores.
 
 pub mod config;
+pub mod evict;
 mod fetch;
 pub mod preload;
 pub mod routes;
