@@ -112,6 +112,7 @@ impl Fetches {
     }
 
     /// How many fetches are in flight.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -131,22 +132,6 @@ impl Fetch {
             }
             if rx.changed().await.is_err() {
                 return rx.borrow().clone();
-            }
-        }
-    }
-
-    /// Waits until the fetch ended.
-    pub async fn ended(&self) -> FetchEnd {
-        let mut rx = self.state.clone();
-        loop {
-            if let Some(end) = rx.borrow_and_update().end.clone() {
-                return end;
-            }
-            if rx.changed().await.is_err() {
-                return FetchEnd::Failed(Arc::new(UpstreamError::Unavailable {
-                    upstream: String::new(),
-                    reason: "the fetch stopped".into(),
-                }));
             }
         }
     }

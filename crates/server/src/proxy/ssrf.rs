@@ -31,7 +31,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -61,8 +61,7 @@ pub const MAX_REDIRECTS: usize = 10;
 ///   internal networks; Alibaba Cloud's metadata service is at 100.100.100.200.
 /// - `LinkLocal`: 169.254.0.0/16, where clouds serve instance metadata and
 ///   credentials (169.254.169.254), and fe80::/10.
-/// - `Multicast`: 224.0.0.0/4 and ff00::/8: never an HTTP server, and a
-///   request there reaches every listener of the group.
+/// - `Multicast`: 224.0.0.0/4 and ff00::/8: never an HTTP server.
 /// - `Broadcast`: 255.255.255.255.
 ///
 /// An IPv6 address that carries an IPv4 address (IPv4-mapped ::ffff:0:0/96,
@@ -87,7 +86,7 @@ impl fmt::Display for Forbidden {
             Forbidden::Unspecified => "unspecified",
             Forbidden::Loopback => "loopback",
             Forbidden::Private => "private",
-            Forbidden::SharedAddressSpace => "shared address space",
+            Forbidden::SharedAddressSpace => "shared (carrier-grade NAT)",
             Forbidden::LinkLocal => "link-local",
             Forbidden::Multicast => "multicast",
             Forbidden::Broadcast => "broadcast",
@@ -272,11 +271,9 @@ pub enum SsrfError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{origin} is a {class} address, which upstream requests may not reach unless proxy.allowed_networks lists it"
-    )]
+    #[error("{origin} ({class} address) is out of reach of upstream requests unless proxy.allowed_networks lists it")]
     ForbiddenAddress { origin: String, class: Forbidden },
-    #[error("connected to {peer}, a {class} address, which upstream requests may not reach unless proxy.allowed_networks lists it")]
+    #[error("connected to {peer} ({class} address), which is out of reach of upstream requests unless proxy.allowed_networks lists it")]
     ForbiddenPeer { peer: IpAddr, class: Forbidden },
     #[error("the connection does not tell the address it was made to, so it cannot be checked")]
     UnknownPeer,
@@ -360,6 +357,32 @@ impl Guard {
         })
     }
 
+    /// What `host` resolved to, less what the policy forbids; all of it when
+    /// the host is trusted (remembered for the connector layer).
+    fn screen(&self, host: &str, found: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, SsrfError> {
+        if found.is_empty() {
+            return Err(SsrfError::NoAddress { host: host.to_string() });
+        }
+        if self.policy.trusts_host(host) {
+            let mut peers = self.trusted_peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.extend(found.iter().map(|a| a.ip()));
+            return Ok(found);
+        }
+        let (permitted, refused): (Vec<_>, Vec<_>) = found.into_iter().partition(|a| self.policy.permits(a.ip()));
+        if permitted.is_empty() {
+            let mut refused: Vec<_> = refused
+                .into_iter()
+                .filter_map(|a| Some((a.ip(), self.policy.refusal(a.ip())?)))
+                .collect();
+            refused.dedup();
+            return Err(SsrfError::NoPermittedAddress {
+                host: host.to_string(),
+                refused,
+            });
+        }
+        Ok(permitted)
+    }
+
     fn check_peer(&self, peer: IpAddr) -> Result<(), SsrfError> {
         let Some(class) = self.policy.refusal(peer) else {
             return Ok(());
@@ -386,15 +409,8 @@ pub struct GuardedResolver {
 }
 
 impl GuardedResolver {
-    /// A resolver that holds to `policy`.
-    pub fn new(policy: Arc<NetworkPolicy>) -> GuardedResolver {
-        GuardedResolver {
-            guard: Guard::new(policy),
-        }
-    }
-
     /// The permitted addresses of `host`.
-    async fn lookup(guard: &Guard, host: &str) -> Result<Vec<std::net::SocketAddr>, SsrfError> {
+    async fn lookup(guard: &Guard, host: &str) -> Result<Vec<SocketAddr>, SsrfError> {
         let found: Vec<_> = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|source| SsrfError::Resolve {
@@ -402,27 +418,7 @@ impl GuardedResolver {
                 source,
             })?
             .collect();
-        if found.is_empty() {
-            return Err(SsrfError::NoAddress { host: host.to_string() });
-        }
-        if guard.policy.trusts_host(host) {
-            let mut peers = guard.trusted_peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.extend(found.iter().map(|a| a.ip()));
-            return Ok(found);
-        }
-        let (permitted, refused): (Vec<_>, Vec<_>) = found.into_iter().partition(|a| guard.policy.permits(a.ip()));
-        if permitted.is_empty() {
-            let mut refused: Vec<_> = refused
-                .into_iter()
-                .filter_map(|a| Some((a.ip(), guard.policy.refusal(a.ip())?)))
-                .collect();
-            refused.dedup();
-            return Err(SsrfError::NoPermittedAddress {
-                host: host.to_string(),
-                refused,
-            });
-        }
-        Ok(permitted)
+        guard.screen(host, found)
     }
 }
 
@@ -511,10 +507,11 @@ fn redirect_policy(guard: Arc<Guard>) -> redirect::Policy {
 
 /// A client builder with the guard in place ([`GuardedResolver`], the
 /// redirect policy, the check on each connection's address), rustls, no
-/// `Referer` on redirects, no system proxy (through a proxy the address connected to is the proxy's,
-/// and no check here could see where a request goes) and the timeouts.
-/// Callers may add TLS roots, client certificates or headers; they must not
-/// replace the resolver, the redirect policy or the proxy setting.
+/// `Referer` on redirects, no system proxy (through a proxy the address
+/// connected to is the proxy's, and no check here could see where a request
+/// goes) and the timeouts. Callers may add TLS roots, client certificates or
+/// headers; they must not replace the resolver, the redirect policy or the
+/// proxy setting.
 pub fn guarded_client_builder(
     policy: Arc<NetworkPolicy>,
     connect_timeout: Duration,
@@ -684,8 +681,33 @@ mod tests {
         let err = check_url(&NetworkPolicy::default(), &url).unwrap_err().to_string();
         assert_eq!(
             err,
-            "http://169.254.169.254 is a link-local address, which upstream requests may not reach unless proxy.allowed_networks lists it"
+            "http://169.254.169.254 (link-local address) is out of reach of upstream requests unless proxy.allowed_networks lists it"
         );
+    }
+
+    #[test]
+    fn the_resolver_passes_on_only_permitted_addresses() {
+        let guard = Guard::new(Arc::new(policy(&["10.0.0.0/8"])));
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> { list.iter().map(|a| SocketAddr::new(ip(a), 0)).collect() };
+        // A name that answers public and internal addresses at once (as a
+        // rebinding name may) is connected to on the public ones only.
+        let found = addrs(&["93.184.216.34", "169.254.169.254", "2606:2800::1", "::1", "10.0.0.7"]);
+        assert_eq!(
+            guard.screen("mixed.example", found).unwrap(),
+            addrs(&["93.184.216.34", "2606:2800::1", "10.0.0.7"])
+        );
+        let err = guard
+            .screen("internal.example", addrs(&["169.254.169.254", "::ffff:127.0.0.1"]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "internal.example resolves only to addresses upstream requests may not reach: \
+             169.254.169.254 (link-local), ::ffff:127.0.0.1 (loopback)"
+        );
+        assert!(matches!(
+            guard.screen("nothing.example", Vec::new()),
+            Err(SsrfError::NoAddress { .. })
+        ));
     }
 
     // ----------------------------------------------------------------------
@@ -749,7 +771,7 @@ mod tests {
         let by_literal = refusal(&guarded, &format!("http://127.0.0.1:{port}/")).await;
         assert_eq!(
             by_literal,
-            "connected to 127.0.0.1, a loopback address, which upstream requests may not reach unless proxy.allowed_networks lists it"
+            "connected to 127.0.0.1 (loopback address), which is out of reach of upstream requests unless proxy.allowed_networks lists it"
         );
 
         let allowed = client(&["127.0.0.0/8"]);
@@ -795,7 +817,7 @@ mod tests {
         let literal = refusal(&guarded, &format!("{start}/to?http://127.0.0.1:{port}/?sig=secret")).await;
         assert_eq!(
             literal,
-            format!("http://127.0.0.1:{port} is a loopback address, which upstream requests may not reach unless proxy.allowed_networks lists it")
+            format!("http://127.0.0.1:{port} (loopback address) is out of reach of upstream requests unless proxy.allowed_networks lists it")
         );
         let metadata = refusal(&guarded, &format!("{start}/to?http://169.254.169.254/latest/")).await;
         assert!(metadata.contains("link-local"), "{metadata}");
@@ -803,8 +825,15 @@ mod tests {
         assert!(v6.contains("loopback"), "{v6}");
         let name = refusal(&guarded, &format!("{start}/to?http://localhost:{port}/")).await;
         assert!(name.starts_with("localhost resolves only to"), "{name}");
-        let scheme = refusal(&guarded, &format!("{start}/to?file:///etc/passwd")).await;
-        assert_eq!(scheme, "a file: URL: upstream requests go over http or https only");
+        let scheme = refusal(&guarded, &format!("{start}/to?ftp://127.0.0.2:{port}/")).await;
+        assert_eq!(scheme, "a ftp: URL: upstream requests go over http or https only");
+        // A Location without an authority is not even a redirect to follow.
+        let resp = guarded
+            .get(format!("{start}/to?file:///etc/passwd"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 302);
     }
 
     #[tokio::test]

@@ -145,10 +145,13 @@ impl UpstreamClient {
                 .map_or(defaults.connect, Duration::from_secs),
             read: config.read_timeout_secs.map_or(defaults.read, Duration::from_secs),
         };
-        let mut builder = reqwest::Client::builder()
+        // The upstream's own host is trusted (an admin named it); the guard
+        // still applies to anything else this client is sent to (a token
+        // realm elsewhere). Redirects are followed by `guarded`, below.
+        let host = base.host_str().unwrap_or_default().to_string();
+        let trusting = Arc::new(policy.as_ref().clone().trusting([host]));
+        let mut builder = ssrf::guarded_client_builder(trusting, timeouts.connect, timeouts.read)
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.read)
             .danger_accept_invalid_certs(config.insecure_skip_verify);
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).map_err(|e| invalid(format!("ca_file {}: {e}", ca.display())))?;

@@ -534,31 +534,19 @@ impl TestApp {
 
     /// Pushes the blobs of `image` and its manifest by digest (no tag).
     pub async fn push_untagged(&self, repo: &str, image: &Image) {
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
-            self.push_blob(repo, blob).await;
-        }
-        self.push_manifest(repo, &image.digest, OCI_MANIFEST, &image.manifest)
+        image
+            .push_as(&self.client, &self.base, repo, &image.digest, BlobUpload::SinglePost)
             .await;
     }
 
     /// Pushes `children` by digest and an OCI index over them under `tag`, the
     /// i-th child with the i-th of `platforms`; returns the index's bytes.
     pub async fn push_index(&self, repo: &str, tag: &str, children: &[Image], platforms: &[Value]) -> Vec<u8> {
-        for child in children {
-            self.push_untagged(repo, child).await;
-        }
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": children.iter().zip(platforms).map(|(c, p)| {
-                let mut d = c.descriptor();
-                d["platform"] = p.clone();
-                d
-            }).collect::<Vec<_>>(),
-        }))
-        .expect("index JSON");
-        self.push_manifest(repo, tag, OCI_INDEX, &index).await;
+        let index = Index::of(children.to_vec(), platforms);
         index
+            .push_as(&self.client, &self.base, repo, tag, BlobUpload::SinglePost)
+            .await;
+        index.manifest
     }
 
     /// The newest entries of the audit log (the test servers run without auth).
@@ -983,14 +971,50 @@ pub fn with_query(url: &str, pair: &str) -> String {
 
 /// Pushes a blob in one `POST ?digest=`, asserts 201 and returns its sha256 digest.
 pub async fn push_blob(client: &reqwest::Client, base: &str, repo: &str, bytes: &[u8]) -> String {
+    upload_blob(client, base, repo, bytes, BlobUpload::SinglePost).await
+}
+
+/// How the push helpers upload a blob whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobUpload {
+    /// One `POST ?digest=` with the bytes, answered 201. Berth takes it; the
+    /// distribution spec leaves it optional, and distribution 2.8 opens a
+    /// session instead (202) and drops the bytes.
+    SinglePost,
+    /// A `POST` that opens a session (202), then one `PUT <location>?digest=`
+    /// with the bytes (201): what every registry takes.
+    PostThenPut,
+}
+
+/// Uploads a blob whole as `how` says, asserts the registry took it and
+/// returns its sha256 digest.
+pub async fn upload_blob(client: &reqwest::Client, base: &str, repo: &str, bytes: &[u8], how: BlobUpload) -> String {
     let digest = sha256(bytes);
-    let resp = client
-        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+    let request = match how {
+        BlobUpload::SinglePost => client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}")),
+        BlobUpload::PostThenPut => {
+            let resp = client
+                .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+                .send()
+                .await
+                .expect("POST upload");
+            let status = resp.status();
+            assert_eq!(
+                status,
+                StatusCode::ACCEPTED,
+                "open an upload: {}",
+                resp.text().await.unwrap_or_default()
+            );
+            let location = resolve(base, header(&resp, "location"));
+            client.put(with_query(&location, &format!("digest={digest}")))
+        }
+    };
+    let resp = request
         .header("content-type", "application/octet-stream")
         .body(bytes.to_vec())
         .send()
         .await
-        .expect("POST blob");
+        .expect("pushing a blob");
     let status = resp.status();
     assert_eq!(
         status,
@@ -1067,15 +1091,79 @@ impl Image {
         descriptor(OCI_MANIFEST, &self.manifest)
     }
 
+    /// The digest of the config blob.
+    pub fn config_digest(&self) -> String {
+        sha256(&self.config)
+    }
+
+    /// The digests of the layers, in order.
+    pub fn layer_digests(&self) -> Vec<String> {
+        self.layers.iter().map(|l| sha256(l)).collect()
+    }
+
     /// Pushes the blobs (monolithically) and the manifest under `tag`.
     pub async fn push(&self, client: &reqwest::Client, base: &str, repo: &str, tag: &str) {
-        push_blob(client, base, repo, &self.config).await;
-        for layer in &self.layers {
-            push_blob(client, base, repo, layer).await;
+        self.push_as(client, base, repo, tag, BlobUpload::SinglePost).await;
+    }
+
+    /// Pushes the blobs, each uploaded as `how` says, and the manifest under
+    /// `reference` (a tag, or the manifest's digest).
+    pub async fn push_as(&self, client: &reqwest::Client, base: &str, repo: &str, reference: &str, how: BlobUpload) {
+        for blob in std::iter::once(&self.config).chain(&self.layers) {
+            upload_blob(client, base, repo, blob, how).await;
         }
-        let resp = put_manifest(client, base, repo, tag, OCI_MANIFEST, &self.manifest).await;
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        assert_eq!(header(&resp, "docker-content-digest"), self.digest);
+        let resp = put_manifest(client, base, repo, reference, OCI_MANIFEST, &self.manifest).await;
+        let status = resp.status();
+        let digest = resp.headers().get("docker-content-digest").cloned();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::CREATED, "PUT manifest {repo}:{reference}: {text}");
+        assert_eq!(
+            digest.as_ref().and_then(|d| d.to_str().ok()),
+            Some(self.digest.as_str())
+        );
+    }
+}
+
+/// An OCI index over images, each with a platform.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub children: Vec<Image>,
+    pub manifest: Vec<u8>,
+    pub digest: String,
+}
+
+impl Index {
+    /// An index over `children`, the i-th with the i-th of `platforms`.
+    pub fn of(children: Vec<Image>, platforms: &[Value]) -> Index {
+        assert_eq!(children.len(), platforms.len(), "a platform per child");
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": children.iter().zip(platforms).map(|(c, p)| {
+                let mut d = c.descriptor();
+                d["platform"] = p.clone();
+                d
+            }).collect::<Vec<_>>(),
+        }))
+        .expect("index JSON");
+        let digest = sha256(&manifest);
+        Index {
+            children,
+            manifest,
+            digest,
+        }
+    }
+
+    /// Pushes the children by digest (blobs uploaded as `how` says) and the
+    /// index under `tag`; panics unless each is accepted.
+    pub async fn push_as(&self, client: &reqwest::Client, base: &str, repo: &str, tag: &str, how: BlobUpload) {
+        for child in &self.children {
+            child.push_as(client, base, repo, &child.digest, how).await;
+        }
+        let resp = put_manifest(client, base, repo, tag, OCI_INDEX, &self.manifest).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::CREATED, "PUT index {repo}:{tag}: {text}");
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod auth_harness;
 mod harness;
+mod upstreams;
 
 mod auth;
 mod auth_external;
