@@ -24,6 +24,7 @@ mod manifests;
 mod migrate;
 mod mount;
 mod proxy;
+mod proxy_upstreams;
 mod referrers;
 mod routes;
 mod stress;
