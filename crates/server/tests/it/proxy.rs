@@ -562,3 +562,55 @@ async fn preload_fills_the_cache_once_and_a_second_run_fetches_nothing() {
     let (ok, _, err) = cache.cli(&["cache", "preload", "/nonexistent/list"], "");
     assert!(!ok && err.contains("/nonexistent/list"), "{err}");
 }
+
+/// Over `proxy.max_bytes` the least recently used cached images go; a full
+/// cache still takes every pull.
+#[tokio::test]
+async fn a_cache_over_its_size_cap_evicts_the_least_recently_used() {
+    let upstream = TestApp::start();
+    let images: Vec<Image> =
+        futures::future::join_all(["a", "b", "c"].map(|tag| upstream.push_image("team/app", tag, 1))).await;
+    let biggest = images
+        .iter()
+        .map(|i| i.manifest.len() + i.config.len() + i.layers[0].len())
+        .max()
+        .unwrap();
+    // Room for two images, not three.
+    let config = format!(
+        "[gc]\ninterval_secs = 0\ngrace_secs = 60\n{}",
+        caching(
+            &upstream,
+            &format!("max_bytes = {}\nevict_interval_secs = 0", biggest * 2 + 100)
+        )
+    );
+    let cache = TestApp::start_with_clock(&config);
+    for tag in ["a", "b", "c"] {
+        manifest_of(&cache, &format!("/v2/up/team/app/manifests/{tag}")).await;
+        cache.advance_clock(60_000);
+    }
+    // `a` is used again: `b` is now the least recently used.
+    manifest_of(&cache, "/v2/up/team/app/manifests/a").await;
+    let report: Value = cache
+        .client
+        .post(cache.url("/api/v1/proxy/evict"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["images_evicted"], 1, "{report}");
+    drop(upstream);
+    let tags: Value = cache.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["a", "c"]), "{report}");
+    let report: Value = cache
+        .client
+        .post(cache.url("/api/v1/proxy/evict"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["images_evicted"], 0, "under the cap now: {report}");
+}
