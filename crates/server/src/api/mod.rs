@@ -109,7 +109,13 @@ async fn route(app: &App, req: Request) -> ApiResult {
     let writes = is_write(&endpoint);
     let target = match endpoint.repo_mut() {
         Some(repo) => {
-            let ns = query_of(&req).remove("ns");
+            // Only a registry with upstreams reads `?ns=`: the query is parsed
+            // on every request otherwise.
+            let ns = if app.proxy.has_routes() {
+                query_of(&req).remove("ns")
+            } else {
+                None
+            };
             let route = app.proxy.resolve(repo, ns.as_deref());
             if writes {
                 *repo = app.proxy.writable(route)?;

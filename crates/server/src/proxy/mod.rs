@@ -217,6 +217,11 @@ impl Proxy {
         self.routes.resolve(name, ns)
     }
 
+    /// Whether any name can resolve to something other than a local repository.
+    pub fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
     /// Whether the registry refuses every push and delete.
     pub fn mirror_only(&self) -> bool {
         self.mirror_only
