@@ -13,6 +13,7 @@ mod migrate;
 mod namespaces;
 mod operator;
 mod pattern;
+mod progress;
 mod registry;
 mod tag_names;
 mod telemetry;
