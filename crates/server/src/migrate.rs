@@ -172,7 +172,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let excluded = source.excluded(&failed).await?;
     let counts = source.row_counts().await?;
     let rows: u64 = counts.values().sum();
-    let phase = Phase::start("migrate", "metadata", rows, Unit::Items("rows"));
+    let phase = Phase::start("migrate", "metadata", Some(rows), Unit::Items("rows"));
     for table in TABLES {
         if let Handling::NotCopied { .. } = table.handling {
             continue;
@@ -240,7 +240,7 @@ async fn copy_blobs(
     let (total, total_bytes) = source.blob_totals().await?;
     summary.blobs.total = total;
     summary.blobs.total_bytes = total_bytes;
-    let phase = Phase::start("migrate", "blobs", total_bytes, Unit::Bytes);
+    let phase = Phase::start("migrate", "blobs", Some(total_bytes), Unit::Bytes);
     let mut done = 0u64;
     let mut after: Option<String> = None;
     loop {

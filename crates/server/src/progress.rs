@@ -30,18 +30,23 @@ pub struct Phase {
 }
 
 impl Phase {
-    /// Starts a phase of `len` units; must run inside a tokio runtime.
-    pub fn start(command: &'static str, name: &'static str, len: u64, unit: Unit) -> Phase {
+    /// Starts a phase of `len` units (unknown: `None`); must run inside a
+    /// tokio runtime.
+    pub fn start(command: &'static str, name: &'static str, len: Option<u64>, unit: Unit) -> Phase {
         let terminal = io::stderr().is_terminal();
         let target = if terminal {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
         };
-        let bar = ProgressBar::with_draw_target(Some(len), target);
-        let template = match unit {
-            Unit::Bytes => "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}".to_string(),
-            Unit::Items(what) => format!("{{prefix:>9}} [{{bar:30}}] {{pos}}/{{len}} {what} {{msg}}"),
+        let bar = ProgressBar::with_draw_target(len, target);
+        let template = match (unit, len) {
+            (Unit::Bytes, Some(_)) => {
+                "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}".to_string()
+            }
+            (Unit::Bytes, None) => "{prefix:>9} {bytes} {bytes_per_sec} {msg}".to_string(),
+            (Unit::Items(what), Some(_)) => format!("{{prefix:>9}} [{{bar:30}}] {{pos}}/{{len}} {what} {{msg}}"),
+            (Unit::Items(what), None) => format!("{{prefix:>9}} {{pos}} {what} {{msg}}"),
         };
         if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));
@@ -52,19 +57,18 @@ impl Phase {
             Unit::Items(what) => what,
         };
         let ticker = (!terminal).then(|| {
-            eprintln!("{command}: {name}: {len} {label}");
+            match len {
+                Some(len) => eprintln!("{command}: {name}: {len} {label}"),
+                None => eprintln!("{command}: {name}"),
+            }
             let bar = bar.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(PLAIN_PROGRESS_EVERY);
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    eprintln!(
-                        "{command}: {name}: {}/{} {label} {}",
-                        bar.position(),
-                        bar.length().unwrap_or(0),
-                        bar.message()
-                    );
+                    let of = bar.length().map(|len| format!("/{len}")).unwrap_or_default();
+                    eprintln!("{command}: {name}: {}{of} {label} {}", bar.position(), bar.message());
                 }
             })
         });
