@@ -4,6 +4,7 @@
 mod auth_harness;
 mod harness;
 
+mod airgap;
 mod auth;
 mod auth_external;
 mod auth_oidc;
