@@ -301,10 +301,12 @@ fn read_tar(source: Counted, tx: mpsc::Sender<io::Result<Entry>>) {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let kind = entry.header().entry_type();
-        if kind.is_dir() {
+        // Directories, and a pax archive's global header (as other tools
+        // write them), hold nothing of the layout.
+        if kind.is_dir() || kind.is_pax_global_extensions() {
             continue;
         }
-        if !kind.is_file() {
+        if !(kind.is_file() || kind.is_contiguous()) {
             let sent = tx.blocking_send(Ok(Entry::Special {
                 path,
                 kind: format!("{kind:?}"),
