@@ -111,7 +111,11 @@ impl<'r> Importer<'r> {
     /// Reads every entry of the archive.
     async fn read(&mut self, reader: &mut TarReader) -> Result<()> {
         while let Some(entry) = reader.next().await {
-            match entry.map_err(|e| AirgapError::Read(e.to_string()))? {
+            let entry = entry.map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => AirgapError::Incomplete(e.to_string()),
+                _ => AirgapError::Read(e.to_string()),
+            })?;
+            match entry {
                 Entry::Special { path, kind } => {
                     return Err(AirgapError::Format(format!(
                         "{path} is an entry of type {kind}; an export holds only files"

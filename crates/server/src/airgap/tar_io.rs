@@ -6,6 +6,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use indicatif::ProgressBar;
@@ -259,6 +261,7 @@ impl TarReader {
         let counted = Counted {
             inner: source.reader,
             bar,
+            ended: Arc::new(AtomicBool::new(false)),
         };
         let thread = tokio::task::spawn_blocking(move || read_tar(counted, tx));
         TarReader { rx, thread }
@@ -280,11 +283,23 @@ impl TarReader {
 /// The reader thread: each entry's header, then its bytes through a channel
 /// of its own.
 fn read_tar(source: Counted, tx: mpsc::Sender<io::Result<Entry>>) {
+    let ended = source.ended.clone();
+    // An error where the input ended is a truncated archive, told as such.
+    let failed = |e: io::Error| {
+        if ended.load(Ordering::Relaxed) {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the archive ends inside the header of an entry ({e})"),
+            )
+        } else {
+            e
+        }
+    };
     let mut archive = tar::Archive::new(BufReader::with_capacity(IO_BUFFER, source));
     let entries = match archive.entries() {
         Ok(entries) => entries,
         Err(e) => {
-            let _ = tx.blocking_send(Err(e));
+            let _ = tx.blocking_send(Err(failed(e)));
             return;
         }
     };
@@ -292,7 +307,7 @@ fn read_tar(source: Counted, tx: mpsc::Sender<io::Result<Entry>>) {
         let mut entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                let _ = tx.blocking_send(Err(e));
+                let _ = tx.blocking_send(Err(failed(e)));
                 return;
             }
         };
@@ -357,11 +372,16 @@ fn read_tar(source: Counted, tx: mpsc::Sender<io::Result<Entry>>) {
 struct Counted {
     inner: Box<dyn Read + Send>,
     bar: ProgressBar,
+    /// Whether the input has ended.
+    ended: Arc<AtomicBool>,
 }
 
 impl Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
         self.bar.inc(n as u64);
         Ok(n)
     }

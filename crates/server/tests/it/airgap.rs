@@ -496,6 +496,13 @@ async fn a_truncated_or_incomplete_archive_fails_the_import_and_tags_nothing() {
     assert!(stderr.contains(missing), "the message names the missing blob: {stderr}");
     assert_nothing_shows(&target, &content).await;
 
+    // Cut inside the header of the last entry.
+    let in_header = dir.path().join("in-header.tar");
+    std::fs::write(&in_header, &archive[..at_entry + 100]).unwrap();
+    let stderr = run_failing(&target, &["import", &in_header.to_string_lossy()]);
+    assert!(stderr.contains("incomplete"), "{stderr}");
+    assert_nothing_shows(&target, &content).await;
+
     // Not an archive at all.
     let junk = dir.path().join("junk.tar");
     std::fs::write(&junk, random_bytes(3000)).unwrap();
