@@ -44,13 +44,12 @@ impl App {
         ensure_data_dir(&config.data_dir)?;
         let (meta, stores) = open_stores(&config).await?;
         let clock = clock::from_env()?;
-        let limits = Limits {
-            manifest_max_bytes: config.limits.manifest_max_bytes,
-            namespaces: NamespaceRules::from_config(&config.lifecycle)
-                .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
-            gc_grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        };
-        let registry = Arc::new(Registry::new(meta.clone(), stores.clone(), clock.clone(), limits));
+        let registry = Arc::new(Registry::new(
+            meta.clone(),
+            stores.clone(),
+            clock.clone(),
+            registry_limits(&config)?,
+        ));
         let lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
             .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
             .seeing_pulls_of(registry.pull_recorder())
@@ -73,6 +72,16 @@ impl App {
             config,
         })
     }
+}
+
+/// The limits the registry core enforces, from the configuration.
+pub fn registry_limits(config: &Config) -> anyhow::Result<Limits> {
+    Ok(Limits {
+        manifest_max_bytes: config.limits.manifest_max_bytes,
+        namespaces: NamespaceRules::from_config(&config.lifecycle)
+            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?,
+        gc_grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+    })
 }
 
 /// Name of the token signing key in a store that keeps shared secrets.

@@ -90,6 +90,24 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Write the content of repositories to an archive for another registry
+    /// (across an air gap): an OCI image layout in a tar.
+    ///
+    /// Every tag of the chosen repositories goes, with the children of each
+    /// index and every referrer (signatures, SBOMs, attestations) of what
+    /// goes; untagged manifests that nothing exported references stay behind.
+    /// Each blob is written once, however many repositories share it. The
+    /// registry keeps serving meanwhile. `berth import` reads the archive.
+    Export(ExportArgs),
+    /// Store the content of an archive of `berth export` in this registry.
+    ///
+    /// Reads the archive in one pass; every blob's digest is verified as it
+    /// streams in, and a blob that does not match is never stored. Manifests
+    /// and tags are stored only once every blob they need has arrived, as
+    /// provenance `snapshot`; tags are moved to the archive's manifests.
+    /// Importing the same archive again changes nothing. Exits non-zero, and
+    /// stores no manifest or tag, when the archive is damaged or incomplete.
+    Import(ImportArgs),
     /// Move an embedded installation (SQLite and blob files in a data
     /// directory) into the scale-out stores (PostgreSQL, S3) of a configuration.
     ///
@@ -104,6 +122,39 @@ pub enum Command {
     /// Upload sessions in flight are not moved (clients restart them).
     /// Exits non-zero when anything could not be copied.
     Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["repos", "all"])))]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Export the repositories matching PATTERN (* within a path component,
+    /// ** across, as in grants); repeat for more.
+    #[arg(long = "repo", value_name = "PATTERN")]
+    pub repos: Vec<String>,
+    /// Export every repository.
+    #[arg(long)]
+    pub all: bool,
+    /// The archive to write (written as OUT.partial, then renamed); - for
+    /// standard output.
+    #[arg(value_name = "OUT.tar")]
+    pub output: PathBuf,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The archive to read; - for standard input.
+    #[arg(value_name = "IN.tar")]
+    pub input: PathBuf,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

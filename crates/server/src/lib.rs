@@ -1,6 +1,7 @@
 //! The `berth` server as a library: the binary (`main.rs`) parses its
 //! command line and calls [`run`]; fuzz targets link the parsers they test.
 
+mod airgap;
 mod api;
 mod app;
 mod auth;
@@ -13,6 +14,7 @@ mod migrate;
 mod namespaces;
 mod operator;
 mod pattern;
+mod progress;
 mod proxy;
 mod registry;
 mod tag_names;
@@ -68,7 +70,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache { store, action } => operator_runtime()?.block_on(operator::cache(store, action)),
         Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
         Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
+        Command::Export(args) => run_to_end(operator::export(args)),
+        Command::Import(args) => run_to_end(operator::import(args)),
     }
+}
+
+/// Runs an operator command whose threads may still be reading standard
+/// input or writing standard output when it fails: they are not waited for
+/// long, so the error is reported and the process exits.
+fn run_to_end(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = operator_runtime()?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 fn operator_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -23,7 +23,7 @@
 //! The copying of rows is the meta crate's business; this module only
 //! streams bytes, shows progress and reports.
 
-use std::io::{self, IsTerminal};
+use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -38,19 +38,18 @@ use berth_oci::{Digest, UploadId};
 use berth_storage::{BlobStore, ByteStream, FsBlobStore, StorageError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::app::{open_blobs, open_postgres};
 use crate::cli::MigrateArgs;
 use crate::config::{Config, MetaBackend, Overrides, StorageBackend};
+use crate::progress::{Phase, Unit};
 
 /// Blobs listed from the source at a time.
 const BLOB_PAGE: u32 = 1000;
 /// Times a blob is tried when the target store fails.
 const TARGET_ATTEMPTS: u32 = 3;
-/// How often progress is printed when standard error is not a terminal.
-const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Rows of the target not in the source that are named in the refusal.
 const FOREIGN_SHOWN: usize = 10;
 
@@ -173,7 +172,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let excluded = source.excluded(&failed).await?;
     let counts = source.row_counts().await?;
     let rows: u64 = counts.values().sum();
-    let phase = Phase::start("metadata", rows, false);
+    let phase = Phase::start("migrate", "metadata", Some(rows), Unit::Items("rows"));
     for table in TABLES {
         if let Handling::NotCopied { .. } = table.handling {
             continue;
@@ -241,7 +240,7 @@ async fn copy_blobs(
     let (total, total_bytes) = source.blob_totals().await?;
     summary.blobs.total = total;
     summary.blobs.total_bytes = total_bytes;
-    let phase = Phase::start("blobs", total_bytes, true);
+    let phase = Phase::start("migrate", "blobs", Some(total_bytes), Unit::Bytes);
     let mut done = 0u64;
     let mut after: Option<String> = None;
     loop {
@@ -541,63 +540,6 @@ impl Stream for Verifying {
                 }
             }
         }
-    }
-}
-
-/// A progress bar on a terminal, or a line every few seconds otherwise.
-struct Phase {
-    name: &'static str,
-    bar: ProgressBar,
-    ticker: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Phase {
-    fn start(name: &'static str, len: u64, bytes: bool) -> Phase {
-        let terminal = io::stderr().is_terminal();
-        let target = if terminal {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let bar = ProgressBar::with_draw_target(Some(len), target);
-        let template = if bytes {
-            "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}"
-        } else {
-            "{prefix:>8} [{bar:30}] {pos}/{len} rows {msg}"
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix(name);
-        let ticker = (!terminal).then(|| {
-            eprintln!(
-                "migrate: {name}: {len} {}",
-                if bytes { "bytes to go through" } else { "rows to copy" }
-            );
-            let bar = bar.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(PLAIN_PROGRESS_EVERY);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    eprintln!(
-                        "migrate: {name}: {}/{} {}",
-                        bar.position(),
-                        bar.length().unwrap_or(0),
-                        bar.message()
-                    );
-                }
-            })
-        });
-        Phase { name, bar, ticker }
-    }
-
-    fn finish(self, line: String) {
-        self.bar.finish_and_clear();
-        if let Some(ticker) = self.ticker {
-            ticker.abort();
-        }
-        eprintln!("migrate: {}: {line}", self.name);
     }
 }
 

@@ -1,6 +1,6 @@
-//! The operator subcommands (`berth user|token|grant|audit`): they open the
-//! metadata store named by the configuration and make the same changes as
-//! the admin API, recorded in the audit log as `cli:USER`.
+//! The operator subcommands (`berth user|token|grant|audit|retention|gc|fsck|
+//! export|import`): they open the stores named by the configuration and make
+//! the same changes as the admin API, recorded in the audit log as `cli:USER`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
@@ -9,14 +9,18 @@ use anyhow::Context;
 
 use berth_meta::AccessStore;
 
-use crate::app::{ensure_data_dir, open_meta, open_stores};
+use crate::airgap::{self, ArchivePath, Selection};
+use crate::app::{ensure_data_dir, open_meta, open_stores, registry_limits};
 use crate::auth::manage::Accounts;
-use crate::cli::{CacheCommand, GrantCommand, RetentionCommand, StoreArgs, TokenCommand, UserCommand};
+use crate::cli::{
+    CacheCommand, ExportArgs, GrantCommand, ImportArgs, RetentionCommand, StoreArgs, TokenCommand, UserCommand,
+};
 use crate::clock;
 use crate::clock::rfc3339;
 use crate::config::{Config, Overrides};
 use crate::lifecycle::{Lifecycle, Rules, Scope};
 use crate::pattern::Pattern;
+use crate::registry::Registry;
 
 fn load(args: &StoreArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
@@ -447,4 +451,79 @@ pub async fn cache(args: StoreArgs, command: CacheCommand) -> anyhow::Result<()>
             Ok(())
         }
     }
+}
+
+/// The registry core over the stores of the configuration.
+async fn open_registry(args: &StoreArgs) -> anyhow::Result<Registry> {
+    let config = load(args)?;
+    ensure_data_dir(&config.data_dir)?;
+    let (meta, stores) = open_stores(&config).await?;
+    Ok(Registry::new(
+        meta,
+        stores,
+        clock::from_env()?,
+        registry_limits(&config)?,
+    ))
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let output = ArchivePath::from_arg(args.output);
+    anyhow::ensure!(
+        !(args.json && output == ArchivePath::Stdio),
+        "--json prints the summary on standard output, where - writes the archive; write the archive to a file"
+    );
+    let selection = if args.all {
+        Selection::All
+    } else {
+        let patterns = args
+            .repos
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Selection::Matching(patterns)
+    };
+    let registry = open_registry(&args.store).await?;
+    let summary = airgap::export(&registry, &selection, &output).await?;
+    registry.flush_touches().await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!(
+            "export: {} repositories, {} tags, {} manifests, {} blobs, {} bytes written to {output} in {:.1} s",
+            summary.repositories,
+            summary.tags,
+            summary.manifests,
+            summary.blobs,
+            summary.bytes,
+            summary.elapsed_ms as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let input = ArchivePath::from_arg(args.input);
+    let registry = open_registry(&args.store).await?;
+    let summary = airgap::import(&registry, &input).await?;
+    registry.flush_touches().await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!(
+            "import: {} repositories; tags: {} set, {} unchanged; manifests: {} stored, {} unchanged; blobs: {} \
+             stored, {} already held, {} linked; {} bytes read from {input} in {:.1} s",
+            summary.repositories,
+            summary.tags_set,
+            summary.tags_unchanged,
+            summary.manifests_stored,
+            summary.manifests_unchanged,
+            summary.blobs_stored,
+            summary.blobs_present,
+            summary.blobs_linked,
+            summary.bytes,
+            summary.elapsed_ms as f64 / 1000.0
+        );
+    }
+    Ok(())
 }

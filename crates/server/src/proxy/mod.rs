@@ -520,7 +520,7 @@ impl Proxy {
     /// repositories are never lent this way, so a cached name cannot be
     /// used to read a private blob by its digest.
     async fn mount_cached(&self, remote: &Remote, digest: &Digest) -> Result<bool> {
-        if !self.registry.holds_blob(digest).await? {
+        if self.registry.blob_size(digest).await?.is_none() {
             return Ok(false);
         }
         let prefix = remote
@@ -698,7 +698,13 @@ impl BlobFetch {
         // this job fetches, the others wait for the blob to be recorded.
         let job = format!("proxy-fetch {}", self.digest);
         let lease = loop {
-            if self.registry.holds_blob(&self.digest).await.map_err(store_error)? {
+            if self
+                .registry
+                .blob_size(&self.digest)
+                .await
+                .map_err(store_error)?
+                .is_some()
+            {
                 return Ok(FetchEnd::StoredElsewhere);
             }
             match self.registry.lead(&job).await.map_err(store_error)? {
@@ -706,7 +712,13 @@ impl BlobFetch {
                 None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        if self.registry.holds_blob(&self.digest).await.map_err(store_error)? {
+        if self
+            .registry
+            .blob_size(&self.digest)
+            .await
+            .map_err(store_error)?
+            .is_some()
+        {
             return Ok(FetchEnd::StoredElsewhere);
         }
         self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);

@@ -28,6 +28,18 @@ impl Registry {
         Ok(self.linked_blob(repo, digest).await?.size)
     }
 
+    /// The size of a blob the registry holds (in any repository), or `None`.
+    /// Not a read of the blob: no link is touched.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.meta.blob_size(digest).await?)
+    }
+
+    /// Whether the blob is linked to `repo`. Not a read of the blob: the
+    /// link's garbage-collection grace period does not start again.
+    pub async fn has_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.linked_blob_size(repo.as_str(), digest).await?.is_some())
+    }
+
     /// Reaches the metadata store and the default blob store with a request
     /// that changes nothing, so a load balancer can leave out a replica that
     /// cannot serve. Other stores are left out: one team's unreachable bucket
@@ -109,16 +121,6 @@ impl Registry {
             }
         }
         Err(RegistryError::BlobUnknown)
-    }
-
-    /// Whether the registry holds the blob at all (in any repository).
-    pub async fn holds_blob(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.meta.blob_record(digest).await?.is_some())
-    }
-
-    /// Whether the blob is linked to `repo`, without touching the link.
-    pub async fn has_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        Ok(self.meta.linked_blob_size(repo.as_str(), digest).await?.is_some())
     }
 
     /// Leads the work named `job` among the replicas sharing the metadata

@@ -1,6 +1,6 @@
 //! Manifests, tags, listings and referrers.
 
-use berth_meta::{NewManifest, Referrer, StoredManifest};
+use berth_meta::{ManifestFacts, NewManifest, Referrer, StoredManifest};
 use berth_oci::{
     headers, media_type, Algorithm, Digest, Manifest, Reference, RepoName, Resource, MAX_NAME_LEN, MAX_TAG_LEN,
 };
@@ -26,6 +26,21 @@ impl Provenance {
             Provenance::Pushed => "pushed",
             Provenance::Mirrored => "mirrored",
             Provenance::Snapshot => "snapshot",
+        }
+    }
+}
+
+impl std::str::FromStr for Provenance {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Provenance, String> {
+        match s {
+            "pushed" => Ok(Provenance::Pushed),
+            "mirrored" => Ok(Provenance::Mirrored),
+            "snapshot" => Ok(Provenance::Snapshot),
+            other => Err(format!(
+                "provenance {other:?}: expected \"pushed\", \"mirrored\" or \"snapshot\""
+            )),
         }
     }
 }
@@ -229,6 +244,12 @@ impl Registry {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
             Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d).await?,
         })
+    }
+
+    /// How a manifest of `repo` arrived and how it has been used, when the
+    /// repository holds it.
+    pub async fn manifest_facts(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestFacts>> {
+        Ok(self.meta.manifest_facts(repo.as_str(), digest).await?)
     }
 
     /// Deletes a manifest and its tags (by digest) or only a tag (by tag).

@@ -203,6 +203,7 @@ impl Registry {
 
     /// Completes a session this request opened itself (no client knows its
     /// id, so nobody else can write it: it needs no claim in the store).
+    /// A session that fails is dropped with its bytes: nobody could resume it.
     async fn finish_new_upload(
         &self,
         repo: &RepoName,
@@ -213,7 +214,20 @@ impl Registry {
     ) -> Result<Digest> {
         let claim = SessionClaim::local(self.sessions.lock(id).await);
         let rec = self.session(repo, id).await?;
-        self.finish_claimed(repo, rec, claim, digest, range, Some(body)).await
+        let finished = self
+            .finish_claimed(repo, rec.clone(), claim, digest, range, Some(body))
+            .await;
+        match &finished {
+            // Dropped already, where the mismatch was found.
+            Ok(_) | Err(RegistryError::DigestInvalid(_)) => {}
+            Err(_) => {
+                if let Ok(store) = self.session_store(&rec) {
+                    let _guard = self.sessions.lock(id).await;
+                    self.drop_session(store, id).await;
+                }
+            }
+        }
+        finished
     }
 
     /// How far a session has come.

@@ -222,6 +222,12 @@ impl TestApp {
     /// Runs `berth ARGS --data-dir DATA [--config FILE]` with `stdin` as its
     /// input; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        let (ok, stdout, stderr) = self.cli_bytes(args, stdin.as_bytes());
+        (ok, String::from_utf8_lossy(&stdout).into_owned(), stderr)
+    }
+
+    /// [`TestApp::cli`] with bytes in and out (an archive through a pipe).
+    pub fn cli_bytes(&self, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
         use std::io::Write as _;
         let mut cmd = berth_command();
         cmd.args(args).arg("--data-dir").arg(self.data.path());
@@ -233,16 +239,19 @@ impl TestApp {
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning berth");
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(stdin.as_bytes())
-            .expect("writing stdin");
+        let mut input = child.stdin.take().expect("stdin is piped");
+        let stdin = stdin.to_vec();
+        // From a thread of its own: berth may write its output before it has
+        // read all of its input, and both pipes have a limited size.
+        let writer = std::thread::spawn(move || {
+            // berth may exit without reading all of it (a failure).
+            let _ = input.write_all(&stdin);
+        });
         let out = child.wait_with_output().expect("waiting for berth");
+        writer.join().expect("writing stdin");
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.stdout,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }

@@ -5,6 +5,7 @@ mod auth_harness;
 mod harness;
 mod upstreams;
 
+mod airgap;
 mod auth;
 mod auth_external;
 mod auth_oidc;

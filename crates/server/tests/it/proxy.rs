@@ -327,7 +327,7 @@ async fn replicas_sharing_the_stores_fetch_a_blob_once() {
 
 #[tokio::test]
 async fn referrers_of_a_mirrored_image_come_from_the_upstream_and_its_tag_schema() {
-    use crate::referrers::{push_referrer, SBOM, SIGNATURE};
+    use crate::referrers::{push_referrer, SBOM};
     let upstream = TestApp::start();
     let image = upstream.push_image("team/app", "v1", 1).await;
     let (sbom, _) = push_referrer(

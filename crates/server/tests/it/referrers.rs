@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::harness::{assert_error, descriptor, header, sha256, Image, TestApp, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
 
 pub const SBOM: &str = "application/spdx+json";
-pub const SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+const SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 
 /// Pushes an artifact manifest about `subject` and returns (digest, bytes).
 pub async fn push_referrer(
