@@ -255,9 +255,12 @@ async fn root(registry: &Registry, repo: &RepoName, tag: Option<Tag>, m: &Stored
         digest: m.digest.clone(),
         media_type: m.media_type.clone(),
         size: m.body.len() as u64,
+        // What came from an upstream records it as who put it there.
+        upstream: facts
+            .as_ref()
+            .filter(|f| f.provenance != Provenance::Pushed.as_str())
+            .and_then(|f| f.pushed_by.clone()),
         provenance: facts.and_then(|f| Provenance::from_str(&f.provenance).ok()),
-        // The registry keeps no record of upstreams yet.
-        upstream: None,
     })
 }
 

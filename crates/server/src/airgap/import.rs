@@ -432,9 +432,14 @@ impl<'r> Importer<'r> {
         let order = std::mem::take(&mut self.order);
         for (repo, digests) in &order {
             let mut tags: HashMap<&Digest, Vec<&Tag>> = HashMap::new();
+            // The upstream an image came from stays recorded as who put it there.
+            let mut upstreams: HashMap<&Digest, &str> = HashMap::new();
             for root in roots.iter().filter(|r| &r.repository == repo) {
                 if let Some(tag) = &root.tag {
                     tags.entry(&root.digest).or_default().push(tag);
+                }
+                if let Some(upstream) = &root.upstream {
+                    upstreams.insert(&root.digest, upstream);
                 }
             }
             for digest in digests {
@@ -446,7 +451,8 @@ impl<'r> Importer<'r> {
                     .is_some_and(|d| &d == digest);
                 if !held {
                     // By digest first: a tag is then only moved.
-                    store(registry, repo, &Reference::Digest(digest.clone()), archived).await?;
+                    let upstream = upstreams.get(digest).copied();
+                    store(registry, repo, &Reference::Digest(digest.clone()), archived, upstream).await?;
                     self.summary.manifests_stored += 1;
                 } else {
                     self.summary.manifests_unchanged += 1;
@@ -456,7 +462,7 @@ impl<'r> Importer<'r> {
                     if held_manifest(registry, repo, &reference).await?.as_ref() == Some(digest) {
                         self.summary.tags_unchanged += 1;
                     } else {
-                        store(registry, repo, &reference, archived).await?;
+                        store(registry, repo, &reference, archived, upstreams.get(digest).copied()).await?;
                         self.summary.tags_set += 1;
                     }
                 }
@@ -535,15 +541,22 @@ async fn held_manifest(registry: &Registry, repo: &RepoName, reference: &Referen
     }
 }
 
-/// Stores an archived manifest at `reference` of `repo`.
-async fn store(registry: &Registry, repo: &RepoName, reference: &Reference, archived: &Archived) -> Result<()> {
+/// Stores an archived manifest at `reference` of `repo`, recording the
+/// upstream it came from, when the archive says.
+async fn store(
+    registry: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    archived: &Archived,
+    upstream: Option<&str>,
+) -> Result<()> {
     registry
         .store_manifest(
             repo,
             reference,
             archived.content_type.as_deref(),
             archived.body.clone(),
-            None,
+            upstream,
             Provenance::Snapshot,
         )
         .await

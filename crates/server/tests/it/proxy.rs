@@ -614,3 +614,38 @@ async fn a_cache_over_its_size_cap_evicts_the_least_recently_used() {
         .unwrap();
     assert_eq!(report["images_evicted"], 0, "under the cap now: {report}");
 }
+
+/// The whole cache travels to a disconnected site: export from a cache,
+/// import into a fresh registry without upstreams, every digest the same,
+/// the upstream still recorded.
+#[tokio::test]
+async fn a_cache_exported_and_imported_elsewhere_keeps_every_digest_and_its_upstream() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 2).await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    let list = cache.data_dir().join("list.txt");
+    std::fs::write(&list, "up/team/app:v1\n").unwrap();
+    let (ok, _, err) = cache.cli(&["cache", "preload", &list.display().to_string()], "");
+    assert!(ok, "{err}");
+    let archive = cache.data_dir().join("cache.tar").display().to_string();
+    let (ok, _, err) = cache.cli(&["export", "--all", &archive], "");
+    assert!(ok, "{err}");
+    drop(upstream);
+
+    let site = TestApp::start();
+    let (ok, _, err) = site.cli(&["import", &archive], "");
+    assert!(ok, "{err}");
+    let (status, digest, body) = manifest_of(&site, "/v2/up/team/app/manifests/v1").await;
+    assert_eq!(
+        (status, digest.as_str(), body),
+        (StatusCode::OK, image.digest.as_str(), image.manifest.clone())
+    );
+    for blob in image.layers.iter().chain([&image.config]) {
+        let (status, bytes) = blob_of(&site, &format!("/v2/up/team/app/blobs/{}", sha256(blob))).await;
+        assert_eq!((status, bytes.unwrap()), (StatusCode::OK, blob.clone()));
+    }
+    let images: Value = site.get("/v1/images?repo=up/team/app").await.json().await.unwrap();
+    let imported = &images["images"][0];
+    assert_eq!(imported["provenance"], "snapshot", "{images}");
+    assert_eq!(imported["pushed_by"], "up", "the upstream is kept: {images}");
+}
