@@ -649,3 +649,33 @@ async fn a_cache_exported_and_imported_elsewhere_keeps_every_digest_and_its_upst
     assert_eq!(imported["provenance"], "snapshot", "{images}");
     assert_eq!(imported["pushed_by"], "up", "the upstream is kept: {images}");
 }
+
+/// Grants apply to remote repositories as to local ones: pull on `up/**`
+/// is what lets someone fill the cache; nobody may push there.
+#[tokio::test]
+async fn grants_decide_who_may_pull_through_and_nobody_pushes_to_a_cache() {
+    use crate::auth_harness::{add_user, bearer_client, grant, token};
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    let cache = TestApp::start_with_clock(&format!("[auth]\nmode = \"token\"\n{}", caching(&upstream, "")));
+    add_user(&cache, "reader", "reader-password-1", false);
+    add_user(&cache, "other", "other-password-1", false);
+    add_user(&cache, "root", "root-password-1", true);
+    grant(&cache, "user:reader", "up/**", "pull");
+    grant(&cache, "user:other", "team/**", "pull");
+
+    let scope = ["repository:up/team/app:pull,push"];
+    let reader = bearer_client(&token(&cache, Some(("reader", "reader-password-1")), &scope).await);
+    let resp = reader.get(cache.url("/v2/up/team/app/manifests/v1")).header("accept", OCI_MANIFEST).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "docker-content-digest"), image.digest);
+
+    let other = bearer_client(&token(&cache, Some(("other", "other-password-1")), &scope).await);
+    let resp = other.get(cache.url("/v2/up/team/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no grant on up/**");
+
+    let root = bearer_client(&token(&cache, Some(("root", "root-password-1")), &scope).await);
+    let resp = root.post(cache.url("/v2/up/team/app/blobs/uploads/")).send().await.unwrap();
+    let body = assert_error(resp, 403, "DENIED").await;
+    assert!(body.to_string().contains("upstream up"), "even an admin: {body}");
+}
