@@ -756,6 +756,55 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
     }
 
+    /// `max_concurrent_requests` bounds the requests in flight to one
+    /// upstream, whatever the callers do; here the upstream is a server that
+    /// records how many requests it holds at once.
+    #[tokio::test]
+    async fn concurrent_requests_are_limited() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, m) = (now.clone(), most.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (n, m) = (n.clone(), m.clone());
+            async move {
+                let held = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(held, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                ([("content-length", "3")], "abc")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = UpstreamConfig {
+            name: "limited".into(),
+            url: format!("http://{addr}"),
+            max_concurrent_requests: 2,
+            ..UpstreamConfig::default()
+        };
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(5),
+        };
+        let policy = Arc::new(NetworkPolicy::new::<&str>(&[]).unwrap());
+        let client = Arc::new(UpstreamClient::configured(&config, timeouts, policy).unwrap());
+        let digest = Digest::sha256_of(b"abc");
+        let heads = (0..10).map(|_| {
+            let client = client.clone();
+            let digest = digest.clone();
+            tokio::spawn(async move { client.head_blob("a/b", &digest).await })
+        });
+        for head in futures::future::join_all(heads).await {
+            assert_eq!(head.unwrap().unwrap(), 3);
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "never more than two at once, and two were used"
+        );
+    }
+
     #[test]
     fn next_links_give_the_query() {
         let mut headers = HeaderMap::new();

@@ -666,16 +666,29 @@ async fn grants_decide_who_may_pull_through_and_nobody_pushes_to_a_cache() {
 
     let scope = ["repository:up/team/app:pull,push"];
     let reader = bearer_client(&token(&cache, Some(("reader", "reader-password-1")), &scope).await);
-    let resp = reader.get(cache.url("/v2/up/team/app/manifests/v1")).header("accept", OCI_MANIFEST).send().await.unwrap();
+    let resp = reader
+        .get(cache.url("/v2/up/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "docker-content-digest"), image.digest);
 
     let other = bearer_client(&token(&cache, Some(("other", "other-password-1")), &scope).await);
-    let resp = other.get(cache.url("/v2/up/team/app/manifests/v1")).send().await.unwrap();
+    let resp = other
+        .get(cache.url("/v2/up/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no grant on up/**");
 
     let root = bearer_client(&token(&cache, Some(("root", "root-password-1")), &scope).await);
-    let resp = root.post(cache.url("/v2/up/team/app/blobs/uploads/")).send().await.unwrap();
+    let resp = root
+        .post(cache.url("/v2/up/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let body = assert_error(resp, 403, "DENIED").await;
     assert!(body.to_string().contains("upstream up"), "even an admin: {body}");
 }
