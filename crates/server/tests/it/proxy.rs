@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::upstreams::ReferenceRegistry;
 
 /// A downstream configuration caching `upstream` under the prefix `up`,
 /// also reachable as the host `upstream.test`.
@@ -691,4 +692,90 @@ async fn grants_decide_who_may_pull_through_and_nobody_pushes_to_a_cache() {
         .unwrap();
     let body = assert_error(resp, 403, "DENIED").await;
     assert!(body.to_string().contains("upstream up"), "even an admin: {body}");
+}
+
+/// `proxy.offline`: an air-gapped edge serves what it holds and never
+/// contacts an upstream (a running one included).
+#[tokio::test]
+async fn an_offline_cache_serves_what_it_holds_and_asks_no_upstream() {
+    let upstream = ReferenceRegistry::start();
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    let other = upstream.push_image("team/app", "v2", 1).await;
+    let online = TestApp::start_with_config(
+        &format!("[[proxy.upstreams]]\nname = \"up\"\nurl = \"{}\"\n", upstream.base()),
+        &[],
+    );
+    let list = online.data_dir().join("list.txt");
+    std::fs::write(&list, "up/team/app:v1\n").unwrap();
+    let (ok, _, err) = online.cli(&["cache", "preload", &list.display().to_string()], "");
+    assert!(ok, "{err}");
+    let archive = online.data_dir().join("edge.tar").display().to_string();
+    let (ok, _, err) = online.cli(&["export", "--all", &archive], "");
+    assert!(ok, "{err}");
+
+    let edge = TestApp::start_with_config(
+        &format!(
+            "[proxy]\noffline = true\nfreshness_secs = 0\n[[proxy.upstreams]]\nname = \"up\"\nurl = \"{}\"\n",
+            upstream.base()
+        ),
+        &[],
+    );
+    let (ok, _, err) = edge.cli(&["import", &archive], "");
+    assert!(ok, "{err}");
+    let before = upstream.requests().await.len();
+    assert_eq!(manifest_of(&edge, "/v2/up/team/app/manifests/v1").await.1, image.digest);
+    let (status, bytes) = blob_of(&edge, &format!("/v2/up/team/app/blobs/{}", sha256(&image.layers[0]))).await;
+    assert_eq!((status, bytes.unwrap()), (StatusCode::OK, image.layers[0].clone()));
+    assert_error(edge.get("/v2/up/team/app/manifests/v2").await, 404, "MANIFEST_UNKNOWN").await;
+    assert_error(
+        edge.get(&format!("/v2/up/team/app/blobs/{}", sha256(&other.layers[0])))
+            .await,
+        404,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+    let tags: Value = edge.get("/v2/up/team/app/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    // The upstream's log: only the requests() marker of this count came since.
+    let after: Vec<_> = upstream.requests().await.into_iter().skip(before).collect();
+    assert!(
+        after.iter().all(|r| !r.path().contains("team/app")),
+        "the upstream was contacted: {after:?}"
+    );
+}
+
+/// A client that goes away mid-blob does not stop the fetch: the others
+/// get every byte, and the blob is stored once.
+#[tokio::test]
+async fn a_client_that_goes_away_does_not_cancel_the_fetch_for_the_others() {
+    let upstream = ReferenceRegistry::start();
+    let layer = random_bytes(32 << 20);
+    let image = Image::of_layers(vec![layer.clone()]);
+    image
+        .push_as(
+            &upstream.client(),
+            &upstream.base(),
+            "team/big",
+            "v1",
+            BlobUpload::PostThenPut,
+        )
+        .await;
+    let cache = TestApp::start_with_config(
+        &format!("[[proxy.upstreams]]\nname = \"up\"\nurl = \"{}\"\n", upstream.base()),
+        &[],
+    );
+    let digest = sha256(&layer);
+    let url = cache.url(&format!("/v2/up/team/big/blobs/{digest}"));
+    let mut quitter = cache.client.get(&url).send().await.unwrap();
+    let first = quitter.chunk().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    let stayer = {
+        let client = cache.client.clone();
+        let url = url.clone();
+        tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() })
+    };
+    drop(quitter);
+    assert_eq!(sha256(&stayer.await.unwrap()), digest);
+    assert_eq!(upstream.hits("GET", &format!("/v2/team/big/blobs/{digest}")).await, 1);
+    assert_eq!(cache.stored_blob(&digest).await.map(|b| b.len()), Some(layer.len()));
 }
