@@ -45,6 +45,7 @@ require_tools --docker-cli "Debian packages: skopeo, podman, docker.io, containe
   curl jq skopeo podman dockerd containerd ctr tar gzip sha256sum cmp timeout stat head mktemp
 
 make_temp_dir
+containerd_paths
 stop_on_exit DOCKERD_PID dockerd 20
 stop_on_exit CONTAINERD_PID containerd 10
 stop_on_exit BERTH_PID berth 10
@@ -429,77 +430,11 @@ group
 step 4.3 "HEAD manifests: Docker-Content-Digest and Content-Type" step_curl_manifest_head
 
 # =========================================================== containerd ====
-# containerd's own CLI `ctr` against a containerd started here, standalone:
-# its root, state, temp dir, sockets and config all live under $T/containerd,
-# it listens on unix sockets only (no TCP, debug or metrics address) and the
-# CRI plugin is off. Images are unpacked with the `native` snapshotter (plain
-# copies, like vfs). It runs after the curl group, so it checks its own pushes
-# (tags/list, catalog, manifest digests) with curl.
-CTRD=$T/containerd
-CTRD_SOCK=$CTRD/containerd.sock
-CT() { run_tool 120 ctr ctr --address "$CTRD_SOCK" --namespace e2e "$@"; }
+# containerd's own CLI `ctr` against a containerd started here (see
+# start_containerd in lib/e2e-common.sh). It runs after the curl group, so it
+# checks its own pushes (tags/list, catalog, manifest digests) with curl.
 MT_DOCKER_MANIFEST=application/vnd.docker.distribution.manifest.v2+json
 MT_DOCKER_LIST=application/vnd.docker.distribution.manifest.list.v2+json
-
-start_containerd() { # in the main shell, so that the PID can be waited for
-  mkdir -p "$CTRD/root" "$CTRD/state" "$CTRD/tmp" "$CTRD/opt"
-  cat > "$CTRD/config.toml" <<EOF
-version = 2
-root = "$CTRD/root"
-state = "$CTRD/state"
-temp = "$CTRD/tmp"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs"]
-
-[grpc]
-  address = "$CTRD_SOCK"
-  tcp_address = ""
-
-[ttrpc]
-  address = "$CTRD_SOCK.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$CTRD/opt"
-EOF
-  containerd --config "$CTRD/config.toml" --root "$CTRD/root" --state "$CTRD/state" --address "$CTRD_SOCK" \
-    > "$CTRD/containerd.log" 2>&1 < /dev/null &
-  CONTAINERD_PID=$!
-  echo "$CONTAINERD_PID" > "$T/state/containerd_pid"
-}
-
-step_ctr_ready() {
-  local pid
-  pid=$(st containerd_pid)
-  if wait_ready "$pid" "$T/work/ctr-version.out" ctr --address "$CTRD_SOCK" version; then
-    { grep -E 'Version|Revision' "$T/work/ctr-version.out" || true; } | head -n 4
-    return 0
-  fi
-  tail -n 20 "$CTRD/containerd.log"
-  skip_here "containerd could not start on this machine: $({ grep -E 'level=(fatal|error)' "$CTRD/containerd.log" || tail -n 1 "$CTRD/containerd.log"; } | tail -n 1)"
-}
-
-# ctr_http NAME CTR-ARGS...: run ctr (the caller passes --http-dump) with its
-# output in $T/work/ctr-NAME.out; list the requests it made (method, path).
-ctr_http() {
-  local out=$T/work/ctr-$1.out rc=0
-  shift
-  CT "$@" > "$out" 2>&1 || rc=$?
-  echo "requests made by ctr $1 $2:"
-  ctr_requests "$out" | sed 's/^/  /'
-  # ctr's own output (progress, errors) without the dumped HTTP exchanges
-  { grep -av 'level=info' "$out" || true; } | tail -n 20
-  return $rc
-}
-ctr_requests() { # ctr-output -> "METHOD /v2/..." per request (bodies may precede them on a line)
-  { grep -aoE '(HEAD|GET|PUT|POST|PATCH|DELETE) /v2/[^ "]*' "$1" || true; }
-}
 
 ctr_image_digest() { # ref -> the target digest `ctr images ls` shows for it
   local d
