@@ -25,6 +25,7 @@ mod manifests;
 mod migrate;
 mod mount;
 mod proxy;
+mod proxy_faults;
 mod proxy_upstreams;
 mod referrers;
 mod routes;
