@@ -55,6 +55,12 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             },
             () = &mut shutdown => break,
         };
+        // A response's head and a streamed body go out in separate writes;
+        // with Nagle's algorithm the second waits for the client's delayed
+        // ACK (40 ms on Linux) whenever the first is small.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let service = match make_service.call(peer).await {
             Ok(service) => service,
             Err(never) => match never {},
