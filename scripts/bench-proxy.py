@@ -164,7 +164,7 @@ def push_big_blob(addr, repo, path, digest):
         location = f"http://{addr}{location}"
     sep = "&" if "?" in location else "?"
     subprocess.run(
-        ["curl", "-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{path}",
+        ["curl", "-sf", "-H", "Content-Type: application/octet-stream", "-T", path,
          f"{location}{sep}digest={digest}", "-o", "/dev/null"],
         check=True,
     )

@@ -79,7 +79,7 @@ pub async fn serve(app: &App, endpoint: Endpoint, route: Route, req: Request) ->
                 match answer {
                     Ok(BlobAnswer::Cached(repo)) => return blobs::get_blob(registry, repo, digest, head, req).await,
                     Ok(BlobAnswer::Size(size)) => return Ok(blobs::blob_size(&digest, size)),
-                    Ok(BlobAnswer::Streaming { size, range, body }) => {
+                    Ok(BlobAnswer::Streaming { size, range, body, .. }) => {
                         return Ok(blobs::blob_body(&digest, size, range, body))
                     }
                     Err(e) if is_absent(&e) => {}

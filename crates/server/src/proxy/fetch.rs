@@ -4,9 +4,11 @@
 //! The fetch writes what arrives to an unnamed spool file and announces how
 //! far it got; readers read the spool at their own pace, positionally, so
 //! a hundred readers of a 1 GiB blob cost a hundred small buffers, not a
-//! hundred copies. The last byte is held back until the blob store has
-//! checked the digest and stored the blob: a client whose blob turns out
-//! corrupt has its connection cut one byte short, never a complete body.
+//! hundred copies. The last byte is held back until the bytes have been
+//! checked against the digest (by the fetch as they are spooled, or by the
+//! blob store): a client whose blob turns out corrupt has its connection cut
+//! one byte short, never a complete body. Durability is the store's, and
+//! does not hold the clients up.
 //! A reader that goes away does not stop the fetch; the spool disappears
 //! with the last handle on it.
 
@@ -39,6 +41,9 @@ pub struct FetchState {
     pub size: Option<u64>,
     /// Bytes in the spool.
     pub written: u64,
+    /// Whether the bytes spooled are the whole blob and match its digest:
+    /// readers may have the last byte before the store has made it durable.
+    pub verified: bool,
     pub end: Option<FetchEnd>,
 }
 
@@ -67,6 +72,11 @@ impl FetchWriter {
         self.spool.write_all_at(chunk, at)?;
         self.state.send_modify(|s| s.written += chunk.len() as u64);
         Ok(())
+    }
+
+    /// The spooled bytes are the whole blob, checked against its digest.
+    pub fn verified(&self) {
+        self.state.send_modify(|s| s.verified = true);
     }
 
     pub fn finish(&self, end: FetchEnd) {
@@ -119,7 +129,7 @@ impl Fetches {
 }
 
 /// How much a reader reads from the spool at once.
-const READ_CHUNK: u64 = 256 << 10;
+const READ_CHUNK: u64 = 64 << 10;
 
 impl Fetch {
     /// Waits until the size is known or the fetch ended.
@@ -132,6 +142,22 @@ impl Fetch {
             }
             if rx.changed().await.is_err() {
                 return rx.borrow().clone();
+            }
+        }
+    }
+
+    /// Waits until the fetch ended: whether the blob was stored (here or by
+    /// another replica).
+    pub async fn stored(&self) -> bool {
+        let mut rx = self.state.clone();
+        loop {
+            match rx.borrow_and_update().end.clone() {
+                Some(FetchEnd::Stored | FetchEnd::StoredElsewhere) => return true,
+                Some(FetchEnd::Failed(_)) => return false,
+                None => {}
+            }
+            if rx.changed().await.is_err() {
+                return false;
             }
         }
     }
@@ -175,6 +201,7 @@ impl Reader {
                     return Err(std::io::Error::other("the blob was stored by another replica"))
                 }
                 Some(FetchEnd::Stored) => state.written,
+                None if state.verified => state.written,
                 // The last byte waits for the digest check.
                 None => state.written.saturating_sub(1),
             };
@@ -232,9 +259,11 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!last.is_finished(), "the last byte waits for the check");
         let ranged = fetch.read(1, 3);
-        writer.finish(FetchEnd::Stored);
+        writer.verified();
         assert_eq!(last.await.unwrap().unwrap().unwrap(), Bytes::from_static(b"f"));
         assert_eq!(collect(ranged).await.unwrap(), b"bc");
+        assert_eq!(collect(fetch.read(0, 6)).await.unwrap(), b"abcdef");
+        writer.finish(FetchEnd::Stored);
         assert_eq!(collect(fetch.read(0, 6)).await.unwrap(), b"abcdef");
         fetches.forget(&digest);
         assert_eq!(fetches.len(), 0);

@@ -107,7 +107,19 @@ pub enum BlobAnswer {
         size: u64,
         range: Option<std::ops::Range<u64>>,
         body: berth_storage::ByteStream,
+        /// The fetch, to wait for the blob to be stored (the body may end first).
+        fetch: FetchHandle,
     },
+}
+
+/// A blob fetch in flight, as a caller that must know its end sees it.
+pub struct FetchHandle(Arc<fetch::Fetch>);
+
+impl FetchHandle {
+    /// Waits until the fetch ended; whether the blob was stored.
+    pub async fn stored(&self) -> bool {
+        self.0.stored().await
+    }
 }
 
 /// The pull-through cache and the routes to it.
@@ -508,6 +520,7 @@ impl Proxy {
                     size,
                     range,
                     body: fetch.read(start, end),
+                    fetch: FetchHandle(fetch),
                 })
             }
             (None, _) => Err(RegistryError::BlobUnknown.into()),
@@ -733,9 +746,13 @@ impl BlobFetch {
         let store = self.registry.push_blob(&self.repo, &self.digest, body, Some(size));
         let client_name = self.client.name().to_string();
         let counters = self.counters.clone();
+        let digest = self.digest.clone();
         let pump = async move {
             let mut upstream = Box::pin(answer.into_stream());
             let mut received: u64 = 0;
+            // Checked here too, so that clients have the last byte as soon as
+            // the bytes match, not when the store has made them durable.
+            let mut hasher = berth_oci::DigestHasher::new(digest.algorithm());
             while let Some(chunk) = upstream.next().await {
                 let chunk = match chunk {
                     Ok(chunk) => chunk,
@@ -756,6 +773,7 @@ impl BlobFetch {
                         reason: format!("a blob longer than its Content-Length of {size} bytes"),
                     });
                 }
+                hasher.update(&chunk);
                 if let Err(e) = writer.append(&chunk) {
                     let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                     return Err(UpstreamError::Unavailable {
@@ -767,6 +785,9 @@ impl BlobFetch {
                     // The store stopped reading: its error says why.
                     return Ok(());
                 }
+            }
+            if received == size && hasher.finish() == digest {
+                writer.verified();
             }
             Ok(())
         };

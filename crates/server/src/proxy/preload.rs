@@ -180,10 +180,14 @@ impl Proxy {
                     continue;
                 }
                 match self.blob(&remote, any_host, &blob.digest, false, None).await? {
-                    BlobAnswer::Streaming { mut body, .. } => {
-                        // Read to the end: the last byte comes once the blob is stored.
+                    BlobAnswer::Streaming { mut body, fetch, .. } => {
                         while let Some(chunk) = body.next().await {
                             chunk.map_err(|e| RegistryError::Storage(e.into()))?;
+                        }
+                        // The body ends once the bytes are checked; the store
+                        // may still be making them durable.
+                        if !fetch.stored().await {
+                            return Err(RegistryError::BlobUnknown.into());
                         }
                     }
                     BlobAnswer::Cached(_) | BlobAnswer::Size(_) => {
