@@ -224,6 +224,12 @@ def bench_cold_warm(args, tmp, upstream, results):
         berth = Berth(args.berth, tmp, f"cold-{i}", caching(upstream))
         cpu0 = berth.cpu_secs()
         cold = curl_get(f"http://{berth.addr}/v2/up/bench/big/blobs/{digest}")
+        # The client has every byte once they match the digest; the store
+        # may still be making them durable. The warm pull starts after that.
+        stored_at = os.path.join(berth.data, "blobs", "sha256", digest[7:9], digest[7:])
+        deadline = time.time() + 120
+        while not os.path.exists(stored_at) and time.time() < deadline:
+            time.sleep(0.05)
         cpu_cold = berth.cpu_secs() - cpu0
         warm = curl_get(f"http://{berth.addr}/v2/up/bench/big/blobs/{digest}")
         runs.append({"direct": direct, "cold": cold, "warm": warm, "berth_cpu_s_cold": cpu_cold})
