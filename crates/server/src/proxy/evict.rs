@@ -50,6 +50,9 @@ pub async fn evict_over_cap(
     registry: &Registry,
     max_bytes: u64,
 ) -> Result<Eviction, EvictionError> {
+    // Pulls are gathered in memory for a second or so: the ones not yet
+    // written would otherwise leave an image just pulled looking unused.
+    registry.flush_pulls().await?;
     let mut by_manifest: HashMap<(String, Digest), Cached> = HashMap::new();
     let mut cursor: Option<Cursor> = None;
     let everything = |_: &str| true;

@@ -28,7 +28,8 @@ use super::upstream::UpstreamError;
 pub enum FetchEnd {
     /// The blob is verified and stored; every byte may be read.
     Stored,
-    /// Another replica fetched it: read it from the blob store.
+    /// Another replica, or another fetch for this upstream, stored it: it
+    /// is in the repository now, read it from the blob store.
     StoredElsewhere,
     /// Nothing was stored; readers get an error in place of the rest.
     Failed(Arc<UpstreamError>),
@@ -84,9 +85,20 @@ impl FetchWriter {
     }
 }
 
-/// The fetches in flight in this process, by digest.
+/// What a fetch is of: a blob, from one upstream. Requests through another
+/// upstream do not share it: each upstream must show that it has the bytes
+/// (a client could otherwise read, through an upstream of its own making, a
+/// blob it only knows the digest of).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FetchKey {
+    /// The cache repositories' prefix for the upstream (`hub/`, `ghcr.io/`).
+    pub scope: String,
+    pub digest: Digest,
+}
+
+/// The fetches in flight in this process.
 pub struct Fetches {
-    inflight: Mutex<HashMap<Digest, Arc<Fetch>>>,
+    inflight: Mutex<HashMap<FetchKey, Arc<Fetch>>>,
     spool_dir: PathBuf,
 }
 
@@ -98,11 +110,11 @@ impl Fetches {
         }
     }
 
-    /// The fetch of `digest` in flight, or a new one whose writer is
+    /// The fetch of `key` in flight, or a new one whose writer is
     /// returned too (the caller starts the task that feeds it).
-    pub fn join_or_start(&self, digest: &Digest) -> std::io::Result<(Arc<Fetch>, Option<FetchWriter>)> {
+    pub fn join_or_start(&self, key: &FetchKey) -> std::io::Result<(Arc<Fetch>, Option<FetchWriter>)> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(fetch) = inflight.get(digest) {
+        if let Some(fetch) = inflight.get(key) {
             return Ok((fetch.clone(), None));
         }
         std::fs::create_dir_all(&self.spool_dir)?;
@@ -112,13 +124,13 @@ impl Fetches {
             state: rx,
             spool: spool.clone(),
         });
-        inflight.insert(digest.clone(), fetch.clone());
+        inflight.insert(key.clone(), fetch.clone());
         Ok((fetch, Some(FetchWriter { state: tx, spool })))
     }
 
     /// Forgets a finished fetch: later requests find the blob in the store.
-    pub fn forget(&self, digest: &Digest) {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+    pub fn forget(&self, key: &FetchKey) {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
     /// How many fetches are in flight.
@@ -232,6 +244,13 @@ mod tests {
 
     use super::*;
 
+    fn key(scope: &str, bytes: &[u8]) -> FetchKey {
+        FetchKey {
+            scope: scope.into(),
+            digest: Digest::sha256_of(bytes),
+        }
+    }
+
     async fn collect(mut s: berth_storage::ByteStream) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
@@ -244,11 +263,19 @@ mod tests {
     async fn readers_get_bytes_as_they_arrive_and_the_last_one_after_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let fetches = Fetches::new(dir.path().join("spool"));
-        let digest = Digest::sha256_of(b"abcdef");
-        let (fetch, writer) = fetches.join_or_start(&digest).unwrap();
+        let key = key("up/", b"abcdef");
+        let (fetch, writer) = fetches.join_or_start(&key).unwrap();
         let writer = writer.unwrap();
-        let (again, none) = fetches.join_or_start(&digest).unwrap();
-        assert!(none.is_none() && Arc::ptr_eq(&fetch, &again), "one fetch per digest");
+        let (again, none) = fetches.join_or_start(&key).unwrap();
+        assert!(
+            none.is_none() && Arc::ptr_eq(&fetch, &again),
+            "one fetch per digest and upstream"
+        );
+        let (other, own) = fetches.join_or_start(&self::key("elsewhere/", b"abcdef")).unwrap();
+        assert!(
+            own.is_some() && !Arc::ptr_eq(&fetch, &other),
+            "another upstream fetches its own"
+        );
         writer.set_size(6);
         writer.append(&Bytes::from_static(b"abc")).unwrap();
         let mut early = fetch.read(0, 6);
@@ -265,16 +292,15 @@ mod tests {
         assert_eq!(collect(fetch.read(0, 6)).await.unwrap(), b"abcdef");
         writer.finish(FetchEnd::Stored);
         assert_eq!(collect(fetch.read(0, 6)).await.unwrap(), b"abcdef");
-        fetches.forget(&digest);
-        assert_eq!(fetches.len(), 0);
+        fetches.forget(&key);
+        assert_eq!(fetches.len(), 1);
     }
 
     #[tokio::test]
     async fn a_failed_fetch_cuts_readers_short() {
         let dir = tempfile::tempdir().unwrap();
         let fetches = Fetches::new(dir.path().to_path_buf());
-        let digest = Digest::sha256_of(b"xyz");
-        let (fetch, writer) = fetches.join_or_start(&digest).unwrap();
+        let (fetch, writer) = fetches.join_or_start(&key("up/", b"xyz")).unwrap();
         let writer = writer.unwrap();
         writer.set_size(3);
         writer.append(&Bytes::from_static(b"xyq")).unwrap();

@@ -28,7 +28,7 @@ use berth_oci::{Digest, Reference, RepoName};
 use futures::StreamExt as _;
 
 use self::config::{ProxyConfig, RegistryMode};
-use self::fetch::{FetchEnd, Fetches};
+use self::fetch::{FetchEnd, FetchKey, Fetches};
 use self::routes::{Addressing, Remote, Route, Routes, VirtualAddressing};
 use self::ssrf::NetworkPolicy;
 use self::upstream::{Timeouts, UpstreamClient, UpstreamError};
@@ -463,7 +463,8 @@ impl Proxy {
         head: bool,
         wanted: Option<ByteRange>,
     ) -> Result<BlobAnswer> {
-        if self.registry.has_blob(&remote.repo, digest).await? || self.mount_cached(remote, digest).await? {
+        let scope = scope_of(remote);
+        if present_in(&self.registry, &remote.repo, scope, digest).await? {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(BlobAnswer::Cached(remote.repo.clone()));
         }
@@ -480,9 +481,13 @@ impl Proxy {
             };
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let key = FetchKey {
+            scope: scope.to_string(),
+            digest: digest.clone(),
+        };
         let (fetch, writer) = self
             .fetches
-            .join_or_start(digest)
+            .join_or_start(&key)
             .map_err(|e| RegistryError::Storage(e.into()))?;
         if let Some(writer) = writer {
             let job = BlobFetch {
@@ -490,7 +495,7 @@ impl Proxy {
                 client,
                 repo: remote.repo.clone(),
                 path: remote.path.clone(),
-                digest: digest.clone(),
+                key,
                 fetches: self.fetches.clone(),
                 counters: self.counters.clone(),
             };
@@ -503,11 +508,9 @@ impl Proxy {
                 UpstreamError::NotFound { .. } => Err(RegistryError::BlobUnknown.into()),
                 _ => Err(ProxyError::Upstream(e)),
             },
-            (_, Some(FetchEnd::StoredElsewhere)) => {
-                self.mount_cached(remote, digest).await?;
-                Ok(BlobAnswer::Cached(remote.repo.clone()))
-            }
-            (_, Some(FetchEnd::Stored)) if self.registry.has_blob(&remote.repo, digest).await? => {
+            (_, Some(FetchEnd::Stored | FetchEnd::StoredElsewhere))
+                if present_in(&self.registry, &remote.repo, scope, digest).await? =>
+            {
                 Ok(BlobAnswer::Cached(remote.repo.clone()))
             }
             (Some(size), _) => {
@@ -525,28 +528,6 @@ impl Proxy {
             }
             (None, _) => Err(RegistryError::BlobUnknown.into()),
         }
-    }
-
-    /// Links a blob the registry already holds into `remote.repo` when
-    /// another repository of the same upstream has it (fetched through
-    /// another name): the upstream need not be asked again. Blobs of other
-    /// repositories are never lent this way, so a cached name cannot be
-    /// used to read a private blob by its digest.
-    async fn mount_cached(&self, remote: &Remote, digest: &Digest) -> Result<bool> {
-        if self.registry.blob_size(digest).await?.is_none() {
-            return Ok(false);
-        }
-        let prefix = remote
-            .repo
-            .as_str()
-            .strip_suffix(remote.path.as_str())
-            .unwrap_or_default();
-        for source in self.registry.repositories_with_blob(digest).await? {
-            if !prefix.is_empty() && source.as_str().starts_with(prefix) {
-                return Ok(self.registry.mount_blob(&remote.repo, digest, Some(&source)).await?);
-            }
-        }
-        Ok(false)
     }
 
     /// Tags of a remote repository: the upstream's, with the cached ones
@@ -676,13 +657,49 @@ fn host_of(url: &reqwest::Url) -> String {
     }
 }
 
+/// The cache repositories' prefix for the upstream `remote` is of.
+fn scope_of(remote: &Remote) -> &str {
+    remote
+        .repo
+        .as_str()
+        .strip_suffix(remote.path.as_str())
+        .unwrap_or_default()
+}
+
+/// Whether the cache repository `repo` holds the blob, linking it first when
+/// another cache repository of the same upstream (`scope`) has it, fetched
+/// through another name: the upstream need not be asked again. The bytes of
+/// other repositories (local ones, other upstreams') are never lent this
+/// way: a client that knows only a blob's digest must not be able to read it
+/// through an upstream that merely claims to have it, so such a blob is
+/// fetched from this upstream, which then shows it has the bytes.
+async fn present_in(
+    registry: &Registry,
+    repo: &RepoName,
+    scope: &str,
+    digest: &Digest,
+) -> std::result::Result<bool, RegistryError> {
+    if registry.has_blob(repo, digest).await? {
+        return Ok(true);
+    }
+    if scope.is_empty() || registry.blob_size(digest).await?.is_none() {
+        return Ok(false);
+    }
+    for source in registry.repositories_with_blob(digest).await? {
+        if source.as_str().starts_with(scope) {
+            return registry.mount_blob(repo, digest, Some(&source)).await;
+        }
+    }
+    Ok(false)
+}
+
 /// One blob fetched from an upstream into the store, spooled for readers.
 struct BlobFetch {
     registry: Arc<Registry>,
     client: Arc<UpstreamClient>,
     repo: RepoName,
     path: String,
-    digest: Digest,
+    key: FetchKey,
     fetches: Arc<Fetches>,
     counters: Arc<ProxyCounters>,
 }
@@ -693,12 +710,12 @@ impl BlobFetch {
             Ok(end) => end,
             Err(e) => {
                 self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(digest = %self.digest, repo = %self.repo, error = %e, "blob fetch failed");
+                tracing::warn!(digest = %self.key.digest, repo = %self.repo, error = %e, "blob fetch failed");
                 FetchEnd::Failed(Arc::new(e))
             }
         };
         // Later requests find the blob in the store (or fetch again after a failure).
-        self.fetches.forget(&self.digest);
+        self.fetches.forget(&self.key);
         writer.finish(end);
     }
 
@@ -707,17 +724,17 @@ impl BlobFetch {
             upstream: self.client.name().to_string(),
             reason: format!("storing the blob failed: {e}"),
         };
+        let digest = &self.key.digest;
+        let present = || async {
+            present_in(&self.registry, &self.repo, &self.key.scope, digest)
+                .await
+                .map_err(store_error)
+        };
         // Replicas sharing the stores fetch a blob once: the one leading
         // this job fetches, the others wait for the blob to be recorded.
-        let job = format!("proxy-fetch {}", self.digest);
+        let job = format!("proxy-fetch {}{}", self.key.scope, digest);
         let lease = loop {
-            if self
-                .registry
-                .blob_size(&self.digest)
-                .await
-                .map_err(store_error)?
-                .is_some()
-            {
+            if present().await? {
                 return Ok(FetchEnd::StoredElsewhere);
             }
             match self.registry.lead(&job).await.map_err(store_error)? {
@@ -725,17 +742,11 @@ impl BlobFetch {
                 None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        if self
-            .registry
-            .blob_size(&self.digest)
-            .await
-            .map_err(store_error)?
-            .is_some()
-        {
+        if present().await? {
             return Ok(FetchEnd::StoredElsewhere);
         }
         self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
-        let answer = self.client.get_blob(&self.path, &self.digest).await?;
+        let answer = self.client.get_blob(&self.path, digest).await?;
         let size = answer.content_length().ok_or_else(|| UpstreamError::Invalid {
             upstream: self.client.name().to_string(),
             reason: "a blob without a Content-Length".into(),
@@ -743,15 +754,17 @@ impl BlobFetch {
         writer.set_size(size);
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
         let body: berth_storage::ByteStream = Box::pin(tokio_stream_from(rx));
-        let store = self.registry.push_blob(&self.repo, &self.digest, body, Some(size));
+        // The pump below checks the digest, once for the clients and the store.
+        let store = self.registry.push_checked_blob(&self.repo, digest, body, size);
         let client_name = self.client.name().to_string();
         let counters = self.counters.clone();
-        let digest = self.digest.clone();
         let pump = async move {
+            let invalid = |reason: String| UpstreamError::Invalid {
+                upstream: client_name.clone(),
+                reason,
+            };
             let mut upstream = Box::pin(answer.into_stream());
             let mut received: u64 = 0;
-            // Checked here too, so that clients have the last byte as soon as
-            // the bytes match, not when the store has made them durable.
             let mut hasher = berth_oci::DigestHasher::new(digest.algorithm());
             while let Some(chunk) = upstream.next().await {
                 let chunk = match chunk {
@@ -768,10 +781,9 @@ impl BlobFetch {
                 counters.bytes_fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if received > size {
                     let _ = tx.send(Err(std::io::Error::other("longer than announced"))).await;
-                    return Err(UpstreamError::Invalid {
-                        upstream: client_name,
-                        reason: format!("a blob longer than its Content-Length of {size} bytes"),
-                    });
+                    return Err(invalid(format!(
+                        "a blob longer than its Content-Length of {size} bytes"
+                    )));
                 }
                 hasher.update(&chunk);
                 if let Err(e) = writer.append(&chunk) {
@@ -786,10 +798,19 @@ impl BlobFetch {
                     return Ok(());
                 }
             }
-            if received == size && hasher.finish() == digest {
-                writer.verified();
-            }
-            Ok(())
+            let reason = if received < size {
+                format!("a blob of {received} bytes, shorter than its Content-Length of {size}")
+            } else {
+                let actual = hasher.finish();
+                if &actual == digest {
+                    writer.verified();
+                    return Ok(());
+                }
+                format!("a blob that does not match {digest}: its bytes hash to {actual}")
+            };
+            // Ends the store's body with an error: it stores nothing.
+            let _ = tx.send(Err(std::io::Error::other(reason.clone()))).await;
+            Err(invalid(reason))
         };
         let (stored, pumped) = tokio::join!(store, pump);
         drop(lease);
@@ -799,7 +820,7 @@ impl BlobFetch {
             Err(RegistryError::DigestInvalid(reason) | RegistryError::UploadInvalid(reason)) => {
                 Err(UpstreamError::Invalid {
                     upstream: self.client.name().to_string(),
-                    reason: format!("a blob that does not match {}: {reason}", self.digest),
+                    reason: format!("a blob that does not match {}: {reason}", self.key.digest),
                 })
             }
             Err(e) => Err(store_error(e)),

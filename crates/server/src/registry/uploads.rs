@@ -163,7 +163,8 @@ impl Registry {
             tracing::info!(%digest, from = source.name(), to = target.name(), size = record.size, "copying a mounted blob between stores");
             let session = self.start_upload_in(repo, target).await?;
             let range = record.size.checked_sub(1).map(|end| ChunkRange { start: 0, end });
-            self.finish_new_upload(repo, &session.id, digest, range, body).await?;
+            self.finish_new_upload(repo, &session.id, digest, range, body, DigestCheck::Store)
+                .await?;
             return Ok(true);
         }
         match last_error {
@@ -198,7 +199,26 @@ impl Registry {
         let range = expected_len
             .and_then(|len| len.checked_sub(1))
             .map(|end| ChunkRange { start: 0, end });
-        self.finish_new_upload(repo, &progress.id, digest, range, body).await
+        self.finish_new_upload(repo, &progress.id, digest, range, body, DigestCheck::Store)
+            .await
+    }
+
+    /// Stores a whole blob whose bytes the caller checks against `digest`
+    /// as it produces them: it must end `body` with an error when they do
+    /// not match, so that nothing is stored; the store does not hash them a
+    /// second time. A pull-through fetch, which hashes the bytes anyway to
+    /// let its readers have the last one before the store is done.
+    pub(crate) async fn push_checked_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+        len: u64,
+    ) -> Result<Digest> {
+        let progress = self.start_upload(repo).await?;
+        let range = len.checked_sub(1).map(|end| ChunkRange { start: 0, end });
+        self.finish_new_upload(repo, &progress.id, digest, range, body, DigestCheck::Caller)
+            .await
     }
 
     /// Completes a session this request opened itself (no client knows its
@@ -211,11 +231,12 @@ impl Registry {
         digest: &Digest,
         range: Option<ChunkRange>,
         body: ByteStream,
+        check: DigestCheck,
     ) -> Result<Digest> {
         let claim = SessionClaim::local(self.sessions.lock(id).await);
         let rec = self.session(repo, id).await?;
         let finished = self
-            .finish_claimed(repo, rec.clone(), claim, digest, range, Some(body))
+            .finish_claimed(repo, rec.clone(), claim, digest, range, Some(body), check)
             .await;
         match &finished {
             // Dropped already, where the mismatch was found.
@@ -268,9 +289,11 @@ impl Registry {
         last_chunk: Option<ByteStream>,
     ) -> Result<Digest> {
         let (rec, claim) = self.claim_session(repo, id).await?;
-        self.finish_claimed(repo, rec, claim, digest, range, last_chunk).await
+        self.finish_claimed(repo, rec, claim, digest, range, last_chunk, DigestCheck::Store)
+            .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn finish_claimed(
         &self,
         repo: &RepoName,
@@ -279,14 +302,16 @@ impl Registry {
         digest: &Digest,
         range: Option<ChunkRange>,
         last_chunk: Option<ByteStream>,
+        check: DigestCheck,
     ) -> Result<Digest> {
         let finished = self
-            .finish_session(repo, &rec, &mut claim, digest, range, last_chunk)
+            .finish_session(repo, &rec, &mut claim, digest, range, last_chunk, check)
             .await;
         claim.release().await;
         finished
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn finish_session(
         &self,
         repo: &RepoName,
@@ -295,10 +320,23 @@ impl Registry {
         digest: &Digest,
         range: Option<ChunkRange>,
         last_chunk: Option<ByteStream>,
+        check: DigestCheck,
     ) -> Result<Digest> {
         let id = &rec.id;
         let store = self.session_store(rec)?;
         let (len, hasher, staged) = match last_chunk {
+            // Checked by the caller, which ends the body with an error
+            // when the bytes do not match: staging fails, nothing is placed.
+            Some(body) if rec.offset == 0 && check == DigestCheck::Caller => {
+                let expected_len = chunk_length(rec, range)?;
+                let staged = store
+                    .store()
+                    .stage_blob(id, digest, claim.fence(body))
+                    .await
+                    .map_err(|e| claim_lost_or(rec, claim, upload_error(e)))?;
+                check_length(expected_len, staged.len())?;
+                (staged.len(), None, Some(staged))
+            }
             // The whole blob in this request: the store may write it where it
             // belongs straight away, to be published once the digest matches.
             Some(body) if rec.offset == 0 => {
@@ -310,23 +348,22 @@ impl Registry {
                     .await
                     .map_err(|e| claim_lost_or(rec, claim, upload_error(e)))?;
                 check_length(expected_len, staged.len())?;
-                (staged.len(), take_hasher(&hasher)?, Some(staged))
+                (staged.len(), Some(take_hasher(&hasher)?), Some(staged))
             }
             // The session ends here, so its progress needs no saving.
             Some(body) => {
                 let (len, hasher) = self
                     .write_chunk(rec, claim, range, body, digest.algorithm(), Progress::Discard)
                     .await?;
-                (len, hasher, None)
+                (len, Some(hasher), None)
             }
-            None => (rec.offset, self.hasher_for(rec, digest.algorithm()).await?, None),
+            None => (rec.offset, Some(self.hasher_for(rec, digest.algorithm()).await?), None),
         };
-        let hasher = if hasher.algorithm() == digest.algorithm() {
-            hasher
-        } else {
-            self.rehash(store, id, len, digest.algorithm()).await?
+        let actual = match hasher {
+            None => digest.clone(),
+            Some(hasher) if hasher.algorithm() == digest.algorithm() => hasher.finish(),
+            Some(_) => self.rehash(store, id, len, digest.algorithm()).await?.finish(),
         };
-        let actual = hasher.finish();
         if &actual != digest {
             // distribution-spec: a blob whose content does not match is never
             // stored. Dropping staged bytes abandons them.
@@ -551,6 +588,15 @@ fn check_length(expected: Option<u64>, received: u64) -> Result<()> {
 
 /// `body`, feeding `hasher` on the way through; the hasher is taken back
 /// with [`take_hasher`] once the stream has been consumed.
+/// Who checks a stored blob's bytes against its digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DigestCheck {
+    /// The store, as it writes them.
+    Store,
+    /// The caller, as it produces them (see [`Registry::push_checked_blob`]).
+    Caller,
+}
+
 fn hashing(body: ByteStream, hasher: DigestHasher) -> (ByteStream, Arc<Mutex<Option<DigestHasher>>>) {
     let hasher = Arc::new(Mutex::new(Some(hasher)));
     let feed = hasher.clone();

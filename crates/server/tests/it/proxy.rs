@@ -794,3 +794,53 @@ async fn a_client_that_goes_away_does_not_cancel_the_fetch_for_the_others() {
         Some(layer.len())
     );
 }
+
+#[tokio::test]
+async fn a_blob_the_registry_holds_under_another_name_is_fetched_for_a_remote_repository_not_lost() {
+    let upstream = TestApp::start();
+    let image = upstream.push_image("team/app", "v1", 1).await;
+    let layer = &image.layers[0];
+    let digest = sha256(layer);
+    // Two upstream names for one registry, and the layer pushed locally too.
+    let config = format!(
+        "{}\n[[proxy.upstreams]]\nname = \"other\"\nurl = \"{}\"\n",
+        caching(&upstream, ""),
+        upstream.base
+    );
+    let cache = TestApp::start_with_config(&config, &[]);
+    cache.push_blob("mine/app", layer).await;
+
+    for (path, fetches) in [
+        // Held locally only: this upstream must show it has the bytes.
+        ("/v2/up/team/app", 1),
+        // Cached through `up` already: another name of the same upstream links it.
+        ("/v2/upstream.test/team/app", 1),
+        // Cached through another upstream: fetched from this one.
+        ("/v2/other/team/app", 2),
+    ] {
+        let (status, body) = blob_of(&cache, &format!("{path}/blobs/{digest}")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(body.as_deref(), Ok(&layer[..]), "{path}");
+        assert_eq!(counters(&cache).await["blob_fetches"], fetches, "{path}");
+        eventually_stored(&cache, &digest).await;
+        // And again, now from the cache.
+        let (status, body) = blob_of(&cache, &format!("{path}/blobs/{digest}")).await;
+        assert_eq!(
+            (status, body.as_deref()),
+            (StatusCode::OK, Ok(&layer[..])),
+            "{path} again"
+        );
+        assert_eq!(counters(&cache).await["blob_fetches"], fetches, "{path} again");
+    }
+
+    // An upstream that lacks the blob gets no loan of the local copy.
+    let empty = TestApp::start();
+    let config = format!(
+        "[proxy]\n[[proxy.upstreams]]\nname = \"empty\"\nurl = \"{}\"\n",
+        empty.base
+    );
+    let cache = TestApp::start_with_config(&config, &[]);
+    cache.push_blob("mine/app", layer).await;
+    let (status, _) = blob_of(&cache, &format!("/v2/empty/team/app/blobs/{digest}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
