@@ -42,7 +42,7 @@ source "$REPO_ROOT/scripts/lib/e2e-common.sh"
 source "$REPO_ROOT/scripts/lib/deploy-venv.sh"
 parse_args "$@"
 require_tools "Debian packages: docker-compose, systemd, python3-venv (scripts/install-deps.sh)" \
-  docker-compose systemd-analyze python3
+  docker-compose systemd-analyze python3 curl
 make_temp_dir
 BERTH_PID=""
 COMPOSE=$REPO_ROOT/deploy/compose
@@ -74,7 +74,23 @@ step_compose_scale_out() {
 # ------------------------------------------------------------------- helm ----
 chart() { run_tool 120 check_chart "$DEPLOY_PYTHON" "$REPO_ROOT/scripts/lib/check_chart.py" "$CHART" "$@"; }
 step_venv() { deploy_venv_install; "$DEPLOY_PYTHON" -m pip list 2>/dev/null | grep -E 'helm-python-sdk|kubernetes-validate'; }
-step_chart_default() { chart default; }
+step_chart_default() { CHECK_CHART_TOML=$T/work/chart-berth.toml chart default; }
+step_chart_config_accepted() {
+  # berth reads BERTH_* as configuration: the caller's stay out.
+  [[ -x $BERTH_BIN ]] || fail "$BERTH_BIN missing (cargo build -p berth-server, or set BERTH_BIN)"
+  local v env_cmd=(env -u RUST_LOG) pid addr code
+  while read -r v; do env_cmd+=(-u "$v"); done < <(compgen -e | grep '^BERTH_' || true)
+  mkdir -p "$T/chart-data"
+  "${env_cmd[@]}" "$BERTH_BIN" serve --config "$T/work/chart-berth.toml" --listen 127.0.0.1:0 \
+    --data-dir "$T/chart-data" > "$T/work/chart-berth.log" 2>&1 < /dev/null &
+  pid=$!
+  addr=$(wait_for_line "$T/work/chart-berth.log" 'listening on 127\.0\.0\.1:[0-9]+' "$pid" 30) ||
+    { cat "$T/work/chart-berth.log"; kill "$pid" 2>/dev/null; fail "berth did not start with the chart's berth.toml"; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://${addr#listening on }/readyz" || true)
+  kill -TERM "$pid"; wait "$pid" || true
+  expect_eq "$code" 200 "GET /readyz of berth serving the chart's berth.toml"
+  echo "berth serve --config <the chart's berth.toml>: ready at ${addr#listening on }"
+}
 step_chart_scale_out() { chart scale-out "$CHART/ci/scale-out-values.yaml"; }
 step_chart_ingress() { chart ingress "$CHART/ci/ingress-values.yaml"; }
 step_chart_refused() { chart refused "$CHART/ci/replicas-embedded-values.yaml"; }
@@ -105,12 +121,13 @@ step 1.2 "compose.scale-out.yaml (Berth + PostgreSQL + MinIO) passes docker-comp
 begin_client helm
 step 2.1 "venv with helm-python-sdk and kubernetes-validate" step_venv
 step 2.2 "default values: helm lint --strict, every object valid, PVC, one replica" step_chart_default
+step 2.3 "berth serve accepts the berth.toml the chart renders by default (/readyz 200)" step_chart_config_accepted
 group
-step 2.3 "scale-out values: three replicas, no PVC, secrets only in the Secret" step_chart_scale_out
+step 2.4 "scale-out values: three replicas, no PVC, secrets only in the Secret" step_chart_scale_out
 group
-step 2.4 "Ingress + ServiceMonitor values: valid, ServiceMonitor against its schema" step_chart_ingress
+step 2.5 "Ingress + ServiceMonitor values: valid, ServiceMonitor against its schema" step_chart_ingress
 group
-step 2.5 "replicaCount=2 on the embedded stores fails to render" step_chart_refused
+step 2.6 "replicaCount=2 on the embedded stores fails to render" step_chart_refused
 begin_client systemd
 step 3.1 "systemd-analyze verify deploy/systemd/berth.service" step_unit_verify
 group

@@ -10,7 +10,8 @@ refused). The engine is Helm v4's Go SDK through the helm-python-sdk wheel
 kinds are validated with kubernetes-validate against the strict JSON schemas
 of the oldest Kubernetes the chart supports and of the newest the package
 bundles; the ServiceMonitor (a CRD) against servicemonitor.schema.json beside
-this file. berth.toml in the ConfigMap must parse as TOML.
+this file. berth.toml in the ConfigMap must parse as TOML; with
+CHECK_CHART_TOML=FILE it is written there.
 """
 
 import json
@@ -197,6 +198,10 @@ def main():
         print("helm lint --strict: no warnings or errors")
     objects = objects_of(render(chart, values))
     validate(objects)
+    out = os.environ.get("CHECK_CHART_TOML")
+    if out:  # for a real berth to read
+        with open(out, "w") as f:
+            f.write(by_kind(objects)["ConfigMap"][0]["data"]["berth.toml"])
     if case == "default":
         check_validators_refuse(objects)
     check_case(case, objects)
