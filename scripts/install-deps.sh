@@ -6,6 +6,11 @@
 #
 #   apt:  skopeo podman uidmap docker.io containerd docker-registry wrk curl jq
 #         tar openssl procps python3
+#   apt:  docker-compose systemd binutils python3-venv (scripts/check-deploy.sh
+#         and scripts/e2e-image.sh: compose config, systemd-analyze,
+#         objcopy/readelf, the venv below)
+#   pip:  helm-python-sdk and kubernetes-validate, pinned, in a venv under
+#         target/tools (scripts/lib/deploy-venv.sh), when missing
 #   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18)
 #   rust: the rustfmt and clippy components of the active toolchain
 #   npm:  tests/oidc's locked packages (npm ci), when node_modules lacks them
@@ -20,9 +25,11 @@ APT_PKGS=(
   docker.io containerd
   docker-registry
   wrk curl jq tar openssl procps python3
+  docker-compose systemd binutils python3-venv
 )
 # Commands the tests call; checked after the install as a sanity check.
-COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3 node npm)
+COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3 node npm
+  docker-compose systemd-analyze objcopy readelf)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -102,6 +109,18 @@ if [ ! -d "$ROOT/tests/oidc/node_modules/oidc-provider" ]; then
   log "npm ci done in $((SECONDS - t0)) s"
 else
   log "tests/oidc npm packages: present"
+fi
+
+# ---------------------------------------------------------------- pip packages
+# The Helm chart's renderer and the Kubernetes schemas (scripts/check-deploy.sh).
+# shellcheck source=lib/deploy-venv.sh source-path=SCRIPTDIR
+source "$ROOT/scripts/lib/deploy-venv.sh"
+if deploy_venv_ok; then
+  log "deploy venv (helm-python-sdk, kubernetes-validate): present"
+else
+  t0=$SECONDS
+  deploy_venv_install || die "could not install the deploy venv"
+  log "deploy venv installed in $((SECONDS - t0)) s"
 fi
 
 log "ok"

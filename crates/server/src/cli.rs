@@ -122,6 +122,16 @@ pub enum Command {
     /// Upload sessions in flight are not moved (clients restart them).
     /// Exits non-zero when anything could not be copied.
     Migrate(MigrateArgs),
+    /// Probe a running server: GET URL over plain HTTP, exit 0 on a 200 and
+    /// 1 otherwise. For container health checks in images without curl.
+    Healthcheck {
+        /// What to probe [default: /healthz on loopback at the port of
+        /// BERTH_LISTEN, else http://127.0.0.1:5000/healthz]
+        url: Option<String>,
+        /// Give up after this many seconds (connecting, and again reading).
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]

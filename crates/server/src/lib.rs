@@ -9,6 +9,7 @@ mod cli;
 mod clock;
 mod config;
 mod connections;
+mod healthcheck;
 mod lifecycle;
 mod migrate;
 mod namespaces;
@@ -72,6 +73,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
         Command::Export(args) => run_to_end(operator::export(args)),
         Command::Import(args) => run_to_end(operator::import(args)),
+        Command::Healthcheck { url, timeout } => {
+            let url = url.unwrap_or_else(|| healthcheck::default_url(std::env::var("BERTH_LISTEN").ok().as_deref()));
+            healthcheck::probe(&url, std::time::Duration::from_secs(timeout.max(1)))
+        }
     }
 }
 
