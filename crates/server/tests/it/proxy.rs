@@ -581,8 +581,15 @@ async fn preload_fills_the_cache_once_and_a_second_run_fetches_nothing() {
 #[tokio::test]
 async fn a_cache_over_its_size_cap_evicts_the_least_recently_used() {
     let upstream = TestApp::start();
-    let images: Vec<Image> =
-        futures::future::join_all(["a", "b", "c"].map(|tag| upstream.push_image("team/app", tag, 1))).await;
+    // Layers of one size: with random sizes two big images could outweigh
+    // three small ones and the cap below would hold all three.
+    let images: Vec<Image> = ["a", "b", "c"]
+        .map(|_| Image::of_layers(vec![random_bytes(3000)]))
+        .into_iter()
+        .collect();
+    for (image, tag) in images.iter().zip(["a", "b", "c"]) {
+        image.push(&upstream.client, &upstream.base, "team/app", tag).await;
+    }
     let biggest = images
         .iter()
         .map(|i| i.manifest.len() + i.config.len() + i.layers[0].len())
