@@ -12,8 +12,8 @@ use berth_oci::{Digest, UploadId};
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
 use crate::{
-    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadClaim,
-    UploadRecord,
+    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, RepoUsage, StoreSet,
+    UploadClaim, UploadRecord,
 };
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -47,6 +47,36 @@ pub async fn run_all(meta: &dyn MetaStore) {
     upload_claims_exclude_each_other_until_they_run_out(meta).await;
     pulls_add_up_and_keep_the_latest_time(meta).await;
     text_with_a_nul_finds_nothing_or_is_bad_input(meta).await;
+    usage_counts_each_repositorys_linked_blobs(meta).await;
+}
+
+async fn usage_counts_each_repositorys_linked_blobs(meta: &dyn MetaStore) {
+    let (a, b) = (Digest::sha256_of(b"usage-a"), Digest::sha256_of(b"usage-b"));
+    meta.add_blob("usage/one", &a, 100, 1).await.unwrap();
+    meta.add_blob("usage/one", &b, 20, 1).await.unwrap();
+    meta.link_blob("usage/two", &a, 1).await.unwrap();
+    let usage: Vec<RepoUsage> = meta
+        .repository_usage()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.repo.starts_with("usage/"))
+        .collect();
+    assert_eq!(
+        usage,
+        [
+            RepoUsage {
+                repo: "usage/one".into(),
+                blobs: 2,
+                bytes: 120
+            },
+            RepoUsage {
+                repo: "usage/two".into(),
+                blobs: 1,
+                bytes: 100
+            },
+        ]
+    );
 }
 
 /// Text holding a NUL character (which PostgreSQL text cannot hold) either

@@ -106,6 +106,15 @@ pub struct LinkedBlob {
     pub linked_ms: i64,
 }
 
+/// What one repository holds: the blobs linked into it and their bytes
+/// (a blob several repositories link counts in each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoUsage {
+    pub repo: String,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
 /// A read of a blob through a repository (`HEAD`, `GET`) at `at_ms`: the
 /// link's garbage-collection grace period starts again from then.
 #[derive(Debug, Clone, PartialEq)]
@@ -354,6 +363,10 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Repositories that link the blob, in lexical order, at most `limit`.
     async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>>;
+
+    /// Every repository with at least one linked blob, with what it holds.
+    /// One pass over the links: for periodic gauges, not for requests.
+    async fn repository_usage(&self) -> Result<Vec<RepoUsage>>;
 
     /// Manifests of `repo` whose subject is `subject`, optionally of one
     /// artifact type, after `after` in digest order, at most `limit`.

@@ -65,7 +65,8 @@ use crate::sql::reads::{Reads, BLOB_SIZE, REPOSITORY_EXISTS};
 pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
     BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
-    PullRecord, Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord, DEFAULT_STORE,
+    PullRecord, Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord,
+    DEFAULT_STORE,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -854,6 +855,24 @@ impl MetaStore for PgMeta {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    async fn repository_usage(&self) -> Result<Vec<RepoUsage>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT r.name, COUNT(*), COALESCE(SUM(b.size), 0) FROM repo_blobs l \
+             JOIN repositories r ON r.id = l.repo_id JOIN blobs b ON b.digest = l.digest \
+             GROUP BY r.name ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(repo, blobs, bytes)| RepoUsage {
+                repo,
+                blobs: u64::try_from(blobs).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>> {

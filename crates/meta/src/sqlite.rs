@@ -18,7 +18,7 @@ use crate::sql::reads::Reads;
 pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
     BlobRecord, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord,
-    Referrer, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 /// Metadata in a SQLite database file.
@@ -525,6 +525,24 @@ impl MetaStore for SqliteMeta {
         .fetch_one(&self.reader)
         .await?;
         parse_names(&names)
+    }
+
+    async fn repository_usage(&self) -> Result<Vec<RepoUsage>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT r.name, COUNT(*), COALESCE(SUM(b.size), 0) FROM repo_blobs l \
+             JOIN repositories r ON r.id = l.repo_id JOIN blobs b ON b.digest = l.digest \
+             GROUP BY r.name ORDER BY r.name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(repo, blobs, bytes)| RepoUsage {
+                repo,
+                blobs: u64::try_from(blobs).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn repositories_linking(&self, digest: &Digest, limit: u32) -> Result<Vec<String>> {
