@@ -7,27 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::{HeaderName, Request};
 use berth_meta::{AccessStore, LifecycleStore, PgMeta, PgOptions, SqliteMeta, DEFAULT_STORE};
 use berth_storage::s3::S3BlobStore;
 use berth_storage::{BlobStore, FsBlobStore};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
 use crate::auth::Auth;
 use crate::clock;
 use crate::config::AuthMode;
 use crate::config::{Config, MetaBackend, StorageBackend};
 use crate::lifecycle::{Lifecycle, Scope};
+use crate::metrics::blobstore::TimedBlobStore;
+use crate::metrics::meta::TimedMeta;
+use crate::metrics::{Job, JobOutcome, Metrics};
 use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
 use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Everything a request handler may use.
 pub struct App {
@@ -35,14 +32,21 @@ pub struct App {
     pub proxy: Proxy,
     pub auth: Auth,
     pub lifecycle: Lifecycle,
+    pub metrics: Arc<Metrics>,
+    pub log: crate::telemetry::LogLevel,
     pub config: Config,
+    /// For background jobs that read the store as a whole (the storage
+    /// gauges); requests go through the registry, auth and lifecycle.
+    meta: Arc<dyn Meta>,
+    clock: Arc<dyn clock::Clock>,
 }
 
 impl App {
     /// Opens the stores named by `config`.
     pub async fn open(mut config: Config) -> anyhow::Result<Self> {
         ensure_data_dir(&config.data_dir)?;
-        let (meta, stores) = open_stores(&config).await?;
+        let metrics = Arc::new(Metrics::new());
+        let (meta, stores) = open_stores(&config, Some(&metrics)).await?;
         let clock = clock::from_env()?;
         let registry = Arc::new(Registry::new(
             meta.clone(),
@@ -63,13 +67,21 @@ impl App {
             config.data_dir.join("proxy-spool"),
         )
         .context("invalid proxy configuration")?;
-        let auth = Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
+        for collector in proxy.counters.collectors() {
+            metrics.register(collector);
+        }
+        let auth = Auth::open(&config.auth, &config.data_dir, meta.clone(), clock.clone())
+            .context("invalid auth configuration")?;
         Ok(App {
             registry,
             proxy,
             auth,
             lifecycle,
+            metrics,
+            log: crate::telemetry::LogLevel::fixed(&config.log.level),
             config,
+            meta,
+            clock,
         })
     }
 }
@@ -117,15 +129,27 @@ pub trait Meta: LifecycleStore + AccessStore {}
 
 impl<T: LifecycleStore + AccessStore> Meta for T {}
 
-/// The stores the configuration names.
-pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<BlobStores>)> {
-    let stores = open_blob_stores(config).await?;
-    Ok((open_meta(config).await?, Arc::new(stores)))
+/// The stores the configuration names; with `metrics`, every operation of
+/// each is timed into them.
+pub async fn open_stores(
+    config: &Config,
+    metrics: Option<&Metrics>,
+) -> anyhow::Result<(Arc<dyn Meta>, Arc<BlobStores>)> {
+    let stores = open_blob_stores(config, metrics).await?;
+    let mut meta = open_meta(config).await?;
+    if let Some(metrics) = metrics {
+        meta = TimedMeta::wrap(meta, metrics.db_duration.clone());
+    }
+    Ok((meta, Arc::new(stores)))
 }
 
 /// Every blob store the configuration names, with its routes. Names and
 /// routes are checked before any store is opened.
-pub async fn open_blob_stores(config: &Config) -> anyhow::Result<BlobStores> {
+pub async fn open_blob_stores(config: &Config, metrics: Option<&Metrics>) -> anyhow::Result<BlobStores> {
+    let timed = |store: Arc<dyn BlobStore>, name: &str| match metrics {
+        Some(m) => TimedBlobStore::wrap(store, name, m.blobstore_duration.clone()),
+        None => store,
+    };
     let storage = &config.storage;
     for name in storage.stores.keys() {
         check_store_name(name).context("invalid [storage.stores] configuration")?;
@@ -144,7 +168,11 @@ pub async fn open_blob_stores(config: &Config) -> anyhow::Result<BlobStores> {
             );
         }
     }
-    let default = NamedStore::new(DEFAULT_STORE, open_blobs(config).await?, storage.redirect);
+    let default = NamedStore::new(
+        DEFAULT_STORE,
+        timed(open_blobs(config).await?, DEFAULT_STORE),
+        storage.redirect,
+    );
     let mut others = Vec::with_capacity(storage.stores.len());
     for (name, store) in &storage.stores {
         let dir = store
@@ -154,7 +182,7 @@ pub async fn open_blob_stores(config: &Config) -> anyhow::Result<BlobStores> {
         let opened = open_store(store.backend, store.redirect, store.s3.as_ref(), &dir)
             .await
             .with_context(|| format!("cannot open the blob store [storage.stores.{name}]"))?;
-        others.push(NamedStore::new(name.clone(), opened, store.redirect));
+        others.push(NamedStore::new(name.clone(), timed(opened, name), store.redirect));
     }
     let routes: Vec<(String, String)> = storage
         .routes
@@ -231,13 +259,24 @@ pub async fn open_postgres(config: &Config) -> anyhow::Result<PgMeta> {
         .with_context(|| format!("cannot use the PostgreSQL database {}", config.meta.redacted_url()))
 }
 
+/// Where the configuration came from, to read it again on SIGHUP.
+pub struct ConfigSource {
+    pub file: Option<std::path::PathBuf>,
+    pub overrides: crate::config::Overrides,
+}
+
 /// Runs the server until SIGINT or SIGTERM, then drains open requests.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// SIGHUP reads the configuration again and applies what can change
+/// without a restart (the log level).
+pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::LogLevel) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
-    let app = Arc::new(App::open(config).await?);
+    let mut app = App::open(config).await?;
+    app.log = log;
+    let app = Arc::new(app);
+    spawn_reload_on_hangup(app.clone(), source)?;
     spawn_upload_purge(app.clone());
     spawn_pull_flush(app.clone());
     app.lifecycle
@@ -246,23 +285,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("writing the configuration's retention policies")?;
     spawn_lifecycle_jobs(app.clone());
 
-    let trace = TraceLayer::new_for_http()
-        .make_span_with(|req: &Request<_>| {
-            let id = req
-                .headers()
-                .get(&REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        })
-        .on_request(())
-        .on_response(DefaultOnResponse::new().level(Level::DEBUG));
-    let router = crate::api::router(app.clone())
-        .layer(CatchPanicLayer::new())
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(trace)
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-
+    spawn_usage_refresh(app.clone());
+    let metrics_listener = match (&app.config.metrics.listen, app.config.metrics.enabled) {
+        (Some(listen), true) => Some(
+            TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?,
+        ),
+        _ => None,
+    };
+    let mut routes = crate::api::router(app.clone());
+    if app.config.metrics.enabled && metrics_listener.is_none() {
+        routes = routes.merge(crate::api::metrics_router(app.clone()));
+    }
+    let router = observed(routes, &app.metrics);
     let shutdown = shutdown_signal()?;
     if warn_open(app.auth.mode, addr) {
         tracing::warn!(
@@ -271,7 +307,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics_listener.map(|listener| {
+        let local = listener.local_addr().ok();
+        tracing::info!(
+            "serving /metrics on {}",
+            local.map(|a| a.to_string()).unwrap_or_default()
+        );
+        let router = observed(crate::api::metrics_router(app.clone()), &app.metrics);
+        let mut stopped = stopped.clone();
+        tokio::spawn(crate::connections::serve(listener, router, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    });
     crate::connections::serve(listener, router, shutdown).await;
+    let _ = stop.send(true);
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     if let Err(e) = app.registry.flush_pulls().await {
         tracing::warn!(error = %e, "recording the last pulls failed");
     }
@@ -280,6 +333,69 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `routes` with what every request leaves behind (request id, access log
+/// line, HTTP metrics) around a panic guard.
+fn observed(routes: axum::Router, metrics: &Arc<Metrics>) -> axum::Router {
+    routes
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            crate::observe::observe,
+        ))
+}
+
+/// Reads the configuration again on every SIGHUP and applies its log level;
+/// a configuration that no longer loads changes nothing.
+fn spawn_reload_on_hangup(app: Arc<App>, source: ConfigSource) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match Config::load(source.file.as_deref(), source.overrides.clone()) {
+                    Ok(config) => match app.log.set(&config.log.level) {
+                        Ok(()) => tracing::info!(level = %config.log.level, "SIGHUP: configuration read again"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: log level not changed"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration does not load; nothing changed"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (app, source);
+    Ok(())
+}
+
+/// Keeps the storage gauges of `/metrics` current.
+fn spawn_usage_refresh(app: Arc<App>) {
+    if !app.config.metrics.enabled {
+        return;
+    }
+    let namespaces = app.config.metrics.namespaces.clone();
+    let interval = app.config.metrics.usage_interval_secs;
+    let first = app.clone();
+    let namespaces_first = namespaces.clone();
+    // Once at start, so that the gauges exist before the first period ends.
+    tokio::spawn(async move { refresh_usage(&first, &namespaces_first).await });
+    every(interval, move || {
+        let app = app.clone();
+        let namespaces = namespaces.clone();
+        async move { refresh_usage(&app, &namespaces).await }
+    });
+}
+
+async fn refresh_usage(app: &App, namespaces: &[String]) {
+    if app.config.metrics.usage_interval_secs == 0 {
+        return;
+    }
+    let now_secs = app.clock.now_ms() / 1000;
+    if let Err(e) = crate::metrics::usage::refresh(&app.metrics, app.meta.as_ref(), namespaces, now_secs).await {
+        tracing::warn!(error = %e, "computing the storage gauges failed; will retry");
+    }
 }
 
 /// How often gathered pull counts and blob reads are written.
@@ -353,7 +469,23 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
             let app = app.clone();
             async move {
                 when_leading(&app, actor, async {
-                    match app.lifecycle.run(None, scope, actor).await {
+                    let started = std::time::Instant::now();
+                    let result = app.lifecycle.run(None, scope, actor).await;
+                    let job = if scope == Scope::Expiry {
+                        Job::Expiry
+                    } else {
+                        Job::Retention
+                    };
+                    app.metrics.job_run(
+                        job,
+                        started.elapsed(),
+                        result.as_ref().ok().map(|s| JobOutcome {
+                            removed: vec![("tags", s.tags_deleted), ("manifests", s.manifests_deleted)],
+                            bytes: 0,
+                        }),
+                        app.clock.now_ms() / 1000,
+                    );
+                    match result {
                         Ok(s) if s.tags_deleted + s.manifests_deleted > 0 => tracing::info!(
                             job = actor,
                             tags_deleted = s.tags_deleted,
@@ -376,7 +508,18 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
             async move {
                 when_leading(&app, "proxy-evict", async {
                     let cap = app.config.proxy.max_bytes;
-                    match crate::proxy::evict::evict_over_cap(&app.lifecycle, &app.registry, cap).await {
+                    let started = std::time::Instant::now();
+                    let result = crate::proxy::evict::evict_over_cap(&app.lifecycle, &app.registry, cap).await;
+                    app.metrics.job_run(
+                        Job::CacheEviction,
+                        started.elapsed(),
+                        result.as_ref().ok().map(|e| JobOutcome {
+                            removed: vec![("images", e.images_evicted)],
+                            bytes: e.bytes_evicted,
+                        }),
+                        app.clock.now_ms() / 1000,
+                    );
+                    match result {
                         Ok(e) if e.images_evicted > 0 => tracing::info!(
                             images_evicted = e.images_evicted,
                             bytes_evicted = e.bytes_evicted,
@@ -395,11 +538,25 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
         let app = app.clone();
         async move {
             when_leading(&app, "gc", async {
-                match app
+                let started = std::time::Instant::now();
+                let result = app
                     .lifecycle
                     .collect_garbage(false, |line| tracing::debug!("gc: {line}"))
-                    .await
-                {
+                    .await;
+                app.metrics.job_run(
+                    Job::Gc,
+                    started.elapsed(),
+                    result.as_ref().ok().map(|r| JobOutcome {
+                        removed: vec![
+                            ("blobs", r.blobs_removed),
+                            ("manifests", r.manifests_removed),
+                            ("orphan_files", r.orphan_files_removed),
+                        ],
+                        bytes: r.bytes_reclaimed,
+                    }),
+                    app.clock.now_ms() / 1000,
+                );
+                match result {
                     Ok(r) => tracing::info!(
                         blobs_removed = r.blobs_removed,
                         bytes_reclaimed = r.bytes_reclaimed,

@@ -31,6 +31,7 @@ pub struct Config {
     pub meta: MetaConfig,
     pub registry: crate::proxy::config::RegistryConfig,
     pub proxy: crate::proxy::config::ProxyConfig,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -540,12 +541,13 @@ impl Default for Config {
             },
             registry: Default::default(),
             proxy: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
 
 /// Values given on the command line, which override every other source.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
@@ -555,7 +557,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "listen",
     "data_dir",
     "log",
@@ -569,6 +571,7 @@ const TOP_LEVEL_KEYS: [&str; 13] = [
     "meta",
     "registry",
     "proxy",
+    "metrics",
 ];
 
 /// The variable other tools use to name an external token validation service.

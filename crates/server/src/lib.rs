@@ -11,8 +11,10 @@ mod config;
 mod connections;
 mod healthcheck;
 mod lifecycle;
+mod metrics;
 mod migrate;
 mod namespaces;
+mod observe;
 mod operator;
 mod pattern;
 mod progress;
@@ -44,10 +46,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 data_dir: args.data_dir,
             };
-            let config = Config::load(args.config.as_deref(), overrides)?;
-            telemetry::init(&config.log);
+            let config = Config::load(args.config.as_deref(), overrides.clone())?;
+            let log = telemetry::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(app::serve(config))
+            let source = app::ConfigSource {
+                file: args.config,
+                overrides,
+            };
+            runtime.block_on(app::serve(config, source, log))
         }
         Command::User { store, action } => operator_runtime()?.block_on(operator::user(store, action)),
         Command::Token { store, action } => operator_runtime()?.block_on(operator::token(store, action)),

@@ -236,7 +236,7 @@ pub async fn audit(args: StoreArgs, limit: u32) -> anyhow::Result<()> {
 async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
-    let (meta, stores) = open_stores(&config).await?;
+    let (meta, stores) = open_stores(&config, None).await?;
     let lifecycle = Lifecycle::new(meta, stores, clock::from_env()?, &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
     lifecycle.sync_config_policies().await?;
@@ -457,7 +457,7 @@ pub async fn cache(args: StoreArgs, command: CacheCommand) -> anyhow::Result<()>
 async fn open_registry(args: &StoreArgs) -> anyhow::Result<Registry> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
-    let (meta, stores) = open_stores(&config).await?;
+    let (meta, stores) = open_stores(&config, None).await?;
     Ok(Registry::new(
         meta,
         stores,

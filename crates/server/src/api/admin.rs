@@ -24,6 +24,8 @@ use super::ApiError;
 use crate::app::App;
 use crate::auth::manage::ManageError;
 use crate::config::AuthMode;
+use crate::metrics::AuthFailure;
+use crate::observe::RequestContext;
 
 type AdminResult = Result<Response, ApiError>;
 
@@ -40,6 +42,34 @@ pub fn router() -> Router<Arc<App>> {
         .route("/proxy/upstreams", get(list_upstreams))
         .route("/proxy/cache/{*image}", delete(evict_cached))
         .route("/proxy/evict", post(evict_over_cap))
+        .route("/log", get(log_level).put(set_log_level))
+}
+
+/// `GET /api/v1/log`: the log level filter in force.
+async fn log_level(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
+    Ok(Json(json!({ "level": app.log.current() })).into_response())
+}
+
+#[derive(Deserialize)]
+struct LevelChange {
+    level: String,
+}
+
+/// `PUT /api/v1/log` with `{"level": "debug"}`: changes the log level
+/// without a restart, until the next change or SIGHUP (which applies the
+/// configuration file's `log.level`).
+async fn set_log_level(State(app): State<Arc<App>>, Admin(who): Admin, body: axum::body::Bytes) -> AdminResult {
+    let change: LevelChange = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("expected {{\"level\": \"...\"}}: {e}"),
+        )
+    })?;
+    app.log
+        .set(&change.level)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    tracing::info!(level = %change.level, by = %who, "log level changed");
+    Ok(Json(json!({ "level": app.log.current() })).into_response())
 }
 
 /// `POST /api/v1/proxy/evict`: applies `proxy.max_bytes` now.
@@ -89,7 +119,6 @@ async fn evict_cached(
 /// `GET /api/v1/proxy/upstreams`: the configured upstreams and what the
 /// cache has done since the process started.
 async fn list_upstreams(State(app): State<Arc<App>>, _admin: Admin) -> Result<Response, ApiError> {
-    use std::sync::atomic::Ordering::Relaxed;
     let counters = &app.proxy.counters;
     let upstreams: Vec<_> = app
         .proxy
@@ -101,12 +130,12 @@ async fn list_upstreams(State(app): State<Arc<App>>, _admin: Admin) -> Result<Re
         "mode": if app.proxy.mirror_only() { "mirror" } else { "registry" },
         "upstreams": upstreams,
         "counters": {
-            "hits": counters.hits.load(Relaxed),
-            "misses": counters.misses.load(Relaxed),
-            "upstream_errors": counters.upstream_errors.load(Relaxed),
-            "served_stale": counters.served_stale.load(Relaxed),
-            "blob_fetches": counters.blob_fetches.load(Relaxed),
-            "bytes_fetched": counters.bytes_fetched.load(Relaxed),
+            "hits": counters.hits.get(),
+            "misses": counters.misses.get(),
+            "upstream_errors": counters.upstream_errors.get(),
+            "served_stale": counters.served_stale.get(),
+            "blob_fetches": counters.blob_fetches.get(),
+            "bytes_fetched": counters.bytes_fetched.get(),
         },
     }))
     .into_response())
@@ -133,6 +162,27 @@ impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let found = admin_of(parts, app).await;
+        match &found {
+            Ok(Admin(who)) => {
+                if let Some(context) = parts.extensions.get::<RequestContext>() {
+                    context.set_identity(who);
+                }
+            }
+            Err(e) => match e.code() {
+                ErrorCode::Unauthorized => app.metrics.auth_failure(AuthFailure::BadCredentials),
+                ErrorCode::Denied => app.metrics.auth_failure(AuthFailure::Denied),
+                ErrorCode::TooManyRequests => app.metrics.rate_limited("login"),
+                _ => {}
+            },
+        }
+        found
+    }
+}
+
+/// The administrator the request's credentials name, or why there is none.
+async fn admin_of(parts: &Parts, app: &Arc<App>) -> Result<Admin, ApiError> {
+    {
         let auth = &app.auth;
         if auth.mode == AuthMode::None {
             return Ok(Admin("anonymous".into()));

@@ -15,6 +15,8 @@ use crate::app::App;
 use crate::auth::access::{Access, Action, Scope};
 use crate::auth::{Auth, AuthError, Identity};
 use crate::config::AuthMode;
+use crate::metrics::{AuthFailure, Metrics};
+use crate::observe::RequestContext;
 
 /// Largest token request body read (a form with credentials and scopes).
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -96,13 +98,19 @@ pub(super) fn catalog_challenge(auth: &Auth, headers: &HeaderMap) -> ApiError {
 }
 
 /// Checks a `/v2/` request's token against what its endpoint needs.
-pub fn authorize(auth: &Auth, endpoint: &Endpoint, headers: &HeaderMap) -> Result<Access, ApiError> {
+/// A refusal is counted in `metrics` by its reason.
+pub fn authorize(auth: &Auth, endpoint: &Endpoint, headers: &HeaderMap, metrics: &Metrics) -> Result<Access, ApiError> {
     if auth.mode == AuthMode::None {
         return Ok(Access::Open);
     }
     let needs = needs(endpoint);
     let presented = bearer(headers);
     let Some(claims) = presented.and_then(|t| auth.verify(t)) else {
+        metrics.auth_failure(if presented.is_some() {
+            AuthFailure::BadToken
+        } else {
+            AuthFailure::Missing
+        });
         return Err(challenge(auth, headers, &needs, presented.is_some(), false));
     };
     let allowed = match &needs {
@@ -113,6 +121,7 @@ pub fn authorize(auth: &Auth, endpoint: &Endpoint, headers: &HeaderMap) -> Resul
     if allowed {
         Ok(Access::Token(claims))
     } else {
+        metrics.auth_failure(AuthFailure::Denied);
         Err(challenge(auth, headers, &needs, false, true))
     }
 }
@@ -173,10 +182,16 @@ pub async fn token_endpoint(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let mut response = match token(&app, peer, req).await {
+    let context = req.extensions().get::<RequestContext>().cloned();
+    let mut response = match token(&app, peer, req, context.as_ref()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    match response.status() {
+        StatusCode::UNAUTHORIZED => app.metrics.auth_failure(AuthFailure::BadCredentials),
+        StatusCode::TOO_MANY_REQUESTS => app.metrics.rate_limited("login"),
+        _ => {}
+    }
     // Tokens must not be kept by caches between client and registry.
     response
         .headers_mut()
@@ -190,7 +205,12 @@ pub async fn token_endpoint(
     response
 }
 
-async fn token(app: &App, peer: SocketAddr, req: Request) -> Result<Response, ApiError> {
+async fn token(
+    app: &App,
+    peer: SocketAddr,
+    req: Request,
+    context: Option<&RequestContext>,
+) -> Result<Response, ApiError> {
     let auth = &app.auth;
     if auth.mode == AuthMode::None {
         return Err(ApiError::new(
@@ -222,6 +242,11 @@ async fn token(app: &App, peer: SocketAddr, req: Request) -> Result<Response, Ap
         }
     };
     let identity = identify(auth, peer, &headers, &request).await?;
+    if let Some(context) = context {
+        if !identity.subject.is_empty() {
+            context.set_identity(&identity.subject);
+        }
+    }
     // A refresh grant never yields a new refresh token (see `Auth::issue`).
     let offline = request.offline && request.grant_type.as_deref() != Some("refresh_token");
     let issued = auth.issue(&identity, &request.scopes, offline)?;

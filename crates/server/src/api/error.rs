@@ -42,6 +42,11 @@ impl ApiError {
         }))
     }
 
+    /// The error's code.
+    pub fn code(&self) -> ErrorCode {
+        self.0.code
+    }
+
     /// The same error answered with another status than the code's default.
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.0.status = Some(status);

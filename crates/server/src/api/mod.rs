@@ -27,6 +27,7 @@ use axum::Router;
 use berth_oci::Endpoint;
 
 use crate::app::App;
+use crate::observe::RequestContext;
 use crate::proxy::routes::Route;
 pub use error::ApiError;
 
@@ -50,6 +51,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
         .with_state(app)
+}
+
+/// `GET /metrics` alone, for the registry's listener or `metrics.listen`.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(render_metrics)).with_state(app)
+}
+
+async fn render_metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 /// `GET /readyz`: 200 when the metadata database and the blob store answer,
@@ -102,9 +116,16 @@ async fn route(app: &App, req: Request) -> ApiResult {
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     // The path goes to the parser as sent: it decodes each segment on its own.
     let mut endpoint = Endpoint::parse(req.method().as_str(), rest)?;
+    let context = req.extensions().get::<RequestContext>();
+    if let (Some(context), Some(repo)) = (context, endpoint.repo_mut()) {
+        context.set_repository(repo.as_str());
+    }
     // Grants apply to the name as the client addressed it, which is what its
     // token names; the cache behind it is the same whichever name is used.
-    let access = auth::authorize(&app.auth, &endpoint, req.headers())?;
+    let access = auth::authorize(&app.auth, &endpoint, req.headers(), &app.metrics)?;
+    if let (Some(context), Some(who)) = (context, access.subject()) {
+        context.set_identity(who);
+    }
     let registry = &app.registry;
     let writes = is_write(&endpoint);
     let target = match endpoint.repo_mut() {

@@ -18,7 +18,6 @@ pub mod ssrf;
 pub mod upstream;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use berth_meta::Referrer;
 use berth_oci::headers::ByteRange;
 use berth_oci::{Digest, Reference, RepoName};
 use futures::StreamExt as _;
+use prometheus::IntCounter;
 
 use self::config::{ProxyConfig, RegistryMode};
 use self::fetch::{FetchEnd, FetchKey, Fetches};
@@ -78,22 +78,59 @@ pub enum ProxyConfigError {
     Invalid(String),
 }
 
-/// Counts of what the cache did, for the admin API and metrics.
-#[derive(Debug, Default)]
+/// Counts of what the cache did, for the admin API and `/metrics`.
+#[derive(Debug)]
 pub struct ProxyCounters {
     /// Reads answered from the cache without asking an upstream.
-    pub hits: AtomicU64,
+    pub hits: IntCounter,
     /// Reads that had to ask an upstream.
-    pub misses: AtomicU64,
+    pub misses: IntCounter,
     /// Upstream requests that failed.
-    pub upstream_errors: AtomicU64,
+    pub upstream_errors: IntCounter,
     /// Cached tags served because their upstream could not be asked.
-    pub served_stale: AtomicU64,
+    pub served_stale: IntCounter,
     /// Blobs fetched from an upstream (one per blob however many clients
     /// wait, and however many replicas share the stores).
-    pub blob_fetches: AtomicU64,
+    pub blob_fetches: IntCounter,
     /// Bytes of blobs fetched from upstreams.
-    pub bytes_fetched: AtomicU64,
+    pub bytes_fetched: IntCounter,
+}
+
+impl Default for ProxyCounters {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        ProxyCounters {
+            hits: counter("berth_proxy_hits_total", "Pull-through reads answered from the cache."),
+            misses: counter("berth_proxy_misses_total", "Pull-through reads that asked an upstream."),
+            upstream_errors: counter("berth_proxy_upstream_errors_total", "Upstream requests that failed."),
+            served_stale: counter(
+                "berth_proxy_served_stale_total",
+                "Cached content served because its upstream could not be asked.",
+            ),
+            blob_fetches: counter("berth_proxy_blob_fetches_total", "Blobs fetched from upstreams."),
+            bytes_fetched: counter(
+                "berth_proxy_fetched_bytes_total",
+                "Bytes of blobs fetched from upstreams.",
+            ),
+        }
+    }
+}
+
+impl ProxyCounters {
+    /// The counters, for a metrics registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        [
+            &self.hits,
+            &self.misses,
+            &self.upstream_errors,
+            &self.served_stale,
+            &self.blob_fetches,
+            &self.bytes_fetched,
+        ]
+        .into_iter()
+        .map(|c| Box::new(c.clone()) as Box<dyn prometheus::core::Collector>)
+        .collect()
+    }
 }
 
 /// A blob read of a remote repository.
@@ -330,7 +367,7 @@ impl Proxy {
                 return self.hit();
             }
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.misses.inc();
         let client = self.client(remote, any_host)?;
         let reference_text = reference.to_string();
         let outcome = async {
@@ -357,7 +394,7 @@ impl Proxy {
                 Ok(())
             }
             Err(ProxyError::Upstream(e)) => {
-                self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.upstream_errors.inc();
                 match (e.as_ref(), &cached) {
                     (UpstreamError::NotFound { .. }, Some(_)) if self.serve_deleted => {
                         tracing::warn!(repo = %remote.repo, reference = %reference_text, upstream = client.name(),
@@ -369,7 +406,7 @@ impl Proxy {
                     }
                     (UpstreamError::NotFound { .. }, _) => Ok(()),
                     (_, Some(_)) if e.is_unavailable() => {
-                        self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
+                        self.counters.served_stale.inc();
                         tracing::warn!(repo = %remote.repo, reference = %reference_text, error = %e,
                             "serving the cached tag without confirming it with its upstream");
                         Ok(())
@@ -382,7 +419,7 @@ impl Proxy {
     }
 
     fn hit(&self) -> Result<()> {
-        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        self.counters.hits.inc();
         Ok(())
     }
 
@@ -465,7 +502,7 @@ impl Proxy {
     ) -> Result<BlobAnswer> {
         let scope = scope_of(remote);
         if present_in(&self.registry, &remote.repo, scope, digest).await? {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.hits.inc();
             return Ok(BlobAnswer::Cached(remote.repo.clone()));
         }
         if self.offline {
@@ -473,14 +510,14 @@ impl Proxy {
         }
         let client = self.client(remote, any_host)?;
         if head {
-            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            self.counters.misses.inc();
             return match client.head_blob(&remote.path, digest).await {
                 Ok(size) => Ok(BlobAnswer::Size(size)),
                 Err(UpstreamError::NotFound { .. }) => Err(RegistryError::BlobUnknown.into()),
                 Err(e) => Err(e.into()),
             };
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.misses.inc();
         let key = FetchKey {
             scope: scope.to_string(),
             digest: digest.clone(),
@@ -541,7 +578,7 @@ impl Proxy {
                 Err(UpstreamError::NotFound { .. }) if !tags.is_empty() => {}
                 Err(UpstreamError::NotFound { .. }) => return Err(RegistryError::NameUnknown.into()),
                 Err(e) if e.is_unavailable() && !tags.is_empty() => {
-                    self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
+                    self.counters.served_stale.inc();
                     tracing::warn!(repo = %remote.repo, error = %e, "listing only the cached tags");
                 }
                 Err(e) => return Err(e.into()),
@@ -589,8 +626,8 @@ impl Proxy {
                 // No referrers API: the tag schema below is all there is.
                 Ok(None) => {}
                 Err(e) if e.is_unavailable() => {
-                    self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    self.counters.served_stale.fetch_add(1, Ordering::Relaxed);
+                    self.counters.upstream_errors.inc();
+                    self.counters.served_stale.inc();
                     tracing::warn!(repo = %remote.repo, error = %e, "listing only the cached referrers");
                 }
                 Err(UpstreamError::NotFound { .. }) => {}
@@ -709,7 +746,7 @@ impl BlobFetch {
         let end = match self.fetch(&writer).await {
             Ok(end) => end,
             Err(e) => {
-                self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.upstream_errors.inc();
                 tracing::warn!(digest = %self.key.digest, repo = %self.repo, error = %e, "blob fetch failed");
                 FetchEnd::Failed(Arc::new(e))
             }
@@ -745,7 +782,7 @@ impl BlobFetch {
         if present().await? {
             return Ok(FetchEnd::StoredElsewhere);
         }
-        self.counters.blob_fetches.fetch_add(1, Ordering::Relaxed);
+        self.counters.blob_fetches.inc();
         let answer = self.client.get_blob(&self.path, digest).await?;
         let size = answer.content_length().ok_or_else(|| UpstreamError::Invalid {
             upstream: self.client.name().to_string(),
@@ -778,7 +815,7 @@ impl BlobFetch {
                     }
                 };
                 received += chunk.len() as u64;
-                counters.bytes_fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                counters.bytes_fetched.inc_by(chunk.len() as u64);
                 if received > size {
                     let _ = tx.send(Err(std::io::Error::other("longer than announced"))).await;
                     return Err(invalid(format!(

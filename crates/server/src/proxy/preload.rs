@@ -98,8 +98,8 @@ impl Proxy {
         done: impl Fn(&str, Option<&ProxyError>),
     ) -> PreloadSummary {
         let summary = PreloadSummary::default();
-        let fetches_before = self.counters.blob_fetches.load(Ordering::Relaxed);
-        let bytes_before = self.counters.bytes_fetched.load(Ordering::Relaxed);
+        let fetches_before = self.counters.blob_fetches.get();
+        let bytes_before = self.counters.bytes_fetched.get();
         {
             let summary = &summary;
             let mut runs = futures::stream::iter(items)
@@ -118,12 +118,11 @@ impl Proxy {
         }
         // Images that share blobs wait for one fetch of each: the upstream's
         // count is what was fetched.
-        let fetched = self.counters.blob_fetches.load(Ordering::Relaxed) - fetches_before;
+        let fetched = self.counters.blob_fetches.get() - fetches_before;
         summary.blobs_fetched.store(fetched, Ordering::Relaxed);
-        summary.bytes_fetched.store(
-            self.counters.bytes_fetched.load(Ordering::Relaxed) - bytes_before,
-            Ordering::Relaxed,
-        );
+        summary
+            .bytes_fetched
+            .store(self.counters.bytes_fetched.get() - bytes_before, Ordering::Relaxed);
         summary
     }
 

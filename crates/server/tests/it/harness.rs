@@ -464,6 +464,21 @@ impl TestApp {
             .unwrap_or_default()
     }
 
+    /// Sends the server a signal (`HUP`, `TERM`, ...), as `kill -SIGNAL` does.
+    pub fn signal(&self, name: &str) {
+        let server = self.server.as_ref().expect("the server runs");
+        let pid = server.child.id().to_string();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid} failed");
+    }
+
+    /// The configuration file the server was started with.
+    pub fn config_file(&self) -> &Path {
+        self.config
+            .as_deref()
+            .expect("the app was started with a configuration file")
+    }
+
     /// Stops the server gracefully (SIGTERM) and starts it again on the same data dir.
     pub fn restart(&mut self) {
         if let Some(mut server) = self.server.take() {

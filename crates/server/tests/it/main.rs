@@ -24,6 +24,7 @@ mod listing;
 mod manifests;
 mod migrate;
 mod mount;
+mod operations;
 mod proxy;
 mod proxy_faults;
 mod proxy_upstreams;
