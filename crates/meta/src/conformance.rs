@@ -475,9 +475,12 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
         hash_state: None,
         started_ms: 100,
         updated_ms: 100,
+        owner: Some("conformance-owner".into()),
     };
     meta.create_upload(&rec).await.unwrap();
     assert_eq!(meta.get_upload(&id).await.unwrap().unwrap(), rec);
+    assert_eq!(meta.open_uploads_of("conformance-owner").await.unwrap(), 1);
+    assert_eq!(meta.open_uploads_of("someone-else").await.unwrap(), 0);
     assert!(meta.advance_upload(&id, 0, 10, Some(b"state"), 200).await.unwrap());
     assert!(!meta.advance_upload(&id, 0, 20, None, 300).await.unwrap());
     let now = meta.get_upload(&id).await.unwrap().unwrap();
@@ -486,6 +489,7 @@ async fn uploads_advance_only_from_the_expected_offset(meta: &dyn MetaStore) {
     assert_eq!(meta.stale_uploads(250, 10).await.unwrap().len(), 1);
     meta.delete_upload(&id).await.unwrap();
     assert!(meta.get_upload(&id).await.unwrap().is_none());
+    assert_eq!(meta.open_uploads_of("conformance-owner").await.unwrap(), 0);
 
     let done = UploadRecord {
         id: UploadId::new("conformance-done".into()),
@@ -696,6 +700,7 @@ pub(crate) fn new_upload(id: &str, repo: &str, store: &str, at_ms: i64) -> Uploa
         hash_state: None,
         started_ms: at_ms,
         updated_ms: at_ms,
+        owner: None,
     }
 }
 
@@ -1142,6 +1147,7 @@ async fn a_failed_placement_records_nothing<S: MetaStore + LifecycleStore>(store
             hash_state: None,
             started_ms: now,
             updated_ms: now,
+            owner: None,
         })
         .await
         .unwrap();
@@ -1424,6 +1430,7 @@ async fn upload_racing_blob_collection<S: LifecycleStore>(store: &S, rounds: u32
                 hash_state: None,
                 started_ms: NOW_MS,
                 updated_ms: NOW_MS,
+                owner: None,
             })
             .await
             .unwrap();
@@ -1744,6 +1751,7 @@ async fn concurrent_advances_let_one_through<S: LifecycleStore>(store: &S) {
             hash_state: None,
             started_ms: OLD_MS,
             updated_ms: OLD_MS,
+            owner: None,
         })
         .await
         .unwrap();

@@ -269,6 +269,8 @@ pub struct UploadRecord {
     pub hash_state: Option<Vec<u8>>,
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// Who started it (a token subject), when someone authenticated did.
+    pub owner: Option<String>,
 }
 
 /// The outcome of claiming an upload session for a request that writes to it.
@@ -403,6 +405,9 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<bool>;
 
     async fn delete_upload(&self, id: &UploadId) -> Result<()>;
+
+    /// How many upload sessions `owner` started that are still open.
+    async fn open_uploads_of(&self, owner: &str) -> Result<u64>;
 
     /// Claims the session for one writing request (a chunk, the final PUT)
     /// among the processes sharing this store: under `token` until

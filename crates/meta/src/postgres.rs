@@ -238,6 +238,7 @@ fn upload_record(row: &PgRow) -> Result<UploadRecord> {
         hash_state: row.try_get("hash_state")?,
         started_ms: row.try_get("started_ms")?,
         updated_ms: row.try_get("updated_ms")?,
+        owner: row.try_get("owner")?,
     })
 }
 
@@ -257,7 +258,7 @@ pub(crate) const REFERRERS: &str = "SELECT digest, media_type, size, artifact_ty
      WHERE repo_id = (SELECT id FROM repositories WHERE name = $1) AND subject = $2 AND digest > $4 \
      AND ($3::text IS NULL OR artifact_type = $3) ORDER BY digest LIMIT $5";
 pub(crate) const GET_UPLOAD: &str =
-    "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads WHERE id = $1";
+    "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms, owner FROM uploads WHERE id = $1";
 pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_ms = $3 \
      WHERE id = $4 AND byte_offset = $5";
 // A claim that ran out (its holder died or lost the database) is taken over.
@@ -265,7 +266,7 @@ pub(crate) const ADVANCE_UPLOAD: &str = "UPDATE uploads SET byte_offset = $1, ha
 pub(crate) const CLAIM_UPLOAD: &str = "UPDATE uploads SET lease_token = $2, lease_until_ms = $4, \
      updated_ms = GREATEST(updated_ms, $3) \
      WHERE id = $1 AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
-     RETURNING id, repo, store, byte_offset, hash_state, started_ms, updated_ms";
+     RETURNING id, repo, store, byte_offset, hash_state, started_ms, updated_ms, owner";
 pub(crate) const REPOSITORY_IDS: &str = "SELECT id, name FROM repositories WHERE name = ANY($1)";
 pub(crate) const RECORD_MANIFEST_PULLS: &str = "UPDATE manifests m SET pull_count = m.pull_count + p.count, \
      last_pulled_ms = GREATEST(m.last_pulled_ms, p.last_ms) \
@@ -951,10 +952,18 @@ impl MetaStore for PgMeta {
         Reads(self).tag_facts(repo, tag).await
     }
 
+    async fn open_uploads_of(&self, owner: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(n))
+    }
+
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO uploads (id, repo, store, byte_offset, hash_state, started_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO uploads (id, repo, store, byte_offset, hash_state, started_ms, updated_ms, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(u.id.as_str())
         .bind(&u.repo)
@@ -963,6 +972,7 @@ impl MetaStore for PgMeta {
         .bind(&u.hash_state)
         .bind(u.started_ms)
         .bind(u.updated_ms)
+        .bind(&u.owner)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1086,7 +1096,7 @@ impl MetaStore for PgMeta {
 
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>> {
         let rows = sqlx::query(
-            "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms FROM uploads \
+            "SELECT id, repo, store, byte_offset, hash_state, started_ms, updated_ms, owner FROM uploads \
              WHERE updated_ms < $1 ORDER BY updated_ms LIMIT $2",
         )
         .bind(before_ms)

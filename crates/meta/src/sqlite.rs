@@ -47,6 +47,7 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord> {
         hash_state: row.try_get("hash_state")?,
         started_ms: row.try_get("started_ms")?,
         updated_ms: row.try_get("updated_ms")?,
+        owner: row.try_get("owner")?,
     })
 }
 
@@ -637,10 +638,18 @@ impl MetaStore for SqliteMeta {
         Reads(self).tag_facts(repo, tag).await
     }
 
+    async fn open_uploads_of(&self, owner: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1")
+            .bind(owner)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(to_u64(n))
+    }
+
     async fn create_upload(&self, u: &UploadRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO uploads (id, repo, store, byte_offset, hash_state, started_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO uploads (id, repo, store, byte_offset, hash_state, started_ms, updated_ms, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(u.id.as_str())
         .bind(&u.repo)
@@ -649,6 +658,7 @@ impl MetaStore for SqliteMeta {
         .bind(&u.hash_state)
         .bind(u.started_ms)
         .bind(u.updated_ms)
+        .bind(&u.owner)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -33,6 +33,7 @@ pub struct App {
     pub auth: Auth,
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
+    pub limiter: Arc<crate::limits::Limiter>,
     pub log: crate::telemetry::LogLevel,
     pub config: Config,
     /// For background jobs that read the store as a whole (the storage
@@ -67,6 +68,9 @@ impl App {
             config.data_dir.join("proxy-spool"),
         )
         .context("invalid proxy configuration")?;
+        let limiter = Arc::new(
+            crate::limits::Limiter::new(&config.limits, metrics.clone()).context("invalid [limits] configuration")?,
+        );
         for collector in proxy.counters.collectors() {
             metrics.register(collector);
         }
@@ -78,6 +82,7 @@ impl App {
             auth,
             lifecycle,
             metrics,
+            limiter,
             log: crate::telemetry::LogLevel::fixed(&config.log.level),
             config,
             meta,
@@ -298,7 +303,18 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
     if app.config.metrics.enabled && metrics_listener.is_none() {
         routes = routes.merge(crate::api::metrics_router(app.clone()));
     }
-    let router = observed(routes, &app.metrics);
+    let router = observed(
+        routes.layer(axum::middleware::from_fn_with_state(
+            app.limiter.clone(),
+            crate::limits::limit_clients,
+        )),
+        &app.metrics,
+    );
+    let limiter = app.limiter.clone();
+    every(LIMITER_CLEANUP_SECS, move || {
+        let limiter = limiter.clone();
+        async move { limiter.forget_idle() }
+    });
     let shutdown = shutdown_signal()?;
     if warn_open(app.auth.mode, addr) {
         tracing::warn!(
@@ -307,6 +323,13 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         );
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
+    let limits = &app.config.limits;
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let timeouts = crate::connections::ConnectionLimits {
+        header_read: secs(limits.header_read_timeout_secs),
+        write_stall: secs(limits.write_stall_timeout_secs),
+        shutdown_grace: secs(app.config.shutdown_grace_secs),
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let metrics_server = metrics_listener.map(|listener| {
         let local = listener.local_addr().ok();
@@ -316,11 +339,11 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         );
         let router = observed(crate::api::metrics_router(app.clone()), &app.metrics);
         let mut stopped = stopped.clone();
-        tokio::spawn(crate::connections::serve(listener, router, async move {
+        tokio::spawn(crate::connections::serve(listener, router, timeouts, async move {
             let _ = stopped.wait_for(|s| *s).await;
         }))
     });
-    crate::connections::serve(listener, router, shutdown).await;
+    crate::connections::serve(listener, router, timeouts, shutdown).await;
     let _ = stop.send(true);
     if let Some(server) = metrics_server {
         let _ = server.await;
@@ -334,6 +357,9 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How often the rate limiters forget clients they have not seen for a while.
+const LIMITER_CLEANUP_SECS: u64 = 60;
 
 /// `routes` with what every request leaves behind (request id, access log
 /// line, HTTP metrics) around a panic guard.

@@ -20,6 +20,9 @@ pub struct Config {
     pub listen: String,
     /// Directory holding all state of the embedded backends.
     pub data_dir: PathBuf,
+    /// On SIGTERM or SIGINT, how long requests in progress may take to
+    /// finish before their connections are closed; 0 waits for them however long.
+    pub shutdown_grace_secs: u64,
     pub log: LogConfig,
     pub uploads: UploadConfig,
     pub limits: LimitConfig,
@@ -322,12 +325,7 @@ pub struct UploadConfig {
     pub purge_interval_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitConfig {
-    /// Largest manifest accepted, in bytes.
-    pub manifest_max_bytes: usize,
-}
+pub use crate::limits::LimitConfig;
 
 /// Who may do what. See `docs/auth.md` for every option.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -499,6 +497,7 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:5000".into(),
             data_dir: PathBuf::from("./berth-data"),
+            shutdown_grace_secs: 30,
             log: LogConfig {
                 format: LogFormat::Auto,
                 level: "info".into(),
@@ -507,9 +506,7 @@ impl Default for Config {
                 stale_after_secs: 24 * 3600,
                 purge_interval_secs: 600,
             },
-            limits: LimitConfig {
-                manifest_max_bytes: 4 << 20,
-            },
+            limits: LimitConfig::default(),
             auth: AuthConfig::default(),
             lifecycle: LifecycleConfig {
                 suffix_rules: true,
@@ -557,9 +554,10 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 15] = [
     "listen",
     "data_dir",
+    "shutdown_grace_secs",
     "log",
     "uploads",
     "limits",

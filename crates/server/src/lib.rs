@@ -11,6 +11,7 @@ mod config;
 mod connections;
 mod healthcheck;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod migrate;
 mod namespaces;

@@ -35,6 +35,8 @@ const REQUEST_ID_MAX: usize = 128;
 struct Facts {
     repository: OnceLock<String>,
     identity: OnceLock<String>,
+    /// What must live as long as the request (limit slots).
+    held: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 /// A request's id and the facts handlers add, in the request's extensions.
@@ -48,6 +50,11 @@ impl RequestContext {
     /// The repository the request is about (the first call wins).
     pub fn set_repository(&self, repository: &str) {
         let _ = self.facts.repository.set(repository.to_string());
+    }
+
+    /// Keeps `thing` until the request's response has ended (or was abandoned).
+    pub fn hold(&self, thing: Box<dyn std::any::Any + Send>) {
+        self.facts.held.lock().unwrap_or_else(|p| p.into_inner()).push(thing);
     }
 
     /// Who the request was authenticated as (the first call wins).
@@ -102,6 +109,8 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, mut req: Request, next
     let mut response = next.run(req).instrument(span).await;
     response.headers_mut().insert(REQUEST_ID, id_header);
 
+    // A body with nothing to send (a 201 of an upload) is complete as it is.
+    let empty = hyper::body::Body::is_end_stream(response.body());
     let finish = Finish {
         metrics,
         started,
@@ -113,7 +122,7 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, mut req: Request, next
         context,
         bytes_in,
         bytes_out: Arc::new(AtomicU64::new(0)),
-        completed: AtomicBool::new(false),
+        completed: AtomicBool::new(empty),
         in_flight,
     };
     response.map(|body| {
@@ -200,6 +209,12 @@ struct Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         self.in_flight.dec();
+        self.context
+            .facts
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let elapsed = self.started.elapsed();
         let class = self.class.as_str();
         let method = method_label(&self.method);

@@ -16,10 +16,11 @@ mod query;
 mod uploads;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -123,8 +124,12 @@ async fn route(app: &App, req: Request) -> ApiResult {
     // Grants apply to the name as the client addressed it, which is what its
     // token names; the cache behind it is the same whichever name is used.
     let access = auth::authorize(&app.auth, &endpoint, req.headers(), &app.metrics)?;
-    if let (Some(context), Some(who)) = (context, access.subject()) {
-        context.set_identity(who);
+    if let Some(who) = access.subject() {
+        if let Some(context) = context {
+            context.set_identity(who);
+        }
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        app.limiter.admit_identity(who, peer, context)?;
     }
     let registry = &app.registry;
     let writes = is_write(&endpoint);
@@ -170,7 +175,7 @@ async fn route(app: &App, req: Request) -> ApiResult {
         Endpoint::DeleteManifest { repo, reference } => manifests::delete_manifest(registry, repo, reference).await,
         Endpoint::GetBlob { repo, digest, head } => blobs::get_blob(registry, repo, digest, head, req).await,
         Endpoint::DeleteBlob { repo, digest } => blobs::delete_blob(registry, repo, digest).await,
-        Endpoint::StartUpload { repo } => uploads::start_upload(registry, repo, req, &access).await,
+        Endpoint::StartUpload { repo } => uploads::start_upload(registry, repo, req, &access, &app.limiter).await,
         Endpoint::GetUpload { repo, id } => uploads::get_upload(registry, repo, id).await,
         Endpoint::PatchUpload { repo, id } => uploads::patch_upload(registry, repo, id, req).await,
         Endpoint::FinishUpload { repo, id } => uploads::finish_upload(registry, repo, id, req).await,

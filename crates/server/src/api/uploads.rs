@@ -17,6 +17,7 @@ use super::{
 };
 use crate::auth::access::Access;
 use crate::auth::access::Action;
+use crate::limits::Limiter;
 use crate::registry::{MountOrUpload, Registry, RegistryError, UploadProgress};
 
 fn body_stream(body: Body) -> ByteStream {
@@ -62,8 +63,15 @@ fn created(repo: &RepoName, digest: &Digest) -> ApiResult {
     Ok(empty(StatusCode::CREATED, headers))
 }
 
-pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request, access: &Access) -> ApiResult {
+pub async fn start_upload(
+    registry: &Registry,
+    repo: RepoName,
+    req: Request,
+    access: &Access,
+    limiter: &Limiter,
+) -> ApiResult {
     let query = query_of(&req);
+    let owner = access.subject();
     if let Some(mount) = query.get("mount") {
         // distribution-spec: a mount with invalid arguments falls back to an ordinary upload.
         let digest = mount.parse::<Digest>().ok();
@@ -75,13 +83,18 @@ pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request, acc
             (Some(digest), Some(from)) => mount_source(registry, access, digest, from).await?,
             _ => None,
         };
+        // A mount may fall back to a session: it is counted like one.
+        within_session_limit(registry, owner, limiter).await?;
         if let (Some(digest), Some(from)) = (digest, from) {
-            return match registry.mount_or_start_upload(&repo, &digest, from.as_ref()).await? {
+            return match registry
+                .mount_or_start_upload(&repo, &digest, from.as_ref(), owner)
+                .await?
+            {
                 MountOrUpload::Created(d) => created(&repo, &d),
                 MountOrUpload::Session(p) => Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &p))),
             };
         }
-        let progress = registry.start_upload(&repo).await?;
+        let progress = registry.start_upload(&repo, owner).await?;
         return Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)));
     }
     if let Some(digest) = parse_digest(&query)? {
@@ -90,8 +103,20 @@ pub async fn start_upload(registry: &Registry, repo: RepoName, req: Request, acc
         let digest = registry.push_blob(&repo, &digest, body, len).await?;
         return created(&repo, &digest);
     }
-    let progress = registry.start_upload(&repo).await?;
+    within_session_limit(registry, owner, limiter).await?;
+    let progress = registry.start_upload(&repo, owner).await?;
     Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, &progress)))
+}
+
+/// Refuses a new session to an identity that has `limits.uploads_per_identity` open.
+async fn within_session_limit(registry: &Registry, owner: Option<&str>, limiter: &Limiter) -> Result<(), ApiError> {
+    let Some(owner) = owner.filter(|_| limiter.uploads_per_identity > 0) else {
+        return Ok(());
+    };
+    match limiter.uploads_refusal(registry.open_uploads_of(owner).await?) {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
+    }
 }
 
 /// Where a mount may take the blob from: `from` (or, without it, any

@@ -199,6 +199,10 @@ impl MetaStore for TimedMeta {
         timed!(self, "delete_upload", self.inner.delete_upload(id))
     }
 
+    async fn open_uploads_of(&self, owner: &str) -> Result<u64> {
+        timed!(self, "open_uploads_of", self.inner.open_uploads_of(owner))
+    }
+
     async fn claim_upload(&self, id: &UploadId, token: &str, now_ms: i64, until_ms: i64) -> Result<UploadClaim> {
         timed!(
             self,

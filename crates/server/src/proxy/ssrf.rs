@@ -528,7 +528,14 @@ pub fn guarded_client_builder(
         .referer(false)
         .connect_timeout(connect_timeout)
         .read_timeout(read_timeout)
+        // Servers close idle keep-alive connections (Berth after 30 s by
+        // default): one reused just as it is closed fails its request.
+        .pool_idle_timeout(UPSTREAM_POOL_IDLE)
 }
+
+/// How long an idle connection to an upstream is kept for reuse: below the
+/// idle timeouts servers commonly use (Berth's 30 s, nginx's 75 s).
+const UPSTREAM_POOL_IDLE: Duration = Duration::from_secs(20);
 
 /// A client for upstream requests that holds to `policy`
 /// ([`guarded_client_builder`] as it is).

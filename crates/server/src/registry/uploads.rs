@@ -103,12 +103,24 @@ impl Registry {
             })
     }
 
-    /// Opens a new, empty upload session in `repo`, in its route's store.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadProgress> {
-        self.start_upload_in(repo, self.stores.route(repo.as_str())).await
+    /// Opens a new, empty upload session in `repo`, in its route's store,
+    /// recording who opened it (see `MetaStore::open_uploads_of`).
+    pub async fn start_upload(&self, repo: &RepoName, owner: Option<&str>) -> Result<UploadProgress> {
+        self.start_upload_in(repo, self.stores.route(repo.as_str()), owner)
+            .await
     }
 
-    async fn start_upload_in(&self, repo: &RepoName, store: &NamedStore) -> Result<UploadProgress> {
+    /// How many upload sessions `owner` has open, over every replica.
+    pub async fn open_uploads_of(&self, owner: &str) -> Result<u64> {
+        Ok(self.meta.open_uploads_of(owner).await?)
+    }
+
+    async fn start_upload_in(
+        &self,
+        repo: &RepoName,
+        store: &NamedStore,
+        owner: Option<&str>,
+    ) -> Result<UploadProgress> {
         let id = UploadId::new(uuid::Uuid::new_v4().to_string());
         let now = self.now_ms();
         let record = UploadRecord {
@@ -119,6 +131,7 @@ impl Registry {
             hash_state: None,
             started_ms: now,
             updated_ms: now,
+            owner: owner.map(str::to_string),
         };
         // The session row first: a file without one is what the garbage
         // collector removes as left over from a crash.
@@ -161,7 +174,7 @@ impl Registry {
                 }
             };
             tracing::info!(%digest, from = source.name(), to = target.name(), size = record.size, "copying a mounted blob between stores");
-            let session = self.start_upload_in(repo, target).await?;
+            let session = self.start_upload_in(repo, target, None).await?;
             let range = record.size.checked_sub(1).map(|end| ChunkRange { start: 0, end });
             self.finish_new_upload(repo, &session.id, digest, range, body, DigestCheck::Store)
                 .await?;
@@ -179,11 +192,12 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
+        owner: Option<&str>,
     ) -> Result<MountOrUpload> {
         if self.mount_blob(repo, digest, from).await? {
             return Ok(MountOrUpload::Created(digest.clone()));
         }
-        Ok(MountOrUpload::Session(self.start_upload(repo).await?))
+        Ok(MountOrUpload::Session(self.start_upload(repo, owner).await?))
     }
 
     /// `POST` with `digest=`: the whole blob in one request.
@@ -194,7 +208,8 @@ impl Registry {
         body: ByteStream,
         expected_len: Option<u64>,
     ) -> Result<Digest> {
-        let progress = self.start_upload(repo).await?;
+        // Opened and finished in this request: no owner, it never stays open.
+        let progress = self.start_upload(repo, None).await?;
         // An empty body declares no byte range (`Content-Length: 0` is not `0-(2^64-1)`).
         let range = expected_len
             .and_then(|len| len.checked_sub(1))
@@ -215,7 +230,7 @@ impl Registry {
         body: ByteStream,
         len: u64,
     ) -> Result<Digest> {
-        let progress = self.start_upload(repo).await?;
+        let progress = self.start_upload(repo, None).await?;
         let range = len.checked_sub(1).map(|end| ChunkRange { start: 0, end });
         self.finish_new_upload(repo, &progress.id, digest, range, body, DigestCheck::Caller)
             .await

@@ -20,6 +20,7 @@ mod hostile_paths;
 mod inventory;
 mod lifecycle;
 mod lifecycle_gc;
+mod limits;
 mod listing;
 mod manifests;
 mod migrate;

@@ -385,3 +385,73 @@ async fn refused_credentials_are_counted_by_reason() {
         "{text}"
     );
 }
+
+/// SIGTERM lets requests in progress finish up to `shutdown_grace_secs`,
+/// then exits 0; an upload cut by the deadline resumes from its last
+/// acknowledged chunk after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_out_the_grace_and_a_cut_upload_resumes() {
+    let mut app = TestApp::start_with_config("shutdown_grace_secs = 2\n", &[]);
+    let blob = random_bytes(300_000);
+    let location = app.start_upload("team/app").await;
+    let path = location.trim_start_matches(&app.base).to_string();
+    let first = app
+        .client
+        .patch(&location)
+        .header("content-range", "0-99999")
+        .body(blob[..100_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+
+    // The next chunk stops halfway and stays open.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let uploader = app.client.clone();
+    let url = location.clone();
+    let _stalled = tokio::spawn(async move {
+        uploader
+            .patch(url)
+            .header("content-range", "100000-299999")
+            .header("content-length", "200000")
+            .body(reqwest::Body::wrap_stream(rx))
+            .send()
+            .await
+    });
+    futures::SinkExt::send(&mut tx, Ok(blob[100_000..150_000].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    // SIGTERM, wait for exit 0 (asserted by the harness), start again.
+    tokio::task::block_in_place(|| app.restart());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "did not wait for the request: {took:?}"
+    );
+    assert!(took < Duration::from_secs(9), "waited past the grace: {took:?}");
+
+    let status = app.get(&path).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&status, "range"), "0-99999");
+    let rest = app
+        .client
+        .patch(app.url(&path))
+        .header("content-range", "100000-299999")
+        .body(blob[100_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::ACCEPTED);
+    let done = app
+        .client
+        .put(with_query(&app.url(&path), &format!("digest={}", sha256(&blob))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let pulled = app.get(&format!("/v2/team/app/blobs/{}", sha256(&blob))).await;
+    assert_eq!(pulled.bytes().await.unwrap().as_ref(), &blob[..]);
+}
