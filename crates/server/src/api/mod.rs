@@ -67,11 +67,30 @@ async fn render_metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-/// `GET /readyz`: 200 when the metadata database and the blob store answer,
-/// else 503 (see `ApiError`'s store errors); `/healthz` only says the process runs.
-async fn readiness(State(app): State<Arc<App>>) -> ApiResult {
-    app.registry.check_stores().await?;
-    Ok("ready".into_response())
+/// `GET /readyz`: 200 `ready` when the metadata database and the default
+/// blob store both answer, so that a load balancer can leave out a replica
+/// that cannot serve; else 503 with what failed as JSON (`/healthz` only
+/// says that the process runs).
+async fn readiness(State(app): State<Arc<App>>) -> Response {
+    let (database, blob_store) = tokio::join!(app.registry.check_database(), app.registry.check_blob_store());
+    if database.is_ok() && blob_store.is_ok() {
+        return "ready".into_response();
+    }
+    let state = |r: &Result<(), crate::registry::RegistryError>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(database = %state(&database), blob_store = %state(&blob_store), "not ready");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "5")],
+        axum::Json(serde_json::json!({
+            "ready": false,
+            "database": state(&database),
+            "blob_store": state(&blob_store),
+        })),
+    )
+        .into_response()
 }
 
 /// The `Range` header value of an upload session holding `offset` bytes.

@@ -40,12 +40,16 @@ impl Registry {
         Ok(self.meta.linked_blob_size(repo.as_str(), digest).await?.is_some())
     }
 
-    /// Reaches the metadata store and the default blob store with a request
-    /// that changes nothing, so a load balancer can leave out a replica that
-    /// cannot serve. Other stores are left out: one team's unreachable bucket
-    /// must not take every replica out of service for everyone.
-    pub async fn check_stores(&self) -> Result<()> {
+    /// Reaches the metadata store with a request that changes nothing.
+    pub async fn check_database(&self) -> Result<()> {
         self.meta.list_repositories(None, 1).await?;
+        Ok(())
+    }
+
+    /// Reaches the default blob store with a request that changes nothing.
+    /// Other stores are left out: one team's unreachable bucket must not
+    /// take every replica out of service for everyone.
+    pub async fn check_blob_store(&self) -> Result<()> {
         // Any digest does: a missing blob is an answer, an unreachable store is not.
         self.stores
             .default_store()

@@ -1,6 +1,6 @@
 //! The API version check, health and readiness.
 
-use crate::harness::{header, raw_request, TestApp};
+use crate::harness::{blob_key, header, raw_request, scaleout, sha256, TestApp};
 
 #[tokio::test]
 async fn version_check_answers_200_with_the_api_version_header() {
@@ -22,6 +22,32 @@ async fn health_and_readiness_answer_200_when_the_stores_do() {
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.text().await.unwrap_or_default(), body, "{path}");
     }
+}
+
+/// A blob store that fails (here its directory for the probe's shard is
+/// unusable) makes the replica not ready, with the reason as JSON; it is
+/// ready again once the store is.
+#[tokio::test]
+async fn readiness_says_which_store_fails() {
+    if scaleout() {
+        // The bucket cannot be broken from here without breaking the other tests' too.
+        return;
+    }
+    let app = TestApp::start();
+    let probe = sha256(b"berth readiness probe");
+    let shard = app.data_dir().join(blob_key(&probe)).parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&shard);
+    std::fs::write(&shard, b"not a directory").unwrap();
+    let resp = app.get("/readyz").await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["database"], "ok", "{body}");
+    assert_ne!(body["blob_store"], "ok", "{body}");
+    assert_eq!(app.get("/healthz").await.status(), 200, "the process still runs");
+    std::fs::remove_file(&shard).unwrap();
+    assert_eq!(app.get("/readyz").await.status(), 200);
 }
 
 /// Request heads up to 12 KiB (a long bearer token, many headers) are served;
