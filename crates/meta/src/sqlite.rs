@@ -530,7 +530,7 @@ impl MetaStore for SqliteMeta {
 
     async fn repository_usage(&self) -> Result<Vec<RepoUsage>> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT r.name, COUNT(*), COALESCE(SUM(b.size), 0) FROM repo_blobs l \
+            "SELECT r.name, COUNT(*), CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM repo_blobs l \
              JOIN repositories r ON r.id = l.repo_id JOIN blobs b ON b.digest = l.digest \
              GROUP BY r.name ORDER BY r.name",
         )

@@ -348,6 +348,13 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
     if let Some(server) = metrics_server {
         let _ = server.await;
     }
+    let ended = app.registry.end_leases().await;
+    if ended > 0 {
+        tracing::info!(
+            uploads = ended,
+            "freed the upload sessions of requests cut by the shutdown"
+        );
+    }
     if let Err(e) = app.registry.flush_pulls().await {
         tracing::warn!(error = %e, "recording the last pulls failed");
     }

@@ -18,9 +18,10 @@
 //! stopped before another replica may take the session over, as long as the
 //! replicas' clocks agree to within that margin.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_meta::MetaStore;
@@ -40,6 +41,51 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// How long before its lease could run out a request stops writing: more
 /// than the replicas' clocks may differ by.
 const MARGIN_MS: i64 = 10_000;
+
+/// The leases this process holds, so that a shutdown can end the ones of
+/// requests it abandons: their sessions are free at once for the client's
+/// retry (to this process restarted, or another replica) instead of after
+/// the lease runs out.
+#[derive(Default)]
+pub(crate) struct LeaseBook {
+    held: Mutex<HashMap<String, HeldLease>>,
+}
+
+struct HeldLease {
+    id: UploadId,
+    writable_until: Arc<AtomicI64>,
+}
+
+impl LeaseBook {
+    fn add(&self, token: &str, id: &UploadId, writable_until: &Arc<AtomicI64>) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            token.to_string(),
+            HeldLease {
+                id: id.clone(),
+                writable_until: writable_until.clone(),
+            },
+        );
+    }
+
+    fn remove(&self, token: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+    }
+
+    /// Stops every request still holding a lease from writing (its body is
+    /// cut at its next chunk), then releases the leases in the store.
+    pub(crate) async fn end_all(&self, meta: &dyn MetaStore) -> usize {
+        let held: Vec<(String, HeldLease)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (_, lease) in &held {
+            lease.writable_until.store(i64::MIN, Ordering::Release);
+        }
+        for (token, lease) in &held {
+            if let Err(e) = meta.release_upload_claim(&lease.id, token).await {
+                tracing::warn!(upload = %lease.id, error = %e, "could not release an upload session's lease; it runs out by itself");
+            }
+        }
+        held.len()
+    }
+}
 
 /// A writing request's hold on an upload session; dropping it releases it.
 pub(super) struct SessionClaim {
@@ -66,8 +112,10 @@ impl SessionClaim {
         claimed_ms: i64,
         meta: Arc<dyn MetaStore>,
         clock: Arc<dyn Clock>,
+        book: Arc<LeaseBook>,
     ) -> SessionClaim {
         let writable_until = Arc::new(AtomicI64::new(claimed_ms + LEASE_MS - MARGIN_MS));
+        book.add(&token, &id, &writable_until);
         let renewing = tokio::spawn(renew(
             id.clone(),
             token.clone(),
@@ -85,6 +133,7 @@ impl SessionClaim {
                 writable_until,
                 renewing,
                 release: true,
+                book,
             }),
         }
     }
@@ -124,6 +173,7 @@ impl SessionClaim {
             return;
         };
         lease.renewing.abort();
+        lease.book.remove(&lease.token);
         if std::mem::replace(&mut lease.release, false) {
             if let Err(e) = lease.meta.release_upload_claim(&lease.id, &lease.token).await {
                 tracing::warn!(upload = %lease.id, error = %e, "could not release an upload session's lease; it runs out by itself");
@@ -142,6 +192,7 @@ struct Lease {
     renewing: tokio::task::JoinHandle<()>,
     /// Whether dropping the lease releases it in the store.
     release: bool,
+    book: Arc<LeaseBook>,
 }
 
 impl Lease {
@@ -153,6 +204,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewing.abort();
+        self.book.remove(&self.token);
         if !self.release {
             return;
         }

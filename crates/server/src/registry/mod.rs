@@ -110,6 +110,8 @@ pub struct Registry {
     copies: locks::KeyedLocks<(Digest, String)>,
     pulls: Arc<PullRecorder>,
     touches: Arc<TouchRecorder>,
+    /// Upload session leases held by requests of this process.
+    leases: Arc<claims::LeaseBook>,
 }
 
 impl Registry {
@@ -124,7 +126,15 @@ impl Registry {
             sessions: locks::KeyedLocks::default(),
             copies: locks::KeyedLocks::default(),
             pulls: Arc::new(PullRecorder::default()),
+            leases: Arc::default(),
         }
+    }
+
+    /// At shutdown, after the grace period: stops the writes of the requests
+    /// still in progress and frees their upload sessions in the store at
+    /// once, so the clients' retries find them free. Returns how many.
+    pub async fn end_leases(&self) -> usize {
+        self.leases.end_all(self.meta.as_ref()).await
     }
 
     /// Writes the pulls gathered since the last call; returns how many

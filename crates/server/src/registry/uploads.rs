@@ -83,7 +83,15 @@ impl Registry {
             UploadClaim::Busy(_) => return Err(RegistryError::UploadUnknown),
             UploadClaim::Claimed { record, leased: false } => (record, SessionClaim::local(local)),
             UploadClaim::Claimed { record, leased: true } => {
-                let claim = SessionClaim::leased(local, id.clone(), token, now, self.meta.clone(), self.clock.clone());
+                let claim = SessionClaim::leased(
+                    local,
+                    id.clone(),
+                    token,
+                    now,
+                    self.meta.clone(),
+                    self.clock.clone(),
+                    self.leases.clone(),
+                );
                 (record, claim)
             }
         };
