@@ -48,7 +48,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: args.data_dir,
             };
             let config = Config::load(args.config.as_deref(), overrides.clone())?;
-            let log = telemetry::init(&config.log);
+            // Dropped after the runtime: the last lines (`stopped`) are written.
+            let (log, _log_writer) = telemetry::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let source = app::ConfigSource {
                 file: args.config,

@@ -10,6 +10,10 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Lines not yet written when the log thread falls behind; past this a
+/// request waits for the thread rather than a line being dropped.
+const BUFFERED_LINES: usize = 64 * 1024;
+
 /// Changes the level filter of the installed subscriber.
 pub struct LogLevel {
     handle: Option<reload::Handle<EnvFilter, Registry>>,
@@ -54,8 +58,10 @@ impl LogLevel {
 }
 
 /// Installs the global subscriber; `RUST_LOG` overrides the configured level
-/// at start (a later change through [`LogLevel`] replaces it).
-pub fn init(config: &LogConfig) -> LogLevel {
+/// at start (a later change through [`LogLevel`] replaces it). Lines go to
+/// stderr from a thread of their own, written in batches; the guard writes
+/// what is left when it is dropped, so keep it until the process ends.
+pub fn init(config: &LogConfig) -> (LogLevel, tracing_appender::non_blocking::WorkerGuard) {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| EnvFilter::try_new(v).is_ok());
     let level = from_env.unwrap_or_else(|| config.level.clone());
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -65,6 +71,11 @@ pub fn init(config: &LogConfig) -> LogLevel {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(false)
+        .thread_name("berth-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter);
     let installed = if json {
         registry
@@ -73,19 +84,20 @@ pub fn init(config: &LogConfig) -> LogLevel {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init()
     };
-    match installed {
+    let control = match installed {
         Ok(()) => LogLevel {
             handle: Some(handle),
             current: Mutex::new(level),
         },
         Err(_) => LogLevel::fixed(&level),
-    }
+    };
+    (control, guard)
 }
