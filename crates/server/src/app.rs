@@ -24,7 +24,6 @@ use crate::config::{Config, MetaBackend, StorageBackend};
 use crate::lifecycle::{Lifecycle, Scope};
 use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
-use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -127,23 +126,7 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<
 /// routes are checked before any store is opened.
 pub async fn open_blob_stores(config: &Config) -> anyhow::Result<BlobStores> {
     let storage = &config.storage;
-    for name in storage.stores.keys() {
-        check_store_name(name).context("invalid [storage.stores] configuration")?;
-    }
-    for route in &storage.routes {
-        if route.store != DEFAULT_STORE && !storage.stores.contains_key(&route.store) {
-            anyhow::bail!(
-                "invalid [[storage.routes]] configuration: route {:?} sends repositories to the store {:?}, which \
-                 [storage.stores] does not name (configured: {})",
-                route.pattern,
-                route.store,
-                std::iter::once(DEFAULT_STORE)
-                    .chain(storage.stores.keys().map(String::as_str))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
+    crate::config_check::check_storage(storage).context("invalid [storage] configuration")?;
     let default = NamedStore::new(DEFAULT_STORE, open_blobs(config).await?, storage.redirect);
     let mut others = Vec::with_capacity(storage.stores.len());
     for (name, store) in &storage.stores {
@@ -233,6 +216,12 @@ pub async fn open_postgres(config: &Config) -> anyhow::Result<PgMeta> {
 
 /// Runs the server until SIGINT or SIGTERM, then drains open requests.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // What `berth config check` checks, so both refuse a file for the same reasons.
+    let problems = crate::config_check::check(&config);
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        anyhow::bail!("invalid configuration:\n{}", lines.join("\n"));
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

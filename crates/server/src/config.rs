@@ -10,32 +10,44 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use globset::{Glob, GlobMatcher};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a `berth serve` process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address and port to listen on.
     pub listen: String,
     /// Directory holding all state of the embedded backends.
     pub data_dir: PathBuf,
+    /// Logging.
     pub log: LogConfig,
+    /// Upload sessions.
     pub uploads: UploadConfig,
+    /// Size limits on what clients send.
     pub limits: LimitConfig,
+    /// Authentication and authorization.
     pub auth: AuthConfig,
+    /// Tag-suffix expiry and per-namespace settings.
     pub lifecycle: LifecycleConfig,
+    /// Retention policies.
     pub retention: RetentionConfig,
+    /// Garbage collection.
     pub gc: GcConfig,
+    /// Blob stores.
     pub storage: StorageConfig,
+    /// The metadata database.
     pub meta: MetaConfig,
+    /// What the registry API is for.
     pub registry: crate::proxy::config::RegistryConfig,
+    /// Pull-through caching of upstream registries.
     pub proxy: crate::proxy::config::ProxyConfig,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
 /// routes that send repositories to them. See `docs/scale-out.md`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `filesystem` (under the data directory) or `s3`.
@@ -56,13 +68,17 @@ pub struct StorageConfig {
 }
 
 /// A named blob store of `[storage.stores.NAME]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `filesystem` or `s3`.
+    #[schemars(example = &"filesystem")]
     pub backend: StorageBackend,
-    /// See [`StorageConfig::redirect`].
+    /// Answer blob downloads from this store with a 307 to a presigned URL
+    /// (S3 only).
     #[serde(default)]
     pub redirect: bool,
+    /// The bucket of an `s3` store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<berth_storage::s3::S3Config>,
     /// The directory of a `filesystem` store; by default `stores/NAME` in
@@ -72,17 +88,20 @@ pub struct StoreConfig {
 }
 
 /// `[[storage.routes]]`: repositories matching `match` push into `store`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Repository pattern (`*` one path component, `**` across).
     #[serde(rename = "match")]
+    #[schemars(example = &"team-a/**")]
     pub pattern: String,
     /// A store of `[storage.stores]`, or `default`.
+    #[schemars(example = &"team-a")]
     pub store: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a blob store keeps its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     Filesystem,
@@ -90,13 +109,14 @@ pub enum StorageBackend {
 }
 
 /// Where every fact but blob bytes lives. See `docs/scale-out.md`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetaConfig {
     /// `sqlite` (a file in the data directory) or `postgres`.
     pub backend: MetaBackend,
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` for the `postgres` backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"postgres://berth:PASSWORD@db:5432/berth")]
     pub url: Option<String>,
     /// Most connections to PostgreSQL this process keeps open.
     pub max_connections: u32,
@@ -106,7 +126,8 @@ pub struct MetaConfig {
     pub acquire_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which database holds the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MetaBackend {
     Sqlite,
@@ -152,27 +173,33 @@ impl std::fmt::Debug for MetaConfig {
 
 /// A policy's rules. A tag survives if any keep rule keeps it; `keep_min` is
 /// a floor under the result; `untagged` removes untagged manifests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     /// Keep the N most recently pushed tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 10)]
     pub keep_last: Option<u32>,
     /// Keep tags pushed in the last N days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 30)]
     pub keep_days: Option<u32>,
     /// Keep tags pulled in the last N days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 30)]
     pub keep_pulled_within: Option<u32>,
     /// Tag globs (`v*`, `latest`) never deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(example = &["v*", "latest"])]
     pub keep_patterns: Vec<String>,
     /// Never leave fewer than N tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 1)]
     pub keep_min: Option<u32>,
     /// Delete untagged manifests N days after they lost their last tag (or
     /// were pushed without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 7)]
     pub untagged: Option<u32>,
     /// A cache's rule: keep what was pulled recently, let the rest go some
     /// days after it was last used.
@@ -184,11 +211,15 @@ pub struct Rules {
 /// a tag pulled in the last `match_pulled_in_last_days` is kept; any other
 /// expires `max_age_days` after its last access (its push or caching, or
 /// its last pull, whichever is later).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepByAge {
+    /// Days after its last access (push, caching or pull) that a tag expires.
+    #[schemars(example = 30)]
     pub max_age_days: u32,
+    /// Tags pulled in the last N days are kept whatever their age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 14)]
     pub match_pulled_in_last_days: Option<u32>,
 }
 
@@ -239,7 +270,7 @@ impl Rules {
 }
 
 /// Tag-suffix rules and keep-latest mode. See `docs/lifecycle.md`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// Whether `--ttl-7d` and `--idle-30d` tag suffixes are honoured (unless a
@@ -253,7 +284,8 @@ pub struct LifecycleConfig {
     pub namespaces: Vec<NamespaceConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a push with a malformed or out-of-window tag suffix gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InvalidSuffix {
     /// Refuse the push with MANIFEST_INVALID.
@@ -262,11 +294,15 @@ pub enum InvalidSuffix {
     Plain,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[lifecycle.namespaces]]`: settings for the repositories matching a
+/// pattern.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// Repository pattern (`*` one path component, `**` across).
+    #[schemars(example = &"ci/**")]
     pub pattern: String,
+    /// Whether tag suffixes are honoured here; unset: as `lifecycle.suffix_rules` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix_rules: Option<bool>,
     /// Only the most recently pushed plain (suffix-free) tag of each repository survives.
@@ -276,7 +312,7 @@ pub struct NamespaceConfig {
 
 /// Retention policies declared here are written to the database at start
 /// (replacing a CLI- or API-made policy of the same pattern).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// How often retention runs; 0 turns the schedule off.
@@ -285,7 +321,8 @@ pub struct RetentionConfig {
     pub policies: std::collections::BTreeMap<String, Rules>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Garbage collection of unreferenced blobs, links and untagged manifests.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
     /// How long a blob, link or untagged manifest must have been unreferenced
@@ -295,7 +332,8 @@ pub struct GcConfig {
     pub interval_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Logging to standard error.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `auto` (pretty on a terminal, JSON otherwise), `json` or `pretty`.
@@ -304,7 +342,8 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Auto,
@@ -312,7 +351,8 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Blob upload sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     /// Upload sessions untouched for this long are purged.
@@ -321,7 +361,8 @@ pub struct UploadConfig {
     pub purge_interval_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Limits on what clients send.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Largest manifest accepted, in bytes.
@@ -329,7 +370,7 @@ pub struct LimitConfig {
 }
 
 /// Who may do what. See `docs/auth.md` for every option.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none` (everyone may do everything) or `token` (Docker token auth).
@@ -339,26 +380,32 @@ pub struct AuthConfig {
     /// The token endpoint announced in challenges; by default
     /// `http://HOST/v2/token` with the host the client asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"https://registry.example.com/v2/token")]
     pub realm: Option<String>,
     /// Repository patterns anyone may pull without credentials.
     pub anonymous: Vec<String>,
     /// Groups (from the external service or OIDC claims) whose members are administrators.
     pub admin_groups: Vec<String>,
+    /// The tokens the token endpoint issues.
     pub token: TokenConfig,
+    /// Throttling of failed logins.
     pub login_limit: LoginLimitConfig,
+    /// An external service that validates credentials.
     pub external: ExternalAuthConfig,
     /// OpenID Connect issuers whose ID tokens are accepted as passwords.
     pub oidc: Vec<OidcIssuerConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether clients must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     None,
     Token,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+/// The Docker registry tokens the token endpoint issues and the API accepts.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Lifetime of the access tokens the token endpoint issues.
@@ -371,6 +418,7 @@ pub struct TokenConfig {
     /// File holding the signing secret; created on first start when missing.
     /// Default: `token.key` in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"/etc/berth/token.key")]
     pub key_file: Option<PathBuf>,
 }
 
@@ -386,23 +434,30 @@ impl std::fmt::Debug for TokenConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Throttling of failed logins, per source address and per account.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginLimitConfig {
     /// Failed logins allowed per source address, and per account, within `window_secs`.
     pub failures: u32,
+    /// The window in which `failures` failed logins are allowed; the
+    /// allowance refills evenly over it.
     pub window_secs: u64,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+/// An external service that says whether a user name and password (or
+/// token) are valid, and which groups the user is in.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalAuthConfig {
     /// Base URL of the validation service (`/api/auth/info` is appended when
     /// missing). Also read from `VALIDATION_SERVICE_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"https://auth.example.com")]
     pub url: Option<String>,
     /// How long a positive answer is reused; negative answers never are.
     pub cache_secs: u64,
+    /// How long connecting to the service, and then its answer, may take.
     pub timeout_secs: u64,
 }
 
@@ -417,18 +472,23 @@ impl std::fmt::Debug for ExternalAuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[auth.oidc]]`: an OpenID Connect issuer whose ID tokens are accepted
+/// as passwords.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcIssuerConfig {
     /// The `iss` of accepted tokens; discovery is at `ISSUER/.well-known/openid-configuration`.
+    #[schemars(example = &"https://issuer.example.com")]
     pub issuer: String,
     /// The `aud` accepted tokens must carry.
+    #[schemars(example = &"berth")]
     pub audience: String,
     /// The claim naming the identity (in logs, the audit log and tokens).
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
     /// A claim holding a list of group names, matched against group grants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"groups")]
     pub groups_claim: Option<String>,
     /// Allowed clock difference for `exp` and `nbf`.
     #[serde(default = "default_leeway")]
@@ -441,14 +501,18 @@ pub struct OidcIssuerConfig {
     pub rules: Vec<OidcRule>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[auth.oidc.rules]]`: the grants of ID tokens whose claims match.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcRule {
     /// Claim name to glob (`*` matches anything); all must match.
+    #[schemars(example = std::collections::BTreeMap::from([("sub", "repo:acme/*")]))]
     pub claims: std::collections::BTreeMap<String, String>,
     /// `PATTERN:ROLE` grants; `{claim}` is replaced by that claim's value.
     #[serde(default)]
+    #[schemars(example = &["acme/**:push"])]
     pub grants: Vec<String>,
+    /// Matching tokens make their bearer an administrator.
     #[serde(default)]
     pub admin: bool,
 }
