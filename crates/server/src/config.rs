@@ -278,7 +278,8 @@ pub struct LifecycleConfig {
     pub suffix_rules: bool,
     /// What a push with a malformed or out-of-window suffix gets.
     pub invalid_suffix: InvalidSuffix,
-    /// How often expired suffix tags and keep-latest leftovers are removed.
+    /// How often expired suffix tags and keep-latest leftovers are removed;
+    /// 0 turns the schedule off.
     pub expiry_interval_secs: u64,
     /// Settings for repositories matching a pattern; the most specific wins.
     pub namespaces: Vec<NamespaceConfig>,
@@ -338,7 +339,8 @@ pub struct GcConfig {
 pub struct LogConfig {
     /// `auto` (pretty on a terminal, JSON otherwise), `json` or `pretty`.
     pub format: LogFormat,
-    /// A tracing filter such as `info` or `berth=debug,info`.
+    /// A tracing filter such as `info` or `berth=debug,info`; `RUST_LOG`
+    /// overrides it.
     pub level: String,
 }
 
@@ -457,7 +459,7 @@ pub struct ExternalAuthConfig {
     pub url: Option<String>,
     /// How long a positive answer is reused; negative answers never are.
     pub cache_secs: u64,
-    /// How long connecting to the service, and then its answer, may take.
+    /// How long a request to the service may take, connecting included.
     pub timeout_secs: u64,
 }
 
