@@ -273,7 +273,7 @@ fn unit_hint(key: &str, n: u64) -> Option<String> {
     }
     if key.ends_with("_bytes") && n >= 1024 {
         for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if n % size == 0 {
+            if n.is_multiple_of(size) {
                 return Some(format!("{} {unit}", n / size));
             }
         }
@@ -282,11 +282,15 @@ fn unit_hint(key: &str, n: u64) -> Option<String> {
 }
 
 /// Every section of the configuration, the top level first, each table's
-/// own keys before the tables inside it.
+/// own keys before the tables inside it, in the order the types declare them.
 fn tables() -> Vec<Table> {
     let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or(Value::Null);
     let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
-    let walker = Walker { root: &schema };
+    let orders = field_order::of::<Config>();
+    let walker = Walker {
+        root: &schema,
+        orders: &orders,
+    };
     let mut tables = Vec::new();
     walker.table(
         &schema,
@@ -302,6 +306,8 @@ fn tables() -> Vec<Table> {
 /// Reads the schema, resolving its `$ref`s against the root.
 struct Walker<'a> {
     root: &'a Value,
+    /// The order the types declare their fields in, by table path.
+    orders: &'a field_order::Orders,
 }
 
 /// What one schema node is, for the reference.
@@ -417,6 +423,15 @@ impl<'a> Walker<'a> {
             keys: Vec::new(),
         });
         let mut children = Vec::new();
+        // Declaration order; a field the recorder missed goes last, sorted.
+        let declared = self.orders.get(&path);
+        let position = |name: &str| {
+            declared
+                .and_then(|d| d.iter().position(|f| *f == name))
+                .unwrap_or(usize::MAX)
+        };
+        let mut properties: Vec<(&String, &Value)> = properties.iter().collect();
+        properties.sort_by_key(|(name, _)| position(name));
         for (name, property) in properties {
             let mut key_path = path.clone();
             key_path.push(name.clone());
@@ -603,6 +618,203 @@ fn toml_key(key: &str) -> String {
     }
 }
 
+/// The order in which the configuration types declare their fields, which
+/// the schema's (sorted) maps lose: a deserializer that records the field
+/// list serde hands it for every struct, by key path, while it feeds the
+/// type placeholder values. Lists are walked through one item and maps
+/// through one entry named `NAME`, as [`tables`] names them.
+mod field_order {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use serde::de::value::{Error, StrDeserializer};
+    use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Field names by key path.
+    pub type Orders = HashMap<Vec<String>, Vec<&'static str>>;
+
+    /// The field orders of `T` and every struct inside it. A type the
+    /// recorder cannot feed leaves its fields out; they are then sorted.
+    pub fn of<'de, T: serde::Deserialize<'de>>() -> Orders {
+        let orders = RefCell::new(HashMap::new());
+        let _ = T::deserialize(Recorder {
+            path: Vec::new(),
+            orders: &orders,
+        });
+        orders.into_inner()
+    }
+
+    struct Recorder<'a> {
+        path: Vec<String>,
+        orders: &'a RefCell<Orders>,
+    }
+
+    impl<'a> Recorder<'a> {
+        fn at(&self, key: &str) -> Recorder<'a> {
+            let mut path = self.path.clone();
+            path.push(key.to_string());
+            Recorder {
+                path,
+                orders: self.orders,
+            }
+        }
+    }
+
+    impl<'de> Deserializer<'de> for Recorder<'_> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+            Err(de::Error::custom("a type the field-order recorder does not know"))
+        }
+
+        fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_bool(false)
+        }
+
+        fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_u64(0)
+        }
+
+        fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_u64(0)
+        }
+
+        fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_u64(0)
+        }
+
+        fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_u64(0)
+        }
+
+        fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_i64(0)
+        }
+
+        fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_i64(0)
+        }
+
+        fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_i64(0)
+        }
+
+        fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_i64(0)
+        }
+
+        fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_f64(0.0)
+        }
+
+        fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_f64(0.0)
+        }
+
+        fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_str("")
+        }
+
+        fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_str("")
+        }
+
+        fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_some(self)
+        }
+
+        fn deserialize_newtype_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            visitor: V,
+        ) -> Result<V::Value, Error> {
+            visitor.visit_newtype_struct(self)
+        }
+
+        fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_seq(OneItem(Some(self)))
+        }
+
+        fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            let entry = self.at("NAME");
+            visitor.visit_map(Fields {
+                keys: ["NAME"].iter(),
+                values: vec![entry].into_iter(),
+                value: None,
+            })
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Error> {
+            self.orders.borrow_mut().insert(self.path.clone(), fields.to_vec());
+            let values: Vec<Recorder<'_>> = fields.iter().map(|f| self.at(f)).collect();
+            visitor.visit_map(Fields {
+                keys: fields.iter(),
+                values: values.into_iter(),
+                value: None,
+            })
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            name: &'static str,
+            variants: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Error> {
+            let first: StrDeserializer<'_, Error> = variants.first().copied().unwrap_or("").into_deserializer();
+            first.deserialize_enum(name, variants, visitor)
+        }
+
+        serde::forward_to_deserialize_any! {
+            char bytes byte_buf unit unit_struct tuple tuple_struct identifier ignored_any
+        }
+    }
+
+    /// A list of one item.
+    struct OneItem<'a>(Option<Recorder<'a>>);
+
+    impl<'de> SeqAccess<'de> for OneItem<'_> {
+        type Error = Error;
+
+        fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+            self.0.take().map(|item| seed.deserialize(item)).transpose()
+        }
+    }
+
+    /// The fields of a struct, or the one entry of a map.
+    struct Fields<'a> {
+        keys: std::slice::Iter<'static, &'static str>,
+        values: std::vec::IntoIter<Recorder<'a>>,
+        value: Option<Recorder<'a>>,
+    }
+
+    impl<'de> MapAccess<'de> for Fields<'_> {
+        type Error = Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+            match (self.keys.next(), self.values.next()) {
+                (Some(key), Some(value)) => {
+                    self.value = Some(value);
+                    seed.deserialize(key.into_deserializer()).map(Some)
+                }
+                _ => Ok(None),
+            }
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+            let value = self
+                .value
+                .take()
+                .ok_or_else(|| de::Error::custom("a value without a key"))?;
+            seed.deserialize(value)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +888,20 @@ mod tests {
             assert_eq!(crate::config_check::check(&loaded), Vec::new());
             Ok(())
         });
+    }
+
+    #[test]
+    fn keys_and_sections_come_in_the_order_the_types_declare_them() {
+        let tables = tables();
+        let top: Vec<&str> = tables[0].keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(top[..2], ["listen", "data_dir"]);
+        let headers: Vec<String> = tables.iter().skip(1).take(3).map(Table::header).collect();
+        assert_eq!(headers, ["[log]", "[uploads]", "[limits]"]);
+        let upstream = tables
+            .iter()
+            .find(|t| t.header() == "[[proxy.upstreams]]")
+            .expect("upstreams");
+        assert_eq!(upstream.keys[0].name, "name", "inside lists too");
     }
 
     #[test]
