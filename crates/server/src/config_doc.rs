@@ -174,7 +174,18 @@ pub fn example() -> String {
                 (DefaultValue::Required, false) | (_, true) => "# ",
                 _ => "# # ",
             };
-            let _ = writeln!(out, "{marker}{} = {value}", key.name);
+            let hint = match &key.default {
+                DefaultValue::Value(value) => value.as_u64().and_then(|n| unit_hint(&key.name, n)),
+                _ => None,
+            };
+            match hint {
+                Some(hint) => {
+                    let _ = writeln!(out, "{marker}{} = {value}  # {hint}", key.name);
+                }
+                None => {
+                    let _ = writeln!(out, "{marker}{} = {value}", key.name);
+                }
+            }
         }
     }
     out
@@ -256,7 +267,7 @@ impl DefaultValue {
             DefaultValue::Value(value) => {
                 let shown = format!("default `{}`", toml_value(value));
                 match value.as_u64().and_then(|n| unit_hint(key, n)) {
-                    Some(hint) => format!("{shown} ({hint})"),
+                    Some(hint) => format!("{shown} = {hint}"),
                     None => shown,
                 }
             }
@@ -913,7 +924,7 @@ mod tests {
             .find(|l| l.starts_with("- **`lifetime_secs`**"))
             .expect("auth.token.lifetime_secs is listed");
         assert!(
-            lifetime.contains("default `900` (15m)") && lifetime.contains("env `BERTH_AUTH__TOKEN__LIFETIME_SECS`"),
+            lifetime.contains("default `900` = 15m") && lifetime.contains("env `BERTH_AUTH__TOKEN__LIFETIME_SECS`"),
             "{lifetime}"
         );
         assert!(reference.contains("## `[[proxy.upstreams]]`"));
