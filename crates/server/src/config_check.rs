@@ -2,9 +2,10 @@
 //! checks everything that can be checked without opening a store, a
 //! database or a network connection, reporting each problem with its key.
 //!
-//! The section checks here are the ones `berth serve` runs too (or call the
-//! same functions it does), so that a file that passes does not fail at
-//! start for a reason a check could have told.
+//! `berth serve` runs [`check`] before it listens, and the stores, proxy and
+//! auth it opens afterwards call the same functions, so that a file that
+//! passes does not fail at start for a reason a check could have told (only
+//! what needs a store, a database, an upstream or the key file can).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,14 +20,26 @@ use crate::pattern::Pattern;
 use crate::proxy::{ProxyConfigError, Upstreams};
 use crate::registry::stores::check_store_name;
 
-/// A problem with one configuration key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
+/// A problem with one configuration key (or with the whole file, such as
+/// a TOML syntax error, when `key` is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The dotted key path, such as `auth.token.lifetime_secs`.
     pub key: String,
     pub reason: String,
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     fn new(key: impl Into<String>, reason: impl std::fmt::Display) -> ConfigError {
@@ -160,6 +173,9 @@ fn load_errors(error: figment::Error) -> Vec<ConfigError> {
                     }
                     format!("unknown key (the keys here are: {})", expected.join(", "))
                 }
+                figment::error::Kind::UnknownVariant(value, expected) => {
+                    format!("unknown value `{value}` (one of: {})", expected.join(", "))
+                }
                 kind => kind.to_string(),
             };
             // Name the source when it is not the file itself: a variable of
@@ -169,12 +185,7 @@ fn load_errors(error: figment::Error) -> Vec<ConfigError> {
                     reason.push_str(&format!(" (from {})", metadata.name));
                 }
             }
-            let key = if path.is_empty() {
-                "(file)".to_string()
-            } else {
-                path.join(".")
-            };
-            ConfigError::new(key, reason)
+            ConfigError::new(path.join("."), reason)
         })
         .collect()
 }

@@ -178,14 +178,8 @@ pub fn example() -> String {
                 DefaultValue::Value(value) => value.as_u64().and_then(|n| unit_hint(&key.name, n)),
                 _ => None,
             };
-            match hint {
-                Some(hint) => {
-                    let _ = writeln!(out, "{marker}{} = {value}  # {hint}", key.name);
-                }
-                None => {
-                    let _ = writeln!(out, "{marker}{} = {value}", key.name);
-                }
-            }
+            let hint = hint.map(|h| format!("  # {h}")).unwrap_or_default();
+            let _ = writeln!(out, "{marker}{} = {value}{hint}", key.name);
         }
     }
     out

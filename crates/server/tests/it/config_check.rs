@@ -99,7 +99,20 @@ fn a_value_of_the_wrong_type_is_reported_with_its_key() {
         "auth.token.lifetime_secs",
         "invalid type: found string \"x\", expected u64",
     );
-    assert_refused("[log]\nformat = \"fancy\"\n", "log.format", "fancy");
+    assert_refused(
+        "[log]\nformat = \"fancy\"\n",
+        "log.format",
+        "unknown value `fancy` (one of: auto, json, pretty)",
+    );
+}
+
+#[test]
+fn a_syntax_error_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&dir, "[auth]\nmode = \"token\"\n[log\n");
+    let (ok, _, stderr) = check(&file, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("TOML parse error at line 3"), "{stderr}");
 }
 
 #[test]
