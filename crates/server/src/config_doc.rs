@@ -86,8 +86,7 @@ pub fn reference() -> String {
             match &key.description {
                 Some(description) => {
                     out.push_str("\\\n  ");
-                    out.push_str(&description.replace('\n', "\n  "));
-                    out.push('\n');
+                    out.push_str(&prefixed(description, "  ").trim_start());
                 }
                 None => out.push('\n'),
             }
@@ -133,9 +132,7 @@ pub fn example() -> String {
         if !table.path.is_empty() {
             out.push('\n');
             if let Some(description) = &table.description {
-                for line in description.lines() {
-                    let _ = writeln!(out, "# {line}");
-                }
+                out.push_str(&prefixed(description, "# "));
             }
             match table.kind {
                 TableKind::Plain => {}
@@ -148,9 +145,7 @@ pub fn example() -> String {
         for key in &table.keys {
             out.push_str(if live { "\n" } else { "#\n" });
             if let Some(description) = &key.description {
-                for line in description.lines() {
-                    let _ = writeln!(out, "{off}# {line}");
-                }
+                out.push_str(&prefixed(description, &format!("{off}# ")));
             }
             if !key.allowed.is_empty() {
                 let values: Vec<&str> = key.allowed.iter().map(|(v, _)| v.as_str()).collect();
@@ -183,6 +178,13 @@ pub fn example() -> String {
         }
     }
     out
+}
+
+/// `text` with `prefix` before each line, and no whitespace at line ends.
+fn prefixed(text: &str, prefix: &str) -> String {
+    text.lines()
+        .map(|line| format!("{prefix}{line}").trim_end().to_string() + "\n")
+        .collect()
 }
 
 /// Where a table sits in the configuration.
@@ -333,12 +335,8 @@ impl<'a> Walker<'a> {
         match schema.get("$ref").and_then(Value::as_str) {
             Some(reference) => {
                 let pointer = reference.trim_start_matches('#');
-                let mut target = self.root.pointer(pointer).cloned().unwrap_or(Value::Null);
-                // Keep what the referring site says about itself (a field's doc comment).
-                if let (Some(target), Some(description)) = (target.as_object_mut(), schema.get("description")) {
-                    target.insert("description".into(), description.clone());
-                }
-                self.resolve(&target)
+                let target = self.root.pointer(pointer).cloned().unwrap_or(Value::Null);
+                self.resolve(&with_description(target, schema))
             }
             None => schema.clone(),
         }
@@ -364,11 +362,7 @@ impl<'a> Walker<'a> {
                 .filter(|s| s.get("type") != Some(&"null".into()))
                 .collect();
             if rest.len() == 1 && any_of.len() == 2 {
-                let mut inner = self.resolve(rest[0]);
-                if let (Some(inner), Some(description)) = (inner.as_object_mut(), schema.get("description")) {
-                    inner.insert("description".into(), description.clone());
-                }
-                return (inner, true);
+                return (with_description(self.resolve(rest[0]), &schema), true);
             }
         }
         (schema, false)
@@ -501,7 +495,10 @@ impl<'a> Walker<'a> {
             }
         }
         for (inner, key_path, kind, default_here) in children {
-            let description = description_of(&inner);
+            let description = match kind {
+                TableKind::Plain | TableKind::Optional => section_description_of(&inner),
+                TableKind::ListItem | TableKind::MapEntry => description_of(&inner),
+            };
             self.table(&inner, key_path, kind, description, default_here, tables);
         }
     }
@@ -561,19 +558,62 @@ fn kind_inside(kind: TableKind) -> TableKind {
 
 /// `inner` with the description of `outer` when it has one (a field's doc
 /// comment says more about a list than the item type's).
+/// The type's own doc comment is kept as `x-type-description`: a section
+/// is better described by its type (`StorageConfig` says what the stores
+/// are), a key by its field.
 fn with_description(mut inner: Value, outer: &Value) -> Value {
     if let (Some(inner), Some(description)) = (inner.as_object_mut(), outer.get("description")) {
+        if let Some(own) = inner.get("description").cloned() {
+            inner.entry("x-type-description").or_insert(own);
+        }
         inner.insert("description".into(), description.clone());
     }
     inner
 }
 
+/// What the field or the type of `schema` says about it.
 fn description_of(schema: &Value) -> Option<String> {
-    schema
-        .get("description")
-        .and_then(Value::as_str)
-        .map(|d| d.trim().to_string())
-        .filter(|d| !d.is_empty())
+    doc_text(schema.get("description"))
+}
+
+/// What the type of a section says about it, else its field.
+fn section_description_of(schema: &Value) -> Option<String> {
+    doc_text(schema.get("x-type-description")).or_else(|| description_of(schema))
+}
+
+/// A doc comment as the reference shows it: without the rustdoc links and
+/// without a leading "`[section]`: " that the heading already says.
+fn doc_text(doc: Option<&Value>) -> Option<String> {
+    let doc = doc.and_then(Value::as_str)?.trim();
+    let doc = match doc.strip_prefix('`').and_then(|rest| rest.split_once("`: ")) {
+        Some((header, rest)) if header.starts_with('[') && header.ends_with(']') => {
+            let mut chars = rest.chars();
+            chars
+                .next()
+                .map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+        }
+        _ => doc.to_string(),
+    };
+    // [`Name`] is a rustdoc link; [`Name`](url) a Markdown one, kept.
+    let mut text = String::with_capacity(doc.len());
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("[`") {
+        text.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find("`]") {
+            Some(end) if !after[end + 2..].starts_with('(') => {
+                text.push_str(&after[..end + 1]);
+                rest = &after[end + 2..];
+            }
+            _ => {
+                text.push('[');
+                rest = after;
+            }
+        }
+    }
+    text.push_str(rest);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    Some(lines.join("\n")).filter(|d| !d.is_empty())
 }
 
 /// What the example shows as the value of a key without a default.
@@ -883,6 +923,8 @@ mod tests {
     #[expect(clippy::result_large_err, reason = "figment::Jail fixes the closures' error type")]
     fn the_example_loads_as_the_defaults_and_passes_the_checks() {
         figment::Jail::expect_with(|jail| {
+            // Only the file: a BERTH_* variable of the caller would change the result.
+            jail.clear_env();
             jail.create_file("berth.toml", &example())?;
             let loaded = Config::load(Some(std::path::Path::new("berth.toml")), Default::default())
                 .map_err(|e| e.to_string())?;

@@ -73,7 +73,7 @@ fn default_presign_expiry_secs() -> u64 {
     1200
 }
 
-/// Where and how to reach the bucket of an [`S3BlobStore`].
+/// Where and how to reach the bucket of an S3 blob store ([`S3BlobStore`]).
 ///
 /// What is left out here is taken from the process environment the way the
 /// AWS tools do (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
