@@ -86,7 +86,7 @@ pub fn reference() -> String {
             match &key.description {
                 Some(description) => {
                     out.push_str("\\\n  ");
-                    out.push_str(&prefixed(description, "  ").trim_start());
+                    out.push_str(prefixed(description, "  ").trim_start());
                 }
                 None => out.push('\n'),
             }
