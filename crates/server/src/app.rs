@@ -23,7 +23,6 @@ use crate::metrics::meta::TimedMeta;
 use crate::metrics::{Job, JobOutcome, Metrics};
 use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
-use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
 
 /// Everything a request handler may use.
@@ -156,23 +155,7 @@ pub async fn open_blob_stores(config: &Config, metrics: Option<&Metrics>) -> any
         None => store,
     };
     let storage = &config.storage;
-    for name in storage.stores.keys() {
-        check_store_name(name).context("invalid [storage.stores] configuration")?;
-    }
-    for route in &storage.routes {
-        if route.store != DEFAULT_STORE && !storage.stores.contains_key(&route.store) {
-            anyhow::bail!(
-                "invalid [[storage.routes]] configuration: route {:?} sends repositories to the store {:?}, which \
-                 [storage.stores] does not name (configured: {})",
-                route.pattern,
-                route.store,
-                std::iter::once(DEFAULT_STORE)
-                    .chain(storage.stores.keys().map(String::as_str))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
+    crate::config_check::check_storage(storage).context("invalid [storage] configuration")?;
     let default = NamedStore::new(
         DEFAULT_STORE,
         timed(open_blobs(config).await?, DEFAULT_STORE),
@@ -274,6 +257,12 @@ pub struct ConfigSource {
 /// SIGHUP reads the configuration again and applies what can change
 /// without a restart (the log level).
 pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::LogLevel) -> anyhow::Result<()> {
+    // What `berth config check` checks, so both refuse a file for the same reasons.
+    let problems = crate::config_check::check(&config);
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        anyhow::bail!("invalid configuration:\n{}", lines.join("\n"));
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

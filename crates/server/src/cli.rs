@@ -122,6 +122,11 @@ pub enum Command {
     /// Upload sessions in flight are not moved (clients restart them).
     /// Exits non-zero when anything could not be copied.
     Migrate(MigrateArgs),
+    /// Describe and check configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// Probe a running server: GET URL over plain HTTP, exit 0 on a 200 and
     /// 1 otherwise. For container health checks in images without curl.
     Healthcheck {
@@ -342,5 +347,23 @@ pub enum RetentionCommand {
         /// Only repositories matching this pattern.
         #[arg(long)]
         repo: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the reference of every configuration key as Markdown (the
+    /// content of docs/configuration.md).
+    Reference,
+    /// Print a TOML file with every option commented out, each with its
+    /// description and default (the content of deploy/berth.example.toml).
+    Example,
+    /// Load FILE, and the BERTH_* environment, as `berth serve` would and
+    /// check what can be checked without opening any store or network
+    /// connection. Prints "FILE: OK", or each problem with its key, and exits
+    /// non-zero on a problem.
+    Check {
+        /// The TOML configuration file.
+        file: PathBuf,
     },
 }

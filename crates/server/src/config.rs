@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use globset::{Glob, GlobMatcher};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a `berth serve` process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address and port to listen on.
@@ -23,23 +24,35 @@ pub struct Config {
     /// On SIGTERM or SIGINT, how long requests in progress may take to
     /// finish before their connections are closed; 0 waits for them however long.
     pub shutdown_grace_secs: u64,
+    /// Logging.
     pub log: LogConfig,
+    /// Upload sessions.
     pub uploads: UploadConfig,
+    /// Sizes, rates, concurrency and timeouts of requests.
     pub limits: LimitConfig,
+    /// Authentication and authorization.
     pub auth: AuthConfig,
+    /// Tag-suffix expiry and per-namespace settings.
     pub lifecycle: LifecycleConfig,
+    /// Retention policies.
     pub retention: RetentionConfig,
+    /// Garbage collection.
     pub gc: GcConfig,
+    /// Blob stores.
     pub storage: StorageConfig,
+    /// The metadata database.
     pub meta: MetaConfig,
+    /// What the registry API is for.
     pub registry: crate::proxy::config::RegistryConfig,
+    /// Pull-through caching of upstream registries.
     pub proxy: crate::proxy::config::ProxyConfig,
+    /// Prometheus metrics.
     pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
 /// routes that send repositories to them. See `docs/scale-out.md`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `filesystem` (under the data directory) or `s3`.
@@ -60,13 +73,17 @@ pub struct StorageConfig {
 }
 
 /// A named blob store of `[storage.stores.NAME]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `filesystem` or `s3`.
+    #[schemars(example = &"filesystem")]
     pub backend: StorageBackend,
-    /// See [`StorageConfig::redirect`].
+    /// Answer blob downloads from this store with a 307 to a presigned URL
+    /// (S3 only).
     #[serde(default)]
     pub redirect: bool,
+    /// The bucket of an `s3` store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<berth_storage::s3::S3Config>,
     /// The directory of a `filesystem` store; by default `stores/NAME` in
@@ -76,17 +93,20 @@ pub struct StoreConfig {
 }
 
 /// `[[storage.routes]]`: repositories matching `match` push into `store`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Repository pattern (`*` one path component, `**` across).
     #[serde(rename = "match")]
+    #[schemars(example = &"team-a/**")]
     pub pattern: String,
     /// A store of `[storage.stores]`, or `default`.
+    #[schemars(example = &"team-a")]
     pub store: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a blob store keeps its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     Filesystem,
@@ -94,13 +114,14 @@ pub enum StorageBackend {
 }
 
 /// Where every fact but blob bytes lives. See `docs/scale-out.md`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetaConfig {
     /// `sqlite` (a file in the data directory) or `postgres`.
     pub backend: MetaBackend,
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` for the `postgres` backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"postgres://berth:PASSWORD@db:5432/berth")]
     pub url: Option<String>,
     /// Most connections to PostgreSQL this process keeps open.
     pub max_connections: u32,
@@ -110,7 +131,8 @@ pub struct MetaConfig {
     pub acquire_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which database holds the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MetaBackend {
     Sqlite,
@@ -156,27 +178,33 @@ impl std::fmt::Debug for MetaConfig {
 
 /// A policy's rules. A tag survives if any keep rule keeps it; `keep_min` is
 /// a floor under the result; `untagged` removes untagged manifests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     /// Keep the N most recently pushed tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 10)]
     pub keep_last: Option<u32>,
     /// Keep tags pushed in the last N days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 30)]
     pub keep_days: Option<u32>,
     /// Keep tags pulled in the last N days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 30)]
     pub keep_pulled_within: Option<u32>,
     /// Tag globs (`v*`, `latest`) never deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(example = &["v*", "latest"])]
     pub keep_patterns: Vec<String>,
     /// Never leave fewer than N tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 1)]
     pub keep_min: Option<u32>,
     /// Delete untagged manifests N days after they lost their last tag (or
     /// were pushed without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 7)]
     pub untagged: Option<u32>,
     /// A cache's rule: keep what was pulled recently, let the rest go some
     /// days after it was last used.
@@ -188,11 +216,15 @@ pub struct Rules {
 /// a tag pulled in the last `match_pulled_in_last_days` is kept; any other
 /// expires `max_age_days` after its last access (its push or caching, or
 /// its last pull, whichever is later).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepByAge {
+    /// Days after its last access (push, caching or pull) that a tag expires.
+    #[schemars(example = 30)]
     pub max_age_days: u32,
+    /// Tags pulled in the last N days are kept whatever their age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = 14)]
     pub match_pulled_in_last_days: Option<u32>,
 }
 
@@ -243,7 +275,7 @@ impl Rules {
 }
 
 /// Tag-suffix rules and keep-latest mode. See `docs/lifecycle.md`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// Whether `--ttl-7d` and `--idle-30d` tag suffixes are honoured (unless a
@@ -251,13 +283,15 @@ pub struct LifecycleConfig {
     pub suffix_rules: bool,
     /// What a push with a malformed or out-of-window suffix gets.
     pub invalid_suffix: InvalidSuffix,
-    /// How often expired suffix tags and keep-latest leftovers are removed.
+    /// How often expired suffix tags and keep-latest leftovers are removed;
+    /// 0 turns the schedule off.
     pub expiry_interval_secs: u64,
     /// Settings for repositories matching a pattern; the most specific wins.
     pub namespaces: Vec<NamespaceConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a push with a malformed or out-of-window tag suffix gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InvalidSuffix {
     /// Refuse the push with MANIFEST_INVALID.
@@ -266,11 +300,15 @@ pub enum InvalidSuffix {
     Plain,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[lifecycle.namespaces]]`: settings for the repositories matching a
+/// pattern.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// Repository pattern (`*` one path component, `**` across).
+    #[schemars(example = &"ci/**")]
     pub pattern: String,
+    /// Whether tag suffixes are honoured here; unset: as `lifecycle.suffix_rules` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix_rules: Option<bool>,
     /// Only the most recently pushed plain (suffix-free) tag of each repository survives.
@@ -280,7 +318,7 @@ pub struct NamespaceConfig {
 
 /// Retention policies declared here are written to the database at start
 /// (replacing a CLI- or API-made policy of the same pattern).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// How often retention runs; 0 turns the schedule off.
@@ -289,7 +327,8 @@ pub struct RetentionConfig {
     pub policies: std::collections::BTreeMap<String, Rules>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Garbage collection of unreferenced blobs, links and untagged manifests.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
     /// How long a blob, link or untagged manifest must have been unreferenced
@@ -299,16 +338,20 @@ pub struct GcConfig {
     pub interval_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Logging to standard error.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `auto` (pretty on a terminal, JSON otherwise), `json` or `pretty`.
     pub format: LogFormat,
-    /// A tracing filter such as `info` or `berth=debug,info`.
+    /// A tracing filter such as `info` or `berth=debug,info`; `RUST_LOG`
+    /// overrides it at start. While the server runs, `PUT /api/v1/log` or
+    /// a SIGHUP (which reads this file again) changes it.
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Auto,
@@ -316,7 +359,8 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Blob upload sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {
     /// Upload sessions untouched for this long are purged.
@@ -328,7 +372,7 @@ pub struct UploadConfig {
 pub use crate::limits::LimitConfig;
 
 /// Who may do what. See `docs/auth.md` for every option.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none` (everyone may do everything) or `token` (Docker token auth).
@@ -338,26 +382,32 @@ pub struct AuthConfig {
     /// The token endpoint announced in challenges; by default
     /// `http://HOST/v2/token` with the host the client asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"https://registry.example.com/v2/token")]
     pub realm: Option<String>,
     /// Repository patterns anyone may pull without credentials.
     pub anonymous: Vec<String>,
     /// Groups (from the external service or OIDC claims) whose members are administrators.
     pub admin_groups: Vec<String>,
+    /// The tokens the token endpoint issues.
     pub token: TokenConfig,
+    /// Throttling of failed logins.
     pub login_limit: LoginLimitConfig,
+    /// An external service that validates credentials.
     pub external: ExternalAuthConfig,
     /// OpenID Connect issuers whose ID tokens are accepted as passwords.
     pub oidc: Vec<OidcIssuerConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether clients must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     None,
     Token,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+/// The Docker registry tokens the token endpoint issues and the API accepts.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Lifetime of the access tokens the token endpoint issues.
@@ -370,6 +420,7 @@ pub struct TokenConfig {
     /// File holding the signing secret; created on first start when missing.
     /// Default: `token.key` in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"/etc/berth/token.key")]
     pub key_file: Option<PathBuf>,
 }
 
@@ -385,23 +436,30 @@ impl std::fmt::Debug for TokenConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Throttling of failed logins, per source address and per account.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginLimitConfig {
     /// Failed logins allowed per source address, and per account, within `window_secs`.
     pub failures: u32,
+    /// The window in which `failures` failed logins are allowed; the
+    /// allowance refills evenly over it.
     pub window_secs: u64,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+/// An external service that says whether a user name and password (or
+/// token) are valid, and which groups the user is in.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalAuthConfig {
     /// Base URL of the validation service (`/api/auth/info` is appended when
     /// missing). Also read from `VALIDATION_SERVICE_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"https://auth.example.com")]
     pub url: Option<String>,
     /// How long a positive answer is reused; negative answers never are.
     pub cache_secs: u64,
+    /// How long a request to the service may take, connecting included.
     pub timeout_secs: u64,
 }
 
@@ -416,18 +474,23 @@ impl std::fmt::Debug for ExternalAuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[auth.oidc]]`: an OpenID Connect issuer whose ID tokens are accepted
+/// as passwords.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcIssuerConfig {
     /// The `iss` of accepted tokens; discovery is at `ISSUER/.well-known/openid-configuration`.
+    #[schemars(example = &"https://issuer.example.com")]
     pub issuer: String,
     /// The `aud` accepted tokens must carry.
+    #[schemars(example = &"berth")]
     pub audience: String,
     /// The claim naming the identity (in logs, the audit log and tokens).
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
     /// A claim holding a list of group names, matched against group grants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"groups")]
     pub groups_claim: Option<String>,
     /// Allowed clock difference for `exp` and `nbf`.
     #[serde(default = "default_leeway")]
@@ -440,14 +503,18 @@ pub struct OidcIssuerConfig {
     pub rules: Vec<OidcRule>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[auth.oidc.rules]]`: the grants of ID tokens whose claims match.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcRule {
     /// Claim name to glob (`*` matches anything); all must match.
+    #[schemars(example = std::collections::BTreeMap::from([("sub", "repo:acme/*")]))]
     pub claims: std::collections::BTreeMap<String, String>,
     /// `PATTERN:ROLE` grants; `{claim}` is replaced by that claim's value.
     #[serde(default)]
+    #[schemars(example = &["acme/**:push"])]
     pub grants: Vec<String>,
+    /// Matching tokens make their bearer an administrator.
     #[serde(default)]
     pub admin: bool,
 }

@@ -8,6 +8,8 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod config_check;
+mod config_doc;
 mod connections;
 mod healthcheck;
 mod lifecycle;
@@ -36,7 +38,7 @@ pub mod fuzzing {
     pub use crate::auth::token::TokenService;
     pub use crate::clock::{Clock, SystemClock};
 }
-use crate::cli::Command;
+use crate::cli::{Command, ConfigCommand};
 use crate::config::{Config, Overrides};
 
 /// Runs one `berth` command to its end.
@@ -81,6 +83,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
         Command::Export(args) => run_to_end(operator::export(args)),
         Command::Import(args) => run_to_end(operator::import(args)),
+        Command::Config { action } => match action {
+            ConfigCommand::Reference => {
+                print!("{}", config_doc::reference());
+                Ok(())
+            }
+            ConfigCommand::Example => {
+                print!("{}", config_doc::example());
+                Ok(())
+            }
+            ConfigCommand::Check { file } => config_check::run(&file),
+        },
         Command::Healthcheck { url, timeout } => {
             let url = url.unwrap_or_else(|| healthcheck::default_url(std::env::var("BERTH_LISTEN").ok().as_deref()));
             healthcheck::probe(&url, std::time::Duration::from_secs(timeout.max(1)))

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::observe::RequestContext;
 
 /// `[limits]`: sizes, rates, concurrency and timeouts of requests.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Largest manifest accepted, in bytes.

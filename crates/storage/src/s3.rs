@@ -73,7 +73,7 @@ fn default_presign_expiry_secs() -> u64 {
     1200
 }
 
-/// Where and how to reach the bucket of an [`S3BlobStore`].
+/// Where and how to reach the bucket of an S3 blob store ([`S3BlobStore`]).
 ///
 /// What is left out here is taken from the process environment the way the
 /// AWS tools do (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -81,19 +81,24 @@ fn default_presign_expiry_secs() -> u64 {
 /// what is set here wins over the environment.
 // Serialize only so that the server's configuration can carry it through its
 // layered loader; it is never printed (see the Debug impl).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// The service URL (`https://minio.example:9000`); absent means AWS S3.
     #[serde(default)]
+    #[schemars(example = &"https://minio.example:9000")]
     pub endpoint: Option<String>,
     /// The bucket's region; absent means `AWS_REGION`, else us-east-1.
     #[serde(default)]
+    #[schemars(example = &"us-east-1")]
     pub region: Option<String>,
     /// The bucket; it must exist.
+    #[schemars(example = &"berth")]
     pub bucket: String,
     /// Key prefix of everything this store writes (`berth/prod`), so that
     /// installations can share a bucket.
     #[serde(default)]
+    #[schemars(example = &"berth/prod")]
     pub prefix: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`) rather than virtual-host
     /// (`bucket.endpoint/key`). Absent means path-style with an `endpoint`
@@ -103,6 +108,7 @@ pub struct S3Config {
     /// Static credentials: the key id and the secret go together.
     #[serde(default)]
     pub access_key_id: Option<String>,
+    /// The secret key of `access_key_id`.
     #[serde(default)]
     pub secret_access_key: Option<String>,
     /// Only with static credentials that are temporary.

@@ -129,6 +129,18 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// Checks what [`Auth::open`] would refuse in `config` without reading
+    /// or creating the key file or asking any service: the configured
+    /// signing key, the anonymous patterns and the OIDC issuers and rules.
+    pub fn check_config(config: &AuthConfig, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+        if let Some(key) = &config.token.key {
+            token::check_configured_key(key)?;
+        }
+        anonymous_grants(config)?;
+        OidcVerifier::new(&config.oidc, clock)?;
+        Ok(())
+    }
+
     pub fn open(
         config: &AuthConfig,
         data_dir: &Path,
@@ -148,17 +160,7 @@ impl Auth {
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
             key
         };
-        let anonymous = config
-            .anonymous
-            .iter()
-            .map(|p| {
-                Pattern::parse(p).map(|pattern| Grant {
-                    pattern,
-                    role: Role::Pull,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("auth.anonymous: {e}"))?;
+        let anonymous = anonymous_grants(config)?;
         let external = match &config.external.url {
             Some(url) if !url.is_empty() => Some(ExternalValidator::new(
                 url,
@@ -529,4 +531,19 @@ fn vouched_name(provider: &str, name: &str) -> Result<(), Failure> {
         tracing::warn!(provider, name = ?name, "identity refused: its name {e}");
         Failure::Invalid
     })
+}
+
+/// The pull grants `auth.anonymous` gives everyone.
+fn anonymous_grants(config: &AuthConfig) -> anyhow::Result<Vec<Grant>> {
+    config
+        .anonymous
+        .iter()
+        .map(|p| {
+            Pattern::parse(p).map(|pattern| Grant {
+                pattern,
+                role: Role::Pull,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("auth.anonymous: {e}"))
 }

@@ -230,14 +230,20 @@ impl TokenService {
     }
 }
 
+/// Refuses an `auth.token.key` too short to sign with.
+pub fn check_configured_key(key: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        key.len() >= MIN_KEY_BYTES,
+        "auth.token.key must be at least {MIN_KEY_BYTES} bytes long"
+    );
+    Ok(())
+}
+
 /// The signing secret: the configured one, else the key file's, else a new
 /// random one written to the key file (readable by the owner only).
 pub fn load_secret(configured: Option<&str>, key_file: &Path) -> anyhow::Result<Vec<u8>> {
     if let Some(key) = configured {
-        anyhow::ensure!(
-            key.len() >= MIN_KEY_BYTES,
-            "auth.token.key must be at least {MIN_KEY_BYTES} bytes long"
-        );
+        check_configured_key(key)?;
         return Ok(key.as_bytes().to_vec());
     }
     let b64 = base64::engine::general_purpose::STANDARD;

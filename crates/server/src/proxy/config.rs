@@ -6,10 +6,11 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `[registry]`: what the `/v2/` API is for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// `registry` (pushes and pulls, remote repositories pulled through) or
@@ -25,7 +26,8 @@ impl Default for RegistryConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What the `/v2/` API is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RegistryMode {
     Registry,
@@ -33,7 +35,7 @@ pub enum RegistryMode {
 }
 
 /// `[proxy]`: pull-through caching of upstream registries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Never contact an upstream: serve what the cache holds (an air-gapped edge).
@@ -56,9 +58,13 @@ pub struct ProxyConfig {
     pub max_bytes: u64,
     /// How often the cap is checked (with `max_bytes` set); 0: never on a schedule.
     pub evict_interval_secs: u64,
-    /// Defaults for every upstream's connect and read timeouts.
+    /// How long connecting to an upstream may take (each upstream may set
+    /// its own).
     pub connect_timeout_secs: u64,
+    /// Longest wait for the next bytes of an upstream's response (each
+    /// upstream may set its own).
     pub read_timeout_secs: u64,
+    /// The upstream registries pulled through.
     pub upstreams: Vec<UpstreamConfig>,
     /// Names that resolve pulls across an ordered list of repositories.
     #[serde(rename = "virtual")]
@@ -84,26 +90,33 @@ impl Default for ProxyConfig {
 }
 
 /// `[[proxy.upstreams]]`: one upstream registry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// The upstream's name in logs, metrics and the admin API.
+    #[schemars(example = &"hub", extend("x-required" = true))]
     pub name: String,
     /// Where its `/v2/` API is: `https://host[:port]` or `http://…`.
+    #[schemars(example = &"https://registry-1.docker.io", extend("x-required" = true))]
     pub url: String,
     /// The registry host clients name in-path (`/v2/<host>/…`) and with
     /// containerd's `?ns=<host>`, such as `docker.io` for an upstream whose
     /// URL is another host. Default: the URL's `host[:port]`.
+    #[schemars(example = &"docker.io")]
     pub host: Option<String>,
     /// The repository prefix its images appear under (`hub` serves
     /// `hub/library/alpine`); may have several components. Default: `name`.
+    #[schemars(example = &"hub")]
     pub prefix: Option<String>,
     /// Docker Hub's rule, `alpine` → `library/alpine`. Default: on when the
     /// host is `docker.io`.
     pub library_prefix: Option<bool>,
+    /// The user name to log in to the upstream with; goes with a password.
     pub username: Option<String>,
     /// The password, or read it from `password_file` (trailing newline dropped).
     pub password: Option<Secret>,
+    /// A file holding the password (instead of `password`).
+    #[schemars(example = &"/run/secrets/hub-password")]
     pub password_file: Option<PathBuf>,
     /// Accept any certificate (a test upstream; never in production).
     pub insecure_skip_verify: bool,
@@ -111,8 +124,14 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     /// A PEM client certificate and key, for upstreams requiring mutual TLS.
     pub client_cert_file: Option<PathBuf>,
+    /// The PEM key of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
+    /// How long connecting may take. Default: `proxy.connect_timeout_secs`.
+    #[schemars(example = 10)]
     pub connect_timeout_secs: Option<u64>,
+    /// Longest wait for the next bytes of a response. Default:
+    /// `proxy.read_timeout_secs`.
+    #[schemars(example = 60)]
     pub read_timeout_secs: Option<u64>,
     /// At most this many requests to the upstream at once; 0: no limit.
     pub max_concurrent_requests: usize,
@@ -121,18 +140,23 @@ pub struct UpstreamConfig {
 /// `[[proxy.virtual]]`: a repository prefix that resolves pulls across
 /// `members` (repository prefixes, local or remote) in order, first hit
 /// wins, and sends pushes to `push_to`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct VirtualConfig {
+    /// The repository prefix clients pull from (`all` serves `all/alpine`).
+    #[schemars(example = &"all", extend("x-required" = true))]
     pub name: String,
+    /// Repository prefixes tried in order; the first that has the image answers.
+    #[schemars(example = &["local", "hub"])]
     pub members: Vec<String>,
     /// The local member pushes go to; none: pushes are refused.
+    #[schemars(example = &"local")]
     pub push_to: Option<String>,
 }
 
 /// A password from the configuration: printed as `***` by `Debug`, so that a
 /// logged configuration never shows it.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 

@@ -159,38 +159,20 @@ impl FetchHandle {
     }
 }
 
-/// The pull-through cache and the routes to it.
-pub struct Proxy {
-    registry: Arc<Registry>,
-    routes: Routes,
-    /// Configured upstreams, in the order of [`Routes`]' indexes.
-    upstreams: Vec<Arc<UpstreamClient>>,
-    /// Clients of hosts that only `allow_any_upstream` lets in, made when first asked.
-    any_hosts: Mutex<HashMap<String, Arc<UpstreamClient>>>,
+/// The clients and routes of the configured upstreams: everything of
+/// `[proxy]` that can be checked without a registry or a network connection
+/// (`berth config check` builds it too).
+pub struct Upstreams {
     policy: Arc<NetworkPolicy>,
     timeouts: Timeouts,
-    fetches: Arc<Fetches>,
-    /// When each cached tag was last confirmed with its upstream (ms). A
-    /// cache of this process: a restart only means asking once more.
-    confirmed: Mutex<HashMap<(String, String), i64>>,
-    freshness_ms: i64,
-    offline: bool,
-    serve_deleted: bool,
-    mirror_only: bool,
-    clock: Arc<dyn Clock>,
-    pub counters: Arc<ProxyCounters>,
+    upstreams: Vec<Arc<UpstreamClient>>,
+    routes: Routes,
 }
 
-impl Proxy {
-    /// The cache configured by `config`, over `registry`; spooled blob bytes
-    /// go under `spool_dir`.
-    pub fn new(
-        config: &ProxyConfig,
-        mode: RegistryMode,
-        registry: Arc<Registry>,
-        clock: Arc<dyn Clock>,
-        spool_dir: std::path::PathBuf,
-    ) -> Result<Proxy, ProxyConfigError> {
+impl Upstreams {
+    /// Checks `config` and builds the upstreams' clients (reading their
+    /// password, certificate and key files) and routes.
+    pub fn configured(config: &ProxyConfig) -> Result<Upstreams, ProxyConfigError> {
         let policy = Arc::new(
             NetworkPolicy::new(&config.allowed_networks).map_err(|e| ProxyConfigError::Networks(e.to_string()))?,
         );
@@ -231,7 +213,7 @@ impl Proxy {
             });
             upstreams.push(Arc::new(client));
         }
-        let virtuals = config
+        let virtuals: Vec<VirtualAddressing> = config
             .virtuals
             .iter()
             .map(|v| VirtualAddressing {
@@ -240,9 +222,56 @@ impl Proxy {
                 push_to: v.push_to.clone(),
             })
             .collect();
+        Ok(Upstreams {
+            policy,
+            timeouts,
+            upstreams,
+            routes: Routes::new(addressing, virtuals, config.allow_any_upstream),
+        })
+    }
+}
+
+/// The pull-through cache and the routes to it.
+pub struct Proxy {
+    registry: Arc<Registry>,
+    routes: Routes,
+    /// Configured upstreams, in the order of [`Routes`]' indexes.
+    upstreams: Vec<Arc<UpstreamClient>>,
+    /// Clients of hosts that only `allow_any_upstream` lets in, made when first asked.
+    any_hosts: Mutex<HashMap<String, Arc<UpstreamClient>>>,
+    policy: Arc<NetworkPolicy>,
+    timeouts: Timeouts,
+    fetches: Arc<Fetches>,
+    /// When each cached tag was last confirmed with its upstream (ms). A
+    /// cache of this process: a restart only means asking once more.
+    confirmed: Mutex<HashMap<(String, String), i64>>,
+    freshness_ms: i64,
+    offline: bool,
+    serve_deleted: bool,
+    mirror_only: bool,
+    clock: Arc<dyn Clock>,
+    pub counters: Arc<ProxyCounters>,
+}
+
+impl Proxy {
+    /// The cache configured by `config`, over `registry`; spooled blob bytes
+    /// go under `spool_dir`.
+    pub fn new(
+        config: &ProxyConfig,
+        mode: RegistryMode,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        spool_dir: std::path::PathBuf,
+    ) -> Result<Proxy, ProxyConfigError> {
+        let Upstreams {
+            policy,
+            timeouts,
+            upstreams,
+            routes,
+        } = Upstreams::configured(config)?;
         Ok(Proxy {
             registry,
-            routes: Routes::new(addressing, virtuals, config.allow_any_upstream),
+            routes,
             upstreams,
             any_hosts: Mutex::new(HashMap::new()),
             policy,

@@ -13,6 +13,7 @@ mod bad_input;
 mod base;
 mod blobs;
 mod cli;
+mod config_check;
 mod conformance;
 mod durability;
 mod errors;
