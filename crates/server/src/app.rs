@@ -12,6 +12,8 @@ use berth_meta::{AccessStore, LifecycleStore, PgMeta, PgOptions, SqliteMeta, DEF
 use berth_storage::s3::S3BlobStore;
 use berth_storage::{BlobStore, FsBlobStore};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -26,6 +28,7 @@ use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
 use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
+use crate::tls::ServerTls;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -63,7 +66,11 @@ impl App {
             config.data_dir.join("proxy-spool"),
         )
         .context("invalid proxy configuration")?;
-        let auth = Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
+        let mut auth =
+            Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
+        if config.tls.is_some() {
+            auth.scheme = "https";
+        }
         Ok(App {
             registry,
             proxy,
@@ -237,6 +244,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(tls) => Some(Arc::new(ServerTls::load(tls).context("invalid [tls] configuration")?)),
+        None => None,
+    };
+    let plain_listener = match config.tls.as_ref().and_then(|t| t.plain_listen.as_deref()) {
+        Some(plain) => Some(
+            TcpListener::bind(plain)
+                .await
+                .with_context(|| format!("cannot listen on tls.plain_listen = {plain}"))?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App::open(config).await?);
     spawn_upload_purge(app.clone());
     spawn_pull_flush(app.clone());
@@ -245,7 +264,60 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("writing the configuration's retention policies")?;
     spawn_lifecycle_jobs(app.clone());
+    let reload = reload_signal()?;
+    if let Some(tls) = &tls {
+        tls.clone().spawn_reloads(reload.clone());
+    }
 
+    let router = with_request_layers(crate::api::router(app.clone()));
+    let stopping = CancellationToken::new();
+    let shutdown = shutdown_signal()?;
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    });
+    if warn_open(app.auth.mode, addr) {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (auth.mode = \"none\") and the registry listens on {addr}: anyone who can \
+             reach it may push, pull and delete. Set auth.mode = \"token\" for anything but a laptop."
+        );
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, tls = tls.is_some(), "listening on {addr}");
+    let plain = match plain_listener {
+        Some(plain) => {
+            tracing::info!("health and metrics over plain HTTP on {}", plain.local_addr()?);
+            let router = with_request_layers(crate::api::plain_router(app.clone()));
+            Some(tokio::spawn(crate::connections::serve(
+                plain,
+                None,
+                router,
+                stopping.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
+    crate::connections::serve(listener, tls, router, stopping.cancelled_owned()).await;
+    if let Some(plain) = plain {
+        if let Err(e) = plain.await {
+            tracing::warn!(error = %e, "the plain-HTTP listener failed");
+        }
+    }
+    if let Err(e) = app.registry.flush_pulls().await {
+        tracing::warn!(error = %e, "recording the last pulls failed");
+    }
+    if let Err(e) = app.registry.flush_touches().await {
+        tracing::warn!(error = %e, "recording the last blob reads failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `router` with what every request gets: a request id, a span in the
+/// log, and a 500 instead of a dropped connection when a handler panics.
+fn with_request_layers(router: axum::Router) -> axum::Router {
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request<_>| {
             let id = req
@@ -257,29 +329,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::DEBUG));
-    let router = crate::api::router(app.clone())
+    router
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
 
-    let shutdown = shutdown_signal()?;
-    if warn_open(app.auth.mode, addr) {
-        tracing::warn!(
-            "AUTHENTICATION IS OFF (auth.mode = \"none\") and the registry listens on {addr}: anyone who can \
-             reach it may push, pull and delete. Set auth.mode = \"token\" for anything but a laptop."
-        );
+/// Fans SIGHUP out to everything that reloads without a restart: each part
+/// keeps a clone of the receiver and reloads when it changes (the TLS
+/// certificate now; any further part subscribes the same way).
+fn reload_signal() -> anyhow::Result<watch::Receiver<()>> {
+    let (sender, receiver) = watch::channel(());
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                sender.send_replace(());
+            }
+        });
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
-    crate::connections::serve(listener, router, shutdown).await;
-    if let Err(e) = app.registry.flush_pulls().await {
-        tracing::warn!(error = %e, "recording the last pulls failed");
-    }
-    if let Err(e) = app.registry.flush_touches().await {
-        tracing::warn!(error = %e, "recording the last blob reads failed");
-    }
-    tracing::info!("stopped");
-    Ok(())
+    #[cfg(not(unix))]
+    drop(sender);
+    Ok(receiver)
 }
 
 /// How often gathered pull counts and blob reads are written.

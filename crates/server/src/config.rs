@@ -31,6 +31,9 @@ pub struct Config {
     pub meta: MetaConfig,
     pub registry: crate::proxy::config::RegistryConfig,
     pub proxy: crate::proxy::config::ProxyConfig,
+    /// Native HTTPS; plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -540,6 +543,7 @@ impl Default for Config {
             },
             registry: Default::default(),
             proxy: Default::default(),
+            tls: None,
         }
     }
 }
@@ -555,7 +559,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "listen",
     "data_dir",
     "log",
@@ -569,6 +573,7 @@ const TOP_LEVEL_KEYS: [&str; 13] = [
     "meta",
     "registry",
     "proxy",
+    "tls",
 ];
 
 /// The variable other tools use to name an external token validation service.
