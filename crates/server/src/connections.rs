@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::{header, HeaderValue};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -149,6 +150,7 @@ where
         service
             .map_request(move |req: Request<Incoming>| {
                 let mut req = req.map(Body::new);
+                with_host_header(&mut req);
                 if let Some(verified) = client_certificate {
                     req.extensions_mut().insert(verified);
                 }
@@ -156,6 +158,19 @@ where
             })
             .map_err(|e: Infallible| e),
     )
+}
+
+/// Gives an HTTP/2 request the `Host` header its `:authority` stands for:
+/// handlers (the token realm of challenges, say) read the host from that
+/// header, and an HTTP/2 client sends none.
+fn with_host_header(req: &mut Request) {
+    if req.headers().contains_key(header::HOST) {
+        return;
+    }
+    let host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        req.headers_mut().insert(header::HOST, host);
+    }
 }
 
 /// Runs the TLS handshake of an accepted connection. A client that speaks

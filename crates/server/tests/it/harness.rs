@@ -477,6 +477,17 @@ impl TestApp {
         self.launch();
     }
 
+    /// Sends the server a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let server = self.server.as_ref().expect("the server runs");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(server.child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Kills the server with SIGKILL, as a crash or an OOM kill would.
     pub fn kill9(&mut self) {
         // Dropping a server kills it.
