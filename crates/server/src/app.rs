@@ -66,8 +66,7 @@ impl App {
             config.data_dir.join("proxy-spool"),
         )
         .context("invalid proxy configuration")?;
-        let mut auth =
-            Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
+        let mut auth = Auth::open(&config.auth, &config.data_dir, meta, clock).context("invalid auth configuration")?;
         if config.tls.is_some() {
             auth.scheme = "https";
         }

@@ -100,7 +100,8 @@ pub async fn serve(
         let builder = builder.clone();
         match &tls {
             None => {
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service(service, None));
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service(service, None));
                 let connection = watcher.watch(connection.into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
@@ -142,7 +143,9 @@ pub async fn serve(
 fn hyper_service<S>(
     service: S,
     client_certificate: Option<VerifiedClientCertificate>,
-) -> TowerToHyperService<impl Service<Request<Incoming>, Response = S::Response, Error = Infallible, Future: Send> + Clone>
+) -> TowerToHyperService<
+    impl Service<Request<Incoming>, Response = S::Response, Error = Infallible, Future: Send> + Clone,
+>
 where
     S: Service<Request, Error = Infallible, Future: Send + 'static> + Clone + Send + 'static,
 {
@@ -167,7 +170,10 @@ fn with_host_header(req: &mut Request) {
     if req.headers().contains_key(header::HOST) {
         return;
     }
-    let host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     if let Some(host) = host {
         req.headers_mut().insert(header::HOST, host);
     }

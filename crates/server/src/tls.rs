@@ -257,9 +257,7 @@ impl Material {
             .with_safe_default_protocol_versions()
             .map_err(pair_error)?;
         let builder = match (&self.client_ca, &files.client_ca_file) {
-            (Some(pem), Some(path)) => {
-                builder.with_client_cert_verifier(client_verifier(pem, path, provider)?)
-            }
+            (Some(pem), Some(path)) => builder.with_client_cert_verifier(client_verifier(pem, path, provider)?),
             _ => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(chain, key).map_err(pair_error)?;
@@ -304,4 +302,74 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `127.0.0.1` and its key, as PEM.
+    fn self_signed() -> (String, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        (certified.cert.pem(), certified.signing_key.serialize_pem())
+    }
+
+    fn config_in(dir: &Path) -> TlsConfig {
+        TlsConfig {
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+            client_ca_file: None,
+            reload_interval_secs: 60,
+            handshake_timeout_secs: 10,
+            plain_listen: None,
+        }
+    }
+
+    #[test]
+    fn a_poll_reloads_once_per_change_and_refuses_a_key_of_another_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        let (cert, key) = self_signed();
+        std::fs::write(&config.cert_file, &cert).unwrap();
+        std::fs::write(&config.key_file, &key).unwrap();
+        let tls = ServerTls::load(&config).unwrap();
+        let first = tls.current();
+        assert_eq!(first.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+
+        assert!(matches!(tls.reload(false), Reload::Unchanged));
+        assert!(
+            matches!(tls.reload(true), Reload::Replaced),
+            "SIGHUP reloads unchanged files"
+        );
+
+        let (_, other_key) = self_signed();
+        std::fs::write(&config.key_file, &other_key).unwrap();
+        let before = tls.current();
+        match tls.reload(false) {
+            Reload::Refused(TlsError::Pair { .. }) => {}
+            other => panic!("a key of another certificate: {other:?}"),
+        }
+        assert!(Arc::ptr_eq(&before, &tls.current()), "the configuration in use stays");
+        assert!(
+            matches!(tls.reload(false), Reload::Unchanged),
+            "a refusal is not repeated by every poll"
+        );
+
+        std::fs::write(&config.key_file, "").unwrap();
+        assert!(matches!(tls.reload(false), Reload::Refused(TlsError::NoKey { .. })));
+        std::fs::write(&config.key_file, &key).unwrap();
+        assert!(matches!(tls.reload(false), Reload::Replaced));
+        assert!(!Arc::ptr_eq(&before, &tls.current()));
+    }
+
+    #[test]
+    fn files_without_a_certificate_or_key_do_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        assert!(matches!(ServerTls::load(&config), Err(TlsError::Read { .. })));
+        let (_, key) = self_signed();
+        std::fs::write(&config.cert_file, &key).unwrap();
+        std::fs::write(&config.key_file, &key).unwrap();
+        assert!(matches!(ServerTls::load(&config), Err(TlsError::NoCertificate { .. })));
+    }
 }

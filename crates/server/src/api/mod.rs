@@ -42,7 +42,10 @@ const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-app
 pub fn router(app: Arc<App>) -> Router {
     let admin = admin::router()
         .merge(lifecycle::admin_router())
-        .route_layer(middleware::from_fn_with_state(app.clone(), admin::require_client_certificate));
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            admin::require_client_certificate,
+        ));
     Router::new()
         .route("/v2", any(distribution_api))
         .route("/v2/", any(distribution_api))
@@ -61,7 +64,7 @@ pub fn plain_router(app: Arc<App>) -> Router {
 }
 
 /// The routes that tell how the process is, for probes and scrapers: on the
-/// main listener and on the plain-HTTP one.
+/// main listener and on the plain-HTTP one. `/metrics` belongs here too.
 fn status_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -117,12 +117,11 @@ async fn connect_tls(addr: &str, pki: &Pki) -> (tokio_rustls::client::TlsStream<
     for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.expect("a CA certificate")).expect("adding the CA");
     }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(addr).await.expect("connecting");
     let name = ServerName::try_from("127.0.0.1").expect("a server name").to_owned();
@@ -190,8 +189,14 @@ async fn plain_http_on_the_tls_port_is_told_to_use_https_and_silent_clients_are_
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
         .await
         .expect("the server closes a silent connection within its handshake timeout");
-    assert!(matches!(read, Ok(0) | Err(_)), "nothing is sent, the connection ends: {read:?}");
-    assert!(tls.app.client.get(tls.app.url("/v2/")).send().await.is_ok(), "still serving");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "nothing is sent, the connection ends: {read:?}"
+    );
+    assert!(
+        tls.app.client.get(tls.app.url("/v2/")).send().await.is_ok(),
+        "still serving"
+    );
 }
 
 #[tokio::test]
@@ -217,10 +222,16 @@ async fn a_certificate_reload_on_sighup_leaves_a_pull_in_progress_alone() {
     let other_dir = tempfile::tempdir().expect("a temp dir");
     let other = Pki::generate(other_dir.path());
     tls.install(&other.server_cert, &other.server_key);
-    assert!(tls.trusted_by(&tls.pki).await, "no reload before the signal (polling is off)");
+    assert!(
+        tls.trusted_by(&tls.pki).await,
+        "no reload before the signal (polling is off)"
+    );
     app.signal("HUP");
     tls.wait_trusted_by(&other).await;
-    assert!(!tls.trusted_by(&tls.pki).await, "new connections get the new certificate only");
+    assert!(
+        !tls.trusted_by(&tls.pki).await,
+        "new connections get the new certificate only"
+    );
 
     while let Some(chunk) = pull.chunk().await.expect("the rest of the blob") {
         hash.update(&chunk);
@@ -292,7 +303,12 @@ async fn the_admin_api_needs_a_client_certificate_in_addition_to_admin_credentia
         .send()
         .await
         .expect("GET users");
-    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap_or_default());
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
 
     // A certificate alone is not an administrator.
     let resp = with_cert.get(&users).send().await.expect("GET users");
@@ -324,7 +340,9 @@ async fn the_plain_listener_answers_health_only() {
     let marker = "over plain HTTP on ";
     tls.wait_logged(marker, 1).await;
     let log = tls.app.log();
-    let at = log.find(marker).unwrap_or_else(|| panic!("no plain listener logged:\n{log}"));
+    let at = log
+        .find(marker)
+        .unwrap_or_else(|| panic!("no plain listener logged:\n{log}"));
     let addr: String = log[at + marker.len()..]
         .chars()
         .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
