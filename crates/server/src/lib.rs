@@ -75,7 +75,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => run_to_end(operator::export(args)),
         Command::Import(args) => run_to_end(operator::import(args)),
         Command::Healthcheck { url, timeout } => {
-            let url = url.unwrap_or_else(|| healthcheck::default_url(std::env::var("BERTH_LISTEN").ok().as_deref()));
+            // With TLS the main port answers plain HTTP with a 400: probe the
+            // plain listener when the environment names one.
+            let listen = std::env::var("BERTH_TLS__PLAIN_LISTEN").or_else(|_| std::env::var("BERTH_LISTEN"));
+            let url = url.unwrap_or_else(|| healthcheck::default_url(listen.ok().as_deref()));
             healthcheck::probe(&url, std::time::Duration::from_secs(timeout.max(1)))
         }
     }

@@ -357,4 +357,17 @@ async fn the_plain_listener_answers_health_only() {
     }
     // The HTTPS listener serves everything as before.
     assert_eq!(tls.app.get("/v2/").await.status(), StatusCode::OK);
+
+    // `berth healthcheck` probes the plain listener the environment names,
+    // and fails on the TLS port, which answers plain HTTP with a 400.
+    let healthcheck = |var: &str, value: &str| {
+        crate::harness::berth_command()
+            .arg("healthcheck")
+            .env(var, value)
+            .status()
+            .expect("running berth healthcheck")
+            .success()
+    };
+    assert!(healthcheck("BERTH_TLS__PLAIN_LISTEN", &addr));
+    assert!(!healthcheck("BERTH_LISTEN", tls.addr()));
 }
