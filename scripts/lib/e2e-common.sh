@@ -84,6 +84,9 @@ make_temp_dir() {
 # in VAR at that time (stop_pid NAME SECONDS), in the order of these calls. VAR
 # starts empty; the script empties it again once it has stopped the process.
 E2E_DAEMONS=()
+# Paths outside T that a script created (the Docker engine's certs.d entry of
+# e2e-tls.sh), removed by the exit trap after the daemons stop.
+E2E_EXTRA_PATHS=()
 stop_on_exit() {
   printf -v "$1" '%s' ""
   E2E_DAEMONS+=("$1" "$2" "$3")
@@ -96,6 +99,7 @@ cleanup() {
     var=${E2E_DAEMONS[i]}
     stop_pid "${!var}" "${E2E_DAEMONS[i + 1]}" "${E2E_DAEMONS[i + 2]}"
   done
+  for i in "${E2E_EXTRA_PATHS[@]}"; do rm -rf "$i"; done
   # Nothing here should leave mounts behind (vfs everywhere), but be safe.
   if command -v findmnt >/dev/null 2>&1; then
     findmnt -rn -o TARGET | grep -F "$T/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
@@ -329,7 +333,8 @@ B() { # the berth CLI on the server's data dir, in the server's environment
 # picks (127.0.0.1:0, so no race for a free one), read back from its log; sets
 # BERTH_PID, REG (host:port, for image names) and URL once GET /v2/ answers
 # STATUS (WHY: the setting that makes it that one). NAME=VALUE are for the
-# server only.
+# server only. A server with [tls] set: E2E_SCHEME=https and E2E_CURL_TLS
+# (curl's options to trust its CA, such as --cacert FILE).
 start_berth() {
   local want=$1 why=${2:-} code="" i
   set -- "${@:3}"
@@ -342,9 +347,9 @@ start_berth() {
     setup_fail "berth did not log 'listening on 127.0.0.1:PORT' within 30 s"
   }
   REG=${REG#listening on }
-  URL=http://$REG
+  URL=${E2E_SCHEME:-http}://$REG
   for ((i = 0; i < 100; i++)); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/v2/" || true)
+    code=$(curl -s ${E2E_CURL_TLS[@]+"${E2E_CURL_TLS[@]}"} -o /dev/null -w '%{http_code}' --max-time 2 "$URL/v2/" || true)
     [[ $code == "$want" ]] && break
     sleep 0.1
   done

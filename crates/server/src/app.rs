@@ -11,6 +11,8 @@ use berth_meta::{AccessStore, LifecycleStore, PgMeta, PgOptions, SqliteMeta, DEF
 use berth_storage::s3::S3BlobStore;
 use berth_storage::{BlobStore, FsBlobStore};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::Auth;
@@ -24,6 +26,7 @@ use crate::metrics::{Job, JobOutcome, Metrics};
 use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
+use crate::tls::ServerTls;
 
 /// Everything a request handler may use.
 pub struct App {
@@ -73,8 +76,11 @@ impl App {
         for collector in proxy.counters.collectors() {
             metrics.register(collector);
         }
-        let auth = Auth::open(&config.auth, &config.data_dir, meta.clone(), clock.clone())
+        let mut auth = Auth::open(&config.auth, &config.data_dir, meta.clone(), clock.clone())
             .context("invalid auth configuration")?;
+        if config.tls.is_some() {
+            auth.scheme = "https";
+        }
         Ok(App {
             registry,
             proxy,
@@ -267,10 +273,21 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(tls) => Some(Arc::new(ServerTls::load(tls).context("invalid [tls] configuration")?)),
+        None => None,
+    };
+    let plain_listener = match config.tls.as_ref().and_then(|t| t.plain_listen.as_deref()) {
+        Some(plain) => Some(
+            TcpListener::bind(plain)
+                .await
+                .with_context(|| format!("cannot listen on tls.plain_listen = {plain}"))?,
+        ),
+        None => None,
+    };
     let mut app = App::open(config).await?;
     app.log = log;
     let app = Arc::new(app);
-    spawn_reload_on_hangup(app.clone(), source)?;
     spawn_upload_purge(app.clone());
     spawn_pull_flush(app.clone());
     app.lifecycle
@@ -278,7 +295,12 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         .await
         .context("writing the configuration's retention policies")?;
     spawn_lifecycle_jobs(app.clone());
+    let reload = reload_signal()?;
+    if let Some(tls) = &tls {
+        tls.clone().spawn_reloads(reload.clone());
+    }
 
+    spawn_reload_on_hangup(app.clone(), source, reload.clone());
     spawn_usage_refresh(app.clone());
     let metrics_listener = match (&app.config.metrics.listen, app.config.metrics.enabled) {
         (Some(listen), true) => Some(
@@ -288,8 +310,10 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         ),
         _ => None,
     };
+    // `/metrics` on the registry's listeners unless it has one of its own.
+    let metrics_here = app.config.metrics.enabled && metrics_listener.is_none();
     let mut routes = crate::api::router(app.clone());
-    if app.config.metrics.enabled && metrics_listener.is_none() {
+    if metrics_here {
         routes = routes.merge(crate::api::metrics_router(app.clone()));
     }
     let router = observed(
@@ -304,14 +328,22 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         let limiter = limiter.clone();
         async move { limiter.forget_idle() }
     });
+    let stopping = CancellationToken::new();
     let shutdown = shutdown_signal()?;
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    });
     if warn_open(app.auth.mode, addr) {
         tracing::warn!(
             "AUTHENTICATION IS OFF (auth.mode = \"none\") and the registry listens on {addr}: anyone who can \
              reach it may push, pull and delete. Set auth.mode = \"token\" for anything but a laptop."
         );
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, "listening on {addr}");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %app.config.data_dir.display(), auth = ?app.auth.mode, tls = tls.is_some(), "listening on {addr}");
     let limits = &app.config.limits;
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let timeouts = crate::connections::ConnectionLimits {
@@ -319,23 +351,43 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         write_stall: secs(limits.write_stall_timeout_secs),
         shutdown_grace: secs(app.config.shutdown_grace_secs),
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let plain = plain_listener.map(|plain| {
+        tracing::info!(
+            "health and metrics over plain HTTP on {}",
+            plain.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let mut routes = crate::api::plain_router(app.clone());
+        if metrics_here {
+            routes = routes.merge(crate::api::metrics_router(app.clone()));
+        }
+        let router = observed(routes, &app.metrics);
+        tokio::spawn(crate::connections::serve(
+            plain,
+            None,
+            router,
+            timeouts,
+            stopping.clone().cancelled_owned(),
+        ))
+    });
     let metrics_server = metrics_listener.map(|listener| {
-        let local = listener.local_addr().ok();
         tracing::info!(
             "serving /metrics on {}",
-            local.map(|a| a.to_string()).unwrap_or_default()
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );
         let router = observed(crate::api::metrics_router(app.clone()), &app.metrics);
-        let mut stopped = stopped.clone();
-        tokio::spawn(crate::connections::serve(listener, router, timeouts, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }))
+        tokio::spawn(crate::connections::serve(
+            listener,
+            None,
+            router,
+            timeouts,
+            stopping.clone().cancelled_owned(),
+        ))
     });
-    crate::connections::serve(listener, router, timeouts, shutdown).await;
-    let _ = stop.send(true);
-    if let Some(server) = metrics_server {
-        let _ = server.await;
+    crate::connections::serve(listener, tls, router, timeouts, stopping.cancelled_owned()).await;
+    for server in [plain, metrics_server].into_iter().flatten() {
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "a side listener failed");
+        }
     }
     let ended = app.registry.end_leases().await;
     if ended > 0 {
@@ -354,6 +406,27 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
     Ok(())
 }
 
+/// Fans SIGHUP out to everything that reloads without a restart: each part
+/// keeps a clone of the receiver and reloads when it changes (the TLS
+/// certificate, the log level).
+fn reload_signal() -> anyhow::Result<watch::Receiver<()>> {
+    let (sender, receiver) = watch::channel(());
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                sender.send_replace(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(sender);
+    Ok(receiver)
+}
+
 /// How often the rate limiters forget clients they have not seen for a while.
 const LIMITER_CLEANUP_SECS: u64 = 60;
 
@@ -370,26 +443,18 @@ fn observed(routes: axum::Router, metrics: &Arc<Metrics>) -> axum::Router {
 
 /// Reads the configuration again on every SIGHUP and applies its log level;
 /// a configuration that no longer loads changes nothing.
-fn spawn_reload_on_hangup(app: Arc<App>, source: ConfigSource) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                match Config::load(source.file.as_deref(), source.overrides.clone()) {
-                    Ok(config) => match app.log.set(&config.log.level) {
-                        Ok(()) => tracing::info!(level = %config.log.level, "SIGHUP: configuration read again"),
-                        Err(e) => tracing::warn!(error = %e, "SIGHUP: log level not changed"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration does not load; nothing changed"),
-                }
+fn spawn_reload_on_hangup(app: Arc<App>, source: ConfigSource, mut reload: watch::Receiver<()>) {
+    tokio::spawn(async move {
+        while reload.changed().await.is_ok() {
+            match Config::load(source.file.as_deref(), source.overrides.clone()) {
+                Ok(config) => match app.log.set(&config.log.level) {
+                    Ok(()) => tracing::info!(level = %config.log.level, "SIGHUP: configuration read again"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: log level not changed"),
+                },
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration does not load; nothing changed"),
             }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = (app, source);
-    Ok(())
+        }
+    });
 }
 
 /// Keeps the storage gauges of `/metrics` current.

@@ -131,6 +131,7 @@ pub enum Command {
     /// 1 otherwise. For container health checks in images without curl.
     Healthcheck {
         /// What to probe [default: /healthz on loopback at the port of
+        /// BERTH_TLS__PLAIN_LISTEN (the plain listener beside TLS), else of
         /// BERTH_LISTEN, else http://127.0.0.1:5000/healthz]
         url: Option<String>,
         /// Give up after this many seconds (connecting, and again reading).

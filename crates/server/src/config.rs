@@ -48,6 +48,9 @@ pub struct Config {
     pub proxy: crate::proxy::config::ProxyConfig,
     /// Prometheus metrics.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Native HTTPS; plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -606,6 +609,7 @@ impl Default for Config {
             registry: Default::default(),
             proxy: Default::default(),
             metrics: Default::default(),
+            tls: None,
         }
     }
 }
@@ -621,7 +625,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 15] = [
+const TOP_LEVEL_KEYS: [&str; 16] = [
     "listen",
     "data_dir",
     "shutdown_grace_secs",
@@ -637,6 +641,7 @@ const TOP_LEVEL_KEYS: [&str; 15] = [
     "registry",
     "proxy",
     "metrics",
+    "tls",
 ];
 
 /// The variable other tools use to name an external token validation service.

@@ -3,8 +3,9 @@
 //!
 //! It sends one plain-HTTP `GET` and succeeds on a 200. It owns nothing of
 //! the server: no configuration file is read, no runtime is started, nothing
-//! is written. Only `BERTH_LISTEN`, when set, picks the default port, so that
-//! an image's health check follows the port its container was given.
+//! is written. Only `BERTH_TLS__PLAIN_LISTEN` or else `BERTH_LISTEN`, when
+//! set, picks the default port, so that an image's health check follows the
+//! port its container was given.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};

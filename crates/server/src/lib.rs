@@ -26,6 +26,7 @@ mod registry;
 mod tag_names;
 mod telemetry;
 mod text;
+mod tls;
 
 pub use crate::cli::Cli;
 
@@ -95,7 +96,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ConfigCommand::Check { file } => config_check::run(&file),
         },
         Command::Healthcheck { url, timeout } => {
-            let url = url.unwrap_or_else(|| healthcheck::default_url(std::env::var("BERTH_LISTEN").ok().as_deref()));
+            // With TLS the main port answers plain HTTP with a 400: probe the
+            // plain listener when the environment names one.
+            let listen = std::env::var("BERTH_TLS__PLAIN_LISTEN").or_else(|_| std::env::var("BERTH_LISTEN"));
+            let url = url.unwrap_or_else(|| healthcheck::default_url(listen.ok().as_deref()));
             healthcheck::probe(&url, std::time::Duration::from_secs(timeout.max(1)))
         }
     }

@@ -26,6 +26,7 @@ use crate::auth::manage::ManageError;
 use crate::config::AuthMode;
 use crate::metrics::AuthFailure;
 use crate::observe::RequestContext;
+use crate::tls::VerifiedClientCertificate;
 
 type AdminResult = Result<Response, ApiError>;
 
@@ -151,6 +152,27 @@ impl From<ManageError> for ApiError {
             ManageError::Store(ref inner) => ApiError::meta(inner),
         }
     }
+}
+
+/// With `tls.client_ca_file` set, refuses admin requests that did not come
+/// over a connection with a client certificate from one of its CAs. It is
+/// required in addition to an administrator's credentials, not instead: a
+/// stolen password alone, or a certificate alone, is not enough.
+pub(super) async fn require_client_certificate(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let required = app.config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+    if required && req.extensions().get::<VerifiedClientCertificate>().is_none() {
+        return ApiError::new(
+            ErrorCode::Denied,
+            "the admin API needs a client certificate signed by a CA of tls.client_ca_file",
+        )
+        .with_status(StatusCode::FORBIDDEN)
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// The administrator making the request, as an audit actor. Extracting it

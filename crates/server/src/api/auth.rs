@@ -62,7 +62,7 @@ fn realm(auth: &Auth, headers: &HeaderMap) -> String {
         return realm.clone();
     }
     let host = header_str(headers, "host").unwrap_or("localhost");
-    let scheme = header_str(headers, "x-forwarded-proto").unwrap_or("http");
+    let scheme = header_str(headers, "x-forwarded-proto").unwrap_or(auth.scheme);
     format!("{scheme}://{host}/v2/token")
 }
 

@@ -24,7 +24,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::Router;
+use axum::{middleware, Router};
 use berth_oci::Endpoint;
 
 use crate::app::App;
@@ -42,16 +42,35 @@ const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-app
 
 /// The HTTP routes of the server.
 pub fn router(app: Arc<App>) -> Router {
+    let admin = admin::router()
+        .merge(lifecycle::admin_router())
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            admin::require_client_certificate,
+        ));
     Router::new()
         .route("/v2", any(distribution_api))
         .route("/v2/", any(distribution_api))
         .route("/v2/{*rest}", any(distribution_api))
         .route("/v2/token", get(auth::token_endpoint).post(auth::token_endpoint))
-        .nest("/api/v1", admin::router().merge(lifecycle::admin_router()))
+        .nest("/api/v1", admin)
         .route("/v1/images", get(lifecycle::inventory))
+        .merge(status_routes())
+        .with_state(app)
+}
+
+/// The routes of the plain-HTTP listener beside TLS (`tls.plain_listen`):
+/// the status routes only; anything else is 404.
+pub fn plain_router(app: Arc<App>) -> Router {
+    status_routes().with_state(app)
+}
+
+/// The routes that tell how the process is, for probes and scrapers: on the
+/// main listener and on the plain-HTTP one. `/metrics` belongs here too.
+fn status_routes() -> Router<Arc<App>> {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
-        .with_state(app)
 }
 
 /// `GET /metrics` alone, for the registry's listener or `metrics.listen`.

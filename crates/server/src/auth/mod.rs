@@ -115,6 +115,10 @@ pub struct Auth {
     pub mode: AuthMode,
     pub service: String,
     pub realm: Option<String>,
+    /// The scheme of the token endpoint announced in challenges when no
+    /// `realm` is configured and no proxy says `X-Forwarded-Proto`:
+    /// `https` when the server itself speaks TLS.
+    pub scheme: &'static str,
     tokens: TokenService,
     verified: VerifiedTokens,
     store: Arc<dyn AccessStore>,
@@ -174,6 +178,7 @@ impl Auth {
             mode: config.mode,
             service: config.service.clone(),
             realm: config.realm.clone(),
+            scheme: "http",
             tokens: TokenService::new(
                 &secret,
                 &config.service,

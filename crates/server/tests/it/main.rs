@@ -33,6 +33,7 @@ mod proxy_upstreams;
 mod referrers;
 mod routes;
 mod stress;
+mod tls;
 mod touches;
 mod upload_races;
 mod uploads;
