@@ -7,6 +7,10 @@
 #
 #   scripts/bench-metrics.sh [RUNS]        (default 3 runs of each case)
 #
+# With BASELINE_BIN set to another build (an older commit's, say), its test d
+# is measured too, in runs alternating with the current binary's, to show
+# what the observability as a whole costs against it.
+#
 # Uses target/release/berth (build it first: cargo build --release -p berth-server).
 # The server's log goes to a file, as it would to journald or a container
 # runtime. Results: bench-results/metrics-overhead.txt (git-ignored).
@@ -32,11 +36,11 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Starts berth with log level $1; sets PORT and PID.
+# Starts berth (binary $2, default $BIN) with log level $1; sets PORT and PID.
 start_berth() {
   PORT=$(free_port)
   mkdir -p "$WORK/data-$1"
-  BERTH_LOG__LEVEL=$1 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data-$1" \
+  BERTH_LOG__LEVEL=$1 "${2:-$BIN}" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data-$1" \
     >"$WORK/berth-$1.log" 2>&1 &
   PID=$!
   PIDS+=("$PID")
@@ -94,6 +98,20 @@ for i in $(seq "$RUNS"); do
   echo "run $i: access log off (level warn) ${quiet[-1]} req/s"
 done | tee -a "$report"
 
+if [ -n "${BASELINE_BIN:-}" ]; then
+  start_berth baseline-info "$BASELINE_BIN"
+  BASE_PORT=$PORT BASE_PID=$PID
+  start_berth info
+  CUR_PORT=$PORT CUR_PID=$PID
+  for i in $(seq "$RUNS"); do
+    PORT=$BASE_PORT PID=$BASE_PID
+    b=$(run_d)
+    PORT=$CUR_PORT PID=$CUR_PID
+    c=$(run_d)
+    echo "run $i: baseline $b req/s, current $c req/s"
+  done | tee -a "$report"
+fi
+
 {
   p=$(grep -o 'without scrapes [0-9.]*' "$report" | awk '{print $3}' | median)
   s=$(grep -o 'every second [0-9.]*' "$report" | awk '{print $3}' | median)
@@ -102,4 +120,9 @@ done | tee -a "$report"
   echo "median with a scrape every second: $s req/s ($(awk -v p="$p" -v s="$s" 'BEGIN {printf "%+.1f%%", (s - p) / p * 100}'))"
   echo "median with the access log off: $q req/s (the log line per request costs $(awk -v p="$p" -v q="$q" 'BEGIN {printf "%.1f%%", (q - p) / q * 100}'))"
   echo "one scrape: $scrape_bytes bytes in $scrape_ms ms"
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    b=$(grep -o 'baseline [0-9.]*' "$report" | awk '{print $2}' | median)
+    c=$(grep -o 'current [0-9.]*' "$report" | awk '{print $2}' | median)
+    echo "median baseline $b req/s, current $c req/s ($(awk -v b="$b" -v c="$c" 'BEGIN {printf "%+.1f%%", (c - b) / b * 100}'))"
+  fi
 } | tee -a "$report"

@@ -323,9 +323,12 @@ pub async fn limit_clients(State(limiter): State<Arc<Limiter>>, req: Request, ne
             return refusal.into_response();
         }
     }
+    // Most requests have no body (every GET): no timer for those.
     let req = match limiter.body_idle {
-        Some(idle) => req.map(|body| Body::new(IdleTimeout::new(body, idle))),
-        None => req,
+        Some(idle) if !hyper::body::Body::is_end_stream(req.body()) => {
+            req.map(|body| Body::new(IdleTimeout::new(body, idle)))
+        }
+        _ => req,
     };
     next.run(req).await
 }
