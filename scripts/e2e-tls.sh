@@ -208,6 +208,8 @@ step_reload() {
   wait "$pull" || rc=$?
   expect_eq "$rc" 0 "curl's exit status of the pull that spanned the reload"
   expect_eq "sha256:$(sha_of "$T/work/big.out")" "$digest" "digest of the blob pulled across the reload"
+  # Log lines are written by a thread of berth's own, a moment after the event.
+  for _ in $(seq 50); do grep -q 'TLS certificate reloaded' "$T/berth.log" && break; sleep 0.1; done
   grep -q 'TLS certificate reloaded' "$T/berth.log" || fail "berth did not log the reload"
   SK inspect --raw --cert-dir "$T/certs-second" "docker://$REG/tls/single:v1" > /dev/null
 }

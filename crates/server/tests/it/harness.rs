@@ -464,6 +464,19 @@ impl TestApp {
             .unwrap_or_default()
     }
 
+    /// Whether the server logs `text` within 5 s: log lines are written by a
+    /// thread of the server's own, a moment after what they report.
+    pub async fn logged(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Sends the server a signal (`HUP`, `TERM`, ...), as `kill -SIGNAL` does.
     pub fn signal(&self, name: &str) {
         let server = self.server.as_ref().expect("the server runs");

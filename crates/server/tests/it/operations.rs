@@ -353,7 +353,7 @@ async fn the_log_level_changes_through_the_admin_api_and_on_sighup() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(marked("after-bad-hangup").await, "still info");
     assert!(
-        app.log().contains("SIGHUP: the configuration does not load"),
+        app.logged("SIGHUP: the configuration does not load").await,
         "{}",
         app.log()
     );

@@ -167,7 +167,7 @@ async fn a_tag_deleted_upstream_is_still_served_and_tags_merge_with_the_upstream
     );
     let (status, digest, _) = manifest_of(&cache, "/v2/up/team/app/manifests/v1").await;
     assert_eq!((status, digest.as_str()), (StatusCode::OK, image.digest.as_str()));
-    assert!(cache.log().contains("no longer has this tag"), "logged");
+    assert!(cache.logged("no longer has this tag").await, "logged");
     // Never cached and not upstream: unknown.
     assert_error(cache.get("/v2/up/team/app/manifests/v9").await, 404, "MANIFEST_UNKNOWN").await;
     assert_error(cache.get("/v2/up/team/none/manifests/v1").await, 404, "NAME_UNKNOWN").await;

@@ -266,7 +266,7 @@ async fn changed_files_are_picked_up_by_polling_and_bad_ones_keep_the_old_certif
     tls.install(&second.server_cert, &second.server_key);
     tls.wait_trusted_by(&second).await;
     assert!(!tls.trusted_by(&tls.pki).await);
-    assert!(tls.app.log().contains("TLS certificate reloaded"));
+    assert!(tls.app.logged("TLS certificate reloaded").await);
 }
 
 #[tokio::test]

@@ -664,5 +664,5 @@ async fn stale_sessions_are_purged() {
     assert_error(app.client.get(&url).send().await.unwrap(), 404, "BLOB_UPLOAD_UNKNOWN").await;
     let id = url.rsplit('/').next().unwrap();
     assert!(!app.stored_uploads().await.contains(id), "the session's bytes are gone");
-    assert!(app.log().contains("purged stale upload sessions"), "{}", app.log());
+    assert!(app.logged("purged stale upload sessions").await, "{}", app.log());
 }
