@@ -1252,6 +1252,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn webhook_conformance() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_webhooks(&db.meta().await).await;
+    }
+
+    #[tokio::test]
     async fn pushes_racing_removals_keep_what_was_acknowledged() {
         let Some(db) = TestDb::create().await else { return };
         crate::conformance::run_races(&db.meta().await, 40).await;
