@@ -11,11 +11,11 @@ use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
+use crate::webhooks::WebhookStore;
 use crate::{
     BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, StoreSet, UploadClaim,
     UploadRecord,
 };
-use crate::webhooks::WebhookStore;
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
     NewManifest {
@@ -1831,12 +1831,24 @@ async fn failures_back_off_and_given_up_events_are_counted(store: &dyn WebhookSt
     assert_eq!(store.delivery_failed("failing", "timeout", 200, 2200).await.unwrap(), 2);
     let state = store.webhook_endpoint("failing").await.unwrap();
     assert_eq!(
-        (state.attempts, state.next_attempt_ms, state.last_error.as_deref(), state.last_error_ms),
+        (
+            state.attempts,
+            state.next_attempt_ms,
+            state.last_error.as_deref(),
+            state.last_error_ms
+        ),
         (2, 2200, Some("timeout"), Some(200))
     );
     let head = store.queued_events("failing", 1).await.unwrap();
     store.events_failed("failing", &[head[0].id]).await.unwrap();
     let state = store.webhook_endpoint("failing").await.unwrap();
-    assert_eq!((state.queued, state.failed, state.attempts, state.next_attempt_ms), (1, 1, 0, 0));
-    assert_eq!(state.last_error.as_deref(), Some("timeout"), "the last error stays visible");
+    assert_eq!(
+        (state.queued, state.failed, state.attempts, state.next_attempt_ms),
+        (1, 1, 0, 0)
+    );
+    assert_eq!(
+        state.last_error.as_deref(),
+        Some("timeout"),
+        "the last error stays visible"
+    );
 }

@@ -26,6 +26,7 @@ use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
 use crate::registry::stores::check_store_name;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
+use crate::webhooks::Webhooks;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -35,6 +36,7 @@ pub struct App {
     pub proxy: Proxy,
     pub auth: Auth,
     pub lifecycle: Lifecycle,
+    pub webhooks: Arc<Webhooks>,
     pub config: Config,
 }
 
@@ -44,14 +46,24 @@ impl App {
         ensure_data_dir(&config.data_dir)?;
         let (meta, stores) = open_stores(&config).await?;
         let clock = clock::from_env()?;
-        let registry = Arc::new(Registry::new(
-            meta.clone(),
-            stores.clone(),
-            clock.clone(),
-            registry_limits(&config)?,
-        ));
-        let lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
-            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
+        let source = crate::webhooks::Source {
+            addr: config.listen.clone(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let webhook_store: Arc<dyn berth_meta::WebhookStore> = meta.clone();
+        let webhooks = Arc::new(
+            Webhooks::new(&config.webhooks, webhook_store, clock.clone(), source)
+                .context("invalid webhooks configuration")?,
+        );
+        let mut registry = Registry::new(meta.clone(), stores.clone(), clock.clone(), registry_limits(&config)?);
+        let mut lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
+            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
+        if webhooks.active() {
+            registry = registry.notifying(webhooks.clone());
+            lifecycle = lifecycle.notifying(webhooks.clone());
+        }
+        let registry = Arc::new(registry);
+        let lifecycle = lifecycle
             .seeing_pulls_of(registry.pull_recorder())
             .seeing_touches_of(registry.touch_recorder());
         share_token_key(&mut config, meta.as_ref()).await?;
@@ -69,6 +81,7 @@ impl App {
             proxy,
             auth,
             lifecycle,
+            webhooks,
             config,
         })
     }
@@ -113,9 +126,9 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Everything the registry, auth and the lifecycle jobs need of the metadata
 /// store, as one object: each backend implements all of it.
-pub trait Meta: LifecycleStore + AccessStore {}
+pub trait Meta: LifecycleStore + AccessStore + berth_meta::WebhookStore {}
 
-impl<T: LifecycleStore + AccessStore> Meta for T {}
+impl<T: LifecycleStore + AccessStore + berth_meta::WebhookStore> Meta for T {}
 
 /// The stores the configuration names.
 pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Meta>, Arc<BlobStores>)> {
@@ -245,6 +258,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("writing the configuration's retention policies")?;
     spawn_lifecycle_jobs(app.clone());
+    spawn_webhooks(app.clone());
 
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request<_>| {
@@ -277,6 +291,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Err(e) = app.registry.flush_touches().await {
         tracing::warn!(error = %e, "recording the last blob reads failed");
+    }
+    if let Err(e) = app.webhooks.flush().await {
+        tracing::warn!(error = %e, "queueing the last webhook events failed");
     }
     tracing::info!("stopped");
     Ok(())
@@ -419,6 +436,31 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
 /// An open registry on a non-loopback address deserves a loud warning.
 fn warn_open(mode: AuthMode, addr: SocketAddr) -> bool {
     mode == AuthMode::None && !addr.ip().is_loopback()
+}
+
+/// Writes gathered webhook events to the queue every `flush_interval_ms`,
+/// and delivers the queue while this replica leads the delivery job.
+fn spawn_webhooks(app: Arc<App>) {
+    if !app.webhooks.active() {
+        return;
+    }
+    let every = Duration::from_millis(app.config.webhooks.flush_interval_ms.max(1));
+    let webhooks = app.webhooks.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = webhooks.flush().await {
+                tracing::warn!(error = %e, "queueing webhook events failed; will retry");
+            }
+        }
+    });
+    let webhooks = app.webhooks.clone();
+    tokio::spawn(crate::webhooks::deliver::run(webhooks, move || {
+        let app = app.clone();
+        async move { Ok(app.lifecycle.lead_job(crate::webhooks::deliver::JOB).await?) }
+    }));
 }
 
 fn spawn_upload_purge(app: Arc<App>) {

@@ -31,6 +31,7 @@ pub struct Config {
     pub meta: MetaConfig,
     pub registry: crate::proxy::config::RegistryConfig,
     pub proxy: crate::proxy::config::ProxyConfig,
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -540,6 +541,7 @@ impl Default for Config {
             },
             registry: Default::default(),
             proxy: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -555,7 +557,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "listen",
     "data_dir",
     "log",
@@ -569,6 +571,7 @@ const TOP_LEVEL_KEYS: [&str; 13] = [
     "meta",
     "registry",
     "proxy",
+    "webhooks",
 ];
 
 /// The variable other tools use to name an external token validation service.

@@ -21,6 +21,7 @@ mod registry;
 mod tag_names;
 mod telemetry;
 mod text;
+mod webhooks;
 
 pub use crate::cli::Cli;
 

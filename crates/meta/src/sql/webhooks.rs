@@ -117,13 +117,13 @@ where
     }
 
     async fn queued_events(&self, endpoint: &str, limit: u32) -> Result<Vec<QueuedEvent>> {
-        Ok(sqlx::query_as(
-            "SELECT id, body, created_ms FROM webhook_queue WHERE endpoint = $1 ORDER BY id LIMIT $2",
+        Ok(
+            sqlx::query_as("SELECT id, body, created_ms FROM webhook_queue WHERE endpoint = $1 ORDER BY id LIMIT $2")
+                .bind(endpoint)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?,
         )
-        .bind(endpoint)
-        .bind(i64::from(limit))
-        .fetch_all(self.reader())
-        .await?)
     }
 
     async fn events_delivered(&self, endpoint: &str, ids: &[i64], now_ms: i64) -> Result<()> {

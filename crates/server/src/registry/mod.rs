@@ -6,6 +6,7 @@
 
 mod blobs;
 mod claims;
+pub mod events;
 mod locks;
 mod manifests;
 mod pulls;
@@ -110,6 +111,7 @@ pub struct Registry {
     copies: locks::KeyedLocks<(Digest, String)>,
     pulls: Arc<PullRecorder>,
     touches: Arc<TouchRecorder>,
+    events: Arc<dyn events::EventSink>,
 }
 
 impl Registry {
@@ -124,7 +126,20 @@ impl Registry {
             sessions: locks::KeyedLocks::default(),
             copies: locks::KeyedLocks::default(),
             pulls: Arc::new(PullRecorder::default()),
+            events: Arc::new(events::NoEvents),
         }
+    }
+
+    /// This registry, publishing its events (pushes, pulls, deletions) to `sink`.
+    pub fn notifying(mut self, sink: Arc<dyn events::EventSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    /// Publishes an event of the request this task serves.
+    fn publish(&self, action: events::Action, target: events::Target) {
+        self.events
+            .publish(events::Event::of_current_request(action, target, self.now_ms()));
     }
 
     /// Writes the pulls gathered since the last call; returns how many
