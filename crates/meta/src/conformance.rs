@@ -1750,17 +1750,6 @@ async fn concurrent_advances_let_one_through<S: LifecycleStore>(store: &S) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// The races on the embedded backend, where its single writer serializes them.
-    #[tokio::test]
-    async fn sqlite_races() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = crate::SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
-        super::run_races(&meta, 12).await;
-    }
-}
-
 /// Runs every conformance check of the webhook queue.
 pub async fn run_webhooks(store: &dyn WebhookStore) {
     events_are_queued_in_order_per_endpoint_and_removed_by_id(store).await;
@@ -1851,4 +1840,15 @@ async fn failures_back_off_and_given_up_events_are_counted(store: &dyn WebhookSt
         Some("timeout"),
         "the last error stays visible"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// The races on the embedded backend, where its single writer serializes them.
+    #[tokio::test]
+    async fn sqlite_races() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        super::run_races(&meta, 12).await;
+    }
 }
