@@ -11,6 +11,7 @@ use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
+use crate::webhooks::WebhookStore;
 use crate::{
     BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, RepoUsage, StoreSet,
     UploadClaim, UploadRecord,
@@ -1785,6 +1786,98 @@ async fn concurrent_advances_let_one_through<S: LifecycleStore>(store: &S) {
             "the winner's hash state"
         );
     }
+}
+
+/// Runs every conformance check of the webhook queue.
+pub async fn run_webhooks(store: &dyn WebhookStore) {
+    events_are_queued_in_order_per_endpoint_and_removed_by_id(store).await;
+    a_full_queue_drops_its_oldest_events_and_counts_them(store).await;
+    failures_back_off_and_given_up_events_are_counted(store).await;
+}
+
+fn webhook_event(endpoint: &str, n: u32) -> crate::webhooks::NewEvent {
+    crate::webhooks::NewEvent {
+        endpoint: endpoint.into(),
+        body: format!(r#"{{"n":{n}}}"#),
+        created_ms: i64::from(n),
+    }
+}
+
+async fn events_are_queued_in_order_per_endpoint_and_removed_by_id(store: &dyn WebhookStore) {
+    let events: Vec<_> = (0..5)
+        .map(|n| webhook_event(if n % 2 == 0 { "order-a" } else { "order-b" }, n))
+        .collect();
+    assert_eq!(store.enqueue_events(&events, 100).await.unwrap(), 0);
+    let a = store.queued_events("order-a", 10).await.unwrap();
+    let bodies: Vec<&str> = a.iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(bodies, [r#"{"n":0}"#, r#"{"n":2}"#, r#"{"n":4}"#]);
+    assert!(a.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(store.queued_events("order-a", 2).await.unwrap().len(), 2);
+    // Removing ids of another endpoint's queue removes nothing there.
+    let b = store.queued_events("order-b", 10).await.unwrap();
+    store.events_delivered("order-a", &[b[0].id], 50).await.unwrap();
+    assert_eq!(store.queued_events("order-b", 10).await.unwrap().len(), 2);
+    store
+        .events_delivered("order-a", &[a[0].id, a[1].id], 60)
+        .await
+        .unwrap();
+    let left = store.queued_events("order-a", 10).await.unwrap();
+    assert_eq!(left, vec![a[2].clone()]);
+    let state = store.webhook_endpoint("order-a").await.unwrap();
+    assert_eq!((state.queued, state.delivered, state.last_success_ms), (1, 2, Some(60)));
+    let all = store.webhook_endpoints().await.unwrap();
+    let names: Vec<&str> = all.iter().map(|e| e.endpoint.as_str()).collect();
+    assert!(names.contains(&"order-a") && names.contains(&"order-b"), "{names:?}");
+    let b_state = all.iter().find(|e| e.endpoint == "order-b").unwrap();
+    assert_eq!((b_state.queued, b_state.delivered), (2, 0));
+    let unknown = store.webhook_endpoint("order-none").await.unwrap();
+    assert_eq!((unknown.queued, unknown.delivered), (0, 0));
+}
+
+async fn a_full_queue_drops_its_oldest_events_and_counts_them(store: &dyn WebhookStore) {
+    let first: Vec<_> = (0..3).map(|n| webhook_event("full", n)).collect();
+    assert_eq!(store.enqueue_events(&first, 4).await.unwrap(), 0);
+    let more: Vec<_> = (3..6).map(|n| webhook_event("full", n)).collect();
+    assert_eq!(store.enqueue_events(&more, 4).await.unwrap(), 2);
+    let left: Vec<i64> = store
+        .queued_events("full", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.created_ms)
+        .collect();
+    assert_eq!(left, [2, 3, 4, 5], "the oldest go first");
+    let state = store.webhook_endpoint("full").await.unwrap();
+    assert_eq!((state.queued, state.dropped), (4, 2));
+}
+
+async fn failures_back_off_and_given_up_events_are_counted(store: &dyn WebhookStore) {
+    let events: Vec<_> = (0..2).map(|n| webhook_event("failing", n)).collect();
+    store.enqueue_events(&events, 10).await.unwrap();
+    assert_eq!(store.delivery_failed("failing", "503", 100, 1100).await.unwrap(), 1);
+    assert_eq!(store.delivery_failed("failing", "timeout", 200, 2200).await.unwrap(), 2);
+    let state = store.webhook_endpoint("failing").await.unwrap();
+    assert_eq!(
+        (
+            state.attempts,
+            state.next_attempt_ms,
+            state.last_error.as_deref(),
+            state.last_error_ms
+        ),
+        (2, 2200, Some("timeout"), Some(200))
+    );
+    let head = store.queued_events("failing", 1).await.unwrap();
+    store.events_failed("failing", &[head[0].id]).await.unwrap();
+    let state = store.webhook_endpoint("failing").await.unwrap();
+    assert_eq!(
+        (state.queued, state.failed, state.attempts, state.next_attempt_ms),
+        (1, 1, 0, 0)
+    );
+    assert_eq!(
+        state.last_error.as_deref(),
+        Some("timeout"),
+        "the last error stays visible"
+    );
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Every fact that is not blob bytes: repositories, blob links, manifests,
-//! tags, referrers and upload sessions.
+//! tags, referrers, upload sessions and the queue of event notifications.
 //!
 //! The [`MetaStore`] trait is what the registry layer uses; [`SqliteMeta`] is
 //! the embedded backend and [`PgMeta`] the one that replicas share. The store
@@ -24,6 +24,7 @@ mod sql;
 mod sqlite;
 mod sqlite_lifecycle;
 pub mod transfer;
+pub mod webhooks;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +36,7 @@ pub use access::AccessStore;
 pub use lifecycle::LifecycleStore;
 pub use postgres::{PgMeta, PgOptions};
 pub use sqlite::SqliteMeta;
+pub use webhooks::WebhookStore;
 
 /// The name of the blob store configured by the top-level `[storage]` section.
 pub const DEFAULT_STORE: &str = "default";

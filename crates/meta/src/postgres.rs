@@ -1281,6 +1281,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn webhook_conformance() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_webhooks(&db.meta().await).await;
+    }
+
+    #[tokio::test]
     async fn pushes_racing_removals_keep_what_was_acknowledged() {
         let Some(db) = TestDb::create().await else { return };
         crate::conformance::run_races(&db.meta().await, 40).await;
@@ -1405,7 +1411,14 @@ mod tests {
         let (a, b) = tokio::join!(bump("dl-a", "dl-b"), bump("dl-b", "dl-a"));
         a.unwrap();
         b.unwrap();
-        assert_eq!(attempts.into_inner(), 3, "the aborted one ran twice");
+        // At least the aborted one's second run; more when PostgreSQL's
+        // deadlock check (or a busy machine) lets the runs meet again, which
+        // is what the retries are for.
+        let attempts = attempts.into_inner();
+        assert!(
+            (3..=2 * ATTEMPTS).contains(&attempts),
+            "the aborted one ran again, within the bound: {attempts} attempts"
+        );
         for id in ["dl-a", "dl-b"] {
             let upload = meta.get_upload(&UploadId::new(id.into())).await.unwrap().unwrap();
             assert_eq!(upload.offset, 2, "both transactions counted once");

@@ -760,6 +760,13 @@ mod tests {
         crate::conformance::run_access(&meta).await;
     }
 
+    #[tokio::test]
+    async fn webhook_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        crate::conformance::run_webhooks(&meta).await;
+    }
+
     /// A database written by an earlier release keeps its blobs and links when
     /// 0005 rebuilds those tables, and its foreign keys still hold.
     #[tokio::test]

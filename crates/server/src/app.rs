@@ -27,6 +27,7 @@ use crate::namespaces::NamespaceRules;
 use crate::proxy::Proxy;
 use crate::registry::{BlobStores, Limits, NamedStore, Registry};
 use crate::tls::ServerTls;
+use crate::webhooks::Webhooks;
 
 /// Everything a request handler may use.
 pub struct App {
@@ -37,6 +38,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<crate::limits::Limiter>,
     pub log: crate::telemetry::LogLevel,
+    pub webhooks: Arc<Webhooks>,
     pub config: Config,
     /// For background jobs that read the store as a whole (the storage
     /// gauges); requests go through the registry, auth and lifecycle.
@@ -51,14 +53,16 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let (meta, stores) = open_stores(&config, Some(&metrics)).await?;
         let clock = clock::from_env()?;
-        let registry = Arc::new(Registry::new(
-            meta.clone(),
-            stores.clone(),
-            clock.clone(),
-            registry_limits(&config)?,
-        ));
-        let lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
-            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?
+        let webhooks = open_webhooks(&config, meta.clone(), clock.clone())?;
+        let mut registry = Registry::new(meta.clone(), stores.clone(), clock.clone(), registry_limits(&config)?);
+        let mut lifecycle = Lifecycle::new(meta.clone(), stores, clock.clone(), &config)
+            .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
+        if webhooks.active() {
+            registry = registry.notifying(webhooks.clone());
+            lifecycle = lifecycle.notifying(webhooks.clone());
+        }
+        let registry = Arc::new(registry);
+        let lifecycle = lifecycle
             .seeing_pulls_of(registry.pull_recorder())
             .seeing_touches_of(registry.touch_recorder());
         share_token_key(&mut config, meta.as_ref()).await?;
@@ -89,6 +93,7 @@ impl App {
             metrics,
             limiter,
             log: crate::telemetry::LogLevel::fixed(&config.log.level),
+            webhooks,
             config,
             meta,
             clock,
@@ -133,11 +138,27 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
+/// The webhooks of `config`, queueing into `meta`; `active()` is false when
+/// no endpoint is configured.
+pub fn open_webhooks(
+    config: &Config,
+    meta: Arc<dyn Meta>,
+    clock: Arc<dyn clock::Clock>,
+) -> anyhow::Result<Arc<Webhooks>> {
+    let source = crate::webhooks::Source {
+        addr: config.listen.clone(),
+        instance_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let store: Arc<dyn berth_meta::WebhookStore> = meta;
+    let webhooks = Webhooks::new(&config.webhooks, store, clock, source).context("invalid webhooks configuration")?;
+    Ok(Arc::new(webhooks))
+}
+
 /// Everything the registry, auth and the lifecycle jobs need of the metadata
 /// store, as one object: each backend implements all of it.
-pub trait Meta: LifecycleStore + AccessStore {}
+pub trait Meta: LifecycleStore + AccessStore + berth_meta::WebhookStore {}
 
-impl<T: LifecycleStore + AccessStore> Meta for T {}
+impl<T: LifecycleStore + AccessStore + berth_meta::WebhookStore> Meta for T {}
 
 /// The stores the configuration names; with `metrics`, every operation of
 /// each is timed into them.
@@ -295,6 +316,7 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
         .await
         .context("writing the configuration's retention policies")?;
     spawn_lifecycle_jobs(app.clone());
+    spawn_webhooks(app.clone());
     let reload = reload_signal()?;
     if let Some(tls) = &tls {
         tls.clone().spawn_reloads(reload.clone());
@@ -401,6 +423,9 @@ pub async fn serve(config: Config, source: ConfigSource, log: crate::telemetry::
     }
     if let Err(e) = app.registry.flush_touches().await {
         tracing::warn!(error = %e, "recording the last blob reads failed");
+    }
+    if let Err(e) = app.webhooks.flush().await {
+        tracing::warn!(error = %e, "queueing the last webhook events failed");
     }
     tracing::info!("stopped");
     Ok(())
@@ -663,6 +688,31 @@ fn spawn_lifecycle_jobs(app: Arc<App>) {
 /// An open registry on a non-loopback address deserves a loud warning.
 fn warn_open(mode: AuthMode, addr: SocketAddr) -> bool {
     mode == AuthMode::None && !addr.ip().is_loopback()
+}
+
+/// Writes gathered webhook events to the queue every `flush_interval_ms`,
+/// and delivers the queue while this replica leads the delivery job.
+fn spawn_webhooks(app: Arc<App>) {
+    if !app.webhooks.active() {
+        return;
+    }
+    let every = Duration::from_millis(app.config.webhooks.flush_interval_ms.max(1));
+    let webhooks = app.webhooks.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = webhooks.flush().await {
+                tracing::warn!(error = %e, "queueing webhook events failed; will retry");
+            }
+        }
+    });
+    let webhooks = app.webhooks.clone();
+    tokio::spawn(crate::webhooks::deliver::run(webhooks, move || {
+        let app = app.clone();
+        async move { Ok(app.lifecycle.lead_job(crate::webhooks::deliver::JOB).await?) }
+    }));
 }
 
 fn spawn_upload_purge(app: Arc<App>) {

@@ -51,6 +51,8 @@ pub struct Config {
     /// Native HTTPS; plain HTTP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Event notifications to webhook endpoints.
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -610,6 +612,7 @@ impl Default for Config {
             proxy: Default::default(),
             metrics: Default::default(),
             tls: None,
+            webhooks: Default::default(),
         }
     }
 }
@@ -625,7 +628,7 @@ pub struct Overrides {
 
 /// Top-level keys, so that other tools' `BERTH_*` variables (`BERTH_BIN` in
 /// our own scripts, say) are not taken for misspelt settings.
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "listen",
     "data_dir",
     "shutdown_grace_secs",
@@ -642,6 +645,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "proxy",
     "metrics",
     "tls",
+    "webhooks",
 ];
 
 /// The variable other tools use to name an external token validation service.

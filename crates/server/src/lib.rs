@@ -27,6 +27,7 @@ mod tag_names;
 mod telemetry;
 mod text;
 mod tls;
+mod webhooks;
 
 pub use crate::cli::Cli;
 

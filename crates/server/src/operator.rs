@@ -237,8 +237,15 @@ async fn open_lifecycle(args: &StoreArgs) -> anyhow::Result<Lifecycle> {
     let config = load(args)?;
     ensure_data_dir(&config.data_dir)?;
     let (meta, stores) = open_stores(&config, None).await?;
-    let lifecycle = Lifecycle::new(meta, stores, clock::from_env()?, &config)
+    let clock = clock::from_env()?;
+    // What a run from the command line removes is announced like a server's
+    // run: queued here, delivered by the server that leads delivery.
+    let webhooks = crate::app::open_webhooks(&config, meta.clone(), clock.clone())?;
+    let mut lifecycle = Lifecycle::new(meta, stores, clock, &config)
         .map_err(|e| anyhow::anyhow!("invalid lifecycle configuration: {e}"))?;
+    if webhooks.active() {
+        lifecycle = lifecycle.notifying(webhooks);
+    }
     lifecycle.sync_config_policies().await?;
     Ok(lifecycle)
 }

@@ -15,6 +15,7 @@ pub(crate) mod policies;
 mod postgres;
 pub(crate) mod reads;
 mod sqlite;
+mod webhooks;
 
 use std::future::Future;
 use std::str::FromStr;

@@ -44,6 +44,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/proxy/cache/{*image}", delete(evict_cached))
         .route("/proxy/evict", post(evict_over_cap))
         .route("/log", get(log_level).put(set_log_level))
+        .route("/webhooks", get(list_webhooks))
 }
 
 /// `GET /api/v1/log`: the log level filter in force.
@@ -71,6 +72,38 @@ async fn set_log_level(State(app): State<Arc<App>>, Admin(who): Admin, body: axu
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     tracing::info!(level = %change.level, by = %who, "log level changed");
     Ok(Json(json!({ "level": app.log.current() })).into_response())
+}
+
+/// `GET /api/v1/webhooks`: each endpoint's filters and delivery state.
+async fn list_webhooks(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
+    let states = app
+        .webhooks
+        .states()
+        .await
+        .map_err(crate::registry::RegistryError::Meta)?;
+    let at = |ms: Option<i64>| ms.map(|ms| crate::clock::rfc3339(u64::try_from(ms / 1000).unwrap_or(0)));
+    let endpoints: Vec<_> = states
+        .into_iter()
+        .map(|(endpoint, record)| {
+            json!({
+                "name": record.endpoint,
+                "configured": endpoint.is_some(),
+                "url": endpoint.map(|e| e.shown_url()),
+                "repositories": endpoint.map(|e| e.repositories()).unwrap_or_default(),
+                "actions": endpoint.map(|e| e.actions()).unwrap_or_default(),
+                "queued": record.queued,
+                "delivered": record.delivered,
+                "failed": record.failed,
+                "dropped": record.dropped,
+                "attempts": record.attempts,
+                "next_attempt": at(Some(record.next_attempt_ms).filter(|ms| *ms > 0)),
+                "last_error": record.last_error,
+                "last_error_at": at(record.last_error_ms),
+                "last_success_at": at(record.last_success_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "endpoints": endpoints })).into_response())
 }
 
 /// `POST /api/v1/proxy/evict`: applies `proxy.max_bytes` now.

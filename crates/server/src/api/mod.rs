@@ -139,7 +139,16 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 async fn distribution_api(State(app): State<Arc<App>>, req: Request) -> Response {
-    let mut response = match route(&app, req).await {
+    let routed = if app.webhooks.active() {
+        // Events published while serving the request say which request it was.
+        let info = request_info(&req);
+        crate::registry::events::CURRENT_REQUEST
+            .scope(Arc::new(info), route(&app, req))
+            .await
+    } else {
+        route(&app, req).await
+    };
+    let mut response = match routed {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -166,6 +175,7 @@ async fn route(app: &App, req: Request) -> ApiResult {
         if let Some(context) = context {
             context.set_identity(who);
         }
+        crate::registry::events::RequestInfo::set_current_actor(who);
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         app.limiter.admit_identity(who, peer, context)?;
     }
@@ -222,6 +232,23 @@ async fn route(app: &App, req: Request) -> ApiResult {
             let absent = registry.absent(&nameless.repo, nameless.resource).await;
             Err(ApiError::nameless(absent, &nameless.cause))
         }
+    }
+}
+
+/// The request as an event's `request` describes it.
+fn request_info(req: &Request) -> crate::registry::events::RequestInfo {
+    let header = |name: &str| header_str(req.headers(), name).unwrap_or_default().to_string();
+    crate::registry::events::RequestInfo {
+        id: header("x-request-id"),
+        addr: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default(),
+        host: header("host"),
+        method: req.method().to_string(),
+        user_agent: header("user-agent"),
+        actor: Default::default(),
     }
 }
 

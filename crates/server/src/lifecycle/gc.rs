@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::{Lifecycle, LifecycleError, Result};
+use crate::registry::events::Action;
 use crate::registry::{BlobStores, NamedStore};
 
 /// What one collection found and removed (or, in a dry run, would remove).
@@ -172,6 +173,16 @@ impl Lifecycle {
                         at_ms: self.now_ms(),
                     };
                     let applied = self.store.remove(&group[0].repo, &removals, &audit).await?;
+                    super::publish_removals(
+                        self.events.as_ref(),
+                        &group[0].repo,
+                        &removals,
+                        &applied,
+                        "gc",
+                        audit.at_ms,
+                        |_| Action::Gc,
+                    )
+                    .await;
                     let (tags_applied, manifests_applied) = applied.split_at(tags.min(applied.len()));
                     report.signature_tags_removed += tags_applied.iter().filter(|a| **a).count() as u64;
                     report.manifests_removed += manifests_applied.iter().filter(|a| **a).count() as u64;
@@ -256,7 +267,18 @@ impl Lifecycle {
                         }
                     }
                     for (repo, removals) in by_repo {
-                        let applied = self.store.remove(&repo, &removals, &audit()).await?;
+                        let audit = audit();
+                        let applied = self.store.remove(&repo, &removals, &audit).await?;
+                        super::publish_removals(
+                            self.events.as_ref(),
+                            &repo,
+                            &removals,
+                            &applied,
+                            "gc",
+                            audit.at_ms,
+                            |_| Action::Gc,
+                        )
+                        .await;
                         removed_this_pass += applied.into_iter().filter(|a| *a).count() as u64;
                     }
                 }

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::namespaces::NamespaceRules;
 use crate::pattern::Pattern;
+use crate::registry::events::{Action, Event, EventSink, NoEvents, Target};
 use crate::registry::{BlobStores, PullRecorder, TouchRecorder};
 
 pub use plan::{RepoPlan, Settings};
@@ -81,6 +82,8 @@ pub struct Lifecycle {
     /// Blob reads the server holds in memory, written before a collection
     /// decides, so that a blob just read stays for a grace period.
     touches: Option<Arc<TouchRecorder>>,
+    /// Where the removals that were applied are announced.
+    events: Arc<dyn EventSink>,
 }
 
 /// How many repository names are read at a time.
@@ -115,7 +118,14 @@ impl Lifecycle {
             busy: tokio::sync::Mutex::new(()),
             pulls: None,
             touches: None,
+            events: Arc::new(NoEvents),
         })
+    }
+
+    /// Has runs and collections publish what they removed to `sink`.
+    pub fn notifying(mut self, sink: Arc<dyn EventSink>) -> Lifecycle {
+        self.events = sink;
+        self
     }
 
     /// Has runs record the server's in-memory pulls before they remove anything.
@@ -264,6 +274,7 @@ impl Lifecycle {
             let clock = clock.clone();
             let actor = actor.to_string();
             let pulls = self.pulls.clone();
+            let events = self.events.clone();
             async move {
                 if removals.is_empty() {
                     return Ok(0);
@@ -278,6 +289,19 @@ impl Lifecycle {
                         at_ms: clock.now_ms(),
                     };
                     let applied = store.remove(&repo, batch, &audit).await?;
+                    publish_removals(
+                        events.as_ref(),
+                        &repo,
+                        batch,
+                        &applied,
+                        &actor,
+                        audit.at_ms,
+                        |rule| match (scope, rule) {
+                            (Scope::Expiry, _) | (_, "ttl" | "idle" | "keep_latest") => Action::Expire,
+                            _ => Action::Retention,
+                        },
+                    )
+                    .await;
                     for (removal, done) in batch.iter().zip(applied) {
                         if !done {
                             skipped += 1;
@@ -343,5 +367,41 @@ impl Lifecycle {
     /// Every configured blob store.
     pub fn stores(&self) -> &BlobStores {
         &self.stores
+    }
+}
+
+/// Publishes an event for each removal that was applied, with the action
+/// its rule stands for, and makes them durable before the job goes on.
+async fn publish_removals(
+    events: &dyn EventSink,
+    repo: &str,
+    removals: &[berth_meta::lifecycle::PlannedRemoval],
+    applied: &[bool],
+    actor: &str,
+    at_ms: i64,
+    action_of: impl Fn(&str) -> Action,
+) {
+    use berth_meta::lifecycle::Removal;
+    for (planned, _) in removals.iter().zip(applied).filter(|(_, done)| **done) {
+        let (digest, tag) = match &planned.removal {
+            Removal::Tag { name, digest, .. } => (digest.clone(), Some(name.clone())),
+            Removal::Manifest { digest, .. } => (digest.clone(), None),
+        };
+        events.publish(Event {
+            action: action_of(&planned.rule),
+            target: Target {
+                repository: repo.to_string(),
+                digest,
+                media_type: None,
+                size: None,
+                tag,
+            },
+            actor: Some(actor.to_string()),
+            request: None,
+            at_ms,
+        });
+    }
+    if applied.iter().any(|done| *done) {
+        events.settle().await;
     }
 }

@@ -17,6 +17,7 @@ use berth_meta::lifecycle::{
     BlobSweep, FileRemover, LifecycleStore, LinkKey, OrphanedReferrerTag, PlannedRemoval, PolicyRecord, Pretend,
     RecordedBlob, RepoState, UntaggedManifest, UnusedBlob,
 };
+use berth_meta::webhooks::{EndpointRecord, NewEvent, QueuedEvent, WebhookStore};
 use berth_meta::{
     BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaStore, NewManifest, Placement, PullRecord,
     Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord,
@@ -474,5 +475,45 @@ impl AccessStore for TimedMeta {
 
     async fn shared_secret(&self, name: &str, candidate: &str) -> Result<Option<String>> {
         timed!(self, "shared_secret", self.inner.shared_secret(name, candidate))
+    }
+}
+
+#[warn(clippy::missing_trait_methods)]
+#[async_trait]
+impl WebhookStore for TimedMeta {
+    async fn enqueue_events(&self, events: &[NewEvent], max_queued: u64) -> Result<u64> {
+        timed!(self, "enqueue_events", self.inner.enqueue_events(events, max_queued))
+    }
+
+    async fn queued_events(&self, endpoint: &str, limit: u32) -> Result<Vec<QueuedEvent>> {
+        timed!(self, "queued_events", self.inner.queued_events(endpoint, limit))
+    }
+
+    async fn events_delivered(&self, endpoint: &str, ids: &[i64], now_ms: i64) -> Result<()> {
+        timed!(
+            self,
+            "events_delivered",
+            self.inner.events_delivered(endpoint, ids, now_ms)
+        )
+    }
+
+    async fn delivery_failed(&self, endpoint: &str, error: &str, now_ms: i64, next_attempt_ms: i64) -> Result<i64> {
+        timed!(
+            self,
+            "delivery_failed",
+            self.inner.delivery_failed(endpoint, error, now_ms, next_attempt_ms)
+        )
+    }
+
+    async fn events_failed(&self, endpoint: &str, ids: &[i64]) -> Result<()> {
+        timed!(self, "events_failed", self.inner.events_failed(endpoint, ids))
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<EndpointRecord>> {
+        timed!(self, "webhook_endpoints", self.inner.webhook_endpoints())
+    }
+
+    async fn webhook_endpoint(&self, endpoint: &str) -> Result<EndpointRecord> {
+        timed!(self, "webhook_endpoint", self.inner.webhook_endpoint(endpoint))
     }
 }

@@ -137,6 +137,17 @@ impl Registry {
     /// Removes the blob's link from `repo`; the bytes stay until garbage collection.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         if self.meta.unlink_blob(repo.as_str(), digest).await? {
+            self.publish(
+                super::events::Action::Delete,
+                super::events::Target {
+                    repository: repo.to_string(),
+                    digest: digest.clone(),
+                    media_type: None,
+                    size: None,
+                    tag: None,
+                },
+            );
+            self.events.settle().await;
             Ok(())
         } else {
             Err(RegistryError::BlobUnknown)

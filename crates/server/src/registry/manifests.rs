@@ -5,6 +5,7 @@ use berth_oci::{
     headers, media_type, Algorithm, Digest, Manifest, Reference, RepoName, Resource, MAX_NAME_LEN, MAX_TAG_LEN,
 };
 
+use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
 use crate::text;
 
@@ -201,6 +202,20 @@ impl Registry {
         self.meta
             .put_manifest(repo.as_str(), &record, tag, self.now_ms())
             .await?;
+        // A copy fetched for a pull-through cache is no push of anyone's.
+        if !fetched_on_demand {
+            self.publish(
+                Action::Push,
+                Target {
+                    repository: repo.to_string(),
+                    digest: digest.clone(),
+                    media_type: Some(record.media_type.clone()),
+                    size: Some(record.body.len() as u64),
+                    tag: tag.map(str::to_string),
+                },
+            );
+            self.events.settle().await;
+        }
         Ok(PushedManifest {
             digest,
             subject: record.subject,
@@ -234,6 +249,16 @@ impl Registry {
                 Reference::Digest(_) => None,
             };
             self.pulls.record(repo.as_str(), &manifest.digest, tag, self.now_ms());
+            self.publish(
+                Action::Pull,
+                Target {
+                    repository: repo.to_string(),
+                    digest: manifest.digest.clone(),
+                    media_type: Some(manifest.media_type.clone()),
+                    size: Some(manifest.body.len() as u64),
+                    tag: tag.map(str::to_string),
+                },
+            );
         }
         Ok(manifest)
     }
@@ -254,11 +279,37 @@ impl Registry {
 
     /// Deletes a manifest and its tags (by digest) or only a tag (by tag).
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
-        let deleted = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo.as_str(), t.as_str(), self.now_ms()).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str(), d, self.now_ms()).await?,
+        let (deleted, target) = match reference {
+            Reference::Tag(t) => {
+                // The event names the manifest the tag pointed at.
+                let pointed = self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?;
+                let deleted = self.meta.delete_tag(repo.as_str(), t.as_str(), self.now_ms()).await?;
+                let target = pointed.map(|m| Target {
+                    repository: repo.to_string(),
+                    digest: m.digest,
+                    media_type: Some(m.media_type),
+                    size: Some(m.body.len() as u64),
+                    tag: Some(t.as_str().to_string()),
+                });
+                (deleted, target)
+            }
+            Reference::Digest(d) => {
+                let deleted = self.meta.delete_manifest(repo.as_str(), d, self.now_ms()).await?;
+                let target = Target {
+                    repository: repo.to_string(),
+                    digest: d.clone(),
+                    media_type: None,
+                    size: None,
+                    tag: None,
+                };
+                (deleted, Some(target))
+            }
         };
         if deleted {
+            if let Some(target) = target {
+                self.publish(Action::Delete, target);
+                self.events.settle().await;
+            }
             Ok(())
         } else {
             Err(self.unknown_manifest_or_name(repo).await)

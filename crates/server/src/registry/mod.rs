@@ -6,6 +6,7 @@
 
 mod blobs;
 mod claims;
+pub mod events;
 mod locks;
 mod manifests;
 mod pulls;
@@ -112,6 +113,7 @@ pub struct Registry {
     touches: Arc<TouchRecorder>,
     /// Upload session leases held by requests of this process.
     leases: Arc<claims::LeaseBook>,
+    events: Arc<dyn events::EventSink>,
 }
 
 impl Registry {
@@ -127,7 +129,20 @@ impl Registry {
             copies: locks::KeyedLocks::default(),
             pulls: Arc::new(PullRecorder::default()),
             leases: Arc::default(),
+            events: Arc::new(events::NoEvents),
         }
+    }
+
+    /// This registry, publishing its events (pushes, pulls, deletions) to `sink`.
+    pub fn notifying(mut self, sink: Arc<dyn events::EventSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    /// Publishes an event of the request this task serves.
+    fn publish(&self, action: events::Action, target: events::Target) {
+        self.events
+            .publish(events::Event::of_current_request(action, target, self.now_ms()));
     }
 
     /// At shutdown, after the grace period: stops the writes of the requests

@@ -37,3 +37,4 @@ mod tls;
 mod touches;
 mod upload_races;
 mod uploads;
+mod webhooks;
