@@ -80,6 +80,11 @@ impl App {
         for collector in proxy.counters.collectors() {
             metrics.register(collector);
         }
+        if webhooks.active() {
+            for collector in webhooks.counters.collectors() {
+                metrics.register(collector);
+            }
+        }
         let mut auth = Auth::open(&config.auth, &config.data_dir, meta.clone(), clock.clone())
             .context("invalid auth configuration")?;
         if config.tls.is_some() {
@@ -507,6 +512,11 @@ async fn refresh_usage(app: &App, namespaces: &[String]) {
     let now_secs = app.clock.now_ms() / 1000;
     if let Err(e) = crate::metrics::usage::refresh(&app.metrics, app.meta.as_ref(), namespaces, now_secs).await {
         tracing::warn!(error = %e, "computing the storage gauges failed; will retry");
+    }
+    if app.webhooks.active() {
+        if let Err(e) = app.webhooks.count_queued().await {
+            tracing::warn!(error = %e, "counting the webhook queues failed; will retry");
+        }
     }
 }
 

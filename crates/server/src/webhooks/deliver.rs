@@ -148,6 +148,11 @@ async fn drain(
                     tracing::warn!(endpoint = %endpoint.name, error = %e, "cannot record a webhook delivery");
                     break;
                 }
+                webhooks
+                    .counters
+                    .delivered
+                    .with_label_values(&[endpoint.name.as_str()])
+                    .inc_by(ids.len() as u64);
                 backoff = Backoff::default();
                 progressed = true;
             }
@@ -169,6 +174,11 @@ async fn failed(webhooks: &Webhooks, endpoint: &Endpoint, backoff: Backoff, erro
     let delay = backoff_delay(&webhooks.config, attempts, rand::rng().random_range(0.5..=1.0));
     let next_attempt_ms = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
     tracing::warn!(endpoint = %endpoint.name, attempts, retry_in = ?delay, error, "webhook delivery failed");
+    webhooks
+        .counters
+        .failures
+        .with_label_values(&[endpoint.name.as_str()])
+        .inc();
     if let Err(e) = store.delivery_failed(&endpoint.name, error, now, next_attempt_ms).await {
         tracing::warn!(endpoint = %endpoint.name, error = %e, "cannot record a failed webhook delivery");
     }
@@ -176,7 +186,14 @@ async fn failed(webhooks: &Webhooks, endpoint: &Endpoint, backoff: Backoff, erro
         tracing::warn!(endpoint = %endpoint.name, events = ids.len(), attempts,
             "giving up on webhook events after max_attempts");
         match store.events_failed(&endpoint.name, ids).await {
-            Ok(()) => return Backoff::default(),
+            Ok(()) => {
+                webhooks
+                    .counters
+                    .given_up
+                    .with_label_values(&[endpoint.name.as_str()])
+                    .inc_by(ids.len() as u64);
+                return Backoff::default();
+            }
             Err(e) => tracing::warn!(endpoint = %endpoint.name, error = %e, "cannot give up on webhook events"),
         }
     }

@@ -175,6 +175,61 @@ pub fn endpoints_of(config: &WebhooksConfig) -> Result<Vec<Endpoint>, WebhookCon
     Ok(endpoints)
 }
 
+/// What delivery did, per endpoint (configured names only, so the label's
+/// values are bounded by the configuration).
+pub struct WebhookCounters {
+    /// Events the endpoint accepted.
+    pub delivered: prometheus::IntCounterVec,
+    /// POSTs that failed (an answer other than 2xx, or none).
+    pub failures: prometheus::IntCounterVec,
+    /// Events given up on after `max_attempts`.
+    pub given_up: prometheus::IntCounterVec,
+    /// Events waiting in the queue, as last counted.
+    pub queued: prometheus::IntGaugeVec,
+}
+
+impl Default for WebhookCounters {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str| {
+            prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &["endpoint"]).expect("valid metric")
+        };
+        WebhookCounters {
+            delivered: counter(
+                "berth_webhook_events_delivered_total",
+                "Webhook events an endpoint accepted.",
+            ),
+            failures: counter(
+                "berth_webhook_delivery_failures_total",
+                "Webhook POSTs that failed (not 2xx, or no answer).",
+            ),
+            given_up: counter(
+                "berth_webhook_events_given_up_total",
+                "Webhook events given up on after max_attempts.",
+            ),
+            queued: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "berth_webhook_queued_events",
+                    "Webhook events waiting, as last counted.",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl WebhookCounters {
+    /// The metrics, for a metrics registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.delivered.clone()),
+            Box::new(self.failures.clone()),
+            Box::new(self.given_up.clone()),
+            Box::new(self.queued.clone()),
+        ]
+    }
+}
+
 /// The webhooks of this process: the endpoints, the events gathered in
 /// memory and what the delivery task needs.
 pub struct Webhooks {
@@ -189,6 +244,7 @@ pub struct Webhooks {
     flushing: tokio::sync::Mutex<()>,
     /// Woken when events were queued, so delivery starts at once.
     pub(crate) queued: tokio::sync::Notify,
+    pub counters: WebhookCounters,
 }
 
 impl Webhooks {
@@ -208,6 +264,7 @@ impl Webhooks {
             pending: Mutex::new(VecDeque::new()),
             flushing: tokio::sync::Mutex::new(()),
             queued: tokio::sync::Notify::new(),
+            counters: WebhookCounters::default(),
         })
     }
 
@@ -266,6 +323,19 @@ impl Webhooks {
         records.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         states.extend(records.into_iter().map(|r| (None, r)));
         Ok(states)
+    }
+
+    /// Sets the queue gauges from the store (a row per endpoint).
+    pub async fn count_queued(&self) -> berth_meta::Result<()> {
+        for (endpoint, record) in self.states().await? {
+            if endpoint.is_some() {
+                self.counters
+                    .queued
+                    .with_label_values(&[record.endpoint.as_str()])
+                    .set(record.queued);
+            }
+        }
+        Ok(())
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, VecDeque<NewEvent>> {

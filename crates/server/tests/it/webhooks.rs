@@ -295,6 +295,17 @@ async fn a_receiver_down_at_first_gets_every_event_once_and_in_order_across_rest
     assert_eq!(state(&states, "team")["delivered"], 4);
     assert_eq!(state(&states, "team")["repositories"], json!(["team/**"]));
     assert_eq!(state(&states, "team")["actions"], json!(["push"]));
+    // Every delivery happened after the last start: the counters are this process's.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for (series, value) in [
+        ("berth_webhook_events_delivered_total{endpoint=\"all\"}", "7"),
+        ("berth_webhook_events_delivered_total{endpoint=\"team\"}", "4"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == format!("{series} {value}")),
+            "{series} {value} not in:\n{metrics}"
+        );
+    }
     assert!(
         !app.log().contains(SECRET),
         "the secret is never logged (it was in the config)"
