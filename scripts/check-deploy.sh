@@ -19,13 +19,21 @@
 #            ExecStart pointed at BERTH_BIN, since /usr/local/bin/berth is not
 #            installed here) and `systemd-analyze security --offline=true`
 #            rates it at most 2.0 (the score is printed).
+#   monitoring  deploy/monitoring/alerts.yml passes `promtool check rules` and
+#            the unit tests of alerts.test.yml (`promtool test rules`); every
+#            expression of grafana-dashboard.json and alerts.yml names only
+#            metrics berth exports (a /metrics scrape of a berth started here,
+#            and the metric names in the server's source), the dashboard's
+#            structure holds and its expressions parse
+#            (scripts/lib/check_monitoring.py).
 #
 # Options:  -v, --verbose, -k, --keep (as the e2e scripts)
 # Env:      BERTH_BIN (default ${CARGO_TARGET_DIR:-target}/debug/berth)
 #
 # Installs the Python packages it needs into target/tools/deploy-venv when
-# missing (scripts/lib/deploy-venv.sh); needs docker-compose, systemd-analyze
-# and python3 (scripts/install-deps.sh). Starts no server.
+# missing (scripts/lib/deploy-venv.sh); needs docker-compose, systemd-analyze,
+# promtool and python3 (scripts/install-deps.sh). Starts no server but berth
+# on loopback, twice, each stopped before its step ends.
 # Output: a line per step and last  CHECK-DEPLOY: N passed, M failed, K skipped
 set -euo pipefail
 shopt -s inherit_errexit
@@ -41,13 +49,14 @@ source "$REPO_ROOT/scripts/lib/e2e-common.sh"
 # shellcheck source=lib/deploy-venv.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/lib/deploy-venv.sh"
 parse_args "$@"
-require_tools "Debian packages: docker-compose, systemd, python3-venv (scripts/install-deps.sh)" \
-  docker-compose systemd-analyze python3 curl
+require_tools "Debian packages: docker-compose, systemd, python3-venv, prometheus (scripts/install-deps.sh)" \
+  docker-compose systemd-analyze python3 curl promtool
 make_temp_dir
 BERTH_PID=""
 COMPOSE=$REPO_ROOT/deploy/compose
 CHART=$REPO_ROOT/deploy/helm/berth
 UNIT=$REPO_ROOT/deploy/systemd/berth.service
+MONITORING=$REPO_ROOT/deploy/monitoring
 
 # ---------------------------------------------------------------- compose ----
 compose() { run_tool 60 docker-compose env -u POSTGRES_PASSWORD -u MINIO_ROOT_PASSWORD docker-compose "$@"; }
@@ -113,6 +122,28 @@ step_unit_security() {
   note "systemd-analyze security: exposure $score (at most $MAX_EXPOSURE)"
 }
 
+# ------------------------------------------------------------- monitoring ----
+step_rules_check() { run_tool 60 promtool promtool check rules "$MONITORING/alerts.yml"; }
+step_rules_test() { (cd "$MONITORING" && run_tool 120 promtool promtool test rules alerts.test.yml); }
+step_dashboard() {
+  [[ -x $BERTH_BIN ]] || fail "$BERTH_BIN missing (cargo build -p berth-server, or set BERTH_BIN)"
+  local v env_cmd=(env -u RUST_LOG) pid addr
+  while read -r v; do env_cmd+=(-u "$v"); done < <(compgen -e | grep '^BERTH_' || true)
+  mkdir -p "$T/metrics-data"
+  "${env_cmd[@]}" "$BERTH_BIN" serve --listen 127.0.0.1:0 --data-dir "$T/metrics-data" \
+    > "$T/work/metrics-berth.log" 2>&1 < /dev/null &
+  pid=$!
+  addr=$(wait_for_line "$T/work/metrics-berth.log" 'listening on 127\.0\.0\.1:[0-9]+' "$pid" 30) ||
+    { cat "$T/work/metrics-berth.log"; kill "$pid" 2>/dev/null; fail "berth did not start"; }
+  # A request first, so the request metrics have series in the scrape.
+  curl -s -o /dev/null --max-time 5 "http://${addr#listening on }/v2/" || true
+  curl -s --max-time 5 -o "$T/work/metrics.txt" "http://${addr#listening on }/metrics" || true
+  kill -TERM "$pid"; wait "$pid" || true
+  grep -q '^berth_http_requests_total' "$T/work/metrics.txt" || fail "no berth_http_requests_total in the scrape"
+  run_tool 120 check_monitoring python3 "$REPO_ROOT/scripts/lib/check_monitoring.py" "$MONITORING" \
+    "$REPO_ROOT/crates/server/src" "$T/work/metrics.txt"
+}
+
 # -------------------------------------------------------------------- run ----
 begin_client compose
 step 1.1 "compose.yaml (Berth alone) passes docker-compose config" step_compose_embedded
@@ -132,4 +163,10 @@ begin_client systemd
 step 3.1 "systemd-analyze verify deploy/systemd/berth.service" step_unit_verify
 group
 step 3.2 "systemd-analyze security --offline=true: exposure at most $MAX_EXPOSURE" step_unit_security
+begin_client monitoring
+step 4.1 "promtool check rules deploy/monitoring/alerts.yml" step_rules_check
+group
+step 4.2 "promtool test rules deploy/monitoring/alerts.test.yml: alerts fire and stay silent as tested" step_rules_test
+group
+step 4.3 "dashboard and alerts use only metrics berth exports; dashboard structure; expressions parse" step_dashboard
 finish group

@@ -9,6 +9,9 @@
 #   apt:  docker-compose systemd binutils python3-venv (scripts/check-deploy.sh
 #         and scripts/e2e-image.sh: compose config, systemd-analyze,
 #         objcopy/readelf, the venv below)
+#   apt:  prometheus, for its promtool (scripts/check-deploy.sh checks and unit
+#         tests deploy/monitoring/); the Prometheus daemon the package may
+#         start is stopped and disabled: nothing here needs it running
 #   pip:  helm-python-sdk and kubernetes-validate, pinned, in a venv under
 #         target/tools (scripts/lib/deploy-venv.sh), when missing
 #   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18)
@@ -26,10 +29,11 @@ APT_PKGS=(
   docker-registry
   wrk curl jq tar openssl procps python3
   docker-compose systemd binutils python3-venv
+  prometheus
 )
 # Commands the tests call; checked after the install as a sanity check.
 COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3 node npm
-  docker-compose systemd-analyze objcopy readelf)
+  docker-compose systemd-analyze objcopy readelf promtool)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -79,6 +83,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "apt install done in $((SECONDS - t0)) s"
 else
   log "apt packages: all present"
+fi
+
+# The prometheus package enables its daemon (where policy-rc.d does not stop
+# it from starting): only promtool is wanted, and a Prometheus listening on
+# :9090 would be a stray service on a test machine.
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+  log "prometheus: promtool installed, the daemon stopped and disabled"
 fi
 
 for c in "${COMMANDS[@]}"; do

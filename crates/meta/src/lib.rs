@@ -16,6 +16,7 @@
 //! would keep it. The server refuses such text before it gets here.
 
 pub mod access;
+pub mod backup;
 pub mod conformance;
 pub mod lifecycle;
 mod postgres;

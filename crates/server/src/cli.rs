@@ -122,6 +122,18 @@ pub enum Command {
     /// Upload sessions in flight are not moved (clients restart them).
     /// Exits non-zero when anything could not be copied.
     Migrate(MigrateArgs),
+    /// Copy an embedded installation (SQLite and blob files) into DEST_DIR
+    /// while the registry keeps serving.
+    ///
+    /// The database is copied first, in one read transaction, so the copy is
+    /// the registry as of one moment; then every blob file the copy records,
+    /// each re-hashed against its digest. Upload sessions in flight are left
+    /// out (clients restart them). DEST_DIR must be new or empty; when done
+    /// it holds a data directory, with backup.json describing it:
+    /// `berth serve --data-dir DEST_DIR` serves the copy. Exits non-zero when
+    /// a blob could not be copied. For PostgreSQL and S3, back up those
+    /// stores instead (docs/operations.md, "Backup and restore").
+    Backup(BackupArgs),
     /// Describe and check configuration files.
     Config {
         #[command(subcommand)]
@@ -189,6 +201,21 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub verify_existing: bool,
     /// Blobs copied at the same time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The directory to write the copy into (created when missing; must be empty).
+    #[arg(value_name = "DEST_DIR")]
+    pub dest: PathBuf,
+    /// Blob files copied at the same time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     /// Print the summary as JSON.

@@ -5,6 +5,7 @@ mod airgap;
 mod api;
 mod app;
 mod auth;
+mod backup;
 mod cli;
 mod clock;
 mod config;
@@ -83,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache { store, action } => operator_runtime()?.block_on(operator::cache(store, action)),
         Command::Audit { store, limit } => operator_runtime()?.block_on(operator::audit(store, limit)),
         Command::Migrate(args) => operator_runtime()?.block_on(migrate::run(args)),
+        Command::Backup(args) => operator_runtime()?.block_on(backup::run(args)),
         Command::Export(args) => run_to_end(operator::export(args)),
         Command::Import(args) => run_to_end(operator::import(args)),
         Command::Config { action } => match action {

@@ -71,7 +71,9 @@ impl FsBlobStore {
         })
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
+    /// The file holding the blob `digest` once it is committed (for
+    /// `berth backup`, which copies the files themselves).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
             .join("blobs")

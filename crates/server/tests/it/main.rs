@@ -9,6 +9,7 @@ mod airgap;
 mod auth;
 mod auth_external;
 mod auth_oidc;
+mod backup;
 mod bad_input;
 mod base;
 mod blobs;
