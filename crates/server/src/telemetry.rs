@@ -101,3 +101,16 @@ pub fn init(config: &LogConfig) -> (LogLevel, tracing_appender::non_blocking::Wo
     };
     (control, guard)
 }
+
+/// The error and its causes in one line (an HTTP client's own message often
+/// says only "error sending request").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

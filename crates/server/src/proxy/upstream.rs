@@ -573,9 +573,9 @@ impl UpstreamClient {
         let reason = if e.is_timeout() {
             "timed out".to_string()
         } else if e.is_connect() {
-            format!("cannot connect: {}", error_chain(&e))
+            format!("cannot connect: {}", crate::telemetry::error_chain(&e))
         } else {
-            error_chain(&e)
+            crate::telemetry::error_chain(&e)
         };
         self.unavailable(reason)
     }
@@ -600,18 +600,6 @@ impl UpstreamClient {
             reason,
         }
     }
-}
-
-/// The error and its causes, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The `/v2/` URL of an upstream configured as `url`.

@@ -225,21 +225,8 @@ async fn post(client: &reqwest::Client, endpoint: &Endpoint, body: String) -> Re
     match request.body(body).send().await {
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("the endpoint answered {}", response.status())),
-        Err(e) => Err(format!("no answer: {}", error_chain(&e))),
+        Err(e) => Err(format!("no answer: {}", crate::telemetry::error_chain(&e))),
     }
-}
-
-/// The error and its causes in one line (reqwest's own says only "error
-/// sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]
