@@ -25,7 +25,10 @@
 #            metrics berth exports (a /metrics scrape of a berth started here,
 #            and the metric names in the server's source), the dashboard's
 #            structure holds and its expressions parse
-#            (scripts/lib/check_monitoring.py).
+#            (scripts/lib/check_monitoring.py); the dashboard type-checks
+#            against Grafana's own Dashboard schema (@grafana/schema, which
+#            Grafana generates from the CUE kinds it validates with;
+#            tests/grafana/check.mjs).
 #
 # Options:  -v, --verbose, -k, --keep (as the e2e scripts)
 # Env:      BERTH_BIN (default ${CARGO_TARGET_DIR:-target}/debug/berth)
@@ -49,8 +52,8 @@ source "$REPO_ROOT/scripts/lib/e2e-common.sh"
 # shellcheck source=lib/deploy-venv.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/lib/deploy-venv.sh"
 parse_args "$@"
-require_tools "Debian packages: docker-compose, systemd, python3-venv, prometheus (scripts/install-deps.sh)" \
-  docker-compose systemd-analyze python3 curl promtool
+require_tools "Debian packages: docker-compose, systemd, python3-venv, prometheus, nodejs (scripts/install-deps.sh)" \
+  docker-compose systemd-analyze python3 curl promtool node
 make_temp_dir
 BERTH_PID=""
 COMPOSE=$REPO_ROOT/deploy/compose
@@ -144,6 +147,12 @@ step_dashboard() {
     "$REPO_ROOT/crates/server/src" "$T/work/metrics.txt"
 }
 
+step_dashboard_schema() {
+  [[ -d $REPO_ROOT/tests/grafana/node_modules/@grafana/schema ]] ||
+    fail "tests/grafana/node_modules missing (scripts/install-deps.sh, or npm ci in tests/grafana)"
+  run_tool 120 grafana_schema node "$REPO_ROOT/tests/grafana/check.mjs" "$MONITORING/grafana-dashboard.json"
+}
+
 # -------------------------------------------------------------------- run ----
 begin_client compose
 step 1.1 "compose.yaml (Berth alone) passes docker-compose config" step_compose_embedded
@@ -169,4 +178,6 @@ group
 step 4.2 "promtool test rules deploy/monitoring/alerts.test.yml: alerts fire and stay silent as tested" step_rules_test
 group
 step 4.3 "dashboard and alerts use only metrics berth exports; dashboard structure; expressions parse" step_dashboard
+group
+step 4.4 "grafana-dashboard.json matches Grafana's Dashboard schema (@grafana/schema)" step_dashboard_schema
 finish group

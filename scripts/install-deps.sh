@@ -16,7 +16,8 @@
 #         target/tools (scripts/lib/deploy-venv.sh), when missing
 #   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18)
 #   rust: the rustfmt and clippy components of the active toolchain
-#   npm:  tests/oidc's locked packages (npm ci), when node_modules lacks them
+#   npm:  tests/oidc's and tests/grafana's locked packages (npm ci), when
+#         node_modules lacks them
 #
 # podman is installed without its Recommends: pushing, pulling and inspecting
 # images (all the tests need) work with its hard dependencies (runc, conmon,
@@ -118,15 +119,18 @@ else
 fi
 
 # ---------------------------------------------------------------- npm packages
-# The test OpenID Connect provider's packages, exactly as package-lock.json has them.
-if [ ! -d "$ROOT/tests/oidc/node_modules/oidc-provider" ]; then
-  log "installing tests/oidc npm packages (npm ci)"
-  t0=$SECONDS
-  (cd "$ROOT/tests/oidc" && npm ci --no-audit --no-fund) || die "npm ci in tests/oidc failed"
-  log "npm ci done in $((SECONDS - t0)) s"
-else
-  log "tests/oidc npm packages: present"
-fi
+# The test OpenID Connect provider's packages and the Grafana dashboard schema
+# checker's, each exactly as its package-lock.json has them.
+for dir in tests/oidc tests/grafana; do
+  if [ ! -f "$ROOT/$dir/node_modules/.package-lock.json" ]; then
+    log "installing $dir npm packages (npm ci)"
+    t0=$SECONDS
+    (cd "$ROOT/$dir" && npm ci --no-audit --no-fund) || die "npm ci in $dir failed"
+    log "npm ci done in $((SECONDS - t0)) s"
+  else
+    log "$dir npm packages: present"
+  fi
+done
 
 # ---------------------------------------------------------------- pip packages
 # The Helm chart's renderer and the Kubernetes schemas (scripts/check-deploy.sh).
