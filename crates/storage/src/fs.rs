@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,6 +132,12 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// A blob opened for reading: its bytes read already, or the file to stream them from.
+enum Opened {
+    Read(Bytes),
+    File { file: File, start: u64, len: u64 },
+}
+
 /// Streams `len` bytes of `file` from `offset` through a reader thread.
 fn stream_file(mut file: File, offset: u64, len: u64) -> ByteStream {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_DEPTH);
@@ -212,17 +219,30 @@ impl BlobStore for FsBlobStore {
 
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ByteStream, StorageError> {
         let path = self.blob_path(digest);
-        let (file, size) = blocking(move || {
-            let f = File::open(path)?;
-            let size = f.metadata()?.len();
-            Ok((f, size))
+        let opened = blocking(move || {
+            let file = File::open(path)?;
+            let size = file.metadata()?.len();
+            let range = range.unwrap_or(0..size);
+            let end = range.end.min(size);
+            let start = range.start.min(end);
+            let len = end - start;
+            // Bytes that fit in one read are read here and now: a reader
+            // thread and its channel would cost more hand-offs between
+            // threads than the read itself.
+            if len <= READ_CHUNK as u64 {
+                let mut buf = BytesMut::zeroed(len as usize);
+                file.read_exact_at(&mut buf, start)?;
+                return Ok(Opened::Read(buf.freeze()));
+            }
+            Ok(Opened::File { file, start, len })
         })
         .await
         .map_err(|e| not_found_as(e, StorageError::BlobNotFound))?;
-        let range = range.unwrap_or(0..size);
-        let end = range.end.min(size);
-        let start = range.start.min(end);
-        Ok(stream_file(file, start, end - start))
+        Ok(match opened {
+            Opened::Read(bytes) if bytes.is_empty() => Box::pin(futures::stream::empty()),
+            Opened::Read(bytes) => Box::pin(futures::stream::iter([Ok(bytes)])),
+            Opened::File { file, start, len } => stream_file(file, start, len),
+        })
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StorageError> {
@@ -387,8 +407,15 @@ impl BlobStore for FsBlobStore {
                 fsync_dir(dir)?;
                 return Ok(());
             }
-            file.set_len(len)?;
-            file.sync_all()?;
+            // Every append ends with an fdatasync, so the first `len` bytes
+            // are durable already: only bytes past them (of an attempt never
+            // acknowledged) need cutting off durably. This runs under the
+            // metadata store's write lock, where each flush holds up every
+            // other writer.
+            if have > len {
+                file.set_len(len)?;
+                file.sync_data()?;
+            }
             drop(file);
             if !dir.exists() {
                 fs::create_dir_all(dir)?;
