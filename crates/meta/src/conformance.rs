@@ -13,8 +13,8 @@ use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, User
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
 use crate::webhooks::WebhookStore;
 use crate::{
-    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PullRecord, RepoUsage, StoreSet,
-    UploadClaim, UploadRecord,
+    BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PlacedBlob, PullRecord, RepoUsage,
+    StoreSet, UploadClaim, UploadRecord, DEFAULT_STORE,
 };
 
 fn manifest(body: &str, blobs: Vec<Digest>, children: Vec<Digest>, subject: Option<Digest>) -> NewManifest {
@@ -49,6 +49,59 @@ pub async fn run_all(meta: &dyn MetaStore) {
     pulls_add_up_and_keep_the_latest_time(meta).await;
     text_with_a_nul_finds_nothing_or_is_bad_input(meta).await;
     usage_counts_each_repositorys_linked_blobs(meta).await;
+    placed_blobs_are_recorded_together_or_not_at_all(meta).await;
+}
+
+async fn placed_blobs_are_recorded_together_or_not_at_all(meta: &dyn MetaStore) {
+    let (a, b, c) = (
+        Digest::sha256_of(b"placed-a"),
+        Digest::sha256_of(b"placed-b"),
+        Digest::sha256_of(b"placed-c"),
+    );
+    let placed = |repo: &str, digest: &Digest, size: u64, store: &str| PlacedBlob {
+        repo: repo.into(),
+        digest: digest.clone(),
+        size,
+        store: store.into(),
+    };
+    // A placement that fails records nothing of its batch.
+    let failed = meta
+        .place_blobs(
+            &[placed("placed/one", &c, 3, DEFAULT_STORE)],
+            1,
+            Box::pin(async { Err("disk full".into()) }),
+        )
+        .await;
+    assert!(matches!(failed, Err(MetaError::Placement(_))), "{failed:?}");
+    assert_eq!(meta.blob_size(&c).await.unwrap(), None);
+
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    meta.place_blobs(
+        &[
+            placed("placed/one", &a, 10, DEFAULT_STORE),
+            placed("placed/two", &b, 20, "team-a"),
+            placed("placed/two", &a, 10, DEFAULT_STORE),
+        ],
+        2,
+        Box::pin(async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(ran.load(std::sync::atomic::Ordering::SeqCst), "the placement ran");
+    assert_eq!(meta.linked_blob_size("placed/one", &a).await.unwrap(), Some(10));
+    assert_eq!(meta.linked_blob_size("placed/two", &a).await.unwrap(), Some(10));
+    assert_eq!(meta.linked_blob_size("placed/two", &b).await.unwrap(), Some(20));
+    assert_eq!(meta.linked_blob_size("placed/one", &b).await.unwrap(), None);
+    assert_eq!(
+        meta.blob_record(&b).await.unwrap(),
+        Some(BlobRecord {
+            size: 20,
+            stores: StoreSet::only("team-a"),
+        })
+    );
 }
 
 async fn usage_counts_each_repositorys_linked_blobs(meta: &dyn MetaStore) {

@@ -179,6 +179,16 @@ pub type Placement<'a> = Pin<Box<dyn Future<Output = std::result::Result<(), Box
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
+/// A blob placed by [`MetaStore::place_blobs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedBlob {
+    pub repo: String,
+    pub digest: Digest,
+    pub size: u64,
+    /// The blob store it was placed in.
+    pub store: String,
+}
+
 /// A manifest to record, with the facts the registry parsed from it.
 #[derive(Debug, Clone)]
 pub struct NewManifest {
@@ -450,6 +460,13 @@ pub trait MetaStore: Send + Sync + 'static {
         now_ms: i64,
         place: Placement<'_>,
     ) -> Result<()>;
+
+    /// Records blobs written without upload sessions (a pull-through cache's
+    /// batch of fetched blobs): runs `place` (which moves them all into
+    /// place), then records each blob with its store among the stores holding
+    /// it and links it to its repository, in one transaction under the
+    /// store's write lock, so that the batch pays for one commit.
+    async fn place_blobs(&self, blobs: &[PlacedBlob], now_ms: i64, place: Placement<'_>) -> Result<()>;
 
     /// Sessions not touched since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>>;

@@ -64,8 +64,8 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::sql::reads::{Reads, BLOB_SIZE, REPOSITORY_EXISTS};
 pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
-    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement,
-    PullRecord, Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord,
+    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, PlacedBlob,
+    Placement, PullRecord, Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord,
     DEFAULT_STORE,
 };
 
@@ -1090,6 +1090,32 @@ impl MetaStore for PgMeta {
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn place_blobs(&self, blobs: &[PlacedBlob], now_ms: i64, place: Placement<'_>) -> Result<()> {
+        // As complete_upload, for every blob of the batch: each key kind is
+        // taken in one sorted call, placements first, so batches on other
+        // replicas wait in the same order and make no cycle.
+        let digests: Vec<String> = blobs.iter().map(|b| b.digest.to_string()).collect();
+        let mut tx = self.pool.begin().await?;
+        lock(
+            &mut tx,
+            digests.iter().map(|d| LockKey::placement(d)).collect(),
+            LockMode::Exclusive,
+        )
+        .await?;
+        lock(
+            &mut tx,
+            digests.iter().map(|d| LockKey::blob(d)).collect(),
+            LockMode::Shared,
+        )
+        .await?;
+        place.await.map_err(MetaError::Placement)?;
+        for blob in blobs {
+            Self::record_blob(&mut tx, &blob.repo, &blob.digest, blob.size, Some(&blob.store), now_ms).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -17,8 +17,8 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::sql::reads::Reads;
 pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
-    BlobRecord, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, Placement, PullRecord,
-    Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
+    BlobRecord, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, PlacedBlob, Placement,
+    PullRecord, Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadRecord, DEFAULT_STORE,
 };
 
 /// Metadata in a SQLite database file.
@@ -721,6 +721,18 @@ impl MetaStore for SqliteMeta {
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn place_blobs(&self, blobs: &[PlacedBlob], now_ms: i64, place: Placement<'_>) -> Result<()> {
+        // The write lock, as for one upload: the garbage collector deletes
+        // no blob while these are put in place.
+        let mut tx = self.begin().await?;
+        place.await.map_err(MetaError::Placement)?;
+        for blob in blobs {
+            Self::record_blob(&mut tx, &blob.repo, &blob.digest, blob.size, Some(&blob.store), now_ms).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -19,8 +19,8 @@ use berth_meta::lifecycle::{
 };
 use berth_meta::webhooks::{EndpointRecord, NewEvent, QueuedEvent, WebhookStore};
 use berth_meta::{
-    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaStore, NewManifest, Placement, PullRecord,
-    Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord,
+    BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaStore, NewManifest, PlacedBlob, Placement,
+    PullRecord, Referrer, RepoUsage, Result, StoreSet, StoredManifest, TagFacts, UploadClaim, UploadRecord,
 };
 use berth_oci::{Digest, UploadId};
 use prometheus::HistogramVec;
@@ -239,6 +239,10 @@ impl MetaStore for TimedMeta {
             "complete_upload",
             self.inner.complete_upload(id, repo, digest, size, store, now_ms, place)
         )
+    }
+
+    async fn place_blobs(&self, blobs: &[PlacedBlob], now_ms: i64, place: Placement<'_>) -> Result<()> {
+        timed!(self, "place_blobs", self.inner.place_blobs(blobs, now_ms, place))
     }
 
     async fn stale_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<UploadRecord>> {

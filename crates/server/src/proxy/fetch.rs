@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use berth_oci::Digest;
 use bytes::Bytes;
@@ -45,19 +45,41 @@ pub struct FetchState {
     /// Whether the bytes spooled are the whole blob and match its digest:
     /// readers may have the last byte before the store has made it durable.
     pub verified: bool,
+    /// A small blob, held whole and checked: readers take it from here and
+    /// nothing is spooled.
+    pub whole: Option<Bytes>,
     pub end: Option<FetchEnd>,
+}
+
+/// The file a fetch spools to, made when the first byte is spooled: a
+/// small blob is held in memory instead (see [`FetchWriter::whole`]).
+struct Spool {
+    dir: PathBuf,
+    file: OnceLock<std::io::Result<Arc<std::fs::File>>>,
+}
+
+impl Spool {
+    fn file(&self) -> std::io::Result<Arc<std::fs::File>> {
+        match self.file.get_or_init(|| {
+            std::fs::create_dir_all(&self.dir)?;
+            Ok(Arc::new(tempfile::tempfile_in(&self.dir)?))
+        }) {
+            Ok(file) => Ok(file.clone()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
 }
 
 /// A fetch in flight (or just finished), as readers see it.
 pub struct Fetch {
     state: watch::Receiver<FetchState>,
-    spool: Arc<std::fs::File>,
+    spool: Arc<Spool>,
 }
 
 /// The writing side of a fetch, held by the task that runs it.
 pub struct FetchWriter {
     state: watch::Sender<FetchState>,
-    spool: Arc<std::fs::File>,
+    spool: Arc<Spool>,
 }
 
 impl FetchWriter {
@@ -70,9 +92,19 @@ impl FetchWriter {
         let at = self.state.borrow().written;
         // A write into the page cache: short enough to run on the async
         // thread, and it keeps the chunks in order without a hand-off.
-        self.spool.write_all_at(chunk, at)?;
+        self.spool.file()?.write_all_at(chunk, at)?;
         self.state.send_modify(|s| s.written += chunk.len() as u64);
         Ok(())
+    }
+
+    /// The whole blob, checked against its digest: readers take it from
+    /// memory (for a small blob, which is not spooled).
+    pub fn whole(&self, blob: Bytes) {
+        self.state.send_modify(|s| {
+            s.written = blob.len() as u64;
+            s.whole = Some(blob);
+            s.verified = true;
+        });
     }
 
     /// The spooled bytes are the whole blob, checked against its digest.
@@ -112,20 +144,22 @@ impl Fetches {
 
     /// The fetch of `key` in flight, or a new one whose writer is
     /// returned too (the caller starts the task that feeds it).
-    pub fn join_or_start(&self, key: &FetchKey) -> std::io::Result<(Arc<Fetch>, Option<FetchWriter>)> {
+    pub fn join_or_start(&self, key: &FetchKey) -> (Arc<Fetch>, Option<FetchWriter>) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fetch) = inflight.get(key) {
-            return Ok((fetch.clone(), None));
+            return (fetch.clone(), None);
         }
-        std::fs::create_dir_all(&self.spool_dir)?;
-        let spool = Arc::new(tempfile::tempfile_in(&self.spool_dir)?);
+        let spool = Arc::new(Spool {
+            dir: self.spool_dir.clone(),
+            file: OnceLock::new(),
+        });
         let (tx, rx) = watch::channel(FetchState::default());
         let fetch = Arc::new(Fetch {
             state: rx,
             spool: spool.clone(),
         });
         inflight.insert(key.clone(), fetch.clone());
-        Ok((fetch, Some(FetchWriter { state: tx, spool })))
+        (fetch, Some(FetchWriter { state: tx, spool }))
     }
 
     /// Forgets a finished fetch: later requests find the blob in the store.
@@ -218,9 +252,14 @@ impl Reader {
                 None => state.written.saturating_sub(1),
             };
             let until = readable.min(self.end);
+            if let (Some(whole), true) = (&state.whole, self.pos < until) {
+                let chunk = whole.slice(self.pos as usize..until as usize);
+                self.pos = until;
+                return Ok(Some(chunk));
+            }
             if self.pos < until {
                 let len = (until - self.pos).min(READ_CHUNK);
-                let spool = self.fetch.spool.clone();
+                let spool = self.fetch.spool.file()?;
                 let at = self.pos;
                 let chunk = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0; len as usize];
@@ -264,14 +303,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fetches = Fetches::new(dir.path().join("spool"));
         let key = key("up/", b"abcdef");
-        let (fetch, writer) = fetches.join_or_start(&key).unwrap();
+        let (fetch, writer) = fetches.join_or_start(&key);
         let writer = writer.unwrap();
-        let (again, none) = fetches.join_or_start(&key).unwrap();
+        let (again, none) = fetches.join_or_start(&key);
         assert!(
             none.is_none() && Arc::ptr_eq(&fetch, &again),
             "one fetch per digest and upstream"
         );
-        let (other, own) = fetches.join_or_start(&self::key("elsewhere/", b"abcdef")).unwrap();
+        let (other, own) = fetches.join_or_start(&self::key("elsewhere/", b"abcdef"));
         assert!(
             own.is_some() && !Arc::ptr_eq(&fetch, &other),
             "another upstream fetches its own"
@@ -297,10 +336,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_small_blob_held_whole_is_read_from_memory_and_never_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetches = Fetches::new(dir.path().join("spool"));
+        let (fetch, writer) = fetches.join_or_start(&key("up/", b"small"));
+        let writer = writer.unwrap();
+        writer.set_size(5);
+        let waiting = fetch.read(0, 5);
+        writer.whole(Bytes::from_static(b"small"));
+        assert_eq!(collect(waiting).await.unwrap(), b"small");
+        assert_eq!(collect(fetch.read(1, 4)).await.unwrap(), b"mal");
+        writer.finish(FetchEnd::Stored);
+        assert_eq!(collect(fetch.read(0, 5)).await.unwrap(), b"small");
+        assert!(!dir.path().join("spool").exists(), "nothing was spooled");
+    }
+
+    #[tokio::test]
     async fn a_failed_fetch_cuts_readers_short() {
         let dir = tempfile::tempdir().unwrap();
         let fetches = Fetches::new(dir.path().to_path_buf());
-        let (fetch, writer) = fetches.join_or_start(&key("up/", b"xyz")).unwrap();
+        let (fetch, writer) = fetches.join_or_start(&key("up/", b"xyz"));
         let writer = writer.unwrap();
         writer.set_size(3);
         writer.append(&Bytes::from_static(b"xyq")).unwrap();

@@ -9,6 +9,7 @@
 //! written to the store, one fetch per blob however many clients wait
 //! ([`fetch`]), one replica fetching when several share the stores.
 
+mod batch;
 pub mod config;
 pub mod evict;
 mod fetch;
@@ -21,7 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_meta::Referrer;
+use berth_meta::{Referrer, StoredManifest};
 use berth_oci::headers::ByteRange;
 use berth_oci::{Digest, Reference, RepoName};
 use futures::StreamExt as _;
@@ -231,6 +232,17 @@ impl Upstreams {
     }
 }
 
+/// How a blob's body was handed on.
+enum Pumped {
+    /// Every byte, and they match the digest.
+    Checked,
+    /// The sink wanted no more.
+    Stopped,
+}
+
+/// Whether the upstream still has the cached manifest at a tag.
+struct Unchanged(bool);
+
 /// The pull-through cache and the routes to it.
 pub struct Proxy {
     registry: Arc<Registry>,
@@ -242,6 +254,7 @@ pub struct Proxy {
     policy: Arc<NetworkPolicy>,
     timeouts: Timeouts,
     fetches: Arc<Fetches>,
+    batcher: Arc<batch::Batcher>,
     /// When each cached tag was last confirmed with its upstream (ms). A
     /// cache of this process: a restart only means asking once more.
     confirmed: Mutex<HashMap<(String, String), i64>>,
@@ -270,6 +283,7 @@ impl Proxy {
             routes,
         } = Upstreams::configured(config)?;
         Ok(Proxy {
+            batcher: Arc::new(batch::Batcher::new(registry.clone())),
             registry,
             routes,
             upstreams,
@@ -367,8 +381,15 @@ impl Proxy {
     /// confirmed with the upstream after the freshness time. When the
     /// upstream cannot be asked, a cached tag is served as it is; when it
     /// says the tag is gone, the cached one is kept (`serve_deleted`).
-    /// Afterwards the registry answers from the repository `remote.repo`.
-    pub async fn fill_manifest(&self, remote: &Remote, any_host: bool, reference: &Reference) -> Result<()> {
+    /// Afterwards the registry answers from the repository `remote.repo`;
+    /// the cached manifest is returned when it was found and is still the
+    /// one (`None` after a fetch, and when nothing is there).
+    pub async fn fill_manifest(
+        &self,
+        remote: &Remote,
+        any_host: bool,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
         self.fill_manifest_as(remote, any_host, reference, Provenance::Mirrored)
             .await
     }
@@ -381,19 +402,19 @@ impl Proxy {
         any_host: bool,
         reference: &Reference,
         provenance: Provenance,
-    ) -> Result<()> {
+    ) -> Result<Option<StoredManifest>> {
         let cached = self.registry.find_manifest(&remote.repo, reference).await?;
         let tag = match reference {
-            Reference::Digest(_) if cached.is_some() => return self.hit(),
+            Reference::Digest(_) if cached.is_some() => return Ok(self.hit(cached)),
             Reference::Digest(_) => None,
             Reference::Tag(t) => Some(t.as_str()),
         };
         if self.offline {
-            return self.hit();
+            return Ok(self.hit(cached));
         }
         if let (Some(tag), Some(_)) = (tag, &cached) {
             if self.fresh(&remote.repo, tag) {
-                return self.hit();
+                return Ok(self.hit(cached));
             }
         }
         self.counters.misses.inc();
@@ -404,23 +425,26 @@ impl Proxy {
                 // A HEAD says whether the tag moved, without the body.
                 if let Some(digest) = client.head_manifest(&remote.path, &reference_text).await? {
                     if digest == cached.digest {
-                        return Ok(());
+                        return Ok(Unchanged(true));
                     }
-                    return self
-                        .fetch_manifest(&client, remote, &digest.to_string(), tag, provenance)
-                        .await;
+                    self.fetch_manifest(&client, remote, &digest.to_string(), tag, provenance)
+                        .await?;
+                    return Ok(Unchanged(false));
                 }
             }
             self.fetch_manifest(&client, remote, &reference_text, tag, provenance)
-                .await
+                .await?;
+            Ok(Unchanged(false))
         }
         .await;
         match outcome {
-            Ok(()) => {
+            Ok(unchanged) => {
                 if let Some(tag) = tag {
                     self.confirm(&remote.repo, tag);
                 }
-                Ok(())
+                // The cached manifest, when it is still the one: the caller
+                // need not read it again.
+                Ok(if unchanged.0 { cached } else { None })
             }
             Err(ProxyError::Upstream(e)) => {
                 self.counters.upstream_errors.inc();
@@ -431,14 +455,14 @@ impl Proxy {
                         if let Some(tag) = tag {
                             self.confirm(&remote.repo, tag);
                         }
-                        Ok(())
+                        Ok(cached)
                     }
-                    (UpstreamError::NotFound { .. }, _) => Ok(()),
+                    (UpstreamError::NotFound { .. }, _) => Ok(None),
                     (_, Some(_)) if e.is_unavailable() => {
                         self.counters.served_stale.inc();
                         tracing::warn!(repo = %remote.repo, reference = %reference_text, error = %e,
                             "serving the cached tag without confirming it with its upstream");
-                        Ok(())
+                        Ok(cached)
                     }
                     _ => Err(ProxyError::Upstream(e)),
                 }
@@ -447,9 +471,14 @@ impl Proxy {
         }
     }
 
-    fn hit(&self) -> Result<()> {
+    /// Counts a read the cache answered without the proxy's help.
+    pub fn count_hit(&self) {
         self.counters.hits.inc();
-        Ok(())
+    }
+
+    fn hit(&self, cached: Option<StoredManifest>) -> Option<StoredManifest> {
+        self.counters.hits.inc();
+        cached
     }
 
     /// Fetches the manifest `reference` names, checks its digest, and stores
@@ -551,10 +580,7 @@ impl Proxy {
             scope: scope.to_string(),
             digest: digest.clone(),
         };
-        let (fetch, writer) = self
-            .fetches
-            .join_or_start(&key)
-            .map_err(|e| RegistryError::Storage(e.into()))?;
+        let (fetch, writer) = self.fetches.join_or_start(&key);
         if let Some(writer) = writer {
             let job = BlobFetch {
                 registry: self.registry.clone(),
@@ -564,6 +590,7 @@ impl Proxy {
                 key,
                 fetches: self.fetches.clone(),
                 counters: self.counters.clone(),
+                batcher: self.batcher.clone(),
             };
             // Its own task: a client that goes away does not stop it.
             tokio::spawn(job.run(writer));
@@ -667,8 +694,7 @@ impl Proxy {
             for tag in tag_schema(subject) {
                 let Ok(tag) = tag.parse() else { continue };
                 match self.fill_manifest(remote, any_host, &Reference::Tag(tag)).await {
-                    Ok(()) | Err(ProxyError::Registry(RegistryError::ManifestUnknown | RegistryError::NameUnknown)) => {
-                    }
+                    Ok(_) | Err(ProxyError::Registry(RegistryError::ManifestUnknown | RegistryError::NameUnknown)) => {}
                     Err(e) => tracing::warn!(repo = %remote.repo, error = %e, "a tag-schema referrer was not cached"),
                 }
             }
@@ -768,6 +794,7 @@ struct BlobFetch {
     key: FetchKey,
     fetches: Arc<Fetches>,
     counters: Arc<ProxyCounters>,
+    batcher: Arc<batch::Batcher>,
 }
 
 impl BlobFetch {
@@ -786,10 +813,7 @@ impl BlobFetch {
     }
 
     async fn fetch(&self, writer: &fetch::FetchWriter) -> std::result::Result<FetchEnd, UpstreamError> {
-        let store_error = |e: RegistryError| UpstreamError::Unavailable {
-            upstream: self.client.name().to_string(),
-            reason: format!("storing the blob failed: {e}"),
-        };
+        let store_error = |e: RegistryError| self.store_error(e);
         let digest = &self.key.digest;
         let present = || async {
             present_in(&self.registry, &self.repo, &self.key.scope, digest)
@@ -798,16 +822,18 @@ impl BlobFetch {
         };
         // Replicas sharing the stores fetch a blob once: the one leading
         // this job fetches, the others wait for the blob to be recorded.
+        // (The caller has just looked for it: no need to look first.)
         let job = format!("proxy-fetch {}{}", self.key.scope, digest);
         let lease = loop {
-            if present().await? {
-                return Ok(FetchEnd::StoredElsewhere);
-            }
             match self.registry.lead(&job).await.map_err(store_error)? {
                 Some(lease) => break lease,
                 None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
+            if present().await? {
+                return Ok(FetchEnd::StoredElsewhere);
+            }
         };
+        // Stored by the lease's last holder, or meanwhile by a push?
         if present().await? {
             return Ok(FetchEnd::StoredElsewhere);
         }
@@ -818,65 +844,39 @@ impl BlobFetch {
             reason: "a blob without a Content-Length".into(),
         })?;
         writer.set_size(size);
+        if size <= batch::SMALL_BLOB_MAX {
+            return self.fetch_small(writer, answer, size, lease).await;
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
         let body: berth_storage::ByteStream = Box::pin(tokio_stream_from(rx));
         // The pump below checks the digest, once for the clients and the store.
         let store = self.registry.push_checked_blob(&self.repo, digest, body, size);
-        let client_name = self.client.name().to_string();
-        let counters = self.counters.clone();
         let pump = async move {
-            let invalid = |reason: String| UpstreamError::Invalid {
-                upstream: client_name.clone(),
-                reason,
+            let spool_failed = |e: std::io::Error| UpstreamError::Unavailable {
+                upstream: self.client.name().to_string(),
+                reason: format!("spooling the blob failed: {e}"),
             };
-            let mut upstream = Box::pin(answer.into_stream());
-            let mut received: u64 = 0;
-            let mut hasher = berth_oci::DigestHasher::new(digest.algorithm());
-            while let Some(chunk) = upstream.next().await {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return Err(UpstreamError::Unavailable {
-                            upstream: client_name,
-                            reason: format!("the blob's body broke off: {e}"),
-                        });
+            let pumped = self
+                .pump(answer, size, |chunk| {
+                    let tx = tx.clone();
+                    let spooled = writer.append(&chunk).map_err(spool_failed);
+                    async move {
+                        spooled?;
+                        Ok(tx.send(Ok(chunk)).await.is_ok())
                     }
-                };
-                received += chunk.len() as u64;
-                counters.bytes_fetched.inc_by(chunk.len() as u64);
-                if received > size {
-                    let _ = tx.send(Err(std::io::Error::other("longer than announced"))).await;
-                    return Err(invalid(format!(
-                        "a blob longer than its Content-Length of {size} bytes"
-                    )));
-                }
-                hasher.update(&chunk);
-                if let Err(e) = writer.append(&chunk) {
+                })
+                .await;
+            match &pumped {
+                // Readers may have the last byte.
+                Ok(Pumped::Checked) => writer.verified(),
+                // The store stopped reading: its error says why.
+                Ok(Pumped::Stopped) => {}
+                // Ends the store's body with an error: it stores nothing.
+                Err(e) => {
                     let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return Err(UpstreamError::Unavailable {
-                        upstream: client_name,
-                        reason: format!("spooling the blob failed: {e}"),
-                    });
-                }
-                if tx.send(Ok(chunk)).await.is_err() {
-                    // The store stopped reading: its error says why.
-                    return Ok(());
                 }
             }
-            let reason = if received < size {
-                format!("a blob of {received} bytes, shorter than its Content-Length of {size}")
-            } else {
-                let actual = hasher.finish();
-                if &actual == digest {
-                    writer.verified();
-                    return Ok(());
-                }
-                format!("a blob that does not match {digest}: its bytes hash to {actual}")
-            };
-            // Ends the store's body with an error: it stores nothing.
-            let _ = tx.send(Err(std::io::Error::other(reason.clone()))).await;
-            Err(invalid(reason))
+            pumped
         };
         let (stored, pumped) = tokio::join!(store, pump);
         drop(lease);
@@ -889,7 +889,100 @@ impl BlobFetch {
                     reason: format!("a blob that does not match {}: {reason}", self.key.digest),
                 })
             }
-            Err(e) => Err(store_error(e)),
+            Err(e) => Err(self.store_error(e)),
+        }
+    }
+
+    /// A small blob: held whole, checked, then stored with other small
+    /// blobs (see [`batch`]), while readers get its bytes from the spool.
+    async fn fetch_small(
+        &self,
+        writer: &fetch::FetchWriter,
+        answer: upstream::Answer,
+        size: u64,
+        lease: berth_meta::JobLease,
+    ) -> std::result::Result<FetchEnd, UpstreamError> {
+        let mut whole = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        self.pump(answer, size, |chunk| {
+            whole.extend_from_slice(&chunk);
+            std::future::ready(Ok(true))
+        })
+        .await?;
+        let bytes = whole.freeze();
+        // Checked: every reader may have it now, before it is stored.
+        writer.whole(bytes.clone());
+        let blob = crate::registry::CheckedBlob {
+            repo: self.repo.clone(),
+            digest: self.key.digest.clone(),
+            bytes,
+        };
+        let stored = self.batcher.store(blob).await;
+        drop(lease);
+        match stored {
+            Ok(()) => Ok(FetchEnd::Stored),
+            Err(e) => Err(UpstreamError::Unavailable {
+                upstream: self.client.name().to_string(),
+                reason: format!("storing the blob failed: {e}"),
+            }),
+        }
+    }
+
+    /// Hands the upstream's body to `sink` chunk by chunk (it answers
+    /// whether it wants more), checking the body's length and digest.
+    async fn pump<F, Fut>(
+        &self,
+        answer: upstream::Answer,
+        size: u64,
+        mut sink: F,
+    ) -> std::result::Result<Pumped, UpstreamError>
+    where
+        F: FnMut(bytes::Bytes) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<bool, UpstreamError>>,
+    {
+        let digest = &self.key.digest;
+        let upstream_name = || self.client.name().to_string();
+        let invalid = |reason: String| UpstreamError::Invalid {
+            upstream: upstream_name(),
+            reason,
+        };
+        let mut upstream = Box::pin(answer.into_stream());
+        let mut received: u64 = 0;
+        let mut hasher = berth_oci::DigestHasher::new(digest.algorithm());
+        while let Some(chunk) = upstream.next().await {
+            let chunk = chunk.map_err(|e| UpstreamError::Unavailable {
+                upstream: upstream_name(),
+                reason: format!("the blob's body broke off: {e}"),
+            })?;
+            received += chunk.len() as u64;
+            self.counters.bytes_fetched.inc_by(chunk.len() as u64);
+            if received > size {
+                return Err(invalid(format!(
+                    "a blob longer than its Content-Length of {size} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            if !sink(chunk).await? {
+                return Ok(Pumped::Stopped);
+            }
+        }
+        if received < size {
+            return Err(invalid(format!(
+                "a blob of {received} bytes, shorter than its Content-Length of {size}"
+            )));
+        }
+        let actual = hasher.finish();
+        if &actual != digest {
+            return Err(invalid(format!(
+                "a blob that does not match {digest}: its bytes hash to {actual}"
+            )));
+        }
+        Ok(Pumped::Checked)
+    }
+
+    fn store_error(&self, e: RegistryError) -> UpstreamError {
+        UpstreamError::Unavailable {
+            upstream: self.client.name().to_string(),
+            reason: format!("storing the blob failed: {e}"),
         }
     }
 }

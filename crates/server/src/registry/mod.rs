@@ -26,7 +26,7 @@ pub use manifests::{ManifestPage, Provenance};
 pub use pulls::PullRecorder;
 pub use stores::{BlobStores, NamedStore};
 pub use touches::TouchRecorder;
-pub use uploads::{MountOrUpload, UploadProgress};
+pub use uploads::{CheckedBlob, MountOrUpload, UploadProgress};
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

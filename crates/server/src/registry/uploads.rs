@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use berth_meta::{UploadClaim, UploadRecord};
+use berth_meta::{PlacedBlob, UploadClaim, UploadRecord};
 use berth_oci::headers::ChunkRange;
 use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
 use berth_storage::{ByteStream, StorageError};
@@ -32,6 +32,14 @@ pub struct UploadProgress {
     pub id: UploadId,
     /// Bytes received so far.
     pub offset: u64,
+}
+
+/// A blob held whole in memory, its bytes checked against its digest.
+#[derive(Debug, Clone)]
+pub struct CheckedBlob {
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub bytes: bytes::Bytes,
 }
 
 /// The outcome of `POST /blobs/uploads/`.
@@ -242,6 +250,67 @@ impl Registry {
         let range = len.checked_sub(1).map(|end| ChunkRange { start: 0, end });
         self.finish_new_upload(repo, &progress.id, digest, range, body, DigestCheck::Caller)
             .await
+    }
+
+    /// Stores blobs that the caller holds whole and has checked against
+    /// their digests (a pull-through cache's small fetched blobs), together:
+    /// each is staged in its repository's store under a session of its own
+    /// that no row records (a crash leaves bytes that garbage collection
+    /// removes), then all are published and recorded in one transaction.
+    /// One by one, each blob would hold the metadata store's write lock for
+    /// its own commit; a batch shares one.
+    pub(crate) async fn store_checked_blobs(&self, blobs: &[CheckedBlob]) -> Result<()> {
+        let sessions: Vec<(&NamedStore, UploadId)> = blobs
+            .iter()
+            .map(|b| {
+                let store = self.stores.route(b.repo.as_str());
+                (store, UploadId::new(uuid::Uuid::new_v4().to_string()))
+            })
+            .collect();
+        let staging = blobs.iter().zip(&sessions).map(|(blob, (store, id))| async move {
+            store.store().start_upload(id).await?;
+            let body: ByteStream = Box::pin(futures::stream::iter([Ok(blob.bytes.clone())]));
+            store.store().stage_blob(id, &blob.digest, body).await
+        });
+        let mut staged = Vec::with_capacity(blobs.len());
+        let mut failed = None;
+        for result in futures::future::join_all(staging).await {
+            match result {
+                Ok(blob) => staged.push(blob),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            drop(staged);
+            for (store, id) in &sessions {
+                let _ = store.store().cancel_upload(id).await;
+            }
+            return Err(e.into());
+        }
+        let records: Vec<PlacedBlob> = blobs
+            .iter()
+            .zip(&sessions)
+            .map(|(blob, (store, _))| PlacedBlob {
+                repo: blob.repo.to_string(),
+                digest: blob.digest.clone(),
+                size: blob.bytes.len() as u64,
+                store: store.name().to_string(),
+            })
+            .collect();
+        let place = Box::pin(async move {
+            for published in futures::future::join_all(staged.into_iter().map(|s| s.publish())).await {
+                published.map_err(|e| Box::new(e) as berth_meta::BoxError)?;
+            }
+            Ok(())
+        });
+        let recorded = self.meta.place_blobs(&records, self.now_ms(), place).await;
+        if recorded.is_err() {
+            // Sessions not published yet still hold bytes; a published one is gone already.
+            for (store, id) in &sessions {
+                let _ = store.store().cancel_upload(id).await;
+            }
+        }
+        Ok(recorded?)
     }
 
     /// Completes a session this request opened itself (no client knows its
