@@ -4,6 +4,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
+use berth_meta::StoredManifest;
 use berth_oci::{ErrorCode, Reference, RepoName};
 
 use super::{content_length, empty, header_str, set_header, ApiError, ApiResult, CONTENT_DIGEST, OCI_SUBJECT};
@@ -16,24 +17,43 @@ pub async fn get_manifest(
     head: bool,
     req: Request,
 ) -> ApiResult {
-    let accept: Vec<String> = req
-        .headers()
+    let manifest = registry.get_manifest(&repo, &reference, &accepted(&req), !head).await?;
+    Ok(manifest_answer(manifest, head))
+}
+
+/// [`get_manifest`] with the manifest read already (see [`Registry::serve_manifest`]).
+pub fn serve_manifest(
+    registry: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    manifest: StoredManifest,
+    head: bool,
+    req: &Request,
+) -> ApiResult {
+    let manifest = registry.serve_manifest(repo, reference, manifest, &accepted(req), !head)?;
+    Ok(manifest_answer(manifest, head))
+}
+
+fn accepted(req: &Request) -> Vec<String> {
+    req.headers()
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
-        .collect();
-    let manifest = registry.get_manifest(&repo, &reference, &accept, !head).await?;
+        .collect()
+}
+
+fn manifest_answer(manifest: StoredManifest, head: bool) -> Response {
     let mut headers = HeaderMap::new();
     set_header(&mut headers, header::CONTENT_TYPE, &manifest.media_type);
     set_header(&mut headers, header::CONTENT_LENGTH, &manifest.body.len().to_string());
     set_header(&mut headers, CONTENT_DIGEST, &manifest.digest.to_string());
     set_header(&mut headers, header::ETAG, &format!("\"{}\"", manifest.digest));
     if head {
-        return Ok(empty(StatusCode::OK, headers));
+        return empty(StatusCode::OK, headers);
     }
     let mut response = Response::new(Body::from(manifest.body));
     *response.headers_mut() = headers;
-    Ok(response)
+    response
 }
 
 pub async fn put_manifest(

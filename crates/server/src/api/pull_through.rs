@@ -2,6 +2,7 @@
 //! cache, then the same handlers as for local repositories answer.
 
 use axum::extract::Request;
+use berth_meta::StoredManifest;
 use berth_oci::{Endpoint, Reference, RepoName};
 
 use super::{blobs, listing, manifests, ApiError, ApiResult};
@@ -47,8 +48,8 @@ pub async fn serve(app: &App, endpoint: Endpoint, route: Route, req: Request) ->
             let mut failure = None;
             for member in &members {
                 match find_manifest(app, member, &reference).await {
-                    Ok(Some(repo)) => {
-                        return manifests::get_manifest(registry, repo.clone(), reference, head, req).await
+                    Ok(Some((repo, manifest))) => {
+                        return manifests::serve_manifest(registry, repo, &reference, manifest, head, &req)
                     }
                     Ok(None) => {}
                     // A virtual repository tries its next member when one fails.
@@ -71,6 +72,22 @@ pub async fn serve(app: &App, endpoint: Endpoint, route: Route, req: Request) ->
                         Err(e) => Err(e.into()),
                     },
                     Member::Remote { remote, any_host } => {
+                        // A cached blob is served after one read of the
+                        // metadata store, as a pushed one is; a miss goes to
+                        // the proxy, which may find it under another name.
+                        if !head && !registry.redirects_blobs() {
+                            match registry
+                                .open_blob(&remote.repo, &digest, blobs::wanted_range(&req))
+                                .await
+                            {
+                                Ok(blob) => {
+                                    app.proxy.count_hit();
+                                    return Ok(blobs::blob_body(&digest, blob.size, blob.range, blob.body));
+                                }
+                                Err(RegistryError::BlobUnknown) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         app.proxy
                             .blob(remote, *any_host, &digest, head, blobs::wanted_range(&req))
                             .await
@@ -141,19 +158,24 @@ pub async fn serve(app: &App, endpoint: Endpoint, route: Route, req: Request) ->
 
 /// Where `member` holds the manifest `reference` names, after filling the
 /// cache from its upstream.
+/// The manifest at `reference` in `member` (a remote one filled first), and
+/// the repository holding it.
 async fn find_manifest<'a>(
     app: &App,
     member: &Member<'a>,
     reference: &Reference,
-) -> Result<Option<&'a RepoName>, ProxyError> {
+) -> Result<Option<(&'a RepoName, StoredManifest)>, ProxyError> {
     let repo = match member {
         Member::Local(repo) => *repo,
         Member::Remote { remote, any_host } => {
-            app.proxy.fill_manifest(remote, *any_host, reference).await?;
+            // A cache hit comes with the manifest: no second read.
+            if let Some(cached) = app.proxy.fill_manifest(remote, *any_host, reference).await? {
+                return Ok(Some((&remote.repo, cached)));
+            }
             &remote.repo
         }
     };
-    Ok(app.registry.find_manifest(repo, reference).await?.map(|_| repo))
+    Ok(app.registry.find_manifest(repo, reference).await?.map(|m| (repo, m)))
 }
 
 async fn absent_manifest(app: &App, members: &[Member<'_>]) -> RegistryError {

@@ -104,6 +104,12 @@ impl Registry {
         }
     }
 
+    /// Whether a blob store may send clients elsewhere for a blob's bytes
+    /// (then [`Registry::blob_download_url`] comes before [`Registry::open_blob`]).
+    pub fn redirects_blobs(&self) -> bool {
+        self.stores.any_redirects()
+    }
+
     /// Opens a blob linked to `repo`, or the requested byte range of it.
     pub async fn open_blob(&self, repo: &RepoName, digest: &Digest, wanted: Option<ByteRange>) -> Result<BlobContent> {
         let record = self.linked_blob(repo, digest).await?;

@@ -238,6 +238,20 @@ impl Registry {
         let Some(manifest) = found else {
             return Err(self.unknown_manifest_or_name(repo).await);
         };
+        self.serve_manifest(repo, reference, manifest, accept, pull)
+    }
+
+    /// [`Registry::get_manifest`] for a manifest the caller has just read
+    /// from `repo` at `reference` (the pull-through cache, which looks before
+    /// it fills): checked against `accept` and counted as a pull.
+    pub fn serve_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        manifest: StoredManifest,
+        accept: &[String],
+        pull: bool,
+    ) -> Result<StoredManifest> {
         if !headers::accepts(accept, &manifest.media_type) {
             return Err(RegistryError::ManifestNotAcceptable {
                 stored: manifest.media_type,
