@@ -3,6 +3,7 @@
 reference registry (Debian docker-registry) as the upstream, in one run.
 
     scripts/bench-proxy.py [--quick] [--berth target/release/berth] [--out bench-results/proxy.json]
+                           [--tests cold,flight,small,airgap] [--upstream reference|berth] [--perf FILE]
 
 Measures:
   cold    a 1 GiB blob pulled through Berth (empty cache) vs straight from the
@@ -11,9 +12,12 @@ Measures:
   flight  100 clients at once asking Berth for one uncached 256 MiB blob: upstream
           GETs of it (its access log), aggregate MB/s, Berth's peak RSS
   small   1,500 images of 5 small blobs pulled through Berth by 10 threads
-          (manifest GET + 5 blob GETs each), cold then warm: images/s
+          (manifest GET + 5 blob GETs each), cold then warm: images/s; warm again
+          with wrk (10 connections, 10 s; a compiled client), and the upstream
+          serving the same images to wrk
   airgap  berth export --all / berth import of ~5 GiB vs tar c / tar x + sync of the
           same bytes
+BENCH_METRICS_DIR=DIR saves Berth's /metrics after each small phase there.
 Everything binds to 127.0.0.1 and lives in one temp dir, removed at the end.
 Not part of CI. --quick shrinks every size for a smoke run.
 """
@@ -74,6 +78,11 @@ class Upstream:
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")}
         self.proc = subprocess.Popen(["docker-registry", "serve", cfg], stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env)
         wait_http(f"http://{self.addr}/v2/")
+
+    def cpu_secs(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def hits(self, path):
         with open(self.log, errors="replace") as f:
@@ -290,12 +299,15 @@ def bench_small_images(args, tmp, upstream, results):
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "n": i}).encode()
         return config, blobs[1:], blobs
 
+    digests = {}
+
     def push_range(rng):
         conn = http.client.HTTPConnection(upstream.addr)
         for i in rng:
             config, layers, _ = make(i)
-            for data in [config, *layers]:
-                push_blob(conn, f"small/img{i}", data, "sha256:" + hashlib.sha256(data).hexdigest())
+            digests[i] = ["sha256:" + hashlib.sha256(data).hexdigest() for data in [config, *layers]]
+            for data, digest in zip([config, *layers], digests[i]):
+                push_blob(conn, f"small/img{i}", data, digest)
             put_manifest(conn, f"small/img{i}", "v1", manifest_of(config, layers))
         conn.close()
 
@@ -322,18 +334,65 @@ def bench_small_images(args, tmp, upstream, results):
 
     rates = {}
     for phase in ["cold", "warm"]:
-        cpu0 = berth.cpu_secs()
+        perf = None
+        if args.perf and args.perf_phase == phase:
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", args.perf, "-p", str(berth.proc.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu0, upstream_cpu0 = berth.cpu_secs(), upstream.cpu_secs()
         client0 = os.times()
         t0 = time.time()
         with cf.ThreadPoolExecutor(pullers) as ex:
             list(ex.map(pull_range, [range(k, images, pullers) for k in range(pullers)]))
         wall = time.time() - t0
         client1 = os.times()
+        if perf:
+            perf.send_signal(2)
+            perf.wait(timeout=60)
+        if os.environ.get("BENCH_METRICS_DIR"):
+            # Berth's own counts after the phase (database and store operations per image).
+            subprocess.run(["curl", "-s", "-o", os.path.join(os.environ["BENCH_METRICS_DIR"], f"small-{phase}.metrics"),
+                            f"http://{berth.addr}/metrics"], check=False)
         rates[phase] = {
             "images_per_s": images / wall,
             "wall_s": wall,
             "berth_cpu_s": berth.cpu_secs() - cpu0,
+            "upstream_cpu_s": upstream.cpu_secs() - upstream_cpu0,
             "client_cpu_s": (client1.user - client0.user) + (client1.system - client0.system),
+        }
+    # Warm again with a compiled client: the Python one above is as busy as
+    # Berth. wrk walks the same requests (manifest, then its five blobs, image
+    # after image) on 10 connections; the reference registry serving the same
+    # images from its own storage is measured the same way.
+    for target, prefix in [("warm_wrk", "/v2/up/small"), ("upstream_wrk", "/v2/small")]:
+        list_path = os.path.join(tmp, f"pull-list-{target}.txt")
+        with open(list_path, "w") as f:
+            for i in range(images):
+                f.write(f"M {prefix}/img{i}/manifests/v1\n")
+                for d in digests[i]:
+                    f.write(f"B {prefix}/img{i}/blobs/{d}\n")
+        addr = berth.addr if target == "warm_wrk" else upstream.addr
+        perf = None
+        if args.perf and args.perf_phase == target:
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", args.perf, "-p", str(berth.proc.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu0 = berth.cpu_secs()
+        out = subprocess.run(
+            ["wrk", "-t2", "-c10", "-d10s", "-s", os.path.join(ROOT, "scripts/lib/bench-pull-list.lua"), f"http://{addr}"],
+            env={**os.environ, "BENCH_PULL_LIST": list_path}, capture_output=True, text=True, check=True).stdout
+        if perf:
+            perf.send_signal(2)
+            perf.wait(timeout=60)
+        fields = dict(kv.split("=") for kv in re.search(r"RESULT (.*)", out).group(1).split())
+        secs = int(fields["duration_us"]) / 1e6
+        requests = int(fields["requests"])
+        rates[target] = {
+            "images_per_s": requests / 6 / secs,
+            "requests_per_s": requests / secs,
+            "errors": int(fields["errors"]) + int(fields["non2xx"]),
+            "p50_ms": int(fields["p50_us"]) / 1000,
+            "p99_ms": int(fields["p99_us"]) / 1000,
+            "berth_cpu_s": berth.cpu_secs() - cpu0,
+            "wall_s": secs,
         }
     results["small_images"] = {"images": images, "blobs_per_image": 5, "pullers": pullers, "upstream_push_s": push_s, **rates}
     print("small images:", json.dumps(results["small_images"]), flush=True)
@@ -408,6 +467,10 @@ def main():
     p.add_argument("--berth", default=os.path.join(ROOT, "target/release/berth"))
     p.add_argument("--out", default=os.path.join(ROOT, "bench-results/proxy.json"))
     p.add_argument("--tests", default="cold,flight,small,airgap")
+    p.add_argument("--upstream", choices=["reference", "berth"], default="reference",
+                   help="the upstream: the reference registry, or another Berth (small test only)")
+    p.add_argument("--perf", metavar="FILE", help="perf record -g Berth during a phase of the small test into FILE")
+    p.add_argument("--perf-phase", choices=["cold", "warm", "warm_wrk"], default="warm_wrk")
     args = p.parse_args()
     tests = args.tests.split(",")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
@@ -417,9 +480,13 @@ def main():
         "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "nproc": os.cpu_count(),
         "loadavg_before": open("/proc/loadavg").read().split()[:3],
+        "tests": args.tests,
         "quick": args.quick,
     }
-    upstream = Upstream(tmp)
+    # Only the small test can run against another Berth: the others read the
+    # reference registry's access log.
+    upstream = Berth(args.berth, tmp, "upstream-berth", "") if args.upstream == "berth" else Upstream(tmp)
+    results["upstream"] = args.upstream
     try:
         if "cold" in tests:
             bench_cold_warm(args, tmp, upstream, results)
