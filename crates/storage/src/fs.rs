@@ -674,7 +674,10 @@ mod tests {
         let reading = store.get(&digest, None).await.unwrap();
         store.delete(&digest).await.unwrap();
         assert_eq!(read_all(reading).await, data);
-        assert!(matches!(store.get(&digest, None).await, Err(StorageError::BlobNotFound)));
+        assert!(matches!(
+            store.get(&digest, None).await,
+            Err(StorageError::BlobNotFound)
+        ));
     }
 
     #[tokio::test]
