@@ -85,16 +85,98 @@ async fn run(registry: Arc<Registry>, mut jobs: mpsc::Receiver<Job>) {
         }
         let registry = registry.clone();
         tokio::spawn(async move {
-            let blobs: Vec<CheckedBlob> = batch.iter().map(|job| job.blob.clone()).collect();
-            let stored = registry.store_checked_blobs(&blobs).await.map_err(Arc::new);
-            if let Err(e) = &stored {
-                tracing::warn!(blobs = blobs.len(), error = %e, "storing a batch of fetched blobs failed");
-            }
-            for job in batch {
-                // A fetch that went away does not need the answer.
-                let _ = job.done.send(stored.clone());
-            }
+            store_batch(&registry, batch).await;
             drop(permit);
         });
+    }
+}
+
+/// Stores a batch, and each of its blobs alone when the batch fails: one
+/// blob whose store is unreachable must not fail the others with it.
+async fn store_batch(registry: &Registry, batch: Vec<Job>) {
+    let blobs: Vec<CheckedBlob> = batch.iter().map(|job| job.blob.clone()).collect();
+    let stored = registry.store_checked_blobs(&blobs).await.map_err(Arc::new);
+    if let Err(e) = &stored {
+        tracing::warn!(blobs = blobs.len(), error = %e, "storing a batch of fetched blobs failed");
+    }
+    if stored.is_ok() || batch.len() == 1 {
+        for job in batch {
+            // A fetch that went away does not need the answer.
+            let _ = job.done.send(stored.clone());
+        }
+        return;
+    }
+    for job in batch {
+        let alone = registry
+            .store_checked_blobs(std::slice::from_ref(&job.blob))
+            .await
+            .map_err(Arc::new);
+        let _ = job.done.send(alone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_oci::{Digest, RepoName};
+    use berth_storage::fs::FsBlobStore;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::registry::{BlobStores, Limits, NamedStore};
+
+    #[tokio::test]
+    async fn a_failed_batch_stores_each_blob_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = berth_meta::SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        let store = FsBlobStore::open(dir.path().join("blobs")).unwrap();
+        let stores = BlobStores::new(NamedStore::new("default", Arc::new(store), false), vec![], &[]).unwrap();
+        let limits = Limits {
+            manifest_max_bytes: 4 << 20,
+            namespaces: Default::default(),
+            gc_grace_ms: 60_000,
+        };
+        let registry = Registry::new(
+            Arc::new(meta),
+            Arc::new(stores),
+            Arc::new(crate::clock::SystemClock),
+            limits,
+        );
+        let repo = "up/team/app".parse::<RepoName>().unwrap();
+        let blobs: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        // The first blob's shard directory is unusable: it cannot be placed.
+        let broken = Digest::sha256_of(&blobs[0]);
+        let shard = dir.path().join("blobs/blobs/sha256").join(&broken.hex()[..2]);
+        std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+        std::fs::write(&shard, b"not a directory").unwrap();
+        let mut answers = Vec::new();
+        let jobs = blobs
+            .iter()
+            .map(|bytes| {
+                let (done, answer) = oneshot::channel();
+                answers.push(answer);
+                Job {
+                    blob: CheckedBlob {
+                        repo: repo.clone(),
+                        digest: Digest::sha256_of(bytes),
+                        bytes: bytes.clone(),
+                    },
+                    done,
+                }
+            })
+            .collect();
+        store_batch(&registry, jobs).await;
+        let answers: Vec<Stored> = futures::future::join_all(answers)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(answers[0].is_err(), "the broken blob fails");
+        assert!(answers[1].is_ok() && answers[2].is_ok(), "{answers:?}");
+        for (bytes, stored) in blobs.iter().zip([false, true, true]) {
+            assert_eq!(
+                registry.has_blob(&repo, &Digest::sha256_of(bytes)).await.unwrap(),
+                stored
+            );
+        }
     }
 }

@@ -244,6 +244,44 @@ async fn a_blob_the_upstream_corrupts_is_cut_short_and_never_stored() {
     assert!(log.contains("does not match"), "{log}");
 }
 
+/// Small blobs fetched together are stored together; one that cannot be
+/// stored (its shard directory is unusable here) does not keep the others
+/// out of the cache, and every client gets its bytes either way.
+#[tokio::test]
+async fn a_small_blob_that_cannot_be_stored_leaves_the_others_of_its_batch_stored() {
+    if scaleout() {
+        // The bucket cannot be broken for one blob from here.
+        return;
+    }
+    let upstream = TestApp::start();
+    let layers: Vec<Vec<u8>> = (0..8).map(|_| random_bytes(4096)).collect();
+    let image = Image::of_layers(layers.clone());
+    image.push(&upstream.client, &upstream.base, "team/many", "v1").await;
+    let cache = TestApp::start_with_config(&caching(&upstream, ""), &[]);
+    let broken = sha256(&layers[0]);
+    let shard = cache.data_dir().join(blob_key(&broken)).parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&shard);
+    std::fs::write(&shard, b"not a directory").unwrap();
+    let pulls = layers.iter().map(|layer| {
+        let client = cache.client.clone();
+        let url = cache.url(&format!("/v2/up/team/many/blobs/{}", sha256(layer)));
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    let got = futures::future::join_all(pulls).await;
+    for (layer, bytes) in layers.iter().zip(&got) {
+        assert_eq!(&bytes[..], &layer[..], "every client gets its blob");
+    }
+    for layer in &layers[1..] {
+        assert_eq!(
+            eventually_stored(&cache, &sha256(layer)).await.as_deref(),
+            Some(&layer[..]),
+            "a blob of the batch is stored"
+        );
+    }
+    assert!(shard.is_file(), "nothing was placed where the broken blob would go");
+}
+
 #[tokio::test]
 async fn many_clients_asking_for_one_uncached_blob_cause_one_fetch() {
     let upstream = TestApp::start();
