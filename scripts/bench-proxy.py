@@ -228,11 +228,18 @@ def bench_cold_warm(args, tmp, upstream, results):
     direct_url = f"http://{upstream.addr}/v2/bench/big/blobs/{digest}"
     curl_get(direct_url)  # the upstream's file in the page cache for every run alike
     runs = []
+    def children_cpu():
+        t = os.times()
+        return t.children_user + t.children_system
+
     for i in range(3):
+        up0, curl0 = upstream.cpu_secs(), children_cpu()
         direct = curl_get(direct_url)
+        up_direct, curl_direct = upstream.cpu_secs() - up0, children_cpu() - curl0
         berth = Berth(args.berth, tmp, f"cold-{i}", caching(upstream))
-        cpu0 = berth.cpu_secs()
+        cpu0, up0, curl0 = berth.cpu_secs(), upstream.cpu_secs(), children_cpu()
         cold = curl_get(f"http://{berth.addr}/v2/up/bench/big/blobs/{digest}")
+        up_cold, curl_cold = upstream.cpu_secs() - up0, children_cpu() - curl0
         # The client has every byte once they match the digest; the store
         # may still be making them durable. The warm pull starts after that.
         stored_at = os.path.join(berth.data, "blobs", "sha256", digest[7:9], digest[7:])
@@ -241,7 +248,9 @@ def bench_cold_warm(args, tmp, upstream, results):
             time.sleep(0.05)
         cpu_cold = berth.cpu_secs() - cpu0
         warm = curl_get(f"http://{berth.addr}/v2/up/bench/big/blobs/{digest}")
-        runs.append({"direct": direct, "cold": cold, "warm": warm, "berth_cpu_s_cold": cpu_cold})
+        runs.append({"direct": direct, "cold": cold, "warm": warm, "berth_cpu_s_cold": cpu_cold,
+                     "upstream_cpu_s_direct": up_direct, "curl_cpu_s_direct": curl_direct,
+                     "upstream_cpu_s_cold": up_cold, "curl_cpu_s_cold": curl_cold})
         berth.stop()
         shutil.rmtree(berth.data)
     med = lambda key, idx: statistics.median(r[key][idx] for r in runs)
@@ -257,6 +266,9 @@ def bench_cold_warm(args, tmp, upstream, results):
         "cold_ttfb_ms": 1000 * med("cold", 0),
         "first_byte_after_upstream_ms": 1000 * (med("cold", 0) - med("direct", 0)),
         "berth_cpu_s_per_GB_cold": statistics.median(r["berth_cpu_s_cold"] for r in runs) / (size / 1e9),
+        # What the direct pull costs the upstream and curl, and what the cold one costs them.
+        "direct_cpu_s_per_GB": statistics.median(r["upstream_cpu_s_direct"] + r["curl_cpu_s_direct"] for r in runs) / (size / 1e9),
+        "cold_others_cpu_s_per_GB": statistics.median(r["upstream_cpu_s_cold"] + r["curl_cpu_s_cold"] for r in runs) / (size / 1e9),
     }
     print("cold/warm:", json.dumps({k: v for k, v in results["cold_warm"].items() if k != "runs"}), flush=True)
 
