@@ -138,57 +138,60 @@ enum Opened {
     File { file: File, start: u64, len: u64 },
 }
 
-/// How much of a mapped blob a reader thread faults in at once, ahead of the
-/// socket.
+/// How much of a blob one memory map covers: a reader thread maps, faults in
+/// and hands on one such chunk at a time, ahead of the socket.
 const MAP_CHUNK: usize = 1 << 20;
 
-/// Streams `len` bytes of the blob `file` from `offset` out of a memory map
-/// of it: the socket write copies straight from the page cache, with no
-/// read into a buffer first (what a read loop pays on top of sendfile). A
-/// reader thread touches each chunk's pages before the chunk is handed on,
-/// so a blob not in the page cache is read from disk there, never on the
-/// async threads. Falls back to reading when the file cannot be mapped.
+/// Maps `len` bytes of `file` at `offset`, which the caller has clipped to
+/// the file's size (a page past the end would fault).
+fn map_chunk(file: &File, offset: u64, len: usize) -> io::Result<memmap2::Mmap> {
+    // SAFETY: a blob file is immutable once it is in place: it is written
+    // and fsynced as an upload session's file, renamed into place, and
+    // afterwards only ever unlinked (garbage collection), never truncated
+    // or written again, so a mapping never loses the pages under it. An
+    // unlinked file stays mapped until its maps are dropped.
+    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(file)? };
+    // Fault the pages in here, on the reader thread, not in the socket write.
+    let _ = map.advise(memmap2::Advice::WillNeed);
+    let mut touched = 0u8;
+    for i in (0..map.len()).step_by(4096) {
+        touched ^= map[i];
+    }
+    std::hint::black_box(touched);
+    Ok(map)
+}
+
+/// Streams `len` bytes of the blob `file` from `offset` out of memory maps
+/// of it, one per [`MAP_CHUNK`]: the socket write copies straight from the
+/// page cache, with no read into a buffer first (what a read loop pays on
+/// top of sendfile). A chunk's map goes when the socket is done with it, so
+/// the process maps only the chunks in flight. Falls back to reading when
+/// the file cannot be mapped.
 async fn map_file(file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
-    let mapped = blocking(move || {
-        // SAFETY: a blob file is immutable once it is in place: it is written
-        // and fsynced as an upload session's file, renamed into place, and
-        // afterwards only ever unlinked (garbage collection), never truncated
-        // or written again, so the mapping never loses the pages under it.
-        // An unlinked file stays mapped until the map is dropped.
-        match unsafe { memmap2::Mmap::map(&file) } {
-            Ok(map) => {
-                let _ = map.advise(memmap2::Advice::Sequential);
-                Ok(Ok(map))
-            }
-            Err(_) => Ok(Err(file)),
-        }
+    let first_len = len.min(MAP_CHUNK as u64) as usize;
+    let (file, first) = blocking(move || {
+        let first = map_chunk(&file, offset, first_len);
+        Ok((file, first))
     })
     .await?;
-    let map = match mapped {
+    let first = match first {
         Ok(map) => map,
-        Err(file) => return Ok(stream_file(file, offset, len)),
+        Err(_) => return Ok(stream_file(file, offset, len)),
     };
-    let end = offset
-        .checked_add(len)
-        .filter(|&end| end <= map.len() as u64)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the blob file is shorter than its range"))?;
-    let bytes = Bytes::from_owner(map);
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_DEPTH);
     tokio::task::spawn_blocking(move || {
-        let page = 4096;
-        let mut at = offset as usize;
-        let end = end as usize;
+        let end = offset + len;
+        let mut at = offset + first.len() as u64;
+        if tx.blocking_send(Ok(Bytes::from_owner(first))).is_err() {
+            return; // the client went away
+        }
         while at < end {
-            let chunk = bytes.slice(at..end.min(at + MAP_CHUNK));
-            // Fault the chunk's pages in here, not in the socket write.
-            let mut touched = 0u8;
-            for i in (0..chunk.len()).step_by(page) {
-                touched ^= chunk[i];
-            }
-            std::hint::black_box(touched);
-            at += chunk.len();
-            if tx.blocking_send(Ok(chunk)).is_err() {
-                return; // the client went away
+            let n = (end - at).min(MAP_CHUNK as u64) as usize;
+            let chunk = map_chunk(&file, at, n).map(Bytes::from_owner);
+            let failed = chunk.is_err();
+            at += n as u64;
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
             }
         }
     });
