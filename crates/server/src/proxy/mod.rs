@@ -477,7 +477,7 @@ impl Proxy {
     }
 
     fn hit(&self, cached: Option<StoredManifest>) -> Option<StoredManifest> {
-        self.counters.hits.inc();
+        self.count_hit();
         cached
     }
 
@@ -920,10 +920,7 @@ impl BlobFetch {
         drop(lease);
         match stored {
             Ok(()) => Ok(FetchEnd::Stored),
-            Err(e) => Err(UpstreamError::Unavailable {
-                upstream: self.client.name().to_string(),
-                reason: format!("storing the blob failed: {e}"),
-            }),
+            Err(e) => Err(self.store_error(e)),
         }
     }
 
@@ -979,7 +976,7 @@ impl BlobFetch {
         Ok(Pumped::Checked)
     }
 
-    fn store_error(&self, e: RegistryError) -> UpstreamError {
+    fn store_error(&self, e: impl std::fmt::Display) -> UpstreamError {
         UpstreamError::Unavailable {
             upstream: self.client.name().to_string(),
             reason: format!("storing the blob failed: {e}"),

@@ -280,11 +280,15 @@ impl Registry {
                 Err(e) => failed = Some(e),
             }
         }
-        if let Some(e) = failed {
-            drop(staged);
+        // Dropping what was staged abandons it; the sessions' bytes go too.
+        let cancel_all = || async {
             for (store, id) in &sessions {
                 let _ = store.store().cancel_upload(id).await;
             }
+        };
+        if let Some(e) = failed {
+            drop(staged);
+            cancel_all().await;
             return Err(e.into());
         }
         let records: Vec<PlacedBlob> = blobs
@@ -306,9 +310,7 @@ impl Registry {
         let recorded = self.meta.place_blobs(&records, self.now_ms(), place).await;
         if recorded.is_err() {
             // Sessions not published yet still hold bytes; a published one is gone already.
-            for (store, id) in &sessions {
-                let _ = store.store().cancel_upload(id).await;
-            }
+            cancel_all().await;
         }
         Ok(recorded?)
     }
