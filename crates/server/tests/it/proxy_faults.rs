@@ -194,15 +194,22 @@ async fn blobs_shorter_or_longer_than_announced_are_cut_and_not_stored() {
     let digest = sha256(&layer);
     for (announced, sent) in [(layer.len(), layer[..100].to_vec()), (10, layer.clone())] {
         let cache = cache_of(&lying_server(announced, sent).await, "");
-        let resp = cache.get(&format!("/v2/faulty/team/app/blobs/{digest}")).await;
-        let status = resp.status();
-        match resp.bytes().await {
-            // Cut short: the client never gets a complete body.
+        let url = cache.url(&format!("/v2/faulty/team/app/blobs/{digest}"));
+        match cache.client.get(url).send().await {
+            // Cut before the headers: a small blob arrives whole, and may be
+            // found wrong before the answer starts.
             Err(_) => {}
-            // Or refused before the first byte, naming the upstream.
-            Ok(body) => {
-                assert_eq!(status, Status::BAD_GATEWAY, "{}", String::from_utf8_lossy(&body));
-                assert!(String::from_utf8_lossy(&body).contains("upstream faulty"));
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.bytes().await {
+                    // Cut short: the client never gets a complete body.
+                    Err(_) => {}
+                    // Or refused before the first byte, naming the upstream.
+                    Ok(body) => {
+                        assert_eq!(status, Status::BAD_GATEWAY, "{}", String::from_utf8_lossy(&body));
+                        assert!(String::from_utf8_lossy(&body).contains("upstream faulty"));
+                    }
+                }
             }
         }
         assert_eq!(cache.stored_blob(&digest).await, None, "announced {announced}");
