@@ -25,6 +25,7 @@ mod sql;
 mod sqlite;
 mod sqlite_lifecycle;
 pub mod transfer;
+pub mod ui;
 pub mod webhooks;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ pub use access::AccessStore;
 pub use lifecycle::LifecycleStore;
 pub use postgres::{PgMeta, PgOptions};
 pub use sqlite::SqliteMeta;
+pub use ui::UiStore;
 pub use webhooks::WebhookStore;
 
 /// The name of the blob store configured by the top-level `[storage]` section.
