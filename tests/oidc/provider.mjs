@@ -7,6 +7,7 @@
 //
 //   node provider.mjs [--port N] [--key-id KID] [--id-token-ttl SECONDS]
 //                     [--client-id ID[,ID...]] [--extra-claims JSON]
+//                     [--redirect-uri URI[,URI...]]
 //
 // When ready it prints exactly one line to stdout:
 //   listening on http://127.0.0.1:PORT
@@ -36,7 +37,8 @@ function usage(msg) {
   if (msg) process.stderr.write(`provider.mjs: ${msg}\n`);
   process.stderr.write(
     'usage: node provider.mjs [--port N] [--key-id KID] [--id-token-ttl SECONDS]\n'
-    + '                         [--client-id ID[,ID...]] [--extra-claims JSON]\n',
+    + '                         [--client-id ID[,ID...]] [--extra-claims JSON]\n'
+    + '                         [--redirect-uri URI[,URI...]]\n',
   );
   process.exit(2);
 }
@@ -53,6 +55,7 @@ function parseArgs(argv) {
         'id-token-ttl': { type: 'string', default: '300' },
         'client-id': { type: 'string', default: 'berth' },
         'extra-claims': { type: 'string', default: '{}' },
+        'redirect-uri': { type: 'string', default: REDIRECT_URI },
       },
     }).values;
   } catch (err) {
@@ -82,8 +85,10 @@ function parseArgs(argv) {
       usage(`--extra-claims: "${name}" is set by the provider itself and cannot be overridden`);
     }
   }
+  const redirectUris = parsed['redirect-uri'].split(',').map((s) => s.trim()).filter(Boolean);
+  if (!redirectUris.length) usage('--redirect-uri must not be empty');
   return {
-    port, keyId: parsed['key-id'], idTokenTtl: ttl, clientIds, extraClaims,
+    port, keyId: parsed['key-id'], idTokenTtl: ttl, clientIds, extraClaims, redirectUris,
   };
 }
 
@@ -140,7 +145,10 @@ const provider = new Provider(issuer, {
     client_id: clientId,
     // A public client: no secret, so the relying party proves itself with PKCE.
     token_endpoint_auth_method: 'none',
-    redirect_uris: [REDIRECT_URI],
+    // Native, so that a loopback redirect URI matches on any port (RFC 8252
+    // 7.3): the tests' servers listen on ports chosen at start.
+    application_type: 'native',
+    redirect_uris: opts.redirectUris,
     response_types: ['code'],
     grant_types: ['authorization_code'],
     id_token_signed_response_alg: 'RS256',

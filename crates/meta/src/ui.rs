@@ -74,12 +74,13 @@ pub struct TagCursor {
 pub struct SessionRecord {
     /// Hex SHA-256 of the session secret.
     pub id_hash: String,
-    /// The token subject the session stands for: a local user's name, or
-    /// `oidc:NAME` for a single sign-on account.
+    /// The user the session stands for (local, single sign-on or externally
+    /// validated).
     pub subject: String,
-    /// What the identity provider said at sign-in, for subjects the store has
-    /// no user row to check again with (OIDC): administrator, and the groups
-    /// whose grants apply, as a JSON array of strings.
+    /// What the identity provider said at sign-in, for subjects the store
+    /// cannot check again by itself (single sign-on, external validation):
+    /// administrator, and (as JSON the server writes and reads; the store
+    /// keeps it as text) groups and grants.
     pub admin: bool,
     pub groups_json: String,
     /// The CSRF token every form of the session carries.

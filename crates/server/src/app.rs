@@ -40,6 +40,10 @@ pub struct App {
     pub log: crate::telemetry::LogLevel,
     pub webhooks: Arc<Webhooks>,
     pub config: Config,
+    /// What the web UI reads and keeps beyond the registry's facts.
+    pub ui: Arc<dyn berth_meta::UiStore>,
+    /// Single sign-on for the web UI, when `[ui.sso]` is configured.
+    pub sso: Option<crate::ui::Sso>,
     /// For background jobs that read the store as a whole (the storage
     /// gauges); requests go through the registry, auth and lifecycle.
     meta: Arc<dyn Meta>,
@@ -90,6 +94,7 @@ impl App {
         if config.tls.is_some() {
             auth.scheme = "https";
         }
+        let sso = crate::ui::Sso::new(&config).context("invalid [ui.sso] configuration")?;
         Ok(App {
             registry,
             proxy,
@@ -100,9 +105,16 @@ impl App {
             log: crate::telemetry::LogLevel::fixed(&config.log.level),
             webhooks,
             config,
+            ui: meta.clone(),
+            sso,
             meta,
             clock,
         })
+    }
+
+    /// The time now, by the registry's clock (which tests may set).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 }
 
@@ -161,9 +173,9 @@ pub fn open_webhooks(
 
 /// Everything the registry, auth and the lifecycle jobs need of the metadata
 /// store, as one object: each backend implements all of it.
-pub trait Meta: LifecycleStore + AccessStore + berth_meta::WebhookStore {}
+pub trait Meta: LifecycleStore + AccessStore + berth_meta::WebhookStore + berth_meta::UiStore {}
 
-impl<T: LifecycleStore + AccessStore + berth_meta::WebhookStore> Meta for T {}
+impl<T: LifecycleStore + AccessStore + berth_meta::WebhookStore + berth_meta::UiStore> Meta for T {}
 
 /// The stores the configuration names; with `metrics`, every operation of
 /// each is timed into them.

@@ -53,6 +53,62 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Event notifications to webhook endpoints.
     pub webhooks: crate::webhooks::WebhooksConfig,
+    /// The web UI under `/ui/`.
+    pub ui: UiConfig,
+}
+
+/// The web UI, served by the same listener under `/ui/`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve the UI; when false, `/ui/` is 404 and `/` answers nothing.
+    pub enabled: bool,
+    /// How long a browser session lasts after sign-in, however busy.
+    pub session_lifetime_secs: u64,
+    /// A session unused for this long ends.
+    pub session_idle_secs: u64,
+    /// Sign-in through an OpenID Connect provider (authorization code with PKCE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<SsoConfig>,
+}
+
+/// `[ui.sso]`: single sign-on. The issuer must also be configured under
+/// `[[auth.oidc]]` with `audience` = `client_id`: its claim rules (and
+/// `auth.admin_groups`, and group grants) decide what its users may do, as
+/// for ID tokens presented to the token endpoint. Users are created on first
+/// sign-in, without a password; a local user's name is never taken over.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoConfig {
+    /// The provider's issuer URL.
+    #[schemars(example = &"https://issuer.example.com")]
+    pub issuer: String,
+    /// This registry's client id at the provider.
+    #[schemars(example = &"berth")]
+    pub client_id: String,
+    /// The client secret, for a confidential client; a public client proves
+    /// itself with PKCE alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// Where the provider sends the browser back; by default
+    /// `SCHEME://HOST/ui/sso/callback` of the sign-in request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"https://registry.example.com/ui/sso/callback")]
+    pub redirect_url: Option<String>,
+    /// Scopes asked for; `openid` is always among them.
+    #[serde(default = "default_sso_scopes")]
+    pub scopes: Vec<String>,
+    /// The sign-in button's text.
+    #[serde(default = "default_sso_label")]
+    pub label: String,
+}
+
+fn default_sso_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+
+fn default_sso_label() -> String {
+    "Sign in with single sign-on".into()
 }
 
 /// Where blob bytes live: the `default` store, further named stores and the
@@ -573,6 +629,12 @@ impl Default for Config {
             log: LogConfig {
                 format: LogFormat::Auto,
                 level: "info".into(),
+            },
+            ui: UiConfig {
+                enabled: true,
+                session_lifetime_secs: 12 * 3600,
+                session_idle_secs: 2 * 3600,
+                sso: None,
             },
             uploads: UploadConfig {
                 stale_after_secs: 24 * 3600,

@@ -109,6 +109,9 @@ pub fn check(config: &Config) -> Vec<ConfigError> {
     if let Err(e) = Auth::check_config(&config.auth, Arc::new(crate::clock::SystemClock)) {
         problems.push(ConfigError::new("auth", format!("{e:#}")));
     }
+    if let Err(e) = crate::ui::Sso::check_config(config) {
+        problems.push(ConfigError::new("ui.sso", e));
+    }
     if let Err(e) = crate::webhooks::endpoints_of(&config.webhooks) {
         problems.push(ConfigError::new("webhooks", e));
     }

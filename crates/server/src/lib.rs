@@ -28,6 +28,7 @@ mod tag_names;
 mod telemetry;
 mod text;
 mod tls;
+mod ui;
 mod webhooks;
 
 pub use crate::cli::Cli;

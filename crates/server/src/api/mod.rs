@@ -48,6 +48,11 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             admin::require_client_certificate,
         ));
+    let ui = if app.config.ui.enabled {
+        crate::ui::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/v2", any(distribution_api))
         .route("/v2/", any(distribution_api))
@@ -56,6 +61,7 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/api/v1", admin)
         .route("/v1/images", get(lifecycle::inventory))
         .merge(status_routes())
+        .merge(ui)
         .with_state(app)
 }
 

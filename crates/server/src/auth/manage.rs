@@ -26,6 +26,20 @@ pub enum ManageError {
 
 type Result<T> = std::result::Result<T, ManageError>;
 
+/// The `created_by` of a personal access token begins with this, followed by
+/// the user it stands for.
+pub const PERSONAL_TOKEN_MARK: &str = "pat:";
+
+/// What a single sign-on found of the user it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsoAccount {
+    Provisioned,
+    Existing,
+    /// A local user (with a password) has the name: never taken over.
+    TakenByLocalUser,
+    Disabled,
+}
+
 /// The users, robot tokens and grants of a registry and its audit log, as
 /// the CLI and the admin API read and change them.
 pub struct Accounts {
@@ -152,6 +166,33 @@ impl Accounts {
         }
     }
 
+    /// The user `name` signing in through single sign-on: created on first
+    /// sign-in (without a password), refused when a local user has the name
+    /// or the account was disabled.
+    pub async fn sso_account(&self, name: &str) -> Result<SsoAccount> {
+        check_name("user", name)?;
+        Ok(match self.store.user(name).await? {
+            Some(u) if u.password_hash != secrets::SSO_PASSWORD_HASH => SsoAccount::TakenByLocalUser,
+            Some(u) if u.disabled => SsoAccount::Disabled,
+            Some(_) => SsoAccount::Existing,
+            None => {
+                let user = UserRecord {
+                    name: name.to_string(),
+                    password_hash: secrets::SSO_PASSWORD_HASH.to_string(),
+                    admin: false,
+                    disabled: false,
+                    created_ms: self.clock.now_ms(),
+                };
+                if self.store.create_user(&user, &self.audit("sso")).await? {
+                    SsoAccount::Provisioned
+                } else {
+                    // Made by a sign-in of the same person a moment ago.
+                    SsoAccount::Existing
+                }
+            }
+        })
+    }
+
     pub async fn set_password(&self, name: &str, password: &str, actor: &str) -> Result<()> {
         check_name("user", name)?;
         check_password(password)?;
@@ -223,6 +264,54 @@ impl Accounts {
         } else {
             Err(ManageError::Conflict(format!("token {name} exists; revoke it first")))
         }
+    }
+
+    /// A personal access token of `user`: a robot token that stands for the
+    /// user (their grants, checked on every use; nothing once they are
+    /// disabled), named `USER.LABEL` and marked by `created_by` =
+    /// `pat:USER`. Returns the token, shown once.
+    pub async fn create_personal_token(&self, user: &str, label: &str, expires: Option<&str>) -> Result<String> {
+        check_name("token", label)?;
+        let name = format!("{user}.{label}");
+        check_name("token", &name)?;
+        let now = self.clock.now_ms();
+        let expires_ms = match expires {
+            Some(text) => {
+                let ms = i64::try_from(parse_duration(text)?.as_millis()).unwrap_or(i64::MAX);
+                Some(now.saturating_add(ms))
+            }
+            None => None,
+        };
+        let token = secrets::new_robot_token();
+        let robot = RobotRecord {
+            name: name.clone(),
+            token_hash: secrets::robot_token_hash(&token),
+            created_by: format!("{PERSONAL_TOKEN_MARK}{user}"),
+            created_ms: now,
+            expires_ms,
+            revoked_ms: None,
+            last_used_ms: None,
+        };
+        let actor = crate::auth::actor_of_subject(user);
+        if self.store.create_robot(&robot, &[], &self.audit(&actor)).await? {
+            Ok(token)
+        } else {
+            Err(ManageError::Conflict(format!("a token named {name} exists")))
+        }
+    }
+
+    /// The personal access tokens of `user`.
+    pub async fn personal_tokens(&self, user: &str) -> Result<Vec<RobotRecord>> {
+        let mark = format!("{PERSONAL_TOKEN_MARK}{user}");
+        Ok(self.list_robots().await?.into_iter().filter(|r| r.created_by == mark).collect())
+    }
+
+    /// Revokes one of `user`'s personal access tokens (by its full name).
+    pub async fn revoke_personal_token(&self, user: &str, name: &str) -> Result<()> {
+        if !self.personal_tokens(user).await?.iter().any(|r| r.name == name) {
+            return Err(ManageError::NotFound(format!("you have no token {name}")));
+        }
+        self.revoke_token(name, &crate::auth::actor_of_subject(user)).await
     }
 
     pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<()> {

@@ -60,6 +60,19 @@ pub enum AuthError {
     Internal(String),
 }
 
+/// What an identity provider said of a user at sign-in, which a browser
+/// session keeps (as JSON) because it cannot ask again.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProviderSaid {
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `PATTERN:ROLE` grants of the provider's claim rules.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
 /// Someone who logged in (or nobody), with what they may do.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -320,6 +333,17 @@ impl Auth {
     }
 
     async fn robot_identity(&self, robot: berth_meta::access::RobotRecord) -> Result<Identity, Failure> {
+        if let Some(user) = robot.created_by.strip_prefix(manage::PERSONAL_TOKEN_MARK) {
+            // A personal access token: the user, as they are now.
+            let user = self.store.user(user).await.map_err(store_failure)?;
+            let user = user.filter(|u| !u.disabled).ok_or(Failure::Invalid)?;
+            // Only the user's own grants: a single sign-on user's groups and
+            // claim-rule grants come from the provider at sign-in, which a
+            // token never sees.
+            let grants = self.stored_grants(&[(SubjectKind::User, user.name.clone())]).await?;
+            let refresh = Some((format!("robot:{}", robot.name), generation(&robot.token_hash)));
+            return Ok(self.identity(user.name, user.admin, grants, refresh));
+        }
         let grants = self.stored_grants(&[(SubjectKind::Robot, robot.name.clone())]).await?;
         let refresh = Some((format!("robot:{}", robot.name), generation(&robot.token_hash)));
         Ok(self.identity(format!("robot:{}", robot.name), false, grants, refresh))
@@ -377,6 +401,51 @@ impl Auth {
             };
         }
         Err(invalid())
+    }
+
+    /// The identity a browser session stands for, checked again against the
+    /// store on every request: a user who was disabled or deleted gets
+    /// nothing. What the identity provider said at sign-in (administrator,
+    /// groups, the grants of its claim rules) is kept by the session for
+    /// single sign-on and externally validated users; their stored grants
+    /// are read again.
+    pub async fn session_identity(&self, subject: &str, said: &ProviderSaid) -> Result<Option<Identity>, AuthError> {
+        if text::name(subject).is_err() {
+            return Ok(None);
+        }
+        let provider_grants = || -> Vec<Grant> { said.grants.iter().filter_map(|g| Grant::parse(g).ok()).collect() };
+        if let Some(user) = self.store.user(subject).await? {
+            if user.disabled {
+                return Ok(None);
+            }
+            if user.password_hash != secrets::SSO_PASSWORD_HASH {
+                return self.local_user(user).await.map(Some).map_err(failure_error);
+            }
+            let mut subjects = group_subjects(&said.groups);
+            subjects.push((SubjectKind::User, user.name.clone()));
+            let mut grants = self.stored_grants(&subjects).await.map_err(failure_error)?;
+            grants.extend(provider_grants());
+            let admin = user.admin || said.admin || self.in_admin_group(&said.groups);
+            return Ok(Some(self.identity(user.name, admin, grants, None)));
+        }
+        if self.external.is_none() {
+            return Ok(None);
+        }
+        let mut subjects = group_subjects(&said.groups);
+        subjects.push((SubjectKind::User, subject.to_string()));
+        let mut grants = self.stored_grants(&subjects).await.map_err(failure_error)?;
+        grants.extend(provider_grants());
+        let admin = said.admin || self.in_admin_group(&said.groups);
+        Ok(Some(self.identity(subject.to_string(), admin, grants, None)))
+    }
+
+    /// Verifies an ID token a single sign-on brought back: the issuer must
+    /// be one of `auth.oidc`, whose rules decide what its users may do.
+    pub async fn verify_sso(&self, id_token: &str) -> Result<oidc::OidcIdentity, AuthError> {
+        let mut who = self.oidc.verify(id_token).await.map_err(failure_error)?;
+        vouched_name("OIDC", &who.name).map_err(failure_error)?;
+        who.admin = who.admin || self.in_admin_group(&who.groups);
+        Ok(who)
     }
 
     fn identity(
@@ -517,6 +586,13 @@ fn group_subjects(groups: &[String]) -> Vec<(SubjectKind, String)> {
         .filter(|g| text::name(g).is_ok())
         .map(|g| (SubjectKind::Group, g.clone()))
         .collect()
+}
+
+fn failure_error(f: Failure) -> AuthError {
+    match f {
+        Failure::Invalid => AuthError::InvalidCredentials,
+        Failure::Unavailable(why) => AuthError::Unavailable(why),
+    }
 }
 
 fn store_failure(e: MetaError) -> Failure {

@@ -32,6 +32,8 @@ pub struct OidcIdentity {
     pub groups: Vec<String>,
     pub grants: Vec<Grant>,
     pub admin: bool,
+    /// The `nonce` claim, which a sign-in through the web UI checks.
+    pub nonce: Option<String>,
 }
 
 struct CompiledRule {
@@ -264,6 +266,7 @@ impl OidcVerifier {
             groups,
             grants: matching.iter().flat_map(|r| r.grants(&claims)).collect(),
             admin: matching.iter().any(|r| r.admin),
+            nonce: claims.get("nonce").and_then(claim_text),
         })
     }
 

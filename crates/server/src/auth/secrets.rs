@@ -14,6 +14,11 @@ use sha2::Digest as _;
 /// Robot tokens start with this, so a presented password is known to be one.
 pub const ROBOT_TOKEN_PREFIX: &str = "berth_rt_";
 
+/// The password hash of a user provisioned by single sign-on, who has no
+/// password: it is no PHC string, so no password verifies against it, and it
+/// tells such users from local ones.
+pub const SSO_PASSWORD_HASH: &str = "!sso";
+
 /// Least password length accepted for local users.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 

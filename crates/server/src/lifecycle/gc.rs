@@ -441,6 +441,10 @@ impl Lifecycle {
         ));
 
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !dry_run {
+            let mut last = self.last_gc.lock().unwrap_or_else(|p| p.into_inner());
+            *last = Some((self.now_ms(), report.clone()));
+        }
         Ok(report)
     }
 }

@@ -175,6 +175,22 @@ impl Lifecycle {
     }
 }
 
+impl Lifecycle {
+    /// What a lifecycle run would now do with each tag of `repo`, by tag:
+    /// the same verdicts as the inventory, for one repository's page.
+    pub async fn tag_verdicts(&self, repo: &str) -> Result<HashMap<String, Verdict>> {
+        let policies = self.policies().await?;
+        let Some(state) = self.store.repository_state(repo).await? else {
+            return Ok(HashMap::new());
+        };
+        let plan = plan::plan(&state, self.settings(repo, &policies, Scope::Retention, self.now_ms()));
+        Ok(images(&state, &plan)
+            .into_iter()
+            .filter_map(|image| Some((image.tag?, image.lifecycle)))
+            .collect())
+    }
+}
+
 /// Where a row key sorts in a repository's listing: tags by name, then the
 /// untagged `@digest` rows (a tag never starts with `@`).
 fn row_order(key: &str) -> (bool, &str) {

@@ -76,6 +76,8 @@ pub struct Lifecycle {
     grace_ms: i64,
     /// Runs and collections of this process take turns.
     busy: tokio::sync::Mutex<()>,
+    /// When this process last collected garbage (not a dry run), and what it found.
+    last_gc: std::sync::Mutex<Option<(i64, gc::GcReport)>>,
     /// Pulls the server holds in memory, written before each repository's
     /// removals so that a pull just made keeps what it pulled.
     pulls: Option<Arc<PullRecorder>>,
@@ -116,6 +118,7 @@ impl Lifecycle {
                 .collect(),
             grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             busy: tokio::sync::Mutex::new(()),
+            last_gc: std::sync::Mutex::new(None),
             pulls: None,
             touches: None,
             events: Arc::new(NoEvents),
@@ -156,6 +159,11 @@ impl Lifecycle {
             pulls.flush(self.store.as_ref()).await?;
         }
         Ok(())
+    }
+
+    /// When this process last collected garbage, and what that found.
+    pub fn last_gc(&self) -> Option<(i64, gc::GcReport)> {
+        self.last_gc.lock().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -316,12 +324,54 @@ impl Lifecycle {
         .await
     }
 
-    async fn for_each_plan<F, Fut>(&self, filter: Option<&Pattern>, scope: Scope, mut apply: F) -> Result<RunSummary>
+    async fn for_each_plan<F, Fut>(&self, filter: Option<&Pattern>, scope: Scope, apply: F) -> Result<RunSummary>
     where
         F: FnMut(berth_meta::lifecycle::RepoState, &RepoPlan) -> Fut,
         Fut: std::future::Future<Output = Result<u64>>,
     {
         let policies = self.policies().await?;
+        self.for_each_plan_under(&policies, filter, scope, apply).await
+    }
+
+    /// What retention would do to the repositories `pattern` matches if its
+    /// policy were `rules` (the other stored policies as they are): the
+    /// preview of a policy being edited, deleting nothing.
+    pub async fn preview_draft(
+        &self,
+        pattern: &str,
+        rules: Rules,
+        mut each: impl FnMut(&RepoPlan),
+    ) -> Result<RunSummary> {
+        let draft = Policy::new(pattern, rules).map_err(LifecycleError::Invalid)?;
+        let filter = Pattern::parse(pattern).map_err(LifecycleError::Invalid)?;
+        let mut policies: Vec<Policy> = self
+            .store
+            .policies()
+            .await?
+            .iter()
+            .filter(|r| r.pattern != pattern)
+            .filter_map(|r| Policy::from_record(r).ok())
+            .collect();
+        policies.push(draft);
+        self.flush_pulls().await?;
+        self.for_each_plan_under(&Policies::new(policies), Some(&filter), Scope::Retention, |_, plan| {
+            each(plan);
+            async { Ok(0) }
+        })
+        .await
+    }
+
+    async fn for_each_plan_under<F, Fut>(
+        &self,
+        policies: &Policies,
+        filter: Option<&Pattern>,
+        scope: Scope,
+        mut apply: F,
+    ) -> Result<RunSummary>
+    where
+        F: FnMut(berth_meta::lifecycle::RepoState, &RepoPlan) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
         let mut summary = RunSummary::default();
         let mut after: Option<String> = None;
         loop {
@@ -341,7 +391,7 @@ impl Lifecycle {
                     continue;
                 };
                 let repo = state.name.clone();
-                let plan = plan::plan(&state, self.settings(&repo, &policies, scope, self.now_ms()));
+                let plan = plan::plan(&state, self.settings(&repo, policies, scope, self.now_ms()));
                 summary.repositories += 1;
                 let deleted = plan.tags.iter().filter(|t| !t.keep).count() as u64;
                 summary.tags_deleted += deleted;

@@ -411,6 +411,31 @@ impl Registry {
         Ok(page(items, limit))
     }
 
+    /// Deletes every tag of `repo` and the manifest each names, by digest as
+    /// a `DELETE` by digest does (events included). What is left untagged
+    /// (index children, referrers) goes with the next garbage collection.
+    /// Returns how many manifests were deleted.
+    pub async fn delete_repository(&self, repo: &RepoName) -> Result<usize> {
+        let mut digests: Vec<Digest> = Vec::new();
+        for tag in self.all_tags(repo).await? {
+            if let Some(m) = self.meta.manifest_by_tag(repo.as_str(), &tag).await? {
+                if !digests.contains(&m.digest) {
+                    digests.push(m.digest);
+                }
+            }
+        }
+        let mut deleted = 0;
+        for digest in digests {
+            match self.delete_manifest(repo, &Reference::Digest(digest)).await {
+                Ok(()) => deleted += 1,
+                // Deleted meanwhile by another request.
+                Err(RegistryError::ManifestUnknown) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Every tag of `repo`, in lexical order.
     pub async fn all_tags(&self, repo: &RepoName) -> Result<Vec<String>> {
         let mut all = Vec::new();

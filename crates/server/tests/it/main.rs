@@ -37,5 +37,6 @@ mod stress;
 mod tls;
 mod touches;
 mod upload_races;
+mod ui;
 mod uploads;
 mod webhooks;
