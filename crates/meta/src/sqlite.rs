@@ -827,7 +827,8 @@ mod tests {
                 .unwrap();
         assert_eq!((touched, linked), (3, 4));
         let rebuilt: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID' ORDER BY name",
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID' \
+             AND name IN ('blobs', 'repo_blobs', 'manifests', 'tags') ORDER BY name",
         )
         .fetch_all(&meta.reader)
         .await
