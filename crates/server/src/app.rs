@@ -161,9 +161,9 @@ pub fn open_webhooks(
 
 /// Everything the registry, auth and the lifecycle jobs need of the metadata
 /// store, as one object: each backend implements all of it.
-pub trait Meta: LifecycleStore + AccessStore + berth_meta::WebhookStore {}
+pub trait Meta: LifecycleStore + AccessStore + berth_meta::WebhookStore + berth_meta::UiStore {}
 
-impl<T: LifecycleStore + AccessStore + berth_meta::WebhookStore> Meta for T {}
+impl<T: LifecycleStore + AccessStore + berth_meta::WebhookStore + berth_meta::UiStore> Meta for T {}
 
 /// The stores the configuration names; with `metrics`, every operation of
 /// each is timed into them.
