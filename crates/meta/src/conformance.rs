@@ -11,6 +11,7 @@ use berth_oci::{Digest, UploadId};
 
 use crate::access::{AccessStore, Audit, NewGrant, RobotRecord, SubjectKind, UserRecord};
 use crate::lifecycle::{BlobFiles, FileRemover, LifecycleStore, LinkKey, PlannedRemoval, Removal, UnusedBlob};
+use crate::ui::{DailyPulls, RegistryCounts, RepoListing, RepoSummary, SessionRecord, TagCursor, TagRow, UiStore};
 use crate::webhooks::WebhookStore;
 use crate::{
     BlobRecord, LinkTouch, ManifestFacts, MetaError, MetaStore, NewManifest, PlacedBlob, PullRecord, RepoUsage,
@@ -1931,6 +1932,406 @@ async fn failures_back_off_and_given_up_events_are_counted(store: &dyn WebhookSt
         Some("timeout"),
         "the last error stays visible"
     );
+}
+
+/// Runs every conformance check of the UI's store, on a store of its own
+/// (the registry's totals are checked exactly).
+pub async fn run_ui<S: MetaStore + AccessStore + UiStore>(store: &S) {
+    registry_counts_add_up(store).await;
+    summaries_count_images_and_search_literally(store).await;
+    recent_and_popular_repositories_come_first(store).await;
+    tag_pages_go_newest_first_and_resume_after_a_cursor(store).await;
+    sessions_last_until_they_expire_or_end(store).await;
+    stars_are_one_per_user_and_repository(store).await;
+    pulls_are_counted_per_day(store).await;
+}
+
+async fn registry_counts_add_up<S: MetaStore + AccessStore + UiStore>(store: &S) {
+    assert_eq!(store.registry_counts().await.unwrap(), RegistryCounts::default());
+    let user = UserRecord {
+        name: "counted".into(),
+        password_hash: "$argon2id$fake".into(),
+        admin: false,
+        disabled: false,
+        created_ms: 1,
+    };
+    assert!(store.create_user(&user, &audit(1)).await.unwrap());
+    let (a, b) = (Digest::sha256_of(b"counts-a"), Digest::sha256_of(b"counts-b"));
+    store.add_blob("counts/one", &a, 100, 1).await.unwrap();
+    store.add_blob("counts/two", &b, 20, 1).await.unwrap();
+    // A blob linked twice is stored once.
+    store.link_blob("counts/two", &a, 1).await.unwrap();
+    let m = manifest(r#"{"counts":1}"#, vec![a.clone()], vec![], None);
+    store.put_manifest("counts/one", &m, Some("v1"), 2).await.unwrap();
+    store.put_manifest("counts/one", &m, Some("v2"), 2).await.unwrap();
+    assert_eq!(
+        store.registry_counts().await.unwrap(),
+        RegistryCounts {
+            users: 1,
+            repositories: 2,
+            tags: 2,
+            stored_bytes: 120,
+        }
+    );
+}
+
+fn names(summaries: &[RepoSummary]) -> Vec<&str> {
+    summaries.iter().map(|s| s.name.as_str()).collect()
+}
+
+async fn listed<S: UiStore>(store: &S, contains: Option<&str>, after: Option<&str>, limit: u32) -> Vec<String> {
+    let listing = RepoListing { contains, after, limit };
+    let found = store.list_repository_summaries(&listing).await.unwrap();
+    // Only this case's repositories: the store holds others' too.
+    found
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| n.starts_with("ui"))
+        .collect()
+}
+
+async fn summaries_count_images_and_search_literally<S: MetaStore + UiStore>(store: &S) {
+    let image = manifest(r#"{"ui":"image"}"#, vec![], vec![], None);
+    let signature = manifest(r#"{"ui":"signature"}"#, vec![], vec![], Some(image.digest.clone()));
+    let attestation = manifest(r#"{"ui":"attestation"}"#, vec![], vec![], Some(image.digest.clone()));
+    let repo = "ui/alpha";
+    store.put_manifest(repo, &image, Some("v1"), 20).await.unwrap();
+    store.put_manifest(repo, &image, Some("latest"), 21).await.unwrap();
+    // Only `sha256-` exactly is a signature's tag.
+    store
+        .put_manifest(repo, &image, Some("SHA256-upper"), 22)
+        .await
+        .unwrap();
+    store
+        .put_manifest(repo, &signature, Some("sha256-abc.sig"), 23)
+        .await
+        .unwrap();
+    // An attestation pushed under an ordinary tag is not an image either.
+    store.put_manifest(repo, &attestation, Some("att"), 25).await.unwrap();
+    store
+        .record_pulls(&[PullRecord {
+            repo: repo.into(),
+            digest: image.digest.clone(),
+            tag: Some("v1".into()),
+            count: 4,
+            last_ms: 30,
+        }])
+        .await
+        .unwrap();
+    store
+        .record_pulls(&[PullRecord {
+            repo: repo.into(),
+            digest: signature.digest.clone(),
+            tag: None,
+            count: 1,
+            last_ms: 31,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.repository_summary(repo).await.unwrap(),
+        Some(RepoSummary {
+            name: repo.into(),
+            tags: 3,
+            last_pushed_ms: Some(25),
+            pull_count: 5,
+            last_pulled_ms: Some(31),
+        })
+    );
+    assert_eq!(store.repository_summary("ui/none").await.unwrap(), None);
+
+    let other = manifest(r#"{"ui":"other"}"#, vec![], vec![], None);
+    for name in ["ui/Beta_1", "ui/gamma%", "ui/al_ha"] {
+        store.put_manifest(name, &other, Some("v1"), 10).await.unwrap();
+    }
+    store
+        .add_blob("ui/empty", &Digest::sha256_of(b"ui-empty"), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.repository_summary("ui/empty").await.unwrap(),
+        Some(RepoSummary {
+            name: "ui/empty".into(),
+            tags: 0,
+            last_pushed_ms: None,
+            pull_count: 0,
+            last_pulled_ms: None,
+        })
+    );
+
+    // Byte order: upper case before lower case, `_` between them.
+    let all = ["ui/Beta_1", "ui/al_ha", "ui/alpha", "ui/empty", "ui/gamma%"];
+    assert_eq!(listed(store, None, None, 100).await, all);
+    assert_eq!(listed(store, Some("ui/al"), None, 100).await, ["ui/al_ha", "ui/alpha"]);
+    assert_eq!(listed(store, Some("BETA"), None, 100).await, ["ui/Beta_1"]);
+    assert_eq!(listed(store, Some("ALPHA"), None, 100).await, ["ui/alpha"]);
+    assert_eq!(listed(store, Some("l_h"), None, 100).await, ["ui/al_ha"]);
+    assert_eq!(listed(store, Some("a_"), None, 100).await, ["ui/Beta_1"]);
+    assert_eq!(listed(store, Some("%"), None, 100).await, ["ui/gamma%"]);
+    assert_eq!(listed(store, Some("a%"), None, 100).await, ["ui/gamma%"]);
+    assert!(listed(store, Some("\\"), None, 100).await.is_empty());
+    assert!(listed(store, Some("ui/%a"), None, 100).await.is_empty());
+
+    assert_eq!(listed(store, None, Some("ui/"), 2).await, all[..2]);
+    assert_eq!(listed(store, None, Some("ui/al_ha"), 2).await, all[2..4]);
+    assert_eq!(listed(store, None, Some("ui/empty"), 2).await, all[4..]);
+    assert_eq!(listed(store, Some("a"), Some("ui/al_ha"), 1).await, ["ui/alpha"]);
+    let page = store
+        .list_repository_summaries(&RepoListing {
+            contains: Some("alpha"),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!((page[0].tags, page[0].pull_count), (3, 5));
+}
+
+async fn recent_and_popular_repositories_come_first<S: MetaStore + UiStore>(store: &S) {
+    // Later than every other case's pushes and pulls.
+    let (t, pulled) = (1_000_000, 2_000_000);
+    let m = manifest(r#"{"ui":"recent"}"#, vec![], vec![], None);
+    store.put_manifest("recent/a", &m, Some("v1"), t + 1).await.unwrap();
+    store.put_manifest("recent/b", &m, Some("v1"), t + 3).await.unwrap();
+    store.put_manifest("recent/c", &m, Some("v1"), t + 2).await.unwrap();
+    // A repository's latest push counts, not its first.
+    store.put_manifest("recent/a", &m, Some("v2"), t + 4).await.unwrap();
+    let recent = store.recently_pushed(3).await.unwrap();
+    assert_eq!(names(&recent), ["recent/a", "recent/b", "recent/c"]);
+    assert_eq!(recent[0].last_pushed_ms, Some(t + 4));
+    assert_eq!(names(&store.recently_pushed(1).await.unwrap()), ["recent/a"]);
+
+    let pull = |repo: &str, count| PullRecord {
+        repo: repo.into(),
+        digest: m.digest.clone(),
+        tag: None,
+        count,
+        last_ms: pulled,
+    };
+    store
+        .record_pulls(&[
+            pull("recent/a", 1_000),
+            pull("recent/c", 3_000),
+            pull("recent/b", 2_000),
+        ])
+        .await
+        .unwrap();
+    let popular = store.most_pulled(2).await.unwrap();
+    assert_eq!(names(&popular), ["recent/c", "recent/b"]);
+    assert_eq!(popular[0].pull_count, 3_000);
+    assert_eq!(popular[0].last_pulled_ms, Some(pulled));
+    let all = store.most_pulled(1_000).await.unwrap();
+    assert!(
+        all.iter().all(|s| s.pull_count > 0),
+        "never-pulled repositories are left out"
+    );
+    assert!(!names(&all).contains(&"ui/empty"));
+}
+
+async fn tag_pages_go_newest_first_and_resume_after_a_cursor<S: MetaStore + UiStore>(store: &S) {
+    let repo = "ui/tags";
+    let mut image = manifest(r#"{"ui":"tags"}"#, vec![], vec![], None);
+    image.platforms = vec!["linux/amd64".into(), "linux/arm64/v8".into()];
+    let plain = manifest(r#"{"ui":"plain"}"#, vec![], vec![], None);
+    for (tag, at) in [("a", 100), ("b", 100), ("c", 200), ("d", 50), ("e", 200)] {
+        let m = if tag == "a" { &image } else { &plain };
+        store.put_manifest(repo, m, Some(tag), at).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, total) = store.tag_page(repo, cursor.as_ref(), 2).await.unwrap();
+        assert_eq!(total, 5);
+        let Some(last) = page.last() else { break };
+        cursor = Some(TagCursor {
+            pushed_ms: last.pushed_ms,
+            name: last.name.clone(),
+        });
+        seen.extend(page.iter().map(|t| (t.name.clone(), t.pushed_ms)));
+    }
+    let expected: Vec<(String, i64)> = [("c", 200), ("e", 200), ("a", 100), ("b", 100), ("d", 50)]
+        .into_iter()
+        .map(|(n, at)| (n.to_string(), at))
+        .collect();
+    assert_eq!(seen, expected);
+
+    let (page, _) = store
+        .tag_page(
+            repo,
+            Some(&TagCursor {
+                pushed_ms: 100,
+                name: "".into(),
+            }),
+            1,
+        )
+        .await
+        .unwrap();
+    let a = &page[0];
+    assert_eq!(
+        a,
+        &TagRow {
+            name: "a".into(),
+            digest: image.digest.clone(),
+            media_type: image.media_type.clone(),
+            artifact_type: None,
+            subject: None,
+            pushed_ms: 100,
+            last_pulled_ms: None,
+            pull_count: 0,
+            provenance: "pushed".into(),
+            pushed_by: Some("alice".into()),
+            platforms: vec!["linux/amd64".into(), "linux/arm64/v8".into()],
+            total_size: a.total_size,
+        }
+    );
+    assert!(a.total_size.is_some());
+    store
+        .record_pulls(&[PullRecord {
+            repo: repo.into(),
+            digest: plain.digest.clone(),
+            tag: Some("d".into()),
+            count: 2,
+            last_ms: 300,
+        }])
+        .await
+        .unwrap();
+    let (page, _) = store.tag_page(repo, None, 10).await.unwrap();
+    let d = page.iter().find(|t| t.name == "d").unwrap();
+    assert_eq!((d.pull_count, d.last_pulled_ms, d.platforms.len()), (2, Some(300), 0));
+    let subject = manifest(r#"{"ui":"sig"}"#, vec![], vec![], Some(image.digest.clone()));
+    store.put_manifest(repo, &subject, Some("sha256-x"), 400).await.unwrap();
+    let (page, total) = store.tag_page(repo, None, 1).await.unwrap();
+    assert_eq!(total, 6, "a tag page lists every tag");
+    assert_eq!(page[0].subject, Some(image.digest.clone()));
+    assert_eq!(page[0].artifact_type.as_deref(), Some("application/example"));
+    assert_eq!(store.tag_page("ui/none", None, 10).await.unwrap(), (vec![], 0));
+}
+
+fn ui_session(id: &str, subject: &str, expires_ms: i64) -> SessionRecord {
+    SessionRecord {
+        id_hash: id.into(),
+        subject: subject.into(),
+        admin: subject.starts_with("oidc:"),
+        groups_json: r#"["dev"]"#.into(),
+        csrf: format!("csrf-{id}"),
+        created_ms: 100,
+        last_seen_ms: 100,
+        expires_ms,
+        user_agent: "curl/8".into(),
+        addr: "192.0.2.1".into(),
+    }
+}
+
+async fn sessions_last_until_they_expire_or_end<S: UiStore>(store: &S) {
+    let one = ui_session("s1", "oidc:alice", 1000);
+    let two = ui_session("s2", "oidc:alice", 2000);
+    let three = ui_session("s3", "bob", 500);
+    for s in [&one, &two, &three] {
+        store.create_session(s).await.unwrap();
+    }
+    assert_eq!(store.session("s1", 900).await.unwrap(), Some(one.clone()));
+    assert_eq!(store.session("s3", 499).await.unwrap(), Some(three.clone()));
+    assert_eq!(store.session("s3", 500).await.unwrap(), None, "expired at its expiry");
+    assert_eq!(store.session("s9", 0).await.unwrap(), None);
+
+    store.touch_session("s1", 950).await.unwrap();
+    store.touch_session("s1", 940).await.unwrap();
+    store.touch_session("s9", 940).await.unwrap();
+    let touched = store.session("s1", 960).await.unwrap().unwrap();
+    assert_eq!(touched.last_seen_ms, 950, "a later use is kept over an earlier one");
+
+    let live: Vec<String> = store
+        .sessions(600)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id_hash)
+        .collect();
+    assert_eq!(live, ["s1", "s2"], "latest use first, expired ones left out");
+    assert_eq!(store.purge_sessions(600).await.unwrap(), 1);
+    assert_eq!(store.session("s3", 0).await.unwrap(), None, "purged");
+
+    assert!(store.delete_session("s2").await.unwrap());
+    assert!(!store.delete_session("s2").await.unwrap());
+    store
+        .create_session(&ui_session("s4", "oidc:alice", 5000))
+        .await
+        .unwrap();
+    store.create_session(&ui_session("s5", "carol", 5000)).await.unwrap();
+    assert_eq!(store.delete_sessions_of("oidc:alice").await.unwrap(), 2);
+    assert_eq!(store.delete_sessions_of("oidc:alice").await.unwrap(), 0);
+    let left: Vec<String> = store
+        .sessions(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id_hash)
+        .collect();
+    assert_eq!(left, ["s5"]);
+}
+
+async fn stars_are_one_per_user_and_repository<S: MetaStore + UiStore>(store: &S) {
+    let m = manifest(r#"{"ui":"stars"}"#, vec![], vec![], None);
+    store.put_manifest("stars/b", &m, Some("v1"), 10).await.unwrap();
+    store.put_manifest("stars/a", &m, Some("v1"), 10).await.unwrap();
+    assert!(store.star("alice", "stars/b", 1).await.unwrap());
+    assert!(store.star("alice", "stars/b", 2).await.unwrap(), "again is no change");
+    assert!(store.star("bob", "stars/b", 3).await.unwrap());
+    assert!(store.star("alice", "stars/a", 4).await.unwrap());
+    assert!(!store.star("alice", "stars/none", 5).await.unwrap());
+    assert_eq!(store.stars_of(Some("alice"), "stars/b").await.unwrap(), (true, 2));
+    assert_eq!(store.stars_of(Some("carol"), "stars/b").await.unwrap(), (false, 2));
+    assert_eq!(store.stars_of(None, "stars/b").await.unwrap(), (false, 2));
+    assert_eq!(store.stars_of(Some("alice"), "stars/none").await.unwrap(), (false, 0));
+    let starred = store.starred("alice").await.unwrap();
+    assert_eq!(names(&starred), ["stars/a", "stars/b"]);
+    assert_eq!(starred[0].tags, 1);
+    assert!(store.starred("carol").await.unwrap().is_empty());
+
+    assert!(store.unstar("alice", "stars/b").await.unwrap());
+    assert!(!store.unstar("alice", "stars/b").await.unwrap());
+    assert!(!store.unstar("alice", "stars/none").await.unwrap());
+    assert_eq!(store.stars_of(Some("alice"), "stars/b").await.unwrap(), (false, 1));
+    assert_eq!(names(&store.starred("alice").await.unwrap()), ["stars/a"]);
+}
+
+async fn pulls_are_counted_per_day<S: MetaStore + UiStore>(store: &S) {
+    const DAY: i64 = 86_400_000;
+    let repo = "ui/daily";
+    let m = manifest(r#"{"ui":"daily"}"#, vec![], vec![], None);
+    store.put_manifest(repo, &m, Some("v1"), 10).await.unwrap();
+    let pull = |repo: &str, tag: Option<&str>, count, last_ms| PullRecord {
+        repo: repo.into(),
+        digest: m.digest.clone(),
+        tag: tag.map(str::to_string),
+        count,
+        last_ms,
+    };
+    store
+        .record_pulls(&[
+            pull(repo, Some("v1"), 2, 20_000 * DAY + 5),
+            pull(repo, None, 3, 20_000 * DAY + DAY - 1),
+            pull(repo, None, 0, 20_001 * DAY),
+            pull("ui/daily-none", None, 9, 20_001 * DAY),
+        ])
+        .await
+        .unwrap();
+    store.record_pulls(&[pull(repo, None, 4, 20_002 * DAY)]).await.unwrap();
+    store
+        .record_pulls(&[pull(repo, None, 1, 20_002 * DAY + 7)])
+        .await
+        .unwrap();
+    let days = |v: Vec<DailyPulls>| v.into_iter().map(|d| (d.day, d.pulls)).collect::<Vec<_>>();
+    assert_eq!(
+        days(store.daily_pulls(repo, 0).await.unwrap()),
+        [(20_000, 5), (20_002, 5)],
+        "days without pulls left out"
+    );
+    assert_eq!(days(store.daily_pulls(repo, 20_001).await.unwrap()), [(20_002, 5)]);
+    assert!(store.daily_pulls("ui/daily-none", 0).await.unwrap().is_empty());
+    let summary = store.repository_summary(repo).await.unwrap().unwrap();
+    assert_eq!(summary.pull_count, 10);
 }
 
 #[cfg(test)]

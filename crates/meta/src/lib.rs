@@ -8,8 +8,9 @@
 //!
 //! SQL that is the same on both backends is written once in `sql`, over a
 //! small dialect seam (the access store, retention policies, the hot-path
-//! reads); what needs each database's own means (PostgreSQL's locks and
-//! arrays, SQLite's JSON aggregates) stays in the backend's files.
+//! reads, the web UI's store); what needs each database's own means
+//! (PostgreSQL's locks and arrays, SQLite's JSON aggregates) stays in the
+//! backend's files.
 //!
 //! Text given to a store holds no NUL character: PostgreSQL text cannot hold
 //! one and refuses the statement ([`MetaError::is_bad_input`]), while SQLite

@@ -62,6 +62,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::sql::reads::{Reads, BLOB_SIZE, REPOSITORY_EXISTS};
+use crate::sql::ui::pull_day;
 pub(crate) use crate::sql::{parse_digest, to_i64, to_u64};
 use crate::{
     BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaError, MetaStore, NewManifest, PlacedBlob,
@@ -272,6 +273,9 @@ pub(crate) const RECORD_MANIFEST_PULLS: &str = "UPDATE manifests m SET pull_coun
      last_pulled_ms = GREATEST(m.last_pulled_ms, p.last_ms) \
      FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[]) AS p(repo_id, digest, count, last_ms) \
      WHERE m.repo_id = p.repo_id AND m.digest = p.digest";
+pub(crate) const RECORD_DAILY_PULLS: &str = "INSERT INTO daily_pulls (repo_id, day, pulls) \
+     SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[]) \
+     ON CONFLICT (repo_id, day) DO UPDATE SET pulls = daily_pulls.pulls + EXCLUDED.pulls";
 // Only while the tag still names the pulled manifest.
 pub(crate) const RECORD_TAG_PULLS: &str = "UPDATE tags t SET pull_count = t.pull_count + p.count, \
      last_pulled_ms = GREATEST(t.last_pulled_ms, p.last_ms) \
@@ -649,7 +653,7 @@ impl PgMeta {
         Ok(deleted)
     }
 
-    async fn record_pulls_once(&self, manifests: &PullSums, tags: &PullSums) -> Result<()> {
+    async fn record_pulls_once(&self, manifests: &PullSums, tags: &PullSums, days: &DaySums) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(RECORD_MANIFEST_PULLS)
             .bind(&manifests.repo_ids)
@@ -668,6 +672,12 @@ impl PgMeta {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query(RECORD_DAILY_PULLS)
+            .bind(&days.repo_ids)
+            .bind(&days.days)
+            .bind(&days.counts)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -681,6 +691,33 @@ struct PullSums {
     digests: Vec<String>,
     counts: Vec<i64>,
     last_ms: Vec<i64>,
+}
+
+/// Pulls summed per repository and day, in key order, as columns for `unnest`.
+#[derive(Debug, Default)]
+struct DaySums {
+    repo_ids: Vec<i64>,
+    days: Vec<i64>,
+    counts: Vec<i64>,
+}
+
+impl DaySums {
+    /// One row per key: `INSERT … ON CONFLICT` may not change a row twice.
+    fn of<'a>(known: impl Iterator<Item = (i64, &'a PullRecord)>) -> DaySums {
+        let mut sums: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        for (repo_id, p) in known {
+            let sum = sums.entry((repo_id, pull_day(p.last_ms))).or_insert(0);
+            *sum = sum.saturating_add(to_i64(p.count));
+        }
+        let mut out = DaySums::default();
+        // A day without pulls has no row.
+        for ((repo_id, day), count) in sums.into_iter().filter(|&(_, count)| count > 0) {
+            out.repo_ids.push(repo_id);
+            out.days.push(day);
+            out.counts.push(count);
+        }
+        out
+    }
 }
 
 impl PullSums {
@@ -936,12 +973,13 @@ impl MetaStore for PgMeta {
         // same rows in the same order.
         let known = pulls.iter().filter_map(|p| Some((*ids.get(&p.repo)?, p)));
         let manifests = PullSums::of(known.clone().map(|(id, p)| ((id, "", p.digest.to_string()), p)));
+        let days = DaySums::of(known.clone());
         let tags = PullSums::of(known.filter_map(|(id, p)| Some(((id, p.tag.as_deref()?, p.digest.to_string()), p))));
         if manifests.repo_ids.is_empty() {
             return Ok(());
         }
-        let (manifests, tags) = (&manifests, &tags);
-        retrying("record_pulls", move || self.record_pulls_once(manifests, tags)).await
+        let (manifests, tags, days) = (&manifests, &tags, &days);
+        retrying("record_pulls", move || self.record_pulls_once(manifests, tags, days)).await
     }
 
     async fn manifest_facts(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestFacts>> {
@@ -1286,6 +1324,7 @@ mod tests {
     use crate::sql::reads::{
         LINKED_BLOB, LINKED_BLOB_SIZE, MANIFEST_BY_DIGEST, MANIFEST_BY_TAG, MANIFEST_FACTS, TAG_FACTS,
     };
+    use crate::sql::ui::{repository_summary_sql, tag_page_sql};
     use crate::AccessStore;
 
     #[tokio::test]
@@ -1304,6 +1343,37 @@ mod tests {
     async fn access_conformance() {
         let Some(db) = TestDb::create().await else { return };
         crate::conformance::run_access(&db.meta().await).await;
+    }
+
+    #[tokio::test]
+    async fn ui_conformance() {
+        let Some(db) = TestDb::create().await else { return };
+        crate::conformance::run_ui(&db.meta().await).await;
+    }
+
+    /// `cargo test -p berth-meta --release --lib postgres::tests::ui_pages_at_scale -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore = "a benchmark: prints timings"]
+    async fn ui_pages_at_scale() {
+        let Some(db) = TestDb::create().await else { return };
+        let meta = db.meta().await;
+        for statement in [
+            "INSERT INTO repositories (id, name, created_ms) OVERRIDING SYSTEM VALUE \
+             SELECT i, 'team/app-' || i, 0 FROM generate_series(1, 1000) i",
+            // Every tag its own manifest, as CI builds push them; team/app-1 holds 10,000.
+            "INSERT INTO manifests (repo_id, digest, media_type, size, body, pushed_ms, touched_ms, pull_count, \
+             last_pulled_ms, platforms, total_size) \
+             SELECT CASE WHEN i <= 10000 THEN 1 ELSE 2 + i % 999 END, 'sha256:' || lpad(i::text, 64, '0'), \
+             'application/vnd.oci.image.manifest.v1+json', 800, convert_to(repeat('x', 800), 'UTF8'), i, i, i % 3, \
+             CASE WHEN i % 3 = 0 THEN NULL ELSE i END, ARRAY['linux/amd64'], 1000 \
+             FROM generate_series(1, 100000) i",
+            "INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms) \
+             SELECT repo_id, 'v' || pushed_ms, digest, pushed_ms FROM manifests",
+            "VACUUM ANALYZE",
+        ] {
+            sqlx::query(statement).execute(&meta.pool).await.unwrap();
+        }
+        crate::sql::ui::time_pages(&meta, 50).await;
     }
 
     #[tokio::test]
@@ -1511,8 +1581,17 @@ mod tests {
             .await
             .unwrap();
         let repo_id = repo_id.to_string();
+        let (first_tags, next_tags) = (tag_page_sql::<PgMeta>(false), tag_page_sql::<PgMeta>(true));
+        let summary = repository_summary_sql();
         let cases: Vec<(&str, &str, Vec<String>)> = vec![
             ("repository exists", REPOSITORY_EXISTS, vec![repo.into()]),
+            ("repository summary", &summary, vec![repo.into()]),
+            ("first tag page", &first_tags, vec![repo.into(), "50".into()]),
+            (
+                "next tag page",
+                &next_tags,
+                vec![repo.into(), "0".into(), "'v7'".into(), "50".into()],
+            ),
             ("manifest by tag", MANIFEST_BY_TAG, vec![repo.into(), "'v7'".into()]),
             (
                 "manifest by digest",
@@ -1596,6 +1675,11 @@ mod tests {
                 ],
             ),
             (
+                "daily pulls",
+                RECORD_DAILY_PULLS,
+                vec![format!("ARRAY[{repo_id}]"), "ARRAY[20000]".into(), "ARRAY[1]".into()],
+            ),
+            (
                 "tag pulls",
                 RECORD_TAG_PULLS,
                 vec![
@@ -1627,8 +1711,12 @@ mod tests {
                 if plan.contains("Seq Scan") {
                     failures.push(format!("{name} ({mode}) scans a whole table:\n{plan}"));
                 }
-                // A repository's rows picked out of a scan of every repository's.
-                if lines.iter().any(|l| l.contains("Filter:") && l.contains("repo_id")) {
+                // A repository's rows picked out of a scan of every repository's,
+                // or a join that reads all of them for each row it joins.
+                if lines
+                    .iter()
+                    .any(|l| l.contains("Filter:") && l.contains("repo_id") || l.contains("Join Filter:"))
+                {
                     failures.push(format!(
                         "{name} ({mode}) filters by repository after the index:\n{plan}"
                     ));

@@ -191,6 +191,34 @@ pub const TABLES: &[Table] = &[
         },
     },
     Table {
+        name: "stars",
+        handling: Handling::Copied {
+            columns: &[col("user_name", Text), col("repo_id", Int), col("created_ms", Int)],
+            key: &["user_name", "repo_id"],
+            identity: false,
+            // Not checked: a star removed in the source after an earlier run
+            // says nothing about whose registry the target is.
+            fingerprint: &[],
+            exclusion: Exclusion::Never,
+        },
+    },
+    Table {
+        name: "daily_pulls",
+        handling: Handling::Copied {
+            columns: &[col("repo_id", Int), col("day", Int), col("pulls", Int)],
+            key: &["repo_id", "day"],
+            identity: false,
+            fingerprint: &[],
+            exclusion: Exclusion::Never,
+        },
+    },
+    Table {
+        name: "ui_sessions",
+        handling: Handling::NotCopied {
+            why: "browser sessions are not moved: people sign in to the web UI again",
+        },
+    },
+    Table {
         name: "webhook_queue",
         handling: Handling::NotCopied {
             why:

@@ -15,6 +15,7 @@ pub(crate) mod policies;
 mod postgres;
 pub(crate) mod reads;
 mod sqlite;
+pub(crate) mod ui;
 mod webhooks;
 
 use std::future::Future;
@@ -61,6 +62,10 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
     /// Binds a list of text as one parameter (an array, or a JSON array).
     fn bind_texts<'q>(query: Query<'q, Self::Db>, items: Vec<String>) -> Query<'q, Self::Db>;
+
+    /// A list of text column (`manifests.platforms`) read as a JSON array's
+    /// text, or NULL: SQLite keeps the JSON, PostgreSQL a `TEXT[]`.
+    fn texts_as_json(column: &str) -> String;
 
     /// Whether several processes (replicas) share this store, so it keeps
     /// the secrets they must agree on: PostgreSQL yes, the embedded SQLite

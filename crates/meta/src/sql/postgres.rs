@@ -39,5 +39,9 @@ impl Dialect for PgMeta {
         query.bind(items)
     }
 
+    fn texts_as_json(column: &str) -> String {
+        format!("array_to_json({column})::text")
+    }
+
     const SHARED: bool = true;
 }

@@ -40,5 +40,9 @@ impl Dialect for SqliteMeta {
         query.bind(serde_json::Value::from(items).to_string())
     }
 
+    fn texts_as_json(column: &str) -> String {
+        column.to_string()
+    }
+
     const SHARED: bool = false;
 }

@@ -1,7 +1,7 @@
 //! A metadata store that times every operation of the store it wraps,
 //! into `berth_db_operation_duration_seconds{operation, result}`.
 //!
-//! The operation label is the method's name: a closed set of about seventy.
+//! The operation label is the method's name: a closed set of about ninety.
 //! Every method is forwarded, the traits' defaults included, because a
 //! default left to the trait would run in place of the backend's own
 //! version (PostgreSQL's upload claims and job leases, say); the
@@ -17,6 +17,7 @@ use berth_meta::lifecycle::{
     BlobSweep, FileRemover, LifecycleStore, LinkKey, OrphanedReferrerTag, PlannedRemoval, PolicyRecord, Pretend,
     RecordedBlob, RepoState, UntaggedManifest, UnusedBlob,
 };
+use berth_meta::ui::{DailyPulls, RegistryCounts, RepoListing, RepoSummary, SessionRecord, TagCursor, TagRow, UiStore};
 use berth_meta::webhooks::{EndpointRecord, NewEvent, QueuedEvent, WebhookStore};
 use berth_meta::{
     BlobRecord, JobLease, LinkTouch, LinkedBlob, ManifestFacts, MetaStore, NewManifest, PlacedBlob, Placement,
@@ -519,5 +520,85 @@ impl WebhookStore for TimedMeta {
 
     async fn webhook_endpoint(&self, endpoint: &str) -> Result<EndpointRecord> {
         timed!(self, "webhook_endpoint", self.inner.webhook_endpoint(endpoint))
+    }
+}
+
+#[warn(clippy::missing_trait_methods)]
+#[async_trait]
+impl UiStore for TimedMeta {
+    async fn list_repository_summaries(&self, q: &RepoListing<'_>) -> Result<Vec<RepoSummary>> {
+        timed!(
+            self,
+            "list_repository_summaries",
+            self.inner.list_repository_summaries(q)
+        )
+    }
+
+    async fn recently_pushed(&self, limit: u32) -> Result<Vec<RepoSummary>> {
+        timed!(self, "recently_pushed", self.inner.recently_pushed(limit))
+    }
+
+    async fn most_pulled(&self, limit: u32) -> Result<Vec<RepoSummary>> {
+        timed!(self, "most_pulled", self.inner.most_pulled(limit))
+    }
+
+    async fn repository_summary(&self, repo: &str) -> Result<Option<RepoSummary>> {
+        timed!(self, "repository_summary", self.inner.repository_summary(repo))
+    }
+
+    async fn tag_page(&self, repo: &str, after: Option<&TagCursor>, limit: u32) -> Result<(Vec<TagRow>, u64)> {
+        timed!(self, "tag_page", self.inner.tag_page(repo, after, limit))
+    }
+
+    async fn registry_counts(&self) -> Result<RegistryCounts> {
+        timed!(self, "registry_counts", self.inner.registry_counts())
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<()> {
+        timed!(self, "create_session", self.inner.create_session(session))
+    }
+
+    async fn session(&self, id_hash: &str, now_ms: i64) -> Result<Option<SessionRecord>> {
+        timed!(self, "session", self.inner.session(id_hash, now_ms))
+    }
+
+    async fn touch_session(&self, id_hash: &str, now_ms: i64) -> Result<()> {
+        timed!(self, "touch_session", self.inner.touch_session(id_hash, now_ms))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        timed!(self, "delete_session", self.inner.delete_session(id_hash))
+    }
+
+    async fn delete_sessions_of(&self, subject: &str) -> Result<u64> {
+        timed!(self, "delete_sessions_of", self.inner.delete_sessions_of(subject))
+    }
+
+    async fn sessions(&self, now_ms: i64) -> Result<Vec<SessionRecord>> {
+        timed!(self, "sessions", self.inner.sessions(now_ms))
+    }
+
+    async fn purge_sessions(&self, now_ms: i64) -> Result<u64> {
+        timed!(self, "purge_sessions", self.inner.purge_sessions(now_ms))
+    }
+
+    async fn star(&self, user: &str, repo: &str, now_ms: i64) -> Result<bool> {
+        timed!(self, "star", self.inner.star(user, repo, now_ms))
+    }
+
+    async fn unstar(&self, user: &str, repo: &str) -> Result<bool> {
+        timed!(self, "unstar", self.inner.unstar(user, repo))
+    }
+
+    async fn starred(&self, user: &str) -> Result<Vec<RepoSummary>> {
+        timed!(self, "starred", self.inner.starred(user))
+    }
+
+    async fn stars_of(&self, user: Option<&str>, repo: &str) -> Result<(bool, u64)> {
+        timed!(self, "stars_of", self.inner.stars_of(user, repo))
+    }
+
+    async fn daily_pulls(&self, repo: &str, since_day: i64) -> Result<Vec<DailyPulls>> {
+        timed!(self, "daily_pulls", self.inner.daily_pulls(repo, since_day))
     }
 }
