@@ -303,7 +303,12 @@ impl Accounts {
     /// The personal access tokens of `user`.
     pub async fn personal_tokens(&self, user: &str) -> Result<Vec<RobotRecord>> {
         let mark = format!("{PERSONAL_TOKEN_MARK}{user}");
-        Ok(self.list_robots().await?.into_iter().filter(|r| r.created_by == mark).collect())
+        Ok(self
+            .list_robots()
+            .await?
+            .into_iter()
+            .filter(|r| r.created_by == mark)
+            .collect())
     }
 
     /// Revokes one of `user`'s personal access tokens (by its full name).

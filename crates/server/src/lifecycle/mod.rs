@@ -163,7 +163,10 @@ impl Lifecycle {
 
     /// When this process last collected garbage, and what that found.
     pub fn last_gc(&self) -> Option<(i64, gc::GcReport)> {
-        self.last_gc.lock().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.last_gc
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn now_ms(&self) -> i64 {

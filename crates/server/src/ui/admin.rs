@@ -75,16 +75,13 @@ fn admin_page(viewer: &Viewer, title: &str, current: &str, message: Option<(&str
 /// `GET /ui/admin`: counts and recent activity.
 pub async fn dashboard(State(app): State<Arc<App>>, viewer: Viewer) -> UiResult {
     viewer.require_admin()?;
-    let (counts, audit) = tokio::try_join!(
-        async { Ok::<_, UiError>(app.ui.registry_counts().await?) },
-        async {
-            app.auth
-                .accounts()
-                .audit_log(None, RECENT_ACTIVITY)
-                .await
-                .map_err(|e| UiError::internal("reading the audit log", e))
-        },
-    )?;
+    let (counts, audit) = tokio::try_join!(async { Ok::<_, UiError>(app.ui.registry_counts().await?) }, async {
+        app.auth
+            .accounts()
+            .audit_log(None, RECENT_ACTIVITY)
+            .await
+            .map_err(|e| UiError::internal("reading the audit log", e))
+    },)?;
     let last_gc = app.lifecycle.last_gc();
     admin_page(
         &viewer,
@@ -220,13 +217,24 @@ pub async fn section_post(
                 .collect();
             let expires = Some(field(&form, "expires")).filter(|e| !e.is_empty());
             return match accounts.create_token(name, &grants, expires, &actor).await {
-                Ok(secret) => tokens_page(&app, &viewer, Some(("ok", format!("Robot token {name} created."))), Some((name, &secret))).await,
+                Ok(secret) => {
+                    tokens_page(
+                        &app,
+                        &viewer,
+                        Some(("ok", format!("Robot token {name} created."))),
+                        Some((name, &secret)),
+                    )
+                    .await
+                }
                 Err(e) => tokens_page(&app, &viewer, Some(manage_message(e)?), None).await,
             };
         }
         ("tokens", "revoke") => {
             let name = field(&form, "name");
-            accounts.revoke_token(name, &actor).await.map(|()| format!("Robot token {name} revoked."))
+            accounts
+                .revoke_token(name, &actor)
+                .await
+                .map(|()| format!("Robot token {name} revoked."))
         }
         ("grants", "add") => {
             let (subject, pattern, role) = (field(&form, "subject"), field(&form, "pattern"), field(&form, "role"));
@@ -236,12 +244,21 @@ pub async fn section_post(
                 .map(|id| format!("Grant {id} added: {subject} may {role} {pattern}."))
         }
         ("grants", "remove") => {
-            let id: i64 = field(&form, "id").parse().map_err(|_| UiError::BadRequest("No such grant.".into()))?;
-            accounts.remove_grant(id, &actor).await.map(|()| format!("Grant {id} removed."))
+            let id: i64 = field(&form, "id")
+                .parse()
+                .map_err(|_| UiError::BadRequest("No such grant.".into()))?;
+            accounts
+                .remove_grant(id, &actor)
+                .await
+                .map(|()| format!("Grant {id} removed."))
         }
         ("sessions", "end") => {
             let ended = app.ui.delete_session(field(&form, "id")).await?;
-            Ok(if ended { "Session ended.".into() } else { "That session had already ended.".into() })
+            Ok(if ended {
+                "Session ended.".into()
+            } else {
+                "That session had already ended.".into()
+            })
         }
         ("sessions", "end-all") => {
             let subject = field(&form, "subject");
@@ -260,11 +277,17 @@ pub async fn section_post(
         }
         ("retention", "run") => {
             if field(&form, "confirm") != "yes" {
-                return Err(UiError::BadRequest("Running retention needs its confirmation box ticked.".into()));
+                return Err(UiError::BadRequest(
+                    "Running retention needs its confirmation box ticked.".into(),
+                ));
             }
             let pattern = field(&form, "pattern");
             let filter = crate::pattern::Pattern::parse(pattern).map_err(|e| UiError::BadRequest(e.to_string()))?;
-            let done = match app.lifecycle.run(Some(&filter), crate::lifecycle::Scope::Retention, &actor).await {
+            let done = match app
+                .lifecycle
+                .run(Some(&filter), crate::lifecycle::Scope::Retention, &actor)
+                .await
+            {
                 Ok(s) => (
                     "ok",
                     format!(
@@ -278,7 +301,11 @@ pub async fn section_post(
         }
         ("gc", "run") => {
             let dry_run = field(&form, "dry_run") == "yes";
-            let done = match app.lifecycle.collect_garbage(dry_run, |line| tracing::info!("gc: {line}")).await {
+            let done = match app
+                .lifecycle
+                .collect_garbage(dry_run, |line| tracing::info!("gc: {line}"))
+                .await
+            {
                 Ok(r) => (
                     "ok",
                     format!(
@@ -575,7 +602,6 @@ async fn retention_page(
             Err(e) => preview_error = Some(format!("The rules are not valid: {e}")),
         }
     }
-    let deleted = entries.iter().filter(|e| e.action == "delete").count();
     entries.sort_by_key(|e| e.action != "delete");
     let shown = entries.len().min(PREVIEW_LINES);
     admin_page(
@@ -625,7 +651,7 @@ async fn retention_page(
             @if let Some(e) = &preview_error { (page::notice("error", e)) }
             @if let Some(s) = &summary {
                 h2 #preview { "Preview for " (pattern) }
-                p { (s.repositories) " repositories: " strong { (deleted) " to delete" } ", " (s.tags_kept) " tags kept, " (s.manifests_deleted) " untagged manifests deleted." }
+                p { (s.repositories) " repositories: " strong { (s.tags_deleted) " tags to delete" } ", " (s.tags_kept) " tags kept, " (s.manifests_deleted) " untagged manifests deleted." }
                 @if shown < entries.len() { p.muted { "The first " (shown) " of " (entries.len()) " lines, deletions first." } }
                 table #preview-table {
                     thead { tr { th scope="col" { "Repository" } th scope="col" { "Tag or manifest" } th scope="col" { "Action" } th scope="col" { "Rule" } th scope="col" { "Why" } } }

@@ -54,7 +54,10 @@ pub async fn serve(Path((hash, name)): Path<(String, String)>) -> Response {
         "no-cache"
     };
     (
-        [(header::CONTENT_TYPE, asset.content_type), (header::CACHE_CONTROL, cache)],
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CACHE_CONTROL, cache),
+        ],
         asset.body,
     )
         .into_response()

@@ -30,7 +30,10 @@ const CONFIG_SHOWN_BYTES: u64 = 256 * 1024;
 
 /// The summaries of `list` that `viewer` may see, at most `limit`.
 fn visible(viewer: &Viewer, list: Vec<RepoSummary>, limit: usize) -> Vec<RepoSummary> {
-    list.into_iter().filter(|r| viewer.may_pull(&r.name)).take(limit).collect()
+    list.into_iter()
+        .filter(|r| viewer.may_pull(&r.name))
+        .take(limit)
+        .collect()
 }
 
 fn repo_link(name: &str) -> String {
@@ -160,7 +163,11 @@ pub async fn repositories(State(app): State<Arc<App>>, viewer: Viewer, Query(que
         }
     }
     let next = more.then(|| {
-        let last = shown.last().map(|r| r.name.clone()).or(after.clone()).unwrap_or_default();
+        let last = shown
+            .last()
+            .map(|r| r.name.clone())
+            .or(after.clone())
+            .unwrap_or_default();
         let mut href = format!("/ui/repositories?after={}", encode(&last));
         if let Some(q) = q {
             href.push_str(&format!("&q={}", encode(q)));
@@ -257,7 +264,11 @@ pub async fn repository_get(
 /// visitor may not pull is not there, as on `/v2/`).
 async fn visible_summary(app: &App, viewer: &Viewer, repo: &RepoName) -> Result<RepoSummary, UiError> {
     if !viewer.may_pull(repo.as_str()) {
-        return Err(if viewer.signed_in() { UiError::NotFound } else { UiError::SignInRequired });
+        return Err(if viewer.signed_in() {
+            UiError::NotFound
+        } else {
+            UiError::SignInRequired
+        });
     }
     app.ui.repository_summary(repo.as_str()).await?.ok_or(UiError::NotFound)
 }
@@ -308,7 +319,9 @@ async fn repository_page(app: &App, viewer: &Viewer, repo: &RepoName, query: &Re
         })
     });
     let (starred, star_count) = stars;
-    let newest = rows.iter().find(|r| tag_subject(&r.name).is_none() && r.subject.is_none());
+    let newest = rows
+        .iter()
+        .find(|r| tag_subject(&r.name).is_none() && r.subject.is_none());
     // Signatures, attestations and SBOMs are shown under what they are about
     // when it is on this page.
     let mut under: HashMap<String, Vec<&TagRow>> = HashMap::new();
@@ -500,7 +513,11 @@ fn pull_chart(days: &[DailyPulls], today: i64) -> Markup {
 async fn manifest_page(app: &App, viewer: &Viewer, repo: &RepoName, digest: &Digest, tag: Option<&str>) -> UiResult {
     visible_summary(app, viewer, repo).await?;
     let reference = berth_oci::Reference::Digest(digest.clone());
-    let manifest = app.registry.find_manifest(repo, &reference).await?.ok_or(UiError::NotFound)?;
+    let manifest = app
+        .registry
+        .find_manifest(repo, &reference)
+        .await?
+        .ok_or(UiError::NotFound)?;
     let tag = tag.filter(|t| t.parse::<Tag>().is_ok());
     let hex = digest.hex();
     let (facts, referrers, tagged) = tokio::try_join!(
@@ -510,7 +527,11 @@ async fn manifest_page(app: &App, viewer: &Viewer, repo: &RepoName, digest: &Dig
             // cosign's tag scheme: `sha256-<hex>.sig` etc., right after `sha256-<hex>` in name order.
             let prefix = format!("sha256-{hex}");
             let page = app.registry.list_tags(repo, Some(&prefix), 100).await?;
-            Ok(page.items.into_iter().filter(|t| t.starts_with(&prefix)).collect::<Vec<_>>())
+            Ok(page
+                .items
+                .into_iter()
+                .filter(|t| t.starts_with(&prefix))
+                .collect::<Vec<_>>())
         },
     )?;
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&manifest.body).ok();

@@ -39,7 +39,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/ui/", get(browse::home))
         .route("/ui/repositories", get(browse::repositories))
         .route("/ui/starred", get(browse::starred))
-        .route("/ui/r/{*path}", get(browse::repository_get).post(browse::repository_post))
+        .route(
+            "/ui/r/{*path}",
+            get(browse::repository_get).post(browse::repository_post),
+        )
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
         .route("/ui/sso/start", get(sso::start))
@@ -85,7 +88,10 @@ fn from_another_site(req: &Request) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     // `Origin: null` (a sandboxed frame, a redirect across origins) is another site too.
     let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
     origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host)
@@ -107,8 +113,6 @@ pub enum UiError {
     CrossSite,
     #[error("{0}")]
     BadRequest(String),
-    #[error("{0}")]
-    TooManyRequests(String),
     #[error("The registry cannot answer this now; try again shortly.")]
     Unavailable,
 }
@@ -120,7 +124,6 @@ impl UiError {
             UiError::SignInRequired => StatusCode::UNAUTHORIZED,
             UiError::Forbidden | UiError::Csrf | UiError::CrossSite => StatusCode::FORBIDDEN,
             UiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            UiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             UiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -189,7 +192,10 @@ pub struct Html(pub maud::Markup);
 impl IntoResponse for Html {
     fn into_response(self) -> Response {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            )],
             self.0.into_string(),
         )
             .into_response()

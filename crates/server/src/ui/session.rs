@@ -258,10 +258,18 @@ pub async fn login_form(State(app): State<Arc<App>>, viewer: Viewer, Query(q): Q
         return Ok(Redirect::to(safe_next(q.next.as_deref())).into_response());
     }
     let token = random_token();
-    let mut response = Html(login_page(&viewer, app.sso.as_ref().map(|s| s.label()), &token, safe_next(q.next.as_deref()), None)).into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &token, 3600, viewer.secure));
+    let mut response = Html(login_page(
+        &viewer,
+        app.sso.as_ref().map(|s| s.label()),
+        &token,
+        safe_next(q.next.as_deref()),
+        None,
+    ))
+    .into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, &token, 3600, viewer.secure),
+    );
     Ok(response)
 }
 
@@ -291,7 +299,17 @@ pub async fn login(
     }
     let next = safe_next(form.next.as_deref()).to_string();
     let retry = |status: StatusCode, message: &str| -> UiResult {
-        Ok((status, Html(login_page(&viewer, app.sso.as_ref().map(|s| s.label()), &form.csrf, &next, Some(message)))).into_response())
+        Ok((
+            status,
+            Html(login_page(
+                &viewer,
+                app.sso.as_ref().map(|s| s.label()),
+                &form.csrf,
+                &next,
+                Some(message),
+            )),
+        )
+            .into_response())
     };
     let peer = connect.ip();
     let identity = match app.auth.login(peer, &form.username, &form.password).await {
@@ -352,13 +370,18 @@ pub async fn start_session(
         created_ms: now,
         last_seen_ms: now,
         expires_ms: now.saturating_add((lifetime as i64).saturating_mul(1000)),
-        user_agent: crate::text::printable(user_agent, 200).map(str::to_string).unwrap_or_default(),
+        user_agent: crate::text::printable(user_agent, 200)
+            .map(str::to_string)
+            .unwrap_or_default(),
         addr: peer.to_string(),
     };
     app.ui.create_session(&record).await?;
     let mut response = Redirect::to(next).into_response();
     let headers = response.headers_mut();
-    headers.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &secret, lifetime, viewer.secure));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &secret, lifetime, viewer.secure),
+    );
     headers.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0, viewer.secure));
     Ok(response)
 }
@@ -498,14 +521,28 @@ pub async fn account_post(State(app): State<Arc<App>>, viewer: Viewer, RawForm(b
             match accounts.create_personal_token(&user, field("label"), expires).await {
                 Ok(secret) => {
                     let name = format!("{user}.{}", field("label"));
-                    account_page(&app, &viewer, Some(("ok", format!("Token {name} created."))), Some((&name, &secret))).await
+                    account_page(
+                        &app,
+                        &viewer,
+                        Some(("ok", format!("Token {name} created."))),
+                        Some((&name, &secret)),
+                    )
+                    .await
                 }
                 Err(ManageError::Store(e)) => Err(e.into()),
                 Err(e) => account_page(&app, &viewer, Some(("error", e.to_string())), None).await,
             }
         }
         "revoke" => match accounts.revoke_personal_token(&user, field("name")).await {
-            Ok(()) => account_page(&app, &viewer, Some(("ok", format!("Token {} revoked.", field("name")))), None).await,
+            Ok(()) => {
+                account_page(
+                    &app,
+                    &viewer,
+                    Some(("ok", format!("Token {} revoked.", field("name")))),
+                    None,
+                )
+                .await
+            }
             Err(ManageError::Store(e)) => Err(e.into()),
             Err(e) => account_page(&app, &viewer, Some(("error", e.to_string())), None).await,
         },

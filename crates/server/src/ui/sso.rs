@@ -176,7 +176,10 @@ pub async fn start(State(app): State<Arc<App>>, viewer: Viewer, Query(q): Query<
     let next = safe_next(q.next.as_deref());
     let flow = format!("{state}.{nonce}.{verifier}.{}", b64(next.as_bytes()));
     let mut response = Redirect::to(url.as_str()).into_response();
-    let cookie = set_cookie(FLOW_COOKIE, &flow, FLOW_SECS, viewer.secure).to_str().unwrap_or_default().replace("Path=/;", "Path=/ui/sso/;");
+    let cookie = set_cookie(FLOW_COOKIE, &flow, FLOW_SECS, viewer.secure)
+        .to_str()
+        .unwrap_or_default()
+        .replace("Path=/;", "Path=/ui/sso/;");
     if let Ok(value) = header::HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -209,13 +212,18 @@ pub async fn callback(
     if let Some(error) = &q.error {
         let detail = q.error_description.as_deref().unwrap_or("");
         tracing::info!(error = %error, detail = %detail, "single sign-on refused by the provider");
-        return Err(UiError::BadRequest(format!("The identity provider refused the sign-in: {error}.")));
+        return Err(UiError::BadRequest(format!(
+            "The identity provider refused the sign-in: {error}."
+        )));
     }
     let flow = session::cookie(&headers, FLOW_COOKIE).unwrap_or_default().to_string();
     let mut parts = flow.split('.');
-    let (Some(state), Some(nonce), Some(verifier), Some(next)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(state), Some(nonce), Some(verifier), Some(next)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(UiError::BadRequest("This sign-in was not started here, or took too long; sign in again.".into()));
+        return Err(UiError::BadRequest(
+            "This sign-in was not started here, or took too long; sign in again.".into(),
+        ));
     };
     let sent_state = q.state.as_deref().unwrap_or_default();
     if state.is_empty() || !bool::from(state.as_bytes().ct_eq(sent_state.as_bytes())) {
@@ -247,12 +255,17 @@ pub async fn callback(
     }
     let answer = sso.client.post(&endpoints.token_endpoint).form(&form).send().await;
     let answer: TokenAnswer = match answer {
-        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| UiError::internal("reading the provider's token answer", e))?,
+        Ok(r) if r.status().is_success() => r
+            .json()
+            .await
+            .map_err(|e| UiError::internal("reading the provider's token answer", e))?,
         Ok(r) => {
             let status = r.status();
             let body = r.text().await.unwrap_or_default();
             tracing::info!(%status, body = %body.chars().take(300).collect::<String>(), "single sign-on: the code was refused");
-            return Err(UiError::BadRequest("The identity provider did not accept the sign-in; sign in again.".into()));
+            return Err(UiError::BadRequest(
+                "The identity provider did not accept the sign-in; sign in again.".into(),
+            ));
         }
         Err(e) => {
             tracing::warn!(error = %e, "single sign-on: the token endpoint is unreachable");
@@ -271,7 +284,11 @@ pub async fn callback(
             ))
         }
     };
-    if !who.nonce.as_deref().is_some_and(|n| bool::from(n.as_bytes().ct_eq(nonce.as_bytes()))) {
+    if !who
+        .nonce
+        .as_deref()
+        .is_some_and(|n| bool::from(n.as_bytes().ct_eq(nonce.as_bytes())))
+    {
         return Err(UiError::Csrf);
     }
     match app.auth.accounts().sso_account(&who.name).await {
@@ -279,11 +296,17 @@ pub async fn callback(
         Ok(SsoAccount::Existing) => {}
         Ok(SsoAccount::TakenByLocalUser) => {
             tracing::warn!(user = %who.name, "single sign-on refused: a local user has this name");
-            return Err(UiError::BadRequest("A local user has this name; single sign-on cannot sign in as them.".into()));
+            return Err(UiError::BadRequest(
+                "A local user has this name; single sign-on cannot sign in as them.".into(),
+            ));
         }
         Ok(SsoAccount::Disabled) => return Err(UiError::Forbidden),
         Err(crate::auth::manage::ManageError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(UiError::BadRequest(format!("The identity provider's user name cannot be used: {e}."))),
+        Err(e) => {
+            return Err(UiError::BadRequest(format!(
+                "The identity provider's user name cannot be used: {e}."
+            )))
+        }
     }
     let said = ProviderSaid {
         admin: who.admin,
@@ -291,7 +314,10 @@ pub async fn callback(
         grants: who.grants.iter().map(|g| g.to_string()).collect(),
     };
     let mut response = session::start_session(&app, &viewer, &headers, peer.ip(), &who.name, &said, &next).await?;
-    let clear = set_cookie(FLOW_COOKIE, "", 0, viewer.secure).to_str().unwrap_or_default().replace("Path=/;", "Path=/ui/sso/;");
+    let clear = set_cookie(FLOW_COOKIE, "", 0, viewer.secure)
+        .to_str()
+        .unwrap_or_default()
+        .replace("Path=/;", "Path=/ui/sso/;");
     if let Ok(value) = header::HeaderValue::from_str(&clear) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

@@ -36,7 +36,7 @@ mod routes;
 mod stress;
 mod tls;
 mod touches;
-mod upload_races;
 mod ui;
+mod upload_races;
 mod uploads;
 mod webhooks;

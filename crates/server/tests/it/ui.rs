@@ -17,7 +17,10 @@ fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
         .get_all(SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap_or("").to_string()))
+        .find_map(|v| {
+            v.strip_prefix(&format!("{name}="))
+                .map(|rest| rest.split(';').next().unwrap_or("").to_string())
+        })
 }
 
 /// The value of the first hidden `csrf` field of a page.
@@ -42,11 +45,21 @@ impl Browser {
             .client
             .post(app.url("/ui/login"))
             .header(COOKIE, format!("berth_login={login_cookie}"))
-            .form(&[("username", user), ("password", password), ("csrf", &token), ("next", "/ui/account")])
+            .form(&[
+                ("username", user),
+                ("password", password),
+                ("csrf", &token),
+                ("next", "/ui/account"),
+            ])
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{}", resp.text().await.unwrap_or_default());
+        assert_eq!(
+            resp.status(),
+            StatusCode::SEE_OTHER,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
         assert_eq!(resp.headers()[LOCATION], "/ui/account");
         let raw = resp
             .headers()
@@ -89,6 +102,12 @@ impl Browser {
     }
 }
 
+/// A client with a token to push to `repo` as `login`.
+async fn pusher(app: &TestApp, login: &str, password: &str, repo: &str) -> reqwest::Client {
+    let scope = format!("repository:{repo}:pull,push");
+    bearer_client(&token(app, Some((login, password)), &[scope.as_str()]).await)
+}
+
 async fn page(app: &TestApp, path: &str) -> (StatusCode, String) {
     let resp = app.get(path).await;
     let status = resp.status();
@@ -104,7 +123,9 @@ async fn pages_show_a_multi_arch_image_its_signature_and_escape_what_was_pushed(
         json!({ "os": "linux", "architecture": "amd64" }),
         json!({ "os": "linux", "architecture": "arm64", "variant": "v8" }),
     ];
-    let index = app.push_index("team/app", "v1", &[amd.clone(), arm.clone()], &platforms).await;
+    let index = app
+        .push_index("team/app", "v1", &[amd.clone(), arm.clone()], &platforms)
+        .await;
     let index_digest = sha256(&index);
     let subject = json!({ "mediaType": OCI_INDEX, "digest": index_digest, "size": index.len() });
     let hostile = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
@@ -122,13 +143,19 @@ async fn pages_show_a_multi_arch_image_its_signature_and_escape_what_was_pushed(
     let resp = app.get("/ui/").await;
     assert_eq!(resp.status(), 200);
     let csp = resp.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().to_string();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     let home = resp.text().await.unwrap();
     assert!(home.contains("team/app") && home.contains("zeta/tool"), "{home}");
-    assert!(!home.contains("<script>") && !home.contains("style="), "inline script or style on the home page");
+    assert!(
+        !home.contains("<script>") && !home.contains("style="),
+        "inline script or style on the home page"
+    );
 
     // Search by prefix and substring, case-insensitive; a hostile query is escaped.
     let (_, found) = page(&app, "/ui/repositories?q=TEAM").await;
@@ -154,11 +181,20 @@ async fn pages_show_a_multi_arch_image_its_signature_and_escape_what_was_pushed(
     assert!(manifest.contains("linux/arm64/v8"));
     assert!(manifest.contains("signature"), "{manifest}");
     assert!(manifest.contains(&sig[7..19]), "the signature's short digest");
-    assert!(manifest.contains(&format!("@{index_digest}")), "a digest-pinned pull line");
+    assert!(
+        manifest.contains(&format!("@{index_digest}")),
+        "a digest-pinned pull line"
+    );
     let (status, signature) = page(&app, &format!("/ui/r/team/app/-/manifest/{sig}")).await;
     assert_eq!(status, 200);
-    assert!(!signature.contains("<script>alert") && !signature.contains("<img src=x"), "{signature}");
-    assert!(signature.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{signature}");
+    assert!(
+        !signature.contains("<script>alert") && !signature.contains("<img src=x"),
+        "{signature}"
+    );
+    assert!(
+        signature.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{signature}"
+    );
 
     // The child's config is shown.
     let (_, child) = page(&app, &format!("/ui/r/team/app/-/manifest/{}", amd.digest)).await;
@@ -173,7 +209,10 @@ async fn pages_show_a_multi_arch_image_its_signature_and_escape_what_was_pushed(
     ] {
         let (status, body) = page(&app, path).await;
         assert_eq!(status, 404, "{path}");
-        assert!(!body.contains("<script>alert") && !body.contains("<b>"), "{path}: {body}");
+        assert!(
+            !body.contains("<script>alert") && !body.contains("<b>"),
+            "{path}: {body}"
+        );
     }
 }
 
@@ -188,7 +227,9 @@ async fn tag_counts_leave_out_signatures_and_pages_go_by_push_time() {
     }
     // cosign's tag scheme: not an image of the repository.
     let hex = &image.digest[7..];
-    let sig = app.put_manifest("lib/app", &format!("sha256-{hex}.sig"), OCI_MANIFEST, &image.manifest).await;
+    let sig = app
+        .put_manifest("lib/app", &format!("sha256-{hex}.sig"), OCI_MANIFEST, &image.manifest)
+        .await;
     assert_eq!(sig.status(), 201);
     let (_, list) = page(&app, "/ui/repositories").await;
     let row = list.split("lib/app").nth(2).expect("a row for lib/app");
@@ -205,9 +246,8 @@ async fn sign_in_sessions_csrf_and_stars() {
     add_user(&app, "alice", ALICE_PASSWORD, false);
     add_user(&app, "root", "root-password-long", true);
     grant(&app, "user:alice", "team/**", "push");
-    let admin = basic("root", "root-password-long");
-    let push = authorized_client(&admin);
     for repo in ["team/app", "public/base", "secret/thing"] {
+        let push = pusher(&app, "root", "root-password-long", repo).await;
         Image::random(1).push(&push, &app.base, repo, "latest").await;
     }
 
@@ -277,7 +317,10 @@ async fn sign_in_sessions_csrf_and_stars() {
     assert!(list.contains("team/app"), "{list}");
     let repo = alice.get(&app, "/ui/r/team/app").await.text().await.unwrap();
     assert!(repo.contains("1 star") && repo.contains("Unstar"), "{repo}");
-    assert_eq!(alice.post(&app, "/ui/r/team/app/-/unstar", &[]).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        alice.post(&app, "/ui/r/team/app/-/unstar", &[]).await.status(),
+        StatusCode::SEE_OTHER
+    );
     let list = alice.get(&app, "/ui/starred").await.text().await.unwrap();
     assert!(!list.contains("team/app"));
 
@@ -285,10 +328,20 @@ async fn sign_in_sessions_csrf_and_stars() {
     let root = Browser::sign_in(&app, "root", "root-password-long").await;
     let sessions = root.get(&app, "/ui/admin/sessions").await.text().await.unwrap();
     assert!(sessions.contains("alice"), "{sessions}");
-    let ended = root.post(&app, "/ui/admin/sessions", &[("action", "end-all"), ("subject", "alice")]).await;
+    let ended = root
+        .post(
+            &app,
+            "/ui/admin/sessions",
+            &[("action", "end-all"), ("subject", "alice")],
+        )
+        .await;
     assert_eq!(ended.status(), 200);
     assert!(ended.text().await.unwrap().contains("1 sessions of alice ended"));
-    assert_eq!(alice.get(&app, "/ui/r/team/app").await.status(), 401, "the session is over");
+    assert_eq!(
+        alice.get(&app, "/ui/r/team/app").await.status(),
+        401,
+        "the session is over"
+    );
 
     // Sign-out ends the session too.
     let out = root.post(&app, "/ui/logout", &[]).await;
@@ -302,21 +355,33 @@ async fn a_robot_token_made_in_the_ui_pushes_until_it_is_revoked() {
     add_user(&app, "root", "root-password-long", true);
     let root = Browser::sign_in(&app, "root", "root-password-long").await;
     let resp = root
-        .post(&app, "/ui/admin/tokens", &[("action", "create"), ("name", "ci"), ("grants", "ci/*:push")])
+        .post(
+            &app,
+            "/ui/admin/tokens",
+            &[("action", "create"), ("name", "ci"), ("grants", "ci/*:push")],
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let page = resp.text().await.unwrap();
-    let at = page.find("id=\"new-secret\" readonly value=\"").expect("the secret, once") + 32;
+    let at = page
+        .find("id=\"new-secret\" readonly value=\"")
+        .expect("the secret, once")
+        + 32;
     let secret = page[at..].split('"').next().unwrap().to_string();
     assert!(secret.len() > 20);
     let tokens = root.get(&app, "/ui/admin/tokens").await.text().await.unwrap();
-    assert!(tokens.contains(">ci<") && !tokens.contains(&secret), "the secret is shown only once");
+    assert!(
+        tokens.contains(">ci<") && !tokens.contains(&secret),
+        "the secret is shown only once"
+    );
 
-    let client = authorized_client(&basic("anything", &secret));
+    let client = pusher(&app, "anything", &secret, "ci/app").await;
     let image = Image::random(1);
     image.push(&client, &app.base, "ci/app", "1").await;
 
-    let revoked = root.post(&app, "/ui/admin/tokens", &[("action", "revoke"), ("name", "ci")]).await;
+    let revoked = root
+        .post(&app, "/ui/admin/tokens", &[("action", "revoke"), ("name", "ci")])
+        .await;
     assert_eq!(revoked.status(), 200);
     let (status, _) = token_response(&app, Some(("anything", &secret)), &["repository:ci/app:push"]).await;
     assert_eq!(status, 401, "a revoked token gets no token");
@@ -332,9 +397,9 @@ async fn the_retention_preview_follows_the_draft_and_deletion_asks_first() {
     let preview = |rules: &str| format!("/ui/admin/retention?pattern=keep%2F**&rules={}", percent_encode(rules));
     let (status, two) = page(&app, &preview(r#"{"keep_last": 2}"#)).await;
     assert_eq!(status, 200, "{two}");
-    assert!(two.contains("3 to delete"), "{two}");
+    assert!(two.contains("3 tags to delete"), "{two}");
     let (_, four) = page(&app, &preview(r#"{"keep_last": 4}"#)).await;
-    assert!(four.contains("1 to delete"), "{four}");
+    assert!(four.contains("1 tags to delete"), "{four}");
     let (_, bad) = page(&app, &preview(r#"{"keep_lats": 4}"#)).await;
     assert!(bad.contains("not valid"), "{bad}");
     // Nothing was saved or deleted by previews.
@@ -387,7 +452,11 @@ async fn through_the_provider(client: &reqwest::Client, start: &str, base: &str)
         if url.starts_with(base) {
             return url;
         }
-        let jar = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let jar = cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         let resp = client.get(&url).header(COOKIE, jar).send().await.unwrap();
         for value in resp.headers().get_all(SET_COOKIE) {
             let pair = value.to_str().unwrap().split(';').next().unwrap().to_string();
@@ -432,10 +501,18 @@ async fn sso_sign_in(app: &TestApp, account: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap();
-    assert_eq!(start.status(), StatusCode::SEE_OTHER, "{}", start.text().await.unwrap_or_default());
+    assert_eq!(
+        start.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        start.text().await.unwrap_or_default()
+    );
     let flow = set_cookie(&start, "berth_sso").expect("the sign-in's cookie");
     let authorize = start.headers()[LOCATION].to_str().unwrap().to_string();
-    assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="), "{authorize}");
+    assert!(
+        authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="),
+        "{authorize}"
+    );
     let callback = through_the_provider(&app.client, &authorize, &app.base).await;
     app.client
         .get(&callback)
@@ -466,15 +543,24 @@ client_id = "berth"
     ));
     add_user(&app, "root", "root-password-long", true);
     grant(&app, "group:devs", "shared/**", "pull");
-    let push = authorized_client(&basic("root", "root-password-long"));
-    Image::random(1).push(&push, &app.base, "shared/base", "1").await;
-    Image::random(1).push(&push, &app.base, "secret/x", "1").await;
+    for repo in ["shared/base", "secret/x"] {
+        let push = pusher(&app, "root", "root-password-long", repo).await;
+        Image::random(1).push(&push, &app.base, repo, "1").await;
+    }
 
     let (_, login) = page(&app, "/ui/login").await;
-    assert!(login.contains("/ui/sso/start"), "the sign-in page offers single sign-on");
+    assert!(
+        login.contains("/ui/sso/start"),
+        "the sign-in page offers single sign-on"
+    );
 
     let done = sso_sign_in(&app, "carol").await;
-    assert_eq!(done.status(), StatusCode::SEE_OTHER, "{}", done.text().await.unwrap_or_default());
+    assert_eq!(
+        done.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        done.text().await.unwrap_or_default()
+    );
     assert_eq!(done.headers()[LOCATION], "/ui/account");
     let carol = Browser {
         cookie: set_cookie(&done, "berth_session").expect("a session"),
@@ -491,10 +577,16 @@ client_id = "berth"
     let root = Browser::sign_in(&app, "root", "root-password-long").await;
     let users = root.get(&app, "/ui/admin/users").await.text().await.unwrap();
     assert!(users.contains("carol") && users.contains("single sign-on"), "{users}");
-    let off = root.post(&app, "/ui/admin/users", &[("action", "disable"), ("name", "carol")]).await;
+    let off = root
+        .post(&app, "/ui/admin/users", &[("action", "disable"), ("name", "carol")])
+        .await;
     assert_eq!(off.status(), 200);
     assert_eq!(carol.get(&app, "/ui/account").await.status(), 401);
-    assert_eq!(sso_sign_in(&app, "carol").await.status(), 403, "a disabled user cannot sign in again");
+    assert_eq!(
+        sso_sign_in(&app, "carol").await.status(),
+        403,
+        "a disabled user cannot sign in again"
+    );
 
     // A local user's name is not taken over by the provider's account of the same name.
     let refused = sso_sign_in(&app, "root").await;
@@ -520,13 +612,15 @@ async fn a_personal_access_token_acts_as_its_user_until_revoked() {
     add_user(&app, "alice", ALICE_PASSWORD, false);
     grant(&app, "user:alice", "team/**", "push");
     let alice = Browser::sign_in(&app, "alice", ALICE_PASSWORD).await;
-    let resp = alice.post(&app, "/ui/account", &[("action", "create"), ("label", "laptop")]).await;
+    let resp = alice
+        .post(&app, "/ui/account", &[("action", "create"), ("label", "laptop")])
+        .await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.unwrap();
     let at = body.find("id=\"new-secret\" readonly value=\"").expect("the secret") + 32;
     let secret = body[at..].split('"').next().unwrap().to_string();
 
-    let client = authorized_client(&basic("alice", &secret));
+    let client = pusher(&app, "alice", &secret, "team/app").await;
     Image::random(1).push(&client, &app.base, "team/app", "1").await;
     let (status, _) = token_response(&app, Some(("alice", &secret)), &["repository:other/x:push"]).await;
     assert_eq!(status, 200, "a token is issued, without other/x");
@@ -537,7 +631,9 @@ async fn a_personal_access_token_acts_as_its_user_until_revoked() {
         (r.status(), r.text().await.unwrap())
     };
     assert!(tokens.contains("alice.laptop") && !tokens.contains(&secret));
-    let revoked = alice.post(&app, "/ui/account", &[("action", "revoke"), ("name", "alice.laptop")]).await;
+    let revoked = alice
+        .post(&app, "/ui/account", &[("action", "revoke"), ("name", "alice.laptop")])
+        .await;
     assert_eq!(revoked.status(), 200);
     let (status, _) = token_response(&app, Some(("alice", &secret)), &["repository:team/app:pull"]).await;
     assert_eq!(status, 401);
