@@ -54,6 +54,11 @@ struct Args {
     /// named `t000000`, `t000001`, …
     #[arg(long, default_value_t = 1000)]
     tags: u32,
+    /// Tags of the first repository, `bench/r0000`, when it should differ
+    /// from `--tags` (the web UI's benchmark: one repository of 10,000 tags
+    /// among many small ones).
+    #[arg(long)]
+    first_repo_tags: Option<u32>,
     /// The size of each repository's shared layer, in bytes.
     #[arg(long, default_value_t = 4096)]
     layer_size: usize,
@@ -71,6 +76,16 @@ struct Args {
     /// The size of each unreferenced blob, in bytes.
     #[arg(long, default_value_t = 1024)]
     unreferenced_size: usize,
+}
+
+impl Args {
+    /// How many tags repository `index` gets.
+    fn tags_of(&self, index: u32) -> u32 {
+        match (index, self.first_repo_tags) {
+            (0, Some(n)) => n,
+            _ => self.tags,
+        }
+    }
 }
 
 /// One tag of a seeded repository: its image config and manifest.
@@ -136,14 +151,15 @@ impl RepoImage {
             .collect();
         let layer_digest = Digest::of(Algorithm::Sha256, &layer);
 
+        let wanted = args.tags_of(index);
         // Push order is a shuffle of the tag order.
-        let count = usize::try_from(args.tags)?;
+        let count = usize::try_from(wanted)?;
         let mut order: Vec<usize> = (0..count).collect();
         for i in (1..count).rev() {
             let j = usize::try_from(splitmix64(&mut rng) % (i as u64 + 1))?;
             order.swap(i, j);
         }
-        let step = (newest_ms - oldest_ms) / i64::from(args.tags.max(1));
+        let step = (newest_ms - oldest_ms) / i64::from(wanted.max(1));
 
         let mut tags = Vec::with_capacity(count);
         for (i, position) in order.into_iter().enumerate() {
@@ -421,7 +437,7 @@ async fn main() -> Result<()> {
         .await?;
     conn.close().await?;
 
-    let tags = u64::from(args.repos) * u64::from(args.tags);
+    let tags: u64 = (0..args.repos).map(|i| u64::from(args.tags_of(i))).sum();
     println!(
         "seeded {} repositories, {tags} tags, {tags} manifests, {} blobs ({} unreferenced; {files_written} files) \
          in {:.1} s (database {:.1} s)",

@@ -11,6 +11,7 @@
 //! a cursor is written on the wire is the HTTP layer's.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use berth_meta::lifecycle::{ManifestState, RepoState};
 
@@ -175,19 +176,85 @@ impl Lifecycle {
     }
 }
 
+/// Repositories with fewer tags are planned on every page view (about 1 ms
+/// per 100 tags); bigger ones have their verdicts kept for a while.
+const VERDICTS_CACHED_FROM: u64 = 1_000;
+/// How long kept verdicts are shown: they may lag a pull (an idle rule), the
+/// passing of an expiry time, or another replica's change by this much.
+const VERDICTS_KEPT_MS: i64 = 30_000;
+const VERDICTS_KEPT_REPOSITORIES: usize = 64;
+
+/// The verdicts of big repositories, by repository, each with the state it
+/// was planned on: the number of tags and the latest push, so that a push or
+/// a deletion plans again at once.
+#[derive(Default)]
+pub(super) struct VerdictCache(std::sync::Mutex<HashMap<String, KeptVerdicts>>);
+
+struct KeptVerdicts {
+    state: (u64, Option<i64>),
+    at_ms: i64,
+    verdicts: Arc<HashMap<String, Verdict>>,
+}
+
+impl VerdictCache {
+    fn get(&self, repo: &str, state: (u64, Option<i64>), now_ms: i64) -> Option<Arc<HashMap<String, Verdict>>> {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(repo)
+            .filter(|k| k.state == state && now_ms - k.at_ms < VERDICTS_KEPT_MS && now_ms >= k.at_ms)
+            .map(|k| k.verdicts.clone())
+    }
+
+    fn put(&self, repo: &str, state: (u64, Option<i64>), now_ms: i64, verdicts: Arc<HashMap<String, Verdict>>) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= VERDICTS_KEPT_REPOSITORIES && !kept.contains_key(repo) {
+            if let Some(oldest) = kept.iter().min_by_key(|(_, k)| k.at_ms).map(|(r, _)| r.clone()) {
+                kept.remove(&oldest);
+            }
+        }
+        kept.insert(repo.to_string(), KeptVerdicts { state, at_ms: now_ms, verdicts });
+    }
+
+    /// Forgets everything: the policies changed.
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
 impl Lifecycle {
     /// What a lifecycle run would now do with each tag of `repo`, by tag:
     /// the same verdicts as the inventory, for one repository's page.
-    pub async fn tag_verdicts(&self, repo: &str) -> Result<HashMap<String, Verdict>> {
+    /// `tags` and `last_push` are the repository's state as the caller read
+    /// it: a big repository's verdicts are planned again when they change,
+    /// or after [`VERDICTS_KEPT_MS`].
+    pub async fn tag_verdicts(
+        &self,
+        repo: &str,
+        tags: u64,
+        last_push: Option<i64>,
+    ) -> Result<Arc<HashMap<String, Verdict>>> {
+        let now = self.now_ms();
+        let state = (tags, last_push);
+        let cached = tags >= VERDICTS_CACHED_FROM;
+        if cached {
+            if let Some(kept) = self.verdicts.get(repo, state, now) {
+                return Ok(kept);
+            }
+        }
         let policies = self.policies().await?;
-        let Some(state) = self.store.repository_state(repo).await? else {
-            return Ok(HashMap::new());
+        let Some(repo_state) = self.store.repository_state(repo).await? else {
+            return Ok(Arc::default());
         };
-        let plan = plan::plan(&state, self.settings(repo, &policies, Scope::Retention, self.now_ms()));
-        Ok(images(&state, &plan)
-            .into_iter()
-            .filter_map(|image| Some((image.tag?, image.lifecycle)))
-            .collect())
+        let plan = plan::plan(&repo_state, self.settings(repo, &policies, Scope::Retention, now));
+        let verdicts: Arc<HashMap<String, Verdict>> = Arc::new(
+            images(&repo_state, &plan)
+                .into_iter()
+                .filter_map(|image| Some((image.tag?, image.lifecycle)))
+                .collect(),
+        );
+        if cached {
+            self.verdicts.put(repo, state, now, verdicts.clone());
+        }
+        Ok(verdicts)
     }
 }
 

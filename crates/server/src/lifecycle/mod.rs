@@ -78,6 +78,8 @@ pub struct Lifecycle {
     busy: tokio::sync::Mutex<()>,
     /// When this process last collected garbage (not a dry run), and what it found.
     last_gc: std::sync::Mutex<Option<(i64, gc::GcReport)>>,
+    /// The web UI's verdicts of big repositories (see `Lifecycle::tag_verdicts`).
+    verdicts: inventory::VerdictCache,
     /// Pulls the server holds in memory, written before each repository's
     /// removals so that a pull just made keeps what it pulled.
     pulls: Option<Arc<PullRecorder>>,
@@ -119,6 +121,7 @@ impl Lifecycle {
             grace_ms: i64::try_from(config.gc.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             busy: tokio::sync::Mutex::new(()),
             last_gc: std::sync::Mutex::new(None),
+            verdicts: inventory::VerdictCache::default(),
             pulls: None,
             touches: None,
             events: Arc::new(NoEvents),
@@ -226,6 +229,7 @@ impl Lifecycle {
             at_ms: now,
         };
         self.store.put_policy(&record, &audit).await?;
+        self.verdicts.clear();
         Ok(())
     }
 
@@ -236,7 +240,9 @@ impl Lifecycle {
             actor: actor.to_string(),
             at_ms: self.now_ms(),
         };
-        Ok(self.store.delete_policy(pattern, &audit).await?)
+        let deleted = self.store.delete_policy(pattern, &audit).await?;
+        self.verdicts.clear();
+        Ok(deleted)
     }
 
     /// The settings for one repository.

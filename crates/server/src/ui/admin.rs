@@ -651,7 +651,7 @@ async fn retention_page(
             @if let Some(e) = &preview_error { (page::notice("error", e)) }
             @if let Some(s) = &summary {
                 h2 #preview { "Preview for " (pattern) }
-                p { (s.repositories) " repositories: " strong { (s.tags_deleted) " tags to delete" } ", " (s.tags_kept) " tags kept, " (s.manifests_deleted) " untagged manifests deleted." }
+                p { (s.repositories) " repositories: " strong { (s.tags_deleted) @if s.tags_deleted == 1 { " tag" } @else { " tags" } " to delete" } ", " (s.tags_kept) " tags kept, " (s.manifests_deleted) " untagged manifests deleted." }
                 @if shown < entries.len() { p.muted { "The first " (shown) " of " (entries.len()) " lines, deletions first." } }
                 table #preview-table {
                     thead { tr { th scope="col" { "Repository" } th scope="col" { "Tag or manifest" } th scope="col" { "Action" } th scope="col" { "Rule" } th scope="col" { "Why" } } }

@@ -23,6 +23,10 @@ use crate::lifecycle::inventory::Verdict;
 const PAGE_ROWS: u32 = 50;
 /// Repository names read from the store per visibility-filtered page, at most.
 const SCAN_LIMIT: usize = 2_000;
+/// Rows of each list of the home page.
+const HOME_ROWS: u32 = 10;
+/// Repositories read for the home page's lists when some may not be shown.
+const HOME_SCAN: u32 = 200;
 /// Days the pull chart shows.
 const CHART_DAYS: i64 = 30;
 /// Bytes of a config blob shown on a manifest page.
@@ -84,9 +88,16 @@ fn search_form(q: &str) -> Markup {
 
 /// `GET /ui/`: recently pushed and most pulled repositories.
 pub async fn home(State(app): State<Arc<App>>, viewer: Viewer) -> UiResult {
-    let (recent, pulled) = tokio::try_join!(app.ui.recently_pushed(200), app.ui.most_pulled(200))?;
-    let recent = visible(&viewer, recent, 10);
-    let pulled = visible(&viewer, pulled, 10);
+    let (mut recent, mut pulled) = tokio::try_join!(app.ui.recently_pushed(HOME_ROWS), app.ui.most_pulled(HOME_ROWS))?;
+    // A visitor who may not see them all gets a longer read to choose from.
+    if recent.iter().any(|r| !viewer.may_pull(&r.name)) {
+        recent = app.ui.recently_pushed(HOME_SCAN).await?;
+    }
+    if pulled.iter().any(|r| !viewer.may_pull(&r.name)) {
+        pulled = app.ui.most_pulled(HOME_SCAN).await?;
+    }
+    let recent = visible(&viewer, recent, HOME_ROWS as usize);
+    let pulled = visible(&viewer, pulled, HOME_ROWS as usize);
     Ok(Html(page::layout(
         "Home",
         &viewer,
@@ -300,7 +311,7 @@ async fn repository_page(app: &App, viewer: &Viewer, repo: &RepoName, query: &Re
         async { Ok(app.ui.daily_pulls(repo.as_str(), today - CHART_DAYS + 1).await?) },
         async {
             app.lifecycle
-                .tag_verdicts(repo.as_str())
+                .tag_verdicts(repo.as_str(), summary.tags, summary.last_pushed_ms)
                 .await
                 .map_err(|e| UiError::internal("planning the lifecycle of a repository", e))
         },

@@ -399,7 +399,7 @@ async fn the_retention_preview_follows_the_draft_and_deletion_asks_first() {
     assert_eq!(status, 200, "{two}");
     assert!(two.contains("3 tags to delete"), "{two}");
     let (_, four) = page(&app, &preview(r#"{"keep_last": 4}"#)).await;
-    assert!(four.contains("1 tags to delete"), "{four}");
+    assert!(four.contains("1 tag to delete"), "{four}");
     let (_, bad) = page(&app, &preview(r#"{"keep_lats": 4}"#)).await;
     assert!(bad.contains("not valid"), "{bad}");
     // Nothing was saved or deleted by previews.
@@ -637,4 +637,31 @@ async fn a_personal_access_token_acts_as_its_user_until_revoked() {
     assert_eq!(revoked.status(), 200);
     let (status, _) = token_response(&app, Some(("alice", &secret)), &["repository:team/app:pull"]).await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn failed_sign_ins_share_the_token_endpoints_limit() {
+    let app = token_app("[auth.login_limit]\nfailures = 2\nwindow_secs = 600");
+    add_user(&app, "alice", ALICE_PASSWORD, false);
+    let attempt = |password: &'static str| {
+        let app = &app;
+        async move {
+            let form = app.client.get(app.url("/ui/login")).send().await.unwrap();
+            let cookie = set_cookie(&form, "berth_login").unwrap();
+            let token = csrf_of(&form.text().await.unwrap());
+            app.client
+                .post(app.url("/ui/login"))
+                .header(COOKIE, format!("berth_login={cookie}"))
+                .form(&[("username", "alice"), ("password", password), ("csrf", &token)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(attempt("wrong-1").await, 401);
+    assert_eq!(attempt("wrong-2").await, 401);
+    assert_eq!(attempt(ALICE_PASSWORD).await, 429, "the form is limited");
+    let (status, _) = token_response(&app, Some(("alice", ALICE_PASSWORD)), &[]).await;
+    assert_eq!(status, 429, "and so is the token endpoint, by the same count");
 }
