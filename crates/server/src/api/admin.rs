@@ -522,6 +522,8 @@ async fn list_users(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewUser {
+    /// 1 to 128 letters, digits, `.`, `_`, `@` or `-` (see `auth::manage`).
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,128}$")]
     name: String,
     password: String,
     #[serde(default)]
@@ -558,7 +560,7 @@ pub(super) struct NewPassword {
 }
 
 #[utoipa::path(put, path = "/users/{name}/password", tag = "users", request_body = NewPassword,
-    params(("name" = String, Path, description = "The user's name")),
+    params(("name" = String, Path, description = "The user's name", pattern = r"^[A-Za-z0-9._@-]{1,128}$")),
     responses((status = 204, description = "Changed"), NotFound, CommonErrors))]
 async fn set_password(
     State(app): State<Arc<App>>,
@@ -576,7 +578,7 @@ async fn set_password(
 
 /// A disabled user cannot log in until enabled again.
 #[utoipa::path(post, path = "/users/{name}/disable", tag = "users",
-    params(("name" = String, Path, description = "The user's name")),
+    params(("name" = String, Path, description = "The user's name", pattern = r"^[A-Za-z0-9._@-]{1,128}$")),
     responses((status = 204, description = "Disabled"), NotFound, CommonErrors))]
 async fn disable_user(
     State(app): State<Arc<App>>,
@@ -589,7 +591,7 @@ async fn disable_user(
 }
 
 #[utoipa::path(post, path = "/users/{name}/enable", tag = "users",
-    params(("name" = String, Path, description = "The user's name")),
+    params(("name" = String, Path, description = "The user's name", pattern = r"^[A-Za-z0-9._@-]{1,128}$")),
     responses((status = 204, description = "Enabled"), NotFound, CommonErrors))]
 async fn enable_user(
     State(app): State<Arc<App>>,
@@ -614,6 +616,8 @@ async fn list_tokens(State(app): State<Arc<App>>, _: Admin) -> AdminResult {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewRobotToken {
+    /// As a user's name.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,128}$")]
     name: String,
     /// `<pattern>:<role>` each, such as `ci/*:push`.
     #[schema(example = json!(["ci/*:push"]))]
@@ -647,7 +651,7 @@ async fn create_token(
 }
 
 #[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens",
-    params(("name" = String, Path, description = "The robot token's name")),
+    params(("name" = String, Path, description = "The robot token's name", pattern = r"^[A-Za-z0-9._@-]{1,128}$")),
     responses((status = 204, description = "Revoked"), NotFound, CommonErrors))]
 async fn revoke_token(
     State(app): State<Arc<App>>,
