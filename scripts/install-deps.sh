@@ -14,6 +14,9 @@
 #         start is stopped and disabled: nothing here needs it running
 #   pip:  helm-python-sdk and kubernetes-validate, pinned, in a venv under
 #         target/tools (scripts/lib/deploy-venv.sh), when missing
+#   pip:  schemathesis, pinned, in a venv under target/tools
+#         (scripts/lib/schemathesis-venv.sh, for scripts/check-openapi.sh),
+#         when missing
 #   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18)
 #   rust: the rustfmt and clippy components of the active toolchain
 #   npm:  tests/oidc's and tests/grafana's locked packages (npm ci), when
@@ -142,6 +145,16 @@ else
   t0=$SECONDS
   deploy_venv_install || die "could not install the deploy venv"
   log "deploy venv installed in $((SECONDS - t0)) s"
+fi
+# The admin API's check against its OpenAPI document (scripts/check-openapi.sh).
+# shellcheck source=lib/schemathesis-venv.sh source-path=SCRIPTDIR
+source "$ROOT/scripts/lib/schemathesis-venv.sh"
+if schemathesis_venv_ok; then
+  log "schemathesis venv: present"
+else
+  t0=$SECONDS
+  schemathesis_venv_install || die "could not install the schemathesis venv"
+  log "schemathesis venv installed in $((SECONDS - t0)) s"
 fi
 
 log "ok"

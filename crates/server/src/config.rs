@@ -239,7 +239,7 @@ impl std::fmt::Debug for MetaConfig {
 
 /// A policy's rules. A tag survives if any keep rule keeps it; `keep_min` is
 /// a floor under the result; `untagged` removes untagged manifests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     /// Keep the N most recently pushed tags.
@@ -277,7 +277,7 @@ pub struct Rules {
 /// a tag pulled in the last `match_pulled_in_last_days` is kept; any other
 /// expires `max_age_days` after its last access (its push or caching, or
 /// its last pull, whichever is later).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepByAge {
     /// Days after its last access (push, caching or pull) that a tag expires.

@@ -10,7 +10,9 @@ use berth_meta::MetaError;
 use berth_oci::headers::ChunkRangeError;
 use berth_oci::{EndpointError, ErrorCode, NameError};
 use berth_storage::StorageError;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::proxy::upstream::UpstreamError;
 use crate::proxy::ProxyError;
@@ -111,17 +113,39 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer, typed so that the OpenAPI document's
+/// error schema is the one written here.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always exactly one error.
+    errors: Vec<ErrorEntry>,
+}
+
+/// One error of [`ErrorBody`].
+#[derive(Serialize, ToSchema)]
+struct ErrorEntry {
+    /// An OCI error code (`NAME_UNKNOWN`, `DENIED`, …) or one of Berth's
+    /// (`INVALID_REQUEST`, `NOT_FOUND`, `CONFLICT`, …).
+    #[schema(example = "INVALID_REQUEST")]
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<serde_json::Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let this = *self.0;
         let status = this
             .status
             .unwrap_or_else(|| StatusCode::from_u16(this.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
-        let mut entry = json!({ "code": this.code.as_str(), "message": this.message });
-        if let Some(detail) = this.detail {
-            entry["detail"] = detail;
-        }
-        let body = json!({ "errors": [entry] });
+        let body = ErrorBody {
+            errors: vec![ErrorEntry {
+                code: this.code.as_str(),
+                message: this.message,
+                detail: this.detail,
+            }],
+        };
         let mut response = (status, axum::Json(body)).into_response();
         response.headers_mut().extend(this.headers);
         response

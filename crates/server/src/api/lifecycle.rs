@@ -8,37 +8,45 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use berth_oci::{Digest, ErrorCode, RepoName, Tag};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::admin::{parse_body, Admin};
+use super::admin::{Admin, JsonBody};
 use super::auth::catalog_challenge;
 use super::credentials::{basic_credentials, bearer};
+use super::openapi::{CommonErrors, NotFound};
 use super::query::Params;
 use super::ApiError;
 use crate::app::App;
 use crate::auth::access::Action;
 use crate::clock::rfc3339;
-use crate::config::AuthMode;
+use crate::config::{AuthMode, Rules};
+use crate::lifecycle::gc::GcReport;
 use crate::lifecycle::inventory::{Cursor, InventoryImage, InventoryQuery};
-use crate::lifecycle::{LifecycleError, Rules, Scope};
+use crate::lifecycle::plan::Entry;
+use crate::lifecycle::{LifecycleError, RunSummary, Scope};
 use crate::pattern::Pattern;
 
 type ApiResult = Result<Response, ApiError>;
 
-pub fn admin_router() -> Router<Arc<App>> {
-    Router::new()
-        .route(
-            "/retention/policies",
-            get(list_policies).put(set_policy).delete(delete_policy),
-        )
-        .route("/retention/preview", get(preview))
-        .route("/retention/run", post(run))
-        .route("/gc", post(collect_garbage))
+/// The admin routes, each registered with its documentation (see
+/// [`super::openapi`]).
+pub fn admin_router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies, set_policy, delete_policy))
+        .routes(routes!(preview))
+        .routes(routes!(run))
+        .routes(routes!(collect_garbage))
+}
+
+/// `GET /v1/images`, outside `/api/v1` (it is not for administrators only).
+pub fn inventory_router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(inventory))
 }
 
 impl From<LifecycleError> for ApiError {
@@ -61,41 +69,71 @@ fn time_text(ms: i64) -> String {
     rfc3339(u64::try_from(ms / 1000).unwrap_or(0))
 }
 
-async fn list_policies(State(app): State<Arc<App>>, _: Admin) -> ApiResult {
-    let records = app.lifecycle.stored_policies().await?;
-    let policies: Vec<serde_json::Value> = records
-        .iter()
-        .map(|p| {
-            json!({
-                "pattern": p.pattern,
-                "rules": serde_json::from_str::<serde_json::Value>(&p.rules_json).unwrap_or_default(),
-                "source": p.source,
-                "updated_by": p.updated_by,
-                "updated_at": time_text(p.updated_ms),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "policies": policies })).into_response())
+#[derive(Serialize, ToSchema)]
+pub(super) struct PolicyList {
+    policies: Vec<StoredPolicy>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub(super) struct StoredPolicy {
+    pattern: String,
+    /// The rules as stored (written from [`Rules`], so of that shape).
+    #[schema(value_type = Rules)]
+    rules: serde_json::Value,
+    /// `api` or `config`.
+    source: String,
+    updated_by: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+#[utoipa::path(get, path = "/retention/policies", tag = "retention",
+    responses((status = 200, description = "The retention policies", body = PolicyList), CommonErrors))]
+async fn list_policies(State(app): State<Arc<App>>, _: Admin) -> ApiResult {
+    let records = app.lifecycle.stored_policies().await?;
+    let policies = records
+        .iter()
+        .map(|p| StoredPolicy {
+            pattern: p.pattern.clone(),
+            rules: serde_json::from_str(&p.rules_json).unwrap_or_default(),
+            source: p.source.clone(),
+            updated_by: p.updated_by.clone(),
+            updated_at: time_text(p.updated_ms),
+        })
+        .collect();
+    Ok(Json(PolicyList { policies }).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PolicyBody {
+pub(super) struct NewPolicy {
+    /// A repository name or glob.
+    #[schema(example = "team/*")]
     pattern: String,
     rules: Rules,
 }
 
-async fn set_policy(State(app): State<Arc<App>>, Admin(actor): Admin, body: axum::body::Bytes) -> ApiResult {
-    let policy: PolicyBody = parse_body(&body)?;
+/// Sets the policy of a pattern, replacing the one it had.
+#[utoipa::path(put, path = "/retention/policies", tag = "retention", request_body = NewPolicy,
+    responses((status = 204, description = "Set"), CommonErrors))]
+async fn set_policy(
+    State(app): State<Arc<App>>,
+    Admin(actor): Admin,
+    JsonBody(policy): JsonBody<NewPolicy>,
+) -> ApiResult {
     app.lifecycle.set_policy(&policy.pattern, policy.rules, &actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
-struct PatternQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PatternQuery {
+    /// The pattern of the policy to delete.
     pattern: String,
 }
 
+#[utoipa::path(delete, path = "/retention/policies", tag = "retention", params(PatternQuery),
+    responses((status = 204, description = "Deleted"), NotFound, CommonErrors))]
 async fn delete_policy(State(app): State<Arc<App>>, Admin(actor): Admin, Params(q): Params<PatternQuery>) -> ApiResult {
     if app.lifecycle.delete_policy(&q.pattern, &actor).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -107,13 +145,30 @@ async fn delete_policy(State(app): State<Arc<App>>, Admin(actor): Admin, Params(
     }
 }
 
-#[derive(Deserialize)]
-struct RunQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RunQuery {
+    /// Only repositories matching this name or glob.
     repo: Option<String>,
+    /// Preview only: list what would be deleted, not what is kept.
     #[serde(default)]
     deleted_only: bool,
 }
 
+#[derive(Serialize, ToSchema)]
+pub(super) struct Preview {
+    summary: RunSummary,
+    entries: Vec<Entry>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct RunReport {
+    summary: RunSummary,
+}
+
+/// What a retention run would do now, changing nothing.
+#[utoipa::path(get, path = "/retention/preview", tag = "retention", params(RunQuery),
+    responses((status = 200, description = "What a run would keep and delete", body = Preview), CommonErrors))]
 async fn preview(State(app): State<Arc<App>>, _: Admin, Params(q): Params<RunQuery>) -> ApiResult {
     let filter = pattern_param(q.repo.as_deref())?;
     let mut entries = Vec::new();
@@ -123,20 +178,29 @@ async fn preview(State(app): State<Arc<App>>, _: Admin, Params(q): Params<RunQue
             entries.extend(plan.entries(q.deleted_only))
         })
         .await?;
-    Ok(Json(json!({ "summary": summary, "entries": entries })).into_response())
+    Ok(Json(Preview { summary, entries }).into_response())
 }
 
+/// Applies the retention policies (and tag expiry) now.
+#[utoipa::path(post, path = "/retention/run", tag = "retention", params(RunQuery),
+    responses((status = 200, description = "What the run did", body = RunReport), CommonErrors))]
 async fn run(State(app): State<Arc<App>>, Admin(actor): Admin, Params(q): Params<RunQuery>) -> ApiResult {
     let filter = pattern_param(q.repo.as_deref())?;
     let summary = app.lifecycle.run(filter.as_ref(), Scope::Retention, &actor).await?;
-    Ok(Json(json!({ "summary": summary })).into_response())
+    Ok(Json(RunReport { summary }).into_response())
 }
 
-#[derive(Deserialize)]
-struct GcQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct GcQuery {
+    /// Count what would be removed, removing nothing.
     #[serde(default)]
     dry_run: bool,
 }
+
+/// Collects garbage now: manifests and blobs nothing refers to.
+#[utoipa::path(post, path = "/gc", tag = "gc", params(GcQuery),
+    responses((status = 200, description = "What the collection removed", body = GcReport), CommonErrors))]
 
 async fn collect_garbage(State(app): State<Arc<App>>, _: Admin, Params(q): Params<GcQuery>) -> ApiResult {
     let report = app
@@ -197,14 +261,18 @@ async fn reader(app: &App, headers: &HeaderMap, peer: IpAddr) -> Result<Reader, 
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct InventoryParams {
     /// A repository name or pattern.
     repository: Option<String>,
+    /// `pushed`, `mirrored` or `snapshot`.
     provenance: Option<String>,
     /// RFC 3339 time or Unix seconds: only images whose lifecycle rule ends before it.
     expiring_before: Option<String>,
+    /// Images per page, 1 to 1000 (default 100).
     n: Option<u32>,
+    /// Where to resume: a `next_cursor` handed out before.
     cursor: Option<String>,
 }
 
@@ -272,36 +340,91 @@ fn parse_time_ms(text: &str) -> Result<i64, ApiError> {
         .unwrap_or(0))
 }
 
-fn image_json(image: &InventoryImage) -> serde_json::Value {
-    let m = &image.manifest;
-    let verdict = &image.lifecycle;
-    json!({
-        "repository": image.repository,
-        "tag": image.tag,
-        "digest": m.digest.to_string(),
-        "media_type": m.media_type,
-        "artifact_type": m.artifact_type,
-        "platforms": m.platforms,
-        "total_size": m.total_size,
-        "provenance": m.provenance,
-        "pushed_by": m.pushed_by,
-        "pushed_at": time_text(image.pushed_ms),
-        "last_pulled_at": image.last_pulled_ms.map(time_text),
-        "pull_count": image.pull_count,
-        "lifecycle": {
-            "rule": verdict.rule,
-            "action": if verdict.keep { "keep" } else { "delete" },
-            "reason": verdict.reason,
-            "expires_at": verdict.expires_ms.map(time_text),
-        },
-    })
+#[derive(Serialize, ToSchema)]
+pub(super) struct ImagePage {
+    images: Vec<Image>,
+    /// The `cursor` of the next page; null at the end.
+    next_cursor: Option<String>,
+}
+
+/// One image: a tag, or an untagged top-level manifest. Times are RFC 3339.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Image {
+    repository: String,
+    /// Null for an untagged manifest.
+    tag: Option<String>,
+    digest: String,
+    media_type: String,
+    artifact_type: Option<String>,
+    platforms: Vec<String>,
+    total_size: Option<u64>,
+    /// `pushed`, `mirrored` or `snapshot`.
+    provenance: String,
+    pushed_by: Option<String>,
+    pushed_at: String,
+    last_pulled_at: Option<String>,
+    pull_count: u64,
+    lifecycle: ImageLifecycle,
+}
+
+/// What a lifecycle run would now do with the image, and why.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ImageLifecycle {
+    rule: &'static str,
+    action: KeepOrDelete,
+    reason: String,
+    expires_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum KeepOrDelete {
+    Keep,
+    Delete,
+}
+
+impl From<&InventoryImage> for Image {
+    fn from(image: &InventoryImage) -> Self {
+        let m = &image.manifest;
+        let verdict = &image.lifecycle;
+        Image {
+            repository: image.repository.clone(),
+            tag: image.tag.clone(),
+            digest: m.digest.to_string(),
+            media_type: m.media_type.clone(),
+            artifact_type: m.artifact_type.clone(),
+            platforms: m.platforms.clone(),
+            total_size: m.total_size,
+            provenance: m.provenance.clone(),
+            pushed_by: m.pushed_by.clone(),
+            pushed_at: time_text(image.pushed_ms),
+            last_pulled_at: image.last_pulled_ms.map(time_text),
+            pull_count: image.pull_count,
+            lifecycle: ImageLifecycle {
+                rule: verdict.rule,
+                action: if verdict.keep {
+                    KeepOrDelete::Keep
+                } else {
+                    KeepOrDelete::Delete
+                },
+                reason: verdict.reason.clone(),
+                expires_at: verdict.expires_ms.map(time_text),
+            },
+        }
+    }
 }
 
 /// `GET /v1/images`: every image the caller may pull, with provenance, use
 /// and the lifecycle rule that applies, filtered and paginated by cursor. A
 /// page may end before `n` images when its work bound is reached; its `Link`
 /// then resumes where the work stopped.
-pub async fn inventory(
+#[utoipa::path(get, path = "/v1/images", tag = "images", params(InventoryParams),
+    security((), ("basic" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of images", body = ImagePage,
+            headers(("Link" = String, description = "The next page, `rel=\"next\"`, when there is one"))),
+        CommonErrors))]
+async fn inventory(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -349,11 +472,14 @@ pub async fn inventory(
             response_headers.insert(header::LINK, v);
         }
     }
-    let images: Vec<serde_json::Value> = page.images.iter().map(image_json).collect();
+    let images = page.images.iter().map(Image::from).collect();
     Ok((
         StatusCode::OK,
         response_headers,
-        Json(json!({ "images": images, "next_cursor": next })),
+        Json(ImagePage {
+            images,
+            next_cursor: next,
+        }),
     )
         .into_response())
 }

@@ -11,6 +11,7 @@ mod error;
 mod lifecycle;
 mod listing;
 mod manifests;
+pub mod openapi;
 mod pull_through;
 mod query;
 mod uploads;
@@ -24,13 +25,13 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{middleware, Router};
+use axum::Router;
 use berth_oci::Endpoint;
 
 use crate::app::App;
 use crate::observe::RequestContext;
 use crate::proxy::routes::Route;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -42,12 +43,6 @@ const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-app
 
 /// The HTTP routes of the server.
 pub fn router(app: Arc<App>) -> Router {
-    let admin = admin::router()
-        .merge(lifecycle::admin_router())
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            admin::require_client_certificate,
-        ));
     let ui = if app.config.ui.enabled {
         crate::ui::router()
     } else {
@@ -58,8 +53,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/", any(distribution_api))
         .route("/v2/{*rest}", any(distribution_api))
         .route("/v2/token", get(auth::token_endpoint).post(auth::token_endpoint))
-        .nest("/api/v1", admin)
-        .route("/v1/images", get(lifecycle::inventory))
+        // `/api/v1/…` and `/v1/images`, with their OpenAPI document.
+        .merge(openapi::routes(&app))
         .merge(status_routes())
         .merge(ui)
         .with_state(app)

@@ -27,7 +27,7 @@ use crate::registry::events::Action;
 use crate::registry::{BlobStores, NamedStore};
 
 /// What one collection found and removed (or, in a dry run, would remove).
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
 pub struct GcReport {
     pub dry_run: bool,
     /// A dry run that counted too many manifests to keep simulating their

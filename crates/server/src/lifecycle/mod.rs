@@ -54,7 +54,7 @@ pub enum Scope {
 }
 
 /// What a preview or a run decided and did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunSummary {
     pub repositories: u64,
     pub tags_kept: u64,

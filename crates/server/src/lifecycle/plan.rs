@@ -60,7 +60,8 @@ pub struct RepoPlan {
 }
 
 /// One line of a preview: a tag kept or deleted, or a manifest deleted.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = PlanEntry)]
 pub struct Entry {
     pub repository: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -19,7 +19,7 @@ use crate::lifecycle::Lifecycle;
 use crate::registry::{Registry, RegistryError};
 
 /// What an eviction pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Eviction {
     /// Bytes of cached images before the pass.
     pub cached_bytes: u64,

@@ -27,6 +27,7 @@ mod listing;
 mod manifests;
 mod migrate;
 mod mount;
+mod openapi;
 mod operations;
 mod proxy;
 mod proxy_faults;
