@@ -79,9 +79,9 @@ for entry in "${pages[@]}"; do
   status=$(curl -s -o "$OUT/$name.html" -w '%{http_code}' "$BASE$path")
   [ "$status" = 200 ] || { echo "$name: $path answered $status" >&2; exit 1; }
   html=$(wc -c < "$OUT/$name.html")
-  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_EACH}s" --latency "$BASE$path" > "$OUT/$name.wrk"
+  wrk -t"$(( CONNECTIONS < 2 ? 1 : 2 ))" -c"$CONNECTIONS" -d"${SECONDS_EACH}s" --latency "$BASE$path" > "$OUT/$name.wrk"
   rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name.wrk")
   ms() { awk -v p="$1" '$1 == p { v=$2; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.2f", v }' "$OUT/$name.wrk"; }
   printf '%-14s %9s %9s %9s %9s %10s %10s\n' "$name" "$rps" "$(ms 50%)" "$(ms 90%)" "$(ms 99%)" "$html" $((html + assets)) | tee -a "$OUT/summary.txt"
 done
-echo "(wrk: 2 threads, $CONNECTIONS connections, ${SECONDS_EACH}s per page; first load = HTML + stylesheet + script, uncompressed)"
+echo "(wrk: up to 2 threads, $CONNECTIONS connections, ${SECONDS_EACH}s per page; first load = HTML + stylesheet + script, uncompressed)"

@@ -24,8 +24,9 @@ fn summaries_sql(source: &str, order: &str) -> String {
     format!(
         "SELECT r.name, \
            (SELECT COUNT(*) FROM tags t WHERE t.repo_id = r.id AND substr(t.name, 1, 7) <> 'sha256-') \
-           - (SELECT COUNT(*) FROM manifests m JOIN tags t ON t.repo_id = m.repo_id AND t.manifest_digest = m.digest \
-              WHERE m.repo_id = r.id AND m.subject IS NOT NULL AND substr(t.name, 1, 7) <> 'sha256-') AS tags, \
+           - (SELECT COUNT(*) FROM tags t WHERE t.repo_id = r.id AND substr(t.name, 1, 7) <> 'sha256-' \
+              AND t.manifest_digest IN (SELECT m.digest FROM manifests m \
+                WHERE m.repo_id = r.id AND m.subject IS NOT NULL)) AS tags, \
            (SELECT MAX(t.pushed_ms) FROM tags t WHERE t.repo_id = r.id) AS last_pushed_ms, \
            (SELECT CAST(COALESCE(SUM(m.pull_count), 0) AS BIGINT) FROM manifests m \
               WHERE m.repo_id = r.id AND m.pull_count > 0) AS pull_count, \

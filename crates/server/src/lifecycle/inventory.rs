@@ -211,7 +211,14 @@ impl VerdictCache {
                 kept.remove(&oldest);
             }
         }
-        kept.insert(repo.to_string(), KeptVerdicts { state, at_ms: now_ms, verdicts });
+        kept.insert(
+            repo.to_string(),
+            KeptVerdicts {
+                state,
+                at_ms: now_ms,
+                verdicts,
+            },
+        );
     }
 
     /// Forgets everything: the policies changed.
