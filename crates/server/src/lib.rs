@@ -6,6 +6,7 @@ mod api;
 mod app;
 mod auth;
 mod backup;
+mod browse;
 mod cli;
 mod clock;
 mod config;

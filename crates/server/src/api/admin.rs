@@ -480,13 +480,13 @@ impl From<&AuditEntry> for AuditEvent {
     }
 }
 
-fn created(body: impl Serialize) -> AdminResult {
+pub(super) fn created(body: impl Serialize) -> AdminResult {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// The path's parameters, with a JSON `INVALID_REQUEST` instead of axum's
 /// plain-text rejection (a segment that is not UTF-8 text, for instance).
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     p.map(|Path(v)| v)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("path: {}", e.body_text())))
 }

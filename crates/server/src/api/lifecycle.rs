@@ -40,8 +40,9 @@ pub fn admin_router() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(list_policies, set_policy, delete_policy))
         .routes(routes!(preview))
+        .routes(routes!(preview_draft))
         .routes(routes!(run))
-        .routes(routes!(collect_garbage))
+        .routes(routes!(collect_garbage, last_collection))
 }
 
 /// `GET /v1/images`, outside `/api/v1` (it is not for administrators only).
@@ -181,6 +182,21 @@ async fn preview(State(app): State<Arc<App>>, _: Admin, Params(q): Params<RunQue
     Ok(Json(Preview { summary, entries }).into_response())
 }
 
+/// What the retention policy `rules` for `pattern` would do to the
+/// repositories the pattern matches, were it saved (the other policies as
+/// they are): the web UI's policy editor previews its drafts with this.
+#[utoipa::path(post, path = "/retention/draft", tag = "retention", request_body = NewPolicy,
+    responses((status = 200, description = "What a run under the draft would keep and delete", body = Preview),
+        CommonErrors))]
+async fn preview_draft(State(app): State<Arc<App>>, _: Admin, JsonBody(draft): JsonBody<NewPolicy>) -> ApiResult {
+    let mut entries = Vec::new();
+    let summary = app
+        .lifecycle
+        .preview_draft(&draft.pattern, draft.rules, |plan| entries.extend(plan.entries(false)))
+        .await?;
+    Ok(Json(Preview { summary, entries }).into_response())
+}
+
 /// Applies the retention policies (and tag expiry) now.
 #[utoipa::path(post, path = "/retention/run", tag = "retention", params(RunQuery),
     responses((status = 200, description = "What the run did", body = RunReport), CommonErrors))]
@@ -208,6 +224,32 @@ async fn collect_garbage(State(app): State<Arc<App>>, _: Admin, Params(q): Param
         .collect_garbage(q.dry_run, |line| tracing::info!("gc: {line}"))
         .await?;
     Ok(Json(report).into_response())
+}
+
+/// The last collection this replica ran.
+#[derive(Serialize, ToSchema)]
+pub(super) struct LastCollection {
+    /// When it finished (RFC 3339); absent when none ran since the process started.
+    finished_at: Option<String>,
+    report: Option<GcReport>,
+    /// Seconds between scheduled collections; 0 when only asked for.
+    interval_secs: u64,
+    grace_secs: u64,
+}
+
+/// The schedule and the last collection of this replica (each replica
+/// answers for itself; the one leading the job runs the scheduled ones).
+#[utoipa::path(get, path = "/gc", tag = "gc",
+    responses((status = 200, description = "The schedule and the last collection", body = LastCollection), CommonErrors))]
+async fn last_collection(State(app): State<Arc<App>>, _: Admin) -> ApiResult {
+    let last = app.lifecycle.last_gc();
+    Ok(Json(LastCollection {
+        finished_at: last.as_ref().map(|(at, _)| time_text(*at)),
+        report: last.map(|(_, report)| report),
+        interval_secs: app.config.gc.interval_secs,
+        grace_secs: app.config.gc.grace_secs,
+    })
+    .into_response())
 }
 
 /// Who may see which repositories in the inventory.

@@ -14,6 +14,7 @@ mod manifests;
 pub mod openapi;
 mod pull_through;
 mod query;
+mod ui;
 mod uploads;
 
 use std::collections::HashMap;

@@ -37,7 +37,7 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{admin, lifecycle, ErrorBody};
+use super::{admin, lifecycle, ui, ErrorBody};
 use crate::app::App;
 
 /// Where the admin API is nested.
@@ -122,10 +122,13 @@ pub(super) struct Conflict(ErrorBody);
 /// The routes of Berth's own JSON API with their document; `guard` wraps
 /// the admin routes (and only those) in a layer.
 fn api(guard: impl FnOnce(OpenApiRouter<Arc<App>>) -> OpenApiRouter<Arc<App>>) -> OpenApiRouter<Arc<App>> {
-    let admin = admin::router().merge(lifecycle::admin_router());
+    let admin = admin::router()
+        .merge(lifecycle::admin_router())
+        .merge(ui::admin_router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest(ADMIN_PREFIX, guard(admin))
         .merge(lifecycle::inventory_router())
+        .merge(ui::router())
         .routes(routes!(openapi_document))
 }
 

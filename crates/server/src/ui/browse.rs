@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, RawForm, State};
 use axum::response::{IntoResponse, Redirect};
-use berth_meta::ui::{DailyPulls, RepoListing, RepoSummary, TagCursor, TagRow};
+use berth_meta::ui::{DailyPulls, RepoSummary, TagCursor, TagRow};
 use berth_oci::{Digest, RepoName, Tag};
 use futures::TryStreamExt;
 use maud::{html, Markup};
@@ -21,8 +21,6 @@ use crate::lifecycle::inventory::Verdict;
 
 /// Rows of a list page.
 const PAGE_ROWS: u32 = 50;
-/// Repository names read from the store per visibility-filtered page, at most.
-const SCAN_LIMIT: usize = 2_000;
 /// Rows of each list of the home page.
 const HOME_ROWS: u32 = 10;
 /// Repositories read for the home page's lists when some may not be shown.
@@ -135,50 +133,13 @@ pub async fn repositories(State(app): State<Arc<App>>, viewer: Viewer, Query(que
     if let Some(q) = q {
         crate::text::printable(q, 256).map_err(|e| UiError::BadRequest(format!("The search text {e}.")))?;
     }
-    let mut after = query.after.clone().filter(|a| !a.is_empty());
+    let after = query.after.clone().filter(|a| !a.is_empty());
     if let Some(a) = &after {
         crate::text::printable(a, 512).map_err(|e| UiError::BadRequest(format!("The page position {e}.")))?;
     }
-    let mut shown = Vec::new();
-    let mut scanned = 0usize;
-    let mut more = false;
-    // Names the visitor may not see are passed over, so a page may need
-    // several reads; the scan stops at a bound and offers the next page.
-    loop {
-        let batch = app
-            .ui
-            .list_repository_summaries(&RepoListing {
-                contains: q,
-                after: after.as_deref(),
-                limit: PAGE_ROWS + 1,
-            })
-            .await?;
-        let exhausted = batch.len() <= PAGE_ROWS as usize;
-        for r in batch {
-            scanned += 1;
-            after = Some(r.name.clone());
-            if viewer.may_pull(&r.name) {
-                if shown.len() == PAGE_ROWS as usize {
-                    more = true;
-                    break;
-                }
-                shown.push(r);
-            }
-        }
-        if more || exhausted {
-            break;
-        }
-        if scanned >= SCAN_LIMIT {
-            more = true;
-            break;
-        }
-    }
-    let next = more.then(|| {
-        let last = shown
-            .last()
-            .map(|r| r.name.clone())
-            .or(after.clone())
-            .unwrap_or_default();
+    let page = crate::browse::repositories(&app, q, after.as_deref(), PAGE_ROWS, |name| viewer.may_pull(name)).await?;
+    let shown = page.repositories;
+    let next = page.next_after.map(|last| {
         let mut href = format!("/ui/repositories?after={}", encode(&last));
         if let Some(q) = q {
             href.push_str(&format!("&q={}", encode(q)));
@@ -305,29 +266,24 @@ async fn repository_page(app: &App, viewer: &Viewer, repo: &RepoName, query: &Re
         _ => None,
     };
     let today = app.now_ms().div_euclid(86_400_000);
-    let (page_rows, stars, pulls, verdicts) = tokio::try_join!(
-        async { Ok::<_, UiError>(app.ui.tag_page(repo.as_str(), cursor.as_ref(), PAGE_ROWS + 1).await?) },
+    let (tag_page, stars, pulls) = tokio::try_join!(
+        async { Ok::<_, UiError>(crate::browse::tags(app, &summary, cursor.as_ref(), PAGE_ROWS).await?) },
         async { Ok(app.ui.stars_of(viewer.user(), repo.as_str()).await?) },
         async { Ok(app.ui.daily_pulls(repo.as_str(), today - CHART_DAYS + 1).await?) },
-        async {
-            app.lifecycle
-                .tag_verdicts(repo.as_str(), summary.tags, summary.last_pushed_ms)
-                .await
-                .map_err(|e| UiError::internal("planning the lifecycle of a repository", e))
-        },
     )?;
-    let (mut rows, total) = page_rows;
-    let more = rows.len() > PAGE_ROWS as usize;
-    rows.truncate(PAGE_ROWS as usize);
-    let next = more.then(|| {
-        rows.last().map(|last| {
-            format!(
-                "{}?after_ms={}&after_tag={}",
-                repo_link(repo.as_str()),
-                last.pushed_ms,
-                encode(&last.name)
-            )
-        })
+    let crate::browse::TagPage {
+        rows,
+        total,
+        next,
+        verdicts,
+    } = tag_page;
+    let next = next.map(|c| {
+        format!(
+            "{}?after_ms={}&after_tag={}",
+            repo_link(repo.as_str()),
+            c.pushed_ms,
+            encode(&c.name)
+        )
     });
     let (starred, star_count) = stars;
     let newest = rows
@@ -378,7 +334,7 @@ async fn repository_page(app: &App, viewer: &Viewer, repo: &RepoName, query: &Re
             (tag_table(name, &top, &under, &verdicts, may_delete))
             nav.pager aria-label="Pages of tags" {
                 @if cursor.is_some() { a href=(repo_link(name)) { "Latest tags" } }
-                @if let Some(Some(next)) = &next { a href=(next) rel="next" { "Older tags" } }
+                @if let Some(next) = &next { a href=(next) rel="next" { "Older tags" } }
             }
             @if may_delete {
                 h2 { "Danger zone" }

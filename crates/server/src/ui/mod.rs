@@ -145,6 +145,15 @@ impl From<berth_meta::MetaError> for UiError {
     }
 }
 
+impl From<crate::browse::BrowseError> for UiError {
+    fn from(e: crate::browse::BrowseError) -> Self {
+        match e {
+            crate::browse::BrowseError::Meta(m) => m.into(),
+            crate::browse::BrowseError::Lifecycle(l) => UiError::internal("planning a repository's lifecycle", l),
+        }
+    }
+}
+
 impl From<crate::registry::RegistryError> for UiError {
     fn from(e: crate::registry::RegistryError) -> Self {
         use crate::registry::RegistryError as E;

@@ -665,3 +665,228 @@ async fn failed_sign_ins_share_the_token_endpoints_limit() {
     let (status, _) = token_response(&app, Some(("alice", ALICE_PASSWORD)), &[]).await;
     assert_eq!(status, 429, "and so is the token endpoint, by the same count");
 }
+
+#[tokio::test]
+async fn the_api_does_what_the_ui_does() {
+    let app = token_app("");
+    add_user(&app, "alice", ALICE_PASSWORD, false);
+    add_user(&app, "root", "root-password-long", true);
+    grant(&app, "user:alice", "team/**", "push");
+    for (repo, tags) in [("team/app", 3), ("secret/x", 1)] {
+        let push = pusher(&app, "root", "root-password-long", repo).await;
+        for t in 0..tags {
+            Image::random(1).push(&push, &app.base, repo, &format!("v{t}")).await;
+        }
+    }
+    let alice = authorized_client(&basic("alice", ALICE_PASSWORD));
+    let root = authorized_client(&basic("root", "root-password-long"));
+    let json = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    };
+
+    // Browsing: what each may pull.
+    let (status, anon) = json(app.get("/api/v1/repositories").await).await;
+    assert_eq!(status, 200);
+    assert_eq!(anon["repositories"], json!([]));
+    let (_, list) = json(alice.get(app.url("/api/v1/repositories")).send().await.unwrap()).await;
+    let names: Vec<&str> = list["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team/app"]);
+    assert_eq!(list["repositories"][0]["tags"], 3);
+    let (status, _) = json(
+        alice
+            .get(app.url("/api/v1/repositories/secret/x"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "a repository alice may not pull is unknown to her");
+
+    // Tags by pages, newest first, with the lifecycle verdict.
+    let (_, first) = json(alice.get(app.url("/api/v1/tags/team/app?n=2")).send().await.unwrap()).await;
+    assert_eq!(first["total"], 3);
+    assert_eq!(first["tags"][0]["name"], "v2");
+    assert_eq!(first["tags"][0]["lifecycle"]["action"], "keep");
+    let next = &first["next"];
+    let url = format!(
+        "/api/v1/tags/team/app?n=2&after_ms={}&after_tag={}",
+        next["after_ms"],
+        next["after_tag"].as_str().unwrap()
+    );
+    let (_, second) = json(alice.get(app.url(&url)).send().await.unwrap()).await;
+    assert_eq!(second["tags"].as_array().unwrap().len(), 1);
+    assert_eq!(second["tags"][0]["name"], "v0");
+    assert!(second["next"].is_null());
+
+    // Stars.
+    assert_eq!(
+        alice
+            .put(app.url("/api/v1/stars/team/app"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let (_, detail) = json(
+        alice
+            .get(app.url("/api/v1/repositories/team/app"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (detail["stars"].clone(), detail["starred"].clone()),
+        (json!(1), json!(true))
+    );
+    let (_, stars) = json(alice.get(app.url("/api/v1/stars")).send().await.unwrap()).await;
+    assert_eq!(stars["repositories"][0]["name"], "team/app");
+    assert_eq!(
+        alice
+            .delete(app.url("/api/v1/stars/team/app"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        alice
+            .delete(app.url("/api/v1/stars/team/app"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.client
+            .put(app.url("/api/v1/stars/team/app"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // A personal access token, made and revoked through the API.
+    let (status, made) = json(
+        alice
+            .post(app.url("/api/v1/account/tokens"))
+            .body(r#"{"label": "ci"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["name"], "alice.ci");
+    let secret = made["token"].as_str().unwrap().to_string();
+    let (status, _) = token_response(&app, Some(("alice", &secret)), &["repository:team/app:pull"]).await;
+    assert_eq!(status, 200);
+    let (_, mine) = json(alice.get(app.url("/api/v1/account/tokens")).send().await.unwrap()).await;
+    assert_eq!(mine["tokens"][0]["name"], "alice.ci");
+    assert_eq!(
+        alice
+            .delete(app.url("/api/v1/account/tokens/alice.ci"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let (status, _) = token_response(&app, Some(("alice", &secret)), &["repository:team/app:pull"]).await;
+    assert_eq!(status, 401);
+
+    // Sessions, for administrators.
+    let _browser = Browser::sign_in(&app, "alice", ALICE_PASSWORD).await;
+    assert_eq!(
+        alice.get(app.url("/api/v1/sessions")).send().await.unwrap().status(),
+        403
+    );
+    let (_, sessions) = json(root.get(app.url("/api/v1/sessions")).send().await.unwrap()).await;
+    assert_eq!(sessions["sessions"][0]["subject"], "alice");
+    let (_, ended) = json(
+        root.delete(app.url("/api/v1/users/alice/sessions"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ended["ended"], 1);
+
+    // A draft retention policy's preview, the totals and the last collection.
+    let (status, draft) = json(
+        root.post(app.url("/api/v1/retention/draft"))
+            .body(r#"{"pattern": "team/**", "rules": {"keep_last": 1}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{draft}");
+    assert_eq!(draft["summary"]["tags_deleted"], 2);
+    let (_, totals) = json(root.get(app.url("/api/v1/summary")).send().await.unwrap()).await;
+    assert_eq!(
+        (totals["users"].clone(), totals["repositories"].clone()),
+        (json!(2), json!(2))
+    );
+    let (_, gc) = json(root.get(app.url("/api/v1/gc")).send().await.unwrap()).await;
+    assert!(gc["finished_at"].is_null());
+    assert_eq!(root.post(app.url("/api/v1/gc")).send().await.unwrap().status(), 200);
+    let (_, gc) = json(root.get(app.url("/api/v1/gc")).send().await.unwrap()).await;
+    assert!(
+        gc["finished_at"].is_string() && gc["report"]["dry_run"] == json!(false),
+        "{gc}"
+    );
+
+    // Deleting a repository needs the delete role.
+    assert_eq!(
+        alice
+            .delete(app.url("/api/v1/repositories/team/app"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let (status, deleted) = json(
+        root.delete(app.url("/api/v1/repositories/team/app"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["manifests_deleted"], 3);
+    let tags: Value = app
+        .client
+        .get(app.url("/v2/team/app/tags/list"))
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                token(
+                    &app,
+                    Some(("root", "root-password-long")),
+                    &["repository:team/app:pull"]
+                )
+                .await
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tags["tags"].as_array().is_none_or(|t| t.is_empty()), "{tags}");
+}
