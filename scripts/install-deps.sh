@@ -17,10 +17,13 @@
 #   pip:  schemathesis, pinned, in a venv under target/tools
 #         (scripts/lib/schemathesis-venv.sh, for scripts/check-openapi.sh),
 #         when missing
-#   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18)
+#   apt:  chromium, for the web UI's browser tests (scripts/e2e-ui.sh drives
+#         it with Playwright; no browser is downloaded)
+#   apt:  nodejs npm, only when there is no `node` at all (Debian 12: Node 18;
+#         tests/ui needs Node 20 or later)
 #   rust: the rustfmt and clippy components of the active toolchain
-#   npm:  tests/oidc's and tests/grafana's locked packages (npm ci), when
-#         node_modules lacks them
+#   npm:  tests/oidc's, tests/grafana's and tests/ui's locked packages (npm
+#         ci), when node_modules lacks them
 #
 # podman is installed without its Recommends: pushing, pulling and inspecting
 # images (all the tests need) work with its hard dependencies (runc, conmon,
@@ -34,10 +37,11 @@ APT_PKGS=(
   wrk curl jq tar openssl procps python3
   docker-compose systemd binutils python3-venv
   prometheus
+  chromium
 )
 # Commands the tests call; checked after the install as a sanity check.
 COMMANDS=(skopeo podman newuidmap docker dockerd containerd ctr docker-registry wrk curl jq tar openssl ps python3 node npm
-  docker-compose systemd-analyze objcopy readelf promtool)
+  docker-compose systemd-analyze objcopy readelf promtool chromium)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -122,9 +126,10 @@ else
 fi
 
 # ---------------------------------------------------------------- npm packages
-# The test OpenID Connect provider's packages and the Grafana dashboard schema
-# checker's, each exactly as its package-lock.json has them.
-for dir in tests/oidc tests/grafana; do
+# The test OpenID Connect provider's packages, the Grafana dashboard schema
+# checker's and the browser tests' (playwright-core, @axe-core/playwright),
+# each exactly as its package-lock.json has them.
+for dir in tests/oidc tests/grafana tests/ui; do
   if [ ! -f "$ROOT/$dir/node_modules/.package-lock.json" ]; then
     log "installing $dir npm packages (npm ci)"
     t0=$SECONDS

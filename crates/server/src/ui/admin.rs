@@ -423,29 +423,32 @@ async fn tokens_page(
                     (page::copy_line("new-secret", "token", secret))
                 }
             }
-            table {
-                thead { tr { th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Last used" } th scope="col" { "State" } th scope="col" { "Actions" } } }
-                tbody {
-                    @for r in &robots {
-                        tr {
-                            td { (r.name) }
-                            td { (page::time(r.created_ms)) " by " (r.created_by) }
-                            td { (page::maybe_time(r.expires_ms)) }
-                            td { (page::maybe_time(r.last_used_ms)) }
-                            td { @if r.revoked_ms.is_some() { span.badge.delete { "revoked" } } @else { "live" } }
-                            td {
-                                @if r.revoked_ms.is_none() {
-                                    form.inline method="post" action="/ui/admin/tokens" data-confirm=(format!("Revoke {}? Clients using it will fail.", r.name)) {
-                                        (page::csrf_field(viewer))
-                                        input type="hidden" name="action" value="revoke";
-                                        input type="hidden" name="name" value=(r.name);
-                                        button.danger type="submit" aria-label=(format!("Revoke {}", r.name)) { "Revoke" }
+            @if robots.is_empty() { p.muted { "No robot tokens yet." } }
+            @else {
+                table {
+                    thead { tr { th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Last used" } th scope="col" { "State" } th scope="col" { "Actions" } } }
+                    tbody {
+                        @for r in &robots {
+                            tr {
+                                td { (r.name) }
+                                td { (page::time(r.created_ms)) " by " (r.created_by) }
+                                td { (page::maybe_time(r.expires_ms)) }
+                                td { (page::maybe_time(r.last_used_ms)) }
+                                td { @if r.revoked_ms.is_some() { span.badge.delete { "revoked" } } @else { "live" } }
+                                td {
+                                    @if r.revoked_ms.is_none() {
+                                        form.inline method="post" action="/ui/admin/tokens" data-confirm=(format!("Revoke {}? Clients using it will fail.", r.name)) {
+                                            (page::csrf_field(viewer))
+                                            input type="hidden" name="action" value="revoke";
+                                            input type="hidden" name="name" value=(r.name);
+                                            button.danger type="submit" aria-label=(format!("Revoke {}", r.name)) { "Revoke" }
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                }
+            }
             }
             h2 { "New robot token" }
             form.stack method="post" action="/ui/admin/tokens" {
@@ -476,26 +479,29 @@ async fn grants_page(app: &App, viewer: &Viewer, message: Option<(&str, String)>
         "grants",
         message,
         html! {
-            table {
-                thead { tr { th scope="col" { "Subject" } th scope="col" { "Repositories" } th scope="col" { "Role" } th scope="col" { "Added" } th scope="col" { "Actions" } } }
-                tbody {
-                    @for g in &grants {
-                        tr {
-                            td { (g.subject_kind.as_str()) ":" (g.subject) }
-                            td.mono { (g.pattern) }
-                            td { (g.role) }
-                            td { (page::time(g.created_ms)) " by " (g.created_by) }
-                            td {
-                                form.inline method="post" action="/ui/admin/grants" {
-                                    (page::csrf_field(viewer))
-                                    input type="hidden" name="action" value="remove";
-                                    input type="hidden" name="id" value=(g.id);
-                                    button.danger type="submit" aria-label=(format!("Remove grant {}", g.id)) { "Remove" }
+            @if grants.is_empty() { p.muted { "No grants yet." } }
+            @else {
+                table {
+                    thead { tr { th scope="col" { "Subject" } th scope="col" { "Repositories" } th scope="col" { "Role" } th scope="col" { "Added" } th scope="col" { "Actions" } } }
+                    tbody {
+                        @for g in &grants {
+                            tr {
+                                td { (g.subject_kind.as_str()) ":" (g.subject) }
+                                td.mono { (g.pattern) }
+                                td { (g.role) }
+                                td { (page::time(g.created_ms)) " by " (g.created_by) }
+                                td {
+                                    form.inline method="post" action="/ui/admin/grants" {
+                                        (page::csrf_field(viewer))
+                                        input type="hidden" name="action" value="remove";
+                                        input type="hidden" name="id" value=(g.id);
+                                        button.danger type="submit" aria-label=(format!("Remove grant {}", g.id)) { "Remove" }
+                                    }
                                 }
                             }
                         }
                     }
-                }
+            }
             }
             h2 { "New grant" }
             form.stack method="post" action="/ui/admin/grants" {
@@ -610,26 +616,29 @@ async fn retention_page(
         "retention",
         message,
         html! {
-            table {
-                thead { tr { th scope="col" { "Repositories" } th scope="col" { "Rules" } th scope="col" { "Source" } th scope="col" { "Updated" } th scope="col" { "Actions" } } }
-                tbody {
-                    @for p in &policies {
-                        tr {
-                            td.mono { a href=(format!("/ui/admin/retention?pattern={}", page::encode(&p.pattern))) { (p.pattern) } }
-                            td.mono { (p.rules_json) }
-                            td { (p.source) }
-                            td { (page::time(p.updated_ms)) " by " (p.updated_by) }
-                            td {
-                                form.inline method="post" action="/ui/admin/retention" {
-                                    (page::csrf_field(viewer))
-                                    input type="hidden" name="action" value="delete";
-                                    input type="hidden" name="pattern" value=(p.pattern);
-                                    button.danger type="submit" aria-label=(format!("Delete the policy for {}", p.pattern)) { "Delete" }
+            @if policies.is_empty() { p.muted { "No retention policies yet." } }
+            @else {
+                table {
+                    thead { tr { th scope="col" { "Repositories" } th scope="col" { "Rules" } th scope="col" { "Source" } th scope="col" { "Updated" } th scope="col" { "Actions" } } }
+                    tbody {
+                        @for p in &policies {
+                            tr {
+                                td.mono { a href=(format!("/ui/admin/retention?pattern={}", page::encode(&p.pattern))) { (p.pattern) } }
+                                td.mono { (p.rules_json) }
+                                td { (p.source) }
+                                td { (page::time(p.updated_ms)) " by " (p.updated_by) }
+                                td {
+                                    form.inline method="post" action="/ui/admin/retention" {
+                                        (page::csrf_field(viewer))
+                                        input type="hidden" name="action" value="delete";
+                                        input type="hidden" name="pattern" value=(p.pattern);
+                                        button.danger type="submit" aria-label=(format!("Delete the policy for {}", p.pattern)) { "Delete" }
+                                    }
                                 }
                             }
                         }
                     }
-                }
+            }
             }
             h2 #editor { "Edit a policy" }
             p.muted {

@@ -590,10 +590,10 @@ async fn manifest_page(app: &App, viewer: &Viewer, repo: &RepoName, digest: &Dig
                 }
             }
             h2 { "Manifest" }
-            pre tabindex="0" aria-label="Manifest JSON" { code { (pretty) } }
+            pre tabindex="0" role="region" aria-label="Manifest JSON" { code { (pretty) } }
             @if let Some(config) = config {
                 h2 { "Configuration" }
-                pre tabindex="0" aria-label="Configuration JSON" { code { (config) } }
+                pre tabindex="0" role="region" aria-label="Configuration JSON" { code { (config) } }
             }
         },
     ))

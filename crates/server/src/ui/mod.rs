@@ -59,6 +59,14 @@ pub fn router() -> Router<Arc<App>> {
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The Content-Security-Policy of a page with a form that leads to `origin`
+/// as well (the single sign-on form, which `/ui/sso/start` redirects to the
+/// provider: `form-action` applies to redirects too).
+pub fn csp_with_form_target(origin: &str) -> HeaderValue {
+    HeaderValue::from_str(&CSP.replace("form-action 'self'", &format!("form-action 'self' {origin}")))
+        .unwrap_or(HeaderValue::from_static(CSP))
+}
+
 /// Refuses a state-changing request another site sent (its `Origin` or
 /// `Sec-Fetch-Site` says so: SameSite cookies are not enough against a
 /// sibling subdomain), and puts the security headers on every answer.
@@ -68,7 +76,9 @@ async fn guard(req: Request, next: Next) -> Response {
     }
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));

@@ -252,6 +252,13 @@ fn login_page(viewer: &Viewer, sso: Option<&str>, token: &str, next: &str, messa
     )
 }
 
+/// The Content-Security-Policy of the sign-in page when it offers single
+/// sign-on: its form may lead to the provider.
+async fn sso_csp(app: &App) -> Option<HeaderValue> {
+    let origin = app.sso.as_ref()?.form_origin().await?;
+    Some(super::csp_with_form_target(&origin))
+}
+
 /// The sign-in form, with a fresh double-submit token in a cookie.
 pub async fn login_form(State(app): State<Arc<App>>, viewer: Viewer, Query(q): Query<LoginQuery>) -> UiResult {
     if !viewer.may_sign_in() || viewer.signed_in() {
@@ -270,6 +277,9 @@ pub async fn login_form(State(app): State<Arc<App>>, viewer: Viewer, Query(q): Q
         header::SET_COOKIE,
         set_cookie(LOGIN_COOKIE, &token, 3600, viewer.secure),
     );
+    if let Some(csp) = sso_csp(&app).await {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
     Ok(response)
 }
 
@@ -298,8 +308,9 @@ pub async fn login(
         return Err(UiError::Csrf);
     }
     let next = safe_next(form.next.as_deref()).to_string();
+    let csp = sso_csp(&app).await;
     let retry = |status: StatusCode, message: &str| -> UiResult {
-        Ok((
+        let mut response = (
             status,
             Html(login_page(
                 &viewer,
@@ -309,7 +320,13 @@ pub async fn login(
                 Some(message),
             )),
         )
-            .into_response())
+            .into_response();
+        if let Some(csp) = &csp {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, csp.clone());
+        }
+        Ok(response)
     };
     let peer = connect.ip();
     let identity = match app.auth.login(peer, &form.username, &form.password).await {

@@ -32,6 +32,8 @@ const FLOW_COOKIE: &str = "berth_sso";
 /// How long a sign-in may stay at the provider.
 const FLOW_SECS: u64 = 600;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the sign-in page waits for the provider's discovery document.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 
 /// The provider's endpoints, from its discovery document.
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +112,25 @@ impl Sso {
                 })
             })
             .await
+    }
+
+    /// The origin the sign-in page's single sign-on form leads to, through
+    /// the redirect of `/ui/sso/start`: its Content-Security-Policy must
+    /// allow it under `form-action`, or browsers stop the redirect. The
+    /// authorization endpoint's origin once discovered (waiting for the
+    /// discovery at most `DISCOVERY_WAIT` on a page view), else the issuer's.
+    pub async fn form_origin(&self) -> Option<String> {
+        let endpoint = match self.endpoints.get() {
+            Some(e) => Some(e.authorization_endpoint.clone()),
+            None => tokio::time::timeout(DISCOVERY_WAIT, self.endpoints())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|e| e.authorization_endpoint.clone()),
+        };
+        let url = reqwest::Url::parse(endpoint.as_deref().unwrap_or(&self.config.issuer)).ok()?;
+        let origin = url.origin();
+        origin.is_tuple().then(|| origin.ascii_serialization())
     }
 
     fn redirect_url(&self, viewer: &Viewer) -> String {

@@ -548,10 +548,23 @@ client_id = "berth"
         Image::random(1).push(&push, &app.base, repo, "1").await;
     }
 
-    let (_, login) = page(&app, "/ui/login").await;
+    let resp = app.get("/ui/login").await;
+    // Its form is redirected to the provider: the page's form-action allows
+    // the provider's origin (browsers apply form-action to redirects), and
+    // nothing more is loosened.
+    let csp = resp.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().to_string();
+    assert!(csp.contains(&format!("form-action 'self' {};", idp.url)), "{csp}");
+    assert!(csp.contains("script-src 'self';") && !csp.contains("unsafe"), "{csp}");
+    let login = resp.text().await.unwrap();
     assert!(
         login.contains("/ui/sso/start"),
         "the sign-in page offers single sign-on"
+    );
+    let home = app.get("/ui/").await;
+    let csp = home.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("form-action 'self';"),
+        "other pages keep form-action 'self': {csp}"
     );
 
     let done = sso_sign_in(&app, "carol").await;
