@@ -308,7 +308,7 @@ test('the retention preview follows the draft', async () => {
   assert.equal(two.deletions, 3);
   await shot(page, 'retention-preview', { docs: true });
   const four = await preview('{"keep_last": 4}');
-  assert.match(four.summary, /1 tags to delete/);
+  assert.match(four.summary, /1 tag to delete/);
   assert.equal(four.deletions, 1);
   assert.notEqual(two.summary, four.summary, 'the preview changed with keep_last');
   // The oldest tag goes first.
