@@ -312,8 +312,7 @@ async fn repository_page(app: &App, viewer: &Viewer, repo: &RepoName, query: &Re
         html! {
             h1 { (name) }
             p {
-                (summary.tags) " tags · " (summary.pull_count) " pulls · "
-                (star_count) @if star_count == 1 { " star" } @else { " stars" }
+                (plural(summary.tags, "tag")) " · " (plural(summary.pull_count, "pull")) " · " (plural(star_count, "star"))
             }
             @if viewer.signed_in() {
                 form.inline method="post" action=(format!("{}/-/{}", repo_link(name), if starred { "unstar" } else { "star" })) {
@@ -410,6 +409,15 @@ fn tag_table(
                 }
             }
         }
+    }
+}
+
+/// `1 tag`, `2 tags`.
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }
 
