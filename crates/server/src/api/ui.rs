@@ -51,7 +51,7 @@ pub fn router() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(list_repositories))
         .routes(routes!(repository, delete_repository))
-        .routes(routes!(list_tags))
+        .routes(routes!(list_tags, delete_tag))
         .routes(routes!(starred))
         .routes(routes!(star, unstar))
         .routes(routes!(personal_tokens, create_personal_token))
@@ -159,6 +159,22 @@ impl FromRequestParts<Arc<App>> for Caller {
             subject: None,
             rights: Rights::Grants(auth.anonymous().permissions),
         })
+    }
+}
+
+/// A caller with credentials (or any caller of an open registry);
+/// extracting it refuses anonymous callers before the query is read.
+pub(super) struct Credentialed(Caller);
+
+impl FromRequestParts<Arc<App>> for Credentialed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        if caller.subject.is_none() && !matches!(caller.rights, Rights::All) {
+            return Err(ApiError::new(ErrorCode::Unauthorized, "this needs credentials"));
+        }
+        Ok(Credentialed(caller))
     }
 }
 
@@ -335,11 +351,8 @@ pub(super) struct RepositoryDeleted {
 async fn delete_repository(
     State(app): State<Arc<App>>,
     name: Result<Path<String>, PathRejection>,
-    caller: Caller,
+    Credentialed(caller): Credentialed,
 ) -> ApiResult {
-    if caller.subject.is_none() && !matches!(caller.rights, Rights::All) {
-        return Err(ApiError::new(ErrorCode::Unauthorized, "deleting needs credentials"));
-    }
     let (repo, _) = visible(&app, &caller, &path(name)?).await?;
     if !caller.may(repo.as_str(), Action::Delete) {
         return Err(ApiError::new(
@@ -479,6 +492,44 @@ async fn list_tags(
         }),
     })
     .into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct TagName {
+    /// The tag to delete.
+    #[param(example = "v1")]
+    tag: String,
+}
+
+/// Deletes a tag (not its manifest), as `DELETE /v2/<name>/manifests/<tag>`
+/// does. Needs delete on the repository.
+#[utoipa::path(delete, path = "/api/v1/tags/{*name}", tag = "browse", params(
+        ("name" = String, Path, description = "The repository name, slashes unescaped", example = "team/app"),
+        TagName),
+    security(("basic" = []), ("bearer" = [])),
+    responses((status = 204, description = "Deleted"), NotFound, CommonErrors))]
+async fn delete_tag(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    Credentialed(caller): Credentialed,
+    Params(q): Params<TagName>,
+) -> ApiResult {
+    let (repo, _) = visible(&app, &caller, &path(name)?).await?;
+    if !caller.may(repo.as_str(), Action::Delete) {
+        return Err(ApiError::new(
+            ErrorCode::Denied,
+            "deleting a tag needs the delete role on the repository",
+        ));
+    }
+    let tag: Tag = q
+        .tag
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "tag is not a tag name"))?;
+    app.registry
+        .delete_manifest(&repo, &berth_oci::Reference::Tag(tag))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The caller's starred repositories (those they may still pull), by name.

@@ -861,7 +861,26 @@ async fn the_api_does_what_the_ui_does() {
         "{gc}"
     );
 
-    // Deleting a repository needs the delete role.
+    // Deleting a tag, then the repository, needs the delete role.
+    assert_eq!(
+        alice
+            .delete(app.url("/api/v1/tags/team/app?tag=v0"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        root.delete(app.url("/api/v1/tags/team/app?tag=v0"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let (_, left) = json(root.get(app.url("/api/v1/tags/team/app")).send().await.unwrap()).await;
+    assert_eq!(left["total"], 2);
     assert_eq!(
         alice
             .delete(app.url("/api/v1/repositories/team/app"))
@@ -879,7 +898,7 @@ async fn the_api_does_what_the_ui_does() {
     )
     .await;
     assert_eq!(status, 200, "{deleted}");
-    assert_eq!(deleted["manifests_deleted"], 3);
+    assert_eq!(deleted["manifests_deleted"], 2);
     let tags: Value = app
         .client
         .get(app.url("/v2/team/app/tags/list"))
