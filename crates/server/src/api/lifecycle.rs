@@ -66,7 +66,8 @@ fn pattern_param(text: Option<&str>) -> Result<Option<Pattern>, ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))
 }
 
-fn time_text(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 text, as the API's times are written.
+pub(super) fn time_text(ms: i64) -> String {
     rfc3339(u64::try_from(ms / 1000).unwrap_or(0))
 }
 

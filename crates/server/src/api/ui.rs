@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 use super::admin::{created, path, Admin, JsonBody, RobotToken};
 use super::auth::catalog_challenge;
 use super::credentials::{basic_credentials, bearer};
+use super::lifecycle::time_text;
 use super::openapi::{CommonErrors, Conflict, NotFound};
 use super::query::Params;
 use super::ApiError;
@@ -34,7 +35,6 @@ use crate::app::App;
 use crate::auth::access::{Action, Permissions};
 use crate::auth::token::AccessClaims;
 use crate::browse::BrowseError;
-use crate::clock::rfc3339;
 use crate::config::AuthMode;
 use crate::lifecycle::inventory::Verdict;
 use crate::pattern::Pattern;
@@ -196,10 +196,6 @@ impl FromRequestParts<Arc<App>> for SignedIn {
         caller.user()?;
         Ok(SignedIn(caller))
     }
-}
-
-fn time_text(ms: i64) -> String {
-    rfc3339(u64::try_from(ms / 1000).unwrap_or(0))
 }
 
 /// A repository as lists show it.

@@ -241,6 +241,21 @@ impl Accounts {
                 role: grant.role.as_str().to_string(),
             });
         }
+        let token = self.store_robot(name, &new_grants, actor, expires, actor).await?;
+        token.ok_or_else(|| ManageError::Conflict(format!("token {name} exists; revoke it first")))
+    }
+
+    /// Keeps a new robot token named `name` with `grants`, made by
+    /// `created_by` and expiring after `expires`; the token, or `None` when
+    /// the name is taken.
+    async fn store_robot(
+        &self,
+        name: &str,
+        grants: &[NewGrant],
+        created_by: &str,
+        expires: Option<&str>,
+        actor: &str,
+    ) -> Result<Option<String>> {
         let now = self.clock.now_ms();
         let expires_ms = match expires {
             Some(text) => {
@@ -253,17 +268,14 @@ impl Accounts {
         let robot = RobotRecord {
             name: name.to_string(),
             token_hash: secrets::robot_token_hash(&token),
-            created_by: actor.to_string(),
+            created_by: created_by.to_string(),
             created_ms: now,
             expires_ms,
             revoked_ms: None,
             last_used_ms: None,
         };
-        if self.store.create_robot(&robot, &new_grants, &self.audit(actor)).await? {
-            Ok(token)
-        } else {
-            Err(ManageError::Conflict(format!("token {name} exists; revoke it first")))
-        }
+        let created = self.store.create_robot(&robot, grants, &self.audit(actor)).await?;
+        Ok(created.then_some(token))
     }
 
     /// A personal access token of `user`: a robot token that stands for the
@@ -274,30 +286,10 @@ impl Accounts {
         check_name("token", label)?;
         let name = format!("{user}.{label}");
         check_name("token", &name)?;
-        let now = self.clock.now_ms();
-        let expires_ms = match expires {
-            Some(text) => {
-                let ms = i64::try_from(parse_duration(text)?.as_millis()).unwrap_or(i64::MAX);
-                Some(now.saturating_add(ms))
-            }
-            None => None,
-        };
-        let token = secrets::new_robot_token();
-        let robot = RobotRecord {
-            name: name.clone(),
-            token_hash: secrets::robot_token_hash(&token),
-            created_by: format!("{PERSONAL_TOKEN_MARK}{user}"),
-            created_ms: now,
-            expires_ms,
-            revoked_ms: None,
-            last_used_ms: None,
-        };
+        let created_by = format!("{PERSONAL_TOKEN_MARK}{user}");
         let actor = crate::auth::actor_of_subject(user);
-        if self.store.create_robot(&robot, &[], &self.audit(&actor)).await? {
-            Ok(token)
-        } else {
-            Err(ManageError::Conflict(format!("a token named {name} exists")))
-        }
+        let token = self.store_robot(&name, &[], &created_by, expires, &actor).await?;
+        token.ok_or_else(|| ManageError::Conflict(format!("a token named {name} exists")))
     }
 
     /// The personal access tokens of `user`.

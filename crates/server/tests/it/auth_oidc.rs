@@ -11,7 +11,7 @@ use crate::harness::*;
 
 const MAIN: &str = "repo:acme/app:ref:refs/heads/main";
 
-fn provider(args: &[&str]) -> Helper {
+pub fn provider(args: &[&str]) -> Helper {
     let dir = repo_root().join("tests/oidc");
     assert!(
         dir.join("node_modules/oidc-provider").exists(),

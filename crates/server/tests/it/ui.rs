@@ -108,6 +108,10 @@ async fn pusher(app: &TestApp, login: &str, password: &str, repo: &str) -> reqwe
     bearer_client(&token(app, Some((login, password)), &[scope.as_str()]).await)
 }
 
+async fn status_of(request: reqwest::RequestBuilder) -> StatusCode {
+    request.send().await.unwrap().status()
+}
+
 async fn page(app: &TestApp, path: &str) -> (StatusCode, String) {
     let resp = app.get(path).await;
     let status = resp.status();
@@ -478,19 +482,12 @@ async fn through_the_provider(client: &reqwest::Client, start: &str, base: &str)
 }
 
 fn sso_provider() -> Helper {
-    let dir = repo_root().join("tests/oidc");
-    assert!(
-        dir.join("node_modules/oidc-provider").exists(),
-        "tests/oidc/node_modules is missing: run scripts/install-deps.sh (npm ci in tests/oidc)"
-    );
-    let mut cmd = std::process::Command::new("node");
-    cmd.arg(dir.join("provider.mjs")).args([
+    crate::auth_oidc::provider(&[
         "--redirect-uri",
         "http://127.0.0.1/ui/sso/callback",
         "--extra-claims",
         r#"{"groups":["devs"]}"#,
-    ]);
-    spawn_helper(cmd)
+    ])
 }
 
 /// Signs in through the provider as `account`; returns the final answer of Berth's callback.
@@ -739,15 +736,7 @@ async fn the_api_does_what_the_ui_does() {
     assert!(second["next"].is_null());
 
     // Stars.
-    assert_eq!(
-        alice
-            .put(app.url("/api/v1/stars/team/app"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(status_of(alice.put(app.url("/api/v1/stars/team/app"))).await, 204);
     let (_, detail) = json(
         alice
             .get(app.url("/api/v1/repositories/team/app"))
@@ -762,33 +751,9 @@ async fn the_api_does_what_the_ui_does() {
     );
     let (_, stars) = json(alice.get(app.url("/api/v1/stars")).send().await.unwrap()).await;
     assert_eq!(stars["repositories"][0]["name"], "team/app");
-    assert_eq!(
-        alice
-            .delete(app.url("/api/v1/stars/team/app"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        alice
-            .delete(app.url("/api/v1/stars/team/app"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        app.client
-            .put(app.url("/api/v1/stars/team/app"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(status_of(alice.delete(app.url("/api/v1/stars/team/app"))).await, 204);
+    assert_eq!(status_of(alice.delete(app.url("/api/v1/stars/team/app"))).await, 404);
+    assert_eq!(status_of(app.client.put(app.url("/api/v1/stars/team/app"))).await, 401);
 
     // A personal access token, made and revoked through the API.
     let (status, made) = json(
@@ -808,12 +773,7 @@ async fn the_api_does_what_the_ui_does() {
     let (_, mine) = json(alice.get(app.url("/api/v1/account/tokens")).send().await.unwrap()).await;
     assert_eq!(mine["tokens"][0]["name"], "alice.ci");
     assert_eq!(
-        alice
-            .delete(app.url("/api/v1/account/tokens/alice.ci"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(alice.delete(app.url("/api/v1/account/tokens/alice.ci"))).await,
         204
     );
     let (status, _) = token_response(&app, Some(("alice", &secret)), &["repository:team/app:pull"]).await;
@@ -821,10 +781,7 @@ async fn the_api_does_what_the_ui_does() {
 
     // Sessions, for administrators.
     let _browser = Browser::sign_in(&app, "alice", ALICE_PASSWORD).await;
-    assert_eq!(
-        alice.get(app.url("/api/v1/sessions")).send().await.unwrap().status(),
-        403
-    );
+    assert_eq!(status_of(alice.get(app.url("/api/v1/sessions"))).await, 403);
     let (_, sessions) = json(root.get(app.url("/api/v1/sessions")).send().await.unwrap()).await;
     assert_eq!(sessions["sessions"][0]["subject"], "alice");
     let (_, ended) = json(
@@ -854,7 +811,7 @@ async fn the_api_does_what_the_ui_does() {
     );
     let (_, gc) = json(root.get(app.url("/api/v1/gc")).send().await.unwrap()).await;
     assert!(gc["finished_at"].is_null());
-    assert_eq!(root.post(app.url("/api/v1/gc")).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(root.post(app.url("/api/v1/gc"))).await, 200);
     let (_, gc) = json(root.get(app.url("/api/v1/gc")).send().await.unwrap()).await;
     assert!(
         gc["finished_at"].is_string() && gc["report"]["dry_run"] == json!(false),
@@ -863,31 +820,17 @@ async fn the_api_does_what_the_ui_does() {
 
     // Deleting a tag, then the repository, needs the delete role.
     assert_eq!(
-        alice
-            .delete(app.url("/api/v1/tags/team/app?tag=v0"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(alice.delete(app.url("/api/v1/tags/team/app?tag=v0"))).await,
         403
     );
     assert_eq!(
-        root.delete(app.url("/api/v1/tags/team/app?tag=v0"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(root.delete(app.url("/api/v1/tags/team/app?tag=v0"))).await,
         204
     );
     let (_, left) = json(root.get(app.url("/api/v1/tags/team/app")).send().await.unwrap()).await;
     assert_eq!(left["total"], 2);
     assert_eq!(
-        alice
-            .delete(app.url("/api/v1/repositories/team/app"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(alice.delete(app.url("/api/v1/repositories/team/app"))).await,
         403
     );
     let (status, deleted) = json(
