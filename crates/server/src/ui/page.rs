@@ -134,9 +134,16 @@ pub fn short_digest(digest: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
+/// What [`encode`] escapes: all but RFC 3986's unreserved characters.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// A path segment or query value, percent-encoded for a URL in a page.
 pub fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(text, ESCAPED).to_string()
 }
 
 #[cfg(test)]
@@ -151,5 +158,7 @@ mod tests {
         assert_eq!(short_digest("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(short_digest("x"), "x");
         assert_eq!(time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(encode("pr-7--ttl-7d"), "pr-7--ttl-7d");
+        assert_eq!(encode("a/b c?d&e"), "a%2Fb%20c%3Fd%26e");
     }
 }

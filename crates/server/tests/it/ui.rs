@@ -242,6 +242,16 @@ async fn tag_counts_leave_out_signatures_and_pages_go_by_push_time() {
     let (c, a) = (repo.find(">c<").unwrap(), repo.find(">a<").unwrap());
     assert!(c < a, "latest push first");
     assert!(repo.contains("signature"), "the .sig tag is marked");
+
+    // A tag-suffix rule shows with its expiry.
+    let resp = app
+        .put_manifest("lib/app", "pr-7--ttl-7d", OCI_MANIFEST, &image.manifest)
+        .await;
+    assert_eq!(resp.status(), 201);
+    let (_, repo) = page(&app, "/ui/r/lib/app").await;
+    let row = repo.split("tag=pr-7--ttl-7d\">").nth(1).expect("the ttl tag's row");
+    let row = row.split("</tr>").next().unwrap();
+    assert!(row.contains(">ttl<") && row.contains("expires"), "{row}");
 }
 
 #[tokio::test]
