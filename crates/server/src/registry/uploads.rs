@@ -103,8 +103,12 @@ impl Registry {
                 (record, claim)
             }
         };
-        // Dropping the claim releases a lease taken on another repository's session.
+        // A lease taken on another repository's session is released before
+        // the answer: released on drop, it would be let go only after the
+        // client had its 404, and its next request to the session in the
+        // right repository could find it still held (416).
         if record.repo != repo.as_str() {
+            claim.release().await;
             return Err(RegistryError::UploadUnknown);
         }
         Ok((record, claim))
