@@ -1351,31 +1351,6 @@ mod tests {
         crate::conformance::run_ui(&db.meta().await).await;
     }
 
-    /// `cargo test -p berth-meta --release --lib postgres::tests::ui_pages_at_scale -- --ignored --nocapture`
-    #[tokio::test]
-    #[ignore = "a benchmark: prints timings"]
-    async fn ui_pages_at_scale() {
-        let Some(db) = TestDb::create().await else { return };
-        let meta = db.meta().await;
-        for statement in [
-            "INSERT INTO repositories (id, name, created_ms) OVERRIDING SYSTEM VALUE \
-             SELECT i, 'team/app-' || i, 0 FROM generate_series(1, 1000) i",
-            // Every tag its own manifest, as CI builds push them; team/app-1 holds 10,000.
-            "INSERT INTO manifests (repo_id, digest, media_type, size, body, pushed_ms, touched_ms, pull_count, \
-             last_pulled_ms, platforms, total_size) \
-             SELECT CASE WHEN i <= 10000 THEN 1 ELSE 2 + i % 999 END, 'sha256:' || lpad(i::text, 64, '0'), \
-             'application/vnd.oci.image.manifest.v1+json', 800, convert_to(repeat('x', 800), 'UTF8'), i, i, i % 3, \
-             CASE WHEN i % 3 = 0 THEN NULL ELSE i END, ARRAY['linux/amd64'], 1000 \
-             FROM generate_series(1, 100000) i",
-            "INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms) \
-             SELECT repo_id, 'v' || pushed_ms, digest, pushed_ms FROM manifests",
-            "VACUUM ANALYZE",
-        ] {
-            sqlx::query(statement).execute(&meta.pool).await.unwrap();
-        }
-        crate::sql::ui::time_pages(&meta, 50).await;
-    }
-
     #[tokio::test]
     async fn webhook_conformance() {
         let Some(db) = TestDb::create().await else { return };

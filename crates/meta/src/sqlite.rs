@@ -792,31 +792,6 @@ mod tests {
         crate::conformance::run_ui(&meta).await;
     }
 
-    /// `cargo test -p berth-meta --release --lib sqlite::tests::ui_pages_at_scale -- --ignored --nocapture`
-    #[tokio::test]
-    #[ignore = "a benchmark: prints timings"]
-    async fn ui_pages_at_scale() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
-        for statement in [
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
-             INSERT INTO repositories (id, name, created_ms) SELECT i, 'team/app-' || i, 0 FROM n",
-            // Every tag its own manifest, as CI builds push them; team/app-1 holds 10,000.
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
-             INSERT INTO manifests (repo_id, digest, media_type, size, body, pushed_ms, touched_ms, pull_count, \
-             last_pulled_ms, platforms, total_size) \
-             SELECT CASE WHEN i <= 10000 THEN 1 ELSE 2 + i % 999 END, 'sha256:' || printf('%064d', i), \
-             'application/vnd.oci.image.manifest.v1+json', 800, zeroblob(800), i, i, i % 3, \
-             CASE WHEN i % 3 = 0 THEN NULL ELSE i END, '[\"linux/amd64\"]', 1000 FROM n",
-            "INSERT INTO tags (repo_id, name, manifest_digest, pushed_ms) \
-             SELECT repo_id, 'v' || pushed_ms, digest, pushed_ms FROM manifests",
-        ] {
-            sqlx::query(statement).execute(&meta.writer).await.unwrap();
-        }
-        sqlx::query("ANALYZE").execute(&meta.writer).await.unwrap();
-        crate::sql::ui::time_pages(&meta, 50).await;
-    }
-
     #[tokio::test]
     async fn webhook_conformance() {
         let dir = tempfile::tempdir().unwrap();
